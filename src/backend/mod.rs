@@ -1,0 +1,59 @@
+//! Storage backends: a small object-store trait that knows nothing of what the bytes mean.
+//!
+//! Keys are `/`-separated relative paths such as `chunks/3f/3fa1…`. Objects are
+//! immutable: the repository never overwrites one in place, so a backend needs no
+//! read-modify-write support, only put, put-if-absent, get, list and delete.
+
+pub mod local;
+
+use async_trait::async_trait;
+
+use crate::error::Result;
+
+/// One object as a listing reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectInfo {
+    /// The key relative to the repository root.
+    pub key: String,
+    /// The stored size in bytes.
+    pub size_bytes: u64,
+}
+
+/// The object store under a repository.
+#[async_trait]
+pub trait Backend: Send + Sync + std::fmt::Debug {
+    /// Where this backend stores things, for messages: a path or `s3://bucket/prefix`.
+    fn location(&self) -> String;
+
+    /// Stores `data` under `key`, replacing nothing that the repository relies on:
+    /// callers use it only for content-addressed keys whose content is fixed by the key.
+    ///
+    /// Errors: `Unavailable` or `Io` when the store cannot be written.
+    async fn put(&self, key: &str, data: Vec<u8>) -> Result<()>;
+
+    /// Stores `data` under `key` only if no object has that key yet. Returns `false`,
+    /// storing nothing, when the key already exists.
+    ///
+    /// Errors: `Unavailable` or `Io` when the store cannot be written.
+    async fn put_if_absent(&self, key: &str, data: Vec<u8>) -> Result<bool>;
+
+    /// Reads a whole object.
+    ///
+    /// Errors: `NotFound` when there is no such key; `Unavailable` or `Io` otherwise.
+    async fn get(&self, key: &str) -> Result<Vec<u8>>;
+
+    /// Whether an object exists.
+    ///
+    /// Errors: `Unavailable` or `Io` when the store cannot be asked.
+    async fn exists(&self, key: &str) -> Result<bool>;
+
+    /// Every object whose key starts with `prefix`, in no particular order.
+    ///
+    /// Errors: `Unavailable` or `Io` when the store cannot be listed.
+    async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>>;
+
+    /// Removes an object; removing a missing object is not an error.
+    ///
+    /// Errors: `Unavailable` or `Io` when the store cannot be written.
+    async fn delete(&self, key: &str) -> Result<()>;
+}

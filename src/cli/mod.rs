@@ -1,0 +1,404 @@
+//! The command line: parses arguments, asks for passphrases, draws progress, prints
+//! results for people or as JSON, and turns errors into exit codes. No logic lives here.
+
+mod output;
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::backend::local::LocalBackend;
+use crate::backend::Backend;
+use crate::error::{Error, ErrorKind, Result};
+use crate::pg::{ConnectOptions, PgDump};
+use crate::repo::writer::{NoProgress, Progress, SnapshotMeta};
+use crate::repo::{InitOptions, Repository, SnapshotKind};
+
+/// Deduplicated, encrypted backups of PostgreSQL, browsable as a read-only filesystem.
+#[derive(Debug, Parser)]
+#[command(name = "pgvault", version, about, long_about = None, propagate_version = true)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Options every command takes.
+#[derive(Debug, Args)]
+pub struct GlobalArgs {
+    /// The repository: a local directory (s3:// URLs come with the S3 backend)
+    #[arg(
+        short = 'r',
+        long,
+        env = "PGVAULT_REPO",
+        global = true,
+        value_name = "LOCATION"
+    )]
+    pub repo: Option<String>,
+
+    /// Read the passphrase from this file (first line); else PGVAULT_PASSWORD, else a prompt
+    #[arg(
+        long,
+        env = "PGVAULT_PASSWORD_FILE",
+        global = true,
+        value_name = "FILE"
+    )]
+    pub password_file: Option<PathBuf>,
+
+    /// More log output on stderr (repeat for more)
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create a new, empty repository
+    Init(InitArgs),
+    /// Store a pg_dump custom-format dump: run pg_dump, or read one from stdin
+    Backup(BackupArgs),
+    /// List backup points
+    Snapshots(SnapshotsArgs),
+    /// Write a backup point's file to stdout, byte for byte as pg_dump wrote it
+    Cat(CatArgs),
+    /// Manage the local index cache
+    Index {
+        #[command(subcommand)]
+        command: IndexCommand,
+    },
+}
+
+/// `pgvault init`.
+#[derive(Debug, Args)]
+pub struct InitArgs {
+    /// Smallest chunk FastCDC cuts, in bytes
+    #[arg(long, default_value_t = 64 * 1024, value_name = "BYTES")]
+    pub chunk_min: u32,
+    /// Average chunk size, in bytes
+    #[arg(long, default_value_t = 256 * 1024, value_name = "BYTES")]
+    pub chunk_avg: u32,
+    /// Largest chunk, in bytes
+    #[arg(long, default_value_t = 1024 * 1024, value_name = "BYTES")]
+    pub chunk_max: u32,
+    /// zstd compression level for chunks
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(i32).range(1..=19))]
+    pub zstd_level: i32,
+    /// Memory for the argon2id passphrase hash, in KiB
+    #[arg(long, default_value_t = 64 * 1024, value_name = "KIB", value_parser = clap::value_parser!(u32).range(8..))]
+    pub kdf_memory_kib: u32,
+    /// Passes of the argon2id passphrase hash
+    #[arg(long, default_value_t = 3, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub kdf_iterations: u32,
+}
+
+/// `pgvault backup`.
+#[derive(Debug, Args)]
+#[command(disable_help_flag = true)]
+pub struct BackupArgs {
+    /// The database: dumped with pg_dump -Fc -Z0, or the name recorded for --stdin
+    #[arg(short = 'd', long, value_name = "DBNAME")]
+    pub db: String,
+    /// Read a pg_dump custom-format archive from standard input instead of running pg_dump
+    #[arg(long)]
+    pub stdin: bool,
+    /// The backup point's time (RFC 3339), for importing older dumps; default now
+    #[arg(long, value_name = "TIME", value_parser = parse_time)]
+    pub time: Option<chrono::DateTime<chrono::Utc>>,
+    /// Database server host or socket directory (as pg_dump -h)
+    #[arg(short = 'h', long, value_name = "HOST")]
+    pub host: Option<String>,
+    /// Database server port (as pg_dump -p)
+    #[arg(short = 'p', long, value_name = "PORT")]
+    pub port: Option<u16>,
+    /// Database user (as pg_dump -U)
+    #[arg(short = 'U', long, value_name = "USER")]
+    pub username: Option<String>,
+    /// Print the result as JSON
+    #[arg(long)]
+    pub json: bool,
+    /// Print help
+    #[arg(long, action = clap::ArgAction::Help)]
+    pub help: Option<bool>,
+}
+
+/// `pgvault snapshots`.
+#[derive(Debug, Args)]
+pub struct SnapshotsArgs {
+    /// Only this database
+    #[arg(long, value_name = "DBNAME")]
+    pub db: Option<String>,
+    /// Print a JSON array
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `pgvault cat`.
+#[derive(Debug, Args)]
+pub struct CatArgs {
+    /// Snapshot id or a unique prefix of it
+    pub snapshot: String,
+}
+
+/// `pgvault index ...`.
+#[derive(Debug, Subcommand)]
+pub enum IndexCommand {
+    /// Recreate the local index from the repository
+    Rebuild,
+}
+
+fn parse_time(s: &str) -> std::result::Result<chrono::DateTime<chrono::Utc>, String> {
+    chrono::DateTime::parse_from_rfc3339(s)
+        .map(|t| t.with_timezone(&chrono::Utc))
+        .map_err(|e| format!("{s:?} is not an RFC 3339 time such as 2026-11-01T02:00:00Z: {e}"))
+}
+
+/// Runs the command line and returns the process exit code.
+pub fn main() -> i32 {
+    let cli = Cli::parse();
+    init_logging(cli.global.verbose);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("pgvault: Cannot start the async runtime: {e}");
+            return 1;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => 0,
+        Err(e) => {
+            output::print_error(&e);
+            exit_code(&e)
+        }
+    }
+}
+
+/// The exit code for an error: 1 in general, 3 for a wrong passphrase, so scripts can
+/// tell "the key is wrong" from "the backup failed".
+pub fn exit_code(e: &Error) -> i32 {
+    match e.kind() {
+        ErrorKind::WrongPassphrase => 3,
+        _ => 1,
+    }
+}
+
+fn init_logging(verbose: u8) {
+    let default = match verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("PGVAULT_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("pgvault={default}")));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    let g = &cli.global;
+    match &cli.command {
+        Command::Init(a) => {
+            let backend = open_backend(g)?;
+            let pass = new_passphrase(g)?;
+            let opts = InitOptions {
+                chunker: crate::chunker::ChunkerParams {
+                    min_size_bytes: a.chunk_min,
+                    avg_size_bytes: a.chunk_avg,
+                    max_size_bytes: a.chunk_max,
+                },
+                zstd_level: a.zstd_level,
+                kdf: crate::crypto::KdfParams {
+                    memory_kib: a.kdf_memory_kib,
+                    iterations: a.kdf_iterations,
+                    parallelism: 1,
+                },
+            };
+            let repo = Repository::init(backend, pass.as_bytes(), opts).await?;
+            println!(
+                "Created pgvault repository {} at {}",
+                repo.config().repo_id,
+                repo.location()
+            );
+            Ok(())
+        }
+        Command::Backup(a) => backup(g, a).await,
+        Command::Snapshots(a) => {
+            let repo = open_repo(g).await?;
+            let mut snaps = repo.snapshots().await?;
+            if let Some(db) = &a.db {
+                snaps.retain(|s| &s.db == db);
+            }
+            if a.json {
+                output::print_json(&output::snapshots_json(&snaps));
+            } else {
+                output::print_snapshot_table(&snaps);
+            }
+            Ok(())
+        }
+        Command::Cat(a) => {
+            let repo = open_repo(g).await?;
+            let m = repo.resolve_snapshot(&a.snapshot).await?;
+            let progress = progress_for(m.size_bytes, "cat", std::io::stderr().is_terminal());
+            let stdout = std::io::stdout();
+            let mut out = std::io::BufWriter::with_capacity(1 << 20, stdout);
+            repo.cat(&m, &mut out, progress.clone()).await?;
+            Ok(())
+        }
+        Command::Index {
+            command: IndexCommand::Rebuild,
+        } => {
+            let repo = open_repo(g).await?;
+            let (chunks, snaps) = repo.rebuild_index().await?;
+            println!(
+                "Rebuilt index {}: {chunks} chunks, {snaps} snapshots",
+                repo.index().path().display()
+            );
+            Ok(())
+        }
+    }
+}
+
+async fn backup(g: &GlobalArgs, a: &BackupArgs) -> Result<()> {
+    let repo = open_repo(g).await?;
+    let tty = std::io::stderr().is_terminal() && std::io::stdout().is_terminal();
+    let meta = SnapshotMeta {
+        db: a.db.clone(),
+        kind: SnapshotKind::Dump,
+        time: a.time,
+        file_name: format!("{}.dump", a.db),
+    };
+    let pending = if a.stdin {
+        let progress = progress_for(0, "backup", tty);
+        repo.ingest(Box::new(std::io::stdin()), meta, progress)
+            .await?
+    } else {
+        let conn = ConnectOptions {
+            host: a.host.clone(),
+            port: a.port,
+            user: a.username.clone(),
+        };
+        let (dump, stdout) = PgDump::start(&a.db, &conn)?;
+        let progress = progress_for(0, "pg_dump", tty);
+        match repo.ingest(Box::new(stdout), meta, progress).await {
+            Ok(p) => {
+                // pg_dump's verdict comes before the commit: a dump that failed
+                // half-way must never become a backup point.
+                dump.finish()?;
+                p
+            }
+            Err(e) if e.kind() == ErrorKind::InvalidInput => {
+                // A failing pg_dump explains itself better than the broken stream it left.
+                dump.finish()?;
+                return Err(e);
+            }
+            Err(e) => {
+                dump.kill();
+                return Err(e);
+            }
+        }
+    };
+    let m = pending.commit().await?;
+    if a.json {
+        output::print_json(&output::backup_json(&m));
+    } else {
+        output::print_backup(&m);
+    }
+    Ok(())
+}
+
+fn progress_for(total: u64, label: &str, show: bool) -> Arc<dyn Progress> {
+    if show {
+        Arc::new(output::Bar::new(total, label))
+    } else {
+        Arc::new(NoProgress)
+    }
+}
+
+fn open_backend(g: &GlobalArgs) -> Result<Arc<dyn Backend>> {
+    let loc = g.repo.as_deref().ok_or_else(|| {
+        Error::InvalidInput("No repository given: set PGVAULT_REPO or pass --repo".into())
+    })?;
+    if loc.starts_with("s3://") {
+        return Err(Error::InvalidInput(format!(
+            "Repository {loc}: the S3 backend is not available in this build yet"
+        )));
+    }
+    let path = PathBuf::from(loc.strip_prefix("file://").unwrap_or(loc));
+    Ok(Arc::new(LocalBackend::new(path)))
+}
+
+async fn open_repo(g: &GlobalArgs) -> Result<Repository> {
+    let backend = open_backend(g)?;
+    if let Some(local) = local_root(g) {
+        if !local.exists() {
+            return Err(Error::NotFound {
+                what: "Repository directory".into(),
+                location: format!("{}; run `pgvault init` to create one", local.display()),
+            });
+        }
+    }
+    let pass = passphrase(g)?;
+    Repository::open(backend, pass.as_bytes()).await
+}
+
+fn local_root(g: &GlobalArgs) -> Option<PathBuf> {
+    let loc = g.repo.as_deref()?;
+    (!loc.contains("://") || loc.starts_with("file://"))
+        .then(|| PathBuf::from(loc.strip_prefix("file://").unwrap_or(loc)))
+}
+
+fn read_password_file(path: &std::path::Path) -> Result<String> {
+    let s =
+        std::fs::read_to_string(path).map_err(|e| Error::io_path("read password file", path, e))?;
+    let line = s.lines().next().unwrap_or("").to_string();
+    if line.is_empty() {
+        return Err(Error::InvalidInput(format!(
+            "Password file {} is empty",
+            path.display()
+        )));
+    }
+    Ok(line)
+}
+
+fn passphrase(g: &GlobalArgs) -> Result<String> {
+    if let Some(p) = &g.password_file {
+        return read_password_file(p);
+    }
+    if let Ok(p) = std::env::var("PGVAULT_PASSWORD") {
+        if !p.is_empty() {
+            return Ok(p);
+        }
+    }
+    rpassword::prompt_password("Repository passphrase: ").map_err(|_| no_passphrase())
+}
+
+fn no_passphrase() -> Error {
+    Error::InvalidInput(
+        "No passphrase: set PGVAULT_PASSWORD_FILE or PGVAULT_PASSWORD, or run on a terminal".into(),
+    )
+}
+
+fn new_passphrase(g: &GlobalArgs) -> Result<String> {
+    if g.password_file.is_some() || std::env::var("PGVAULT_PASSWORD").is_ok_and(|p| !p.is_empty()) {
+        return passphrase(g);
+    }
+    let a =
+        rpassword::prompt_password("New repository passphrase: ").map_err(|_| no_passphrase())?;
+    let b = rpassword::prompt_password("Repeat the passphrase: ").map_err(|_| no_passphrase())?;
+    if a != b {
+        return Err(Error::InvalidInput("The two passphrases differ".into()));
+    }
+    if a.is_empty() {
+        return Err(Error::InvalidInput("The passphrase is empty".into()));
+    }
+    Ok(a)
+}

@@ -1,0 +1,149 @@
+//! How results look: tables and sentences for people, JSON for scripts, a progress bar.
+
+use indicatif::{HumanBytes, ProgressBar, ProgressStyle};
+use serde_json::{json, Value};
+
+use crate::error::Error;
+use crate::repo::writer::Progress;
+use crate::repo::SnapshotManifest;
+
+/// A progress bar on stderr, drawn only when stderr is a terminal.
+pub struct Bar(ProgressBar);
+
+impl Bar {
+    /// A bar for `total` bytes, or a byte counter when the total is unknown (0).
+    pub fn new(total: u64, label: &str) -> Self {
+        let bar = if total > 0 {
+            ProgressBar::new(total).with_style(
+                ProgressStyle::with_template(
+                    "{prefix} [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+                )
+                .expect("valid template")
+                .progress_chars("=> "),
+            )
+        } else {
+            ProgressBar::new_spinner().with_style(
+                ProgressStyle::with_template("{prefix} {spinner} {bytes} {bytes_per_sec}")
+                    .expect("valid template"),
+            )
+        };
+        bar.set_prefix(label.to_string());
+        Bar(bar)
+    }
+}
+
+impl Progress for Bar {
+    fn advance(&self, bytes: u64) {
+        self.0.inc(bytes);
+    }
+}
+
+impl Drop for Bar {
+    fn drop(&mut self) {
+        self.0.finish_and_clear();
+    }
+}
+
+/// Prints an error and its causes on stderr.
+pub fn print_error(e: &Error) {
+    let mut msg = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !msg.contains(&text) {
+            msg.push_str(": ");
+            msg.push_str(&text);
+        }
+        source = s.source();
+    }
+    eprintln!("pgvault: {msg}");
+}
+
+/// Prints pretty JSON on stdout.
+pub fn print_json(v: &Value) {
+    println!(
+        "{}",
+        serde_json::to_string_pretty(v).expect("JSON values serialise")
+    );
+}
+
+fn snapshot_json(m: &SnapshotManifest) -> Value {
+    json!({
+        "id": m.id,
+        "short_id": m.short_id(),
+        "time": m.time.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        "db": m.db,
+        "kind": m.kind.as_str(),
+        "hostname": m.hostname,
+        "file_name": m.file_name,
+        "size": m.size_bytes,
+        "size_bytes": m.size_bytes,
+        "bytes_stored_new": m.stats.bytes_stored_new,
+        "chunks": m.chunks.len(),
+        "dump_offsets_filled": m.dump_offsets_filled,
+    })
+}
+
+/// The JSON array `snapshots --json` prints.
+pub fn snapshots_json(snaps: &[SnapshotManifest]) -> Value {
+    Value::Array(snaps.iter().map(snapshot_json).collect())
+}
+
+/// The JSON object `backup --json` prints.
+pub fn backup_json(m: &SnapshotManifest) -> Value {
+    let s = &m.stats;
+    json!({
+        "snapshot_id": m.id,
+        "time": m.time.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        "db": m.db,
+        "kind": m.kind.as_str(),
+        "bytes_read": s.bytes_read,
+        "bytes_stored_new": s.bytes_stored_new,
+        "chunks_total": s.chunks_total,
+        "chunks_new": s.chunks_new,
+        "chunks_reused": s.chunks_reused,
+        "duration_ms": s.duration_ms,
+        "dump_offsets_filled": m.dump_offsets_filled,
+    })
+}
+
+/// The sentence `backup` prints.
+pub fn print_backup(m: &SnapshotManifest) {
+    let s = &m.stats;
+    println!(
+        "Snapshot {} saved: {} {} at {}",
+        m.short_id(),
+        m.db,
+        m.kind,
+        m.time.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+    );
+    println!(
+        "  read {}, stored {} new ({} of {} chunks new, {} reused) in {:.1} s",
+        HumanBytes(s.bytes_read),
+        HumanBytes(s.bytes_stored_new),
+        s.chunks_new,
+        s.chunks_total,
+        s.chunks_reused,
+        s.duration_ms as f64 / 1000.0
+    );
+}
+
+/// The table `snapshots` prints.
+pub fn print_snapshot_table(snaps: &[SnapshotManifest]) {
+    println!(
+        "{:<8}  {:<20}  {:<16}  {:<4}  {:>10}  {:>10}",
+        "ID", "TIME", "DB", "KIND", "SIZE", "NEW STORED"
+    );
+    for m in snaps {
+        println!(
+            "{:<8}  {:<20}  {:<16}  {:<4}  {:>10}  {:>10}",
+            m.short_id(),
+            m.time.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            m.db,
+            m.kind.as_str(),
+            HumanBytes(m.size_bytes).to_string(),
+            HumanBytes(m.stats.bytes_stored_new).to_string()
+        );
+    }
+    println!("{} snapshots", snaps.len());
+}

@@ -1,0 +1,220 @@
+//! The local sled index: a cache of which chunks exist and of snapshot manifests.
+//!
+//! It is never the authority. Deleting it loses nothing, and a command that finds it
+//! missing, stale or held by another process carries on by asking the backend.
+//!
+//! sled lets one process open a database at a time, yet a mount runs for days while
+//! the archiver and cron start other pgvault processes. So nobody keeps the index
+//! open: each command opens it for a short read or write batch and closes it again,
+//! waiting a little if another process is in the middle of its own batch, and going
+//! without the cache if the wait runs out.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use crate::crypto::ChunkId;
+use crate::error::{Error, Result};
+
+/// How long a command waits for another process's index batch before going without.
+const OPEN_PATIENCE: Duration = Duration::from_secs(5);
+
+/// The index of one repository, found by the repository's id under the cache directory.
+#[derive(Debug, Clone)]
+pub struct Index {
+    path: PathBuf,
+}
+
+/// What a backup needs to know before it starts: the chunk ids known to be stored.
+#[derive(Debug, Default)]
+pub struct KnownChunks {
+    pub ids: HashSet<ChunkId>,
+}
+
+/// The cache directory: `$PGVAULT_CACHE_DIR`, else `$XDG_CACHE_HOME/pgvault`, else
+/// `~/.cache/pgvault`.
+pub fn cache_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("PGVAULT_CACHE_DIR") {
+        return PathBuf::from(d);
+    }
+    if let Some(d) = std::env::var_os("XDG_CACHE_HOME") {
+        return PathBuf::from(d).join("pgvault");
+    }
+    let home = std::env::var_os("HOME").unwrap_or_else(|| "/tmp".into());
+    PathBuf::from(home).join(".cache/pgvault")
+}
+
+impl Index {
+    /// The index for the repository with id `repo_id`.
+    pub fn for_repo(repo_id: &str) -> Self {
+        Index {
+            path: cache_dir().join(repo_id).join("index"),
+        }
+    }
+
+    /// Where the sled database lives.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Runs `f` with the database open, or returns `Ok(None)` when another process
+    /// held it for longer than we are willing to wait.
+    fn with_db<T>(&self, f: impl FnOnce(&sled::Db) -> sled::Result<T>) -> Result<Option<T>> {
+        let deadline = Instant::now() + OPEN_PATIENCE;
+        loop {
+            match sled::Config::new().path(&self.path).open() {
+                Ok(db) => {
+                    let out = f(&db).and_then(|v| db.flush().map(|_| v));
+                    return out.map(Some).map_err(|e| index_error(&self.path, e));
+                }
+                Err(sled::Error::Io(e)) if is_lock_conflict(&e) => {
+                    if Instant::now() >= deadline {
+                        tracing::info!(
+                            "Index {} is busy in another process: going without it",
+                            self.path.display()
+                        );
+                        return Ok(None);
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Err(e) => {
+                    // A damaged cache is worth nothing: drop it and start afresh.
+                    tracing::warn!(
+                        "Index {} cannot be opened ({e}): discarding it",
+                        self.path.display()
+                    );
+                    self.remove()?;
+                    let db = sled::Config::new()
+                        .path(&self.path)
+                        .open()
+                        .map_err(|e| index_error(&self.path, e))?;
+                    let out = f(&db).and_then(|v| db.flush().map(|_| v));
+                    return out.map(Some).map_err(|e| index_error(&self.path, e));
+                }
+            }
+        }
+    }
+
+    /// Deletes the index from disk.
+    ///
+    /// Errors: `Io` when the directory exists but cannot be removed.
+    pub fn remove(&self) -> Result<()> {
+        match std::fs::remove_dir_all(&self.path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(Error::io_path("remove index", &self.path, e)),
+        }
+    }
+
+    /// The chunk ids the cache believes stored (empty when the index is busy).
+    ///
+    /// Errors: `Io` when the index is unreadable and cannot be recreated.
+    pub fn known_chunks(&self) -> Result<KnownChunks> {
+        let ids = self.with_db(|db| {
+            let tree = db.open_tree("chunks")?;
+            let mut ids = HashSet::with_capacity(tree.len());
+            for kv in tree.iter() {
+                let (k, _) = kv?;
+                if let Ok(arr) = <[u8; 32]>::try_from(&k[..]) {
+                    ids.insert(ChunkId(arr));
+                }
+            }
+            Ok(ids)
+        })?;
+        Ok(KnownChunks {
+            ids: ids.unwrap_or_default(),
+        })
+    }
+
+    /// Records chunks as stored, with their stored sizes. Skipped when the index is busy.
+    ///
+    /// Errors: `Io` when the index is unwritable and cannot be recreated.
+    pub fn add_chunks(&self, chunks: &[(ChunkId, u64)]) -> Result<()> {
+        if chunks.is_empty() {
+            return Ok(());
+        }
+        self.with_db(|db| {
+            let tree = db.open_tree("chunks")?;
+            let mut batch = sled::Batch::default();
+            for (id, size) in chunks {
+                batch.insert(&id.0[..], &size.to_be_bytes()[..]);
+            }
+            tree.apply_batch(batch)
+        })?;
+        Ok(())
+    }
+
+    /// Forgets chunks, so that a later backup checks the backend for them again.
+    ///
+    /// Errors: `Io` when the index is unwritable and cannot be recreated.
+    pub fn remove_chunks(&self, ids: &[ChunkId]) -> Result<()> {
+        self.with_db(|db| {
+            let tree = db.open_tree("chunks")?;
+            let mut batch = sled::Batch::default();
+            for id in ids {
+                batch.remove(&id.0[..]);
+            }
+            tree.apply_batch(batch)
+        })?;
+        Ok(())
+    }
+
+    /// Cached sealed manifests by snapshot id (empty when the index is busy).
+    ///
+    /// Errors: `Io` when the index is unreadable and cannot be recreated.
+    pub fn cached_manifests(&self) -> Result<Vec<(String, Vec<u8>)>> {
+        let out = self.with_db(|db| {
+            let tree = db.open_tree("snapshots")?;
+            tree.iter()
+                .map(|kv| kv.map(|(k, v)| (String::from_utf8_lossy(&k).into_owned(), v.to_vec())))
+                .collect::<sled::Result<Vec<_>>>()
+        })?;
+        Ok(out.unwrap_or_default())
+    }
+
+    /// Replaces the manifest cache: adds `add` and drops `remove`. Skipped when busy.
+    ///
+    /// Errors: `Io` when the index is unwritable and cannot be recreated.
+    pub fn update_manifests(&self, add: &[(String, Vec<u8>)], remove: &[String]) -> Result<()> {
+        if add.is_empty() && remove.is_empty() {
+            return Ok(());
+        }
+        self.with_db(|db| {
+            let tree = db.open_tree("snapshots")?;
+            let mut batch = sled::Batch::default();
+            for (id, blob) in add {
+                batch.insert(id.as_bytes(), &blob[..]);
+            }
+            for id in remove {
+                batch.remove(id.as_bytes());
+            }
+            tree.apply_batch(batch)
+        })?;
+        Ok(())
+    }
+
+    /// Counts of cached chunks and snapshots, or `None` when busy.
+    ///
+    /// Errors: `Io` when the index is unreadable and cannot be recreated.
+    pub fn counts(&self) -> Result<Option<(usize, usize)>> {
+        self.with_db(|db| {
+            Ok((
+                db.open_tree("chunks")?.len(),
+                db.open_tree("snapshots")?.len(),
+            ))
+        })
+    }
+}
+
+fn is_lock_conflict(e: &std::io::Error) -> bool {
+    e.kind() == std::io::ErrorKind::WouldBlock
+        || e.raw_os_error() == Some(libc::EWOULDBLOCK)
+        || e.to_string().contains("lock")
+}
+
+fn index_error(path: &Path, e: sled::Error) -> Error {
+    Error::io(
+        format!("Local index {} failed", path.display()),
+        std::io::Error::other(e.to_string()),
+    )
+}

@@ -1,0 +1,23 @@
+//! pgvault: deduplicated, encrypted backups of PostgreSQL, mountable as a read-only tree.
+//!
+//! Layers, each depending only on those below it: `cli` (in the binary) parses and
+//! prints; [`pg`] runs PostgreSQL's tools; [`repo`] holds snapshots, the write path
+//! and the read path; [`index`] is the local sled cache; [`crypto`] and [`chunker`]
+//! seal and cut bytes; [`backend`] stores objects.
+#![forbid(unsafe_code)]
+
+pub mod backend;
+pub mod chunker;
+pub mod crypto;
+pub mod error;
+pub mod index;
+pub mod pg;
+pub mod repo;
+
+pub use error::{Error, ErrorKind, Result};
+
+/// This machine's name, recorded in manifests, key files and locks.
+pub fn hostname() -> String {
+    gethostname::gethostname().to_string_lossy().into_owned()
+}
+pub mod cli;

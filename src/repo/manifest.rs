@@ -1,0 +1,79 @@
+//! What a backup point is: the manifest stored, sealed, under `snapshots/<id>`.
+
+use serde::{Deserialize, Serialize};
+
+use crate::crypto::ChunkId;
+
+/// What kind of backup point a snapshot is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, PartialOrd, Ord, Hash)]
+#[serde(rename_all = "lowercase")]
+pub enum SnapshotKind {
+    /// A logical dump, `pg_dump -Fc`.
+    Dump,
+    /// A physical base backup, the `pg_basebackup` tar stream.
+    Base,
+}
+
+impl SnapshotKind {
+    /// The lowercase name used in listings, paths and JSON.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            SnapshotKind::Dump => "dump",
+            SnapshotKind::Base => "base",
+        }
+    }
+}
+
+impl std::fmt::Display for SnapshotKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One chunk of a file, in order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChunkRef {
+    pub id: ChunkId,
+    pub len: u32,
+}
+
+/// What a backup cost and did, with units in the field names.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackupStats {
+    pub bytes_read: u64,
+    /// Bytes of chunk objects this backup added to the repository (compressed, sealed).
+    pub bytes_stored_new: u64,
+    pub chunks_total: u64,
+    pub chunks_new: u64,
+    /// Chunks that were already stored, by this backup or an earlier one.
+    pub chunks_reused: u64,
+    pub duration_ms: u64,
+}
+
+/// One backup point.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SnapshotManifest {
+    pub id: String,
+    /// The backup point's time: when it was taken, or the `--time` given on import.
+    pub time: chrono::DateTime<chrono::Utc>,
+    pub started: chrono::DateTime<chrono::Utc>,
+    pub finished: chrono::DateTime<chrono::Utc>,
+    pub db: String,
+    pub kind: SnapshotKind,
+    pub hostname: String,
+    /// The file's name in the mounted tree, e.g. `footdash.dump`.
+    pub file_name: String,
+    pub size_bytes: u64,
+    pub chunks: Vec<ChunkRef>,
+    pub stats: BackupStats,
+    /// pgvault filled in the table of contents' data offsets of a piped dump.
+    #[serde(default)]
+    pub dump_offsets_filled: bool,
+}
+
+impl SnapshotManifest {
+    /// The first eight hex digits of the id, as listings show it.
+    pub fn short_id(&self) -> &str {
+        &self.id[..8.min(self.id.len())]
+    }
+}

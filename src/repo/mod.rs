@@ -1,0 +1,328 @@
+//! The repository: keys, chunks and snapshots on top of any backend.
+
+pub mod format;
+pub mod manifest;
+pub mod reader;
+pub mod writer;
+
+use std::sync::Arc;
+
+use crate::backend::Backend;
+use crate::chunker::ChunkerParams;
+use crate::crypto::{ChunkId, KdfParams, KeyFile, MasterKey};
+use crate::error::{Error, ErrorKind, Result};
+use crate::index::Index;
+use format::RepoConfig;
+pub use manifest::{BackupStats, ChunkRef, SnapshotKind, SnapshotManifest};
+
+/// Choices fixed when a repository is created.
+#[derive(Debug, Clone)]
+pub struct InitOptions {
+    pub chunker: ChunkerParams,
+    pub zstd_level: i32,
+    pub kdf: KdfParams,
+}
+
+impl Default for InitOptions {
+    fn default() -> Self {
+        InitOptions {
+            chunker: ChunkerParams::default(),
+            zstd_level: 3,
+            kdf: KdfParams::default(),
+        }
+    }
+}
+
+/// An open repository: its backend, config, master key and local index.
+#[derive(Debug, Clone)]
+pub struct Repository {
+    backend: Arc<dyn Backend>,
+    config: RepoConfig,
+    key: MasterKey,
+    index: Index,
+}
+
+fn key_file_key(key_id: &str) -> String {
+    format!("keys/{key_id}")
+}
+
+impl Repository {
+    /// Creates a repository in an empty location and returns it open.
+    ///
+    /// Errors: `InvalidInput` when the location already holds objects (a repository
+    /// or anything else) or the options are out of range; backend errors otherwise.
+    pub async fn init(
+        backend: Arc<dyn Backend>,
+        passphrase: &[u8],
+        opts: InitOptions,
+    ) -> Result<Self> {
+        opts.chunker.validate()?;
+        let location = backend.location();
+        let existing = backend.list("").await?;
+        if !existing.is_empty() {
+            let what = if existing.iter().any(|o| o.key == "config") {
+                "already holds a repository"
+            } else {
+                "is not empty"
+            };
+            return Err(Error::InvalidInput(format!(
+                "Cannot init {location}: it {what} ({} objects); choose an empty location",
+                existing.len()
+            )));
+        }
+        let config = RepoConfig::new(opts.chunker, opts.zstd_level);
+        let key = MasterKey::generate();
+        let kf = KeyFile::wrap(&key, passphrase, opts.kdf)?;
+        let key_id = hex::encode(crate::crypto::random_bytes::<16>());
+        backend
+            .put_if_absent(
+                &key_file_key(&key_id),
+                serde_json::to_vec_pretty(&kf).expect("key file serialises"),
+            )
+            .await?;
+        // The config goes last: a location with a config is a usable repository.
+        let created = backend
+            .put_if_absent(
+                "config",
+                serde_json::to_vec_pretty(&config).expect("config serialises"),
+            )
+            .await?;
+        if !created {
+            return Err(Error::AlreadyExists {
+                what: "A repository config".into(),
+                location,
+            });
+        }
+        let index = Index::for_repo(&config.repo_id);
+        Ok(Repository {
+            backend,
+            config,
+            key,
+            index,
+        })
+    }
+
+    /// Opens an existing repository with a passphrase.
+    ///
+    /// Errors: `NotFound` when the location holds no repository; `InvalidInput` when it
+    /// holds something else; `WrongPassphrase` when no key opens with the passphrase;
+    /// backend errors otherwise.
+    pub async fn open(backend: Arc<dyn Backend>, passphrase: &[u8]) -> Result<Self> {
+        let location = backend.location();
+        let config_bytes = match backend.get("config").await {
+            Ok(b) => b,
+            Err(e) if e.kind() == ErrorKind::NotFound => {
+                return Err(Error::NotFound {
+                    what: "No pgvault repository (no config object)".into(),
+                    location: format!("{location}; run `pgvault init` to create one"),
+                })
+            }
+            Err(e) => return Err(e),
+        };
+        let config = RepoConfig::parse(&config_bytes, &location)?;
+        let mut keys = backend.list("keys/").await?;
+        keys.sort_by(|a, b| a.key.cmp(&b.key));
+        for obj in &keys {
+            let bytes = backend.get(&obj.key).await?;
+            let kf: KeyFile = serde_json::from_slice(&bytes).map_err(|e| {
+                Error::Corrupt(format!(
+                    "Key file {} in {location} does not parse: {e}",
+                    obj.key
+                ))
+            })?;
+            let pass = passphrase.to_vec();
+            let opened = tokio::task::spawn_blocking(move || kf.unwrap_key(&pass))
+                .await
+                .map_err(|e| Error::io("Key derivation task failed", std::io::Error::other(e)))??;
+            if let Some(key) = opened {
+                let index = Index::for_repo(&config.repo_id);
+                return Ok(Repository {
+                    backend,
+                    config,
+                    key,
+                    index,
+                });
+            }
+        }
+        Err(Error::WrongPassphrase(location))
+    }
+
+    /// The backend under this repository.
+    pub fn backend(&self) -> &Arc<dyn Backend> {
+        &self.backend
+    }
+
+    /// The repository's config.
+    pub fn config(&self) -> &RepoConfig {
+        &self.config
+    }
+
+    /// The local index cache of this repository.
+    pub fn index(&self) -> &Index {
+        &self.index
+    }
+
+    /// The master key.
+    pub fn key(&self) -> &MasterKey {
+        &self.key
+    }
+
+    /// Where the repository lives, for messages.
+    pub fn location(&self) -> String {
+        self.backend.location()
+    }
+
+    /// Reads, authenticates, decompresses and verifies one chunk.
+    ///
+    /// Errors: `NotFound` naming the chunk when its object is missing; `Corrupt` when
+    /// it fails authentication or verification; backend errors otherwise.
+    pub async fn load_chunk(&self, id: &ChunkId, expected_len: Option<usize>) -> Result<Vec<u8>> {
+        let key = format::chunk_key(id);
+        let object = match self.backend.get(&key).await {
+            Ok(o) => o,
+            Err(e) if e.kind() == ErrorKind::NotFound => {
+                return Err(Error::NotFound {
+                    what: format!("Chunk {}", id.to_hex()),
+                    location: self.location(),
+                })
+            }
+            Err(e) => return Err(e),
+        };
+        let master = self.key.clone();
+        let id = *id;
+        tokio::task::spawn_blocking(move || {
+            format::decode_chunk(&master, &id, &object, expected_len)
+        })
+        .await
+        .map_err(|e| Error::io("Chunk decoding task failed", std::io::Error::other(e)))?
+    }
+
+    async fn fetch_manifest(&self, id: &str) -> Result<Vec<u8>> {
+        self.backend.get(&format::snapshot_key(id)).await
+    }
+
+    fn decode_snapshot(&self, id: &str, sealed: &[u8]) -> Result<SnapshotManifest> {
+        let key = format::snapshot_key(id);
+        let json = format::decode_manifest(&self.key, &key, sealed)?;
+        let m: SnapshotManifest = serde_json::from_slice(&json)
+            .map_err(|e| Error::Corrupt(format!("Manifest {key} does not parse: {e}")))?;
+        if m.id != id {
+            return Err(Error::Corrupt(format!(
+                "Manifest {key} names another snapshot, {}",
+                m.id
+            )));
+        }
+        Ok(m)
+    }
+
+    /// Every snapshot in the repository, oldest first.
+    ///
+    /// The backend's listing decides which snapshots exist; the index only saves
+    /// downloading manifests already seen.
+    ///
+    /// Errors: `Corrupt` when a manifest fails authentication; backend errors otherwise.
+    pub async fn snapshots(&self) -> Result<Vec<SnapshotManifest>> {
+        let listed: Vec<String> = self
+            .backend
+            .list("snapshots/")
+            .await?
+            .into_iter()
+            .filter_map(|o| o.key.strip_prefix("snapshots/").map(str::to_string))
+            .collect();
+        let cached: std::collections::HashMap<String, Vec<u8>> =
+            self.index.cached_manifests()?.into_iter().collect();
+        let listed_set: std::collections::HashSet<&String> = listed.iter().collect();
+        let stale: Vec<String> = cached
+            .keys()
+            .filter(|k| !listed_set.contains(k))
+            .cloned()
+            .collect();
+        let mut fresh = Vec::new();
+        let mut out = Vec::with_capacity(listed.len());
+        for id in &listed {
+            let sealed = match cached.get(id) {
+                Some(b) => b.clone(),
+                None => {
+                    let b = match self.fetch_manifest(id).await {
+                        Ok(b) => b,
+                        // Forgotten between our listing and our read.
+                        Err(e) if e.kind() == ErrorKind::NotFound => continue,
+                        Err(e) => return Err(e),
+                    };
+                    fresh.push((id.clone(), b.clone()));
+                    b
+                }
+            };
+            out.push(self.decode_snapshot(id, &sealed)?);
+        }
+        self.index.update_manifests(&fresh, &stale)?;
+        out.sort_by(|a, b| a.time.cmp(&b.time).then_with(|| a.id.cmp(&b.id)));
+        Ok(out)
+    }
+
+    /// The snapshot whose id is `prefix` or starts with it.
+    ///
+    /// Errors: `NotFound` when none matches; `InvalidInput` when several do.
+    pub async fn resolve_snapshot(&self, prefix: &str) -> Result<SnapshotManifest> {
+        if prefix.is_empty() || !prefix.chars().all(|c| c.is_ascii_hexdigit()) {
+            return Err(Error::InvalidInput(format!(
+                "Snapshot id {prefix:?} is not a hex id or id prefix"
+            )));
+        }
+        let prefix = prefix.to_ascii_lowercase();
+        let mut matches: Vec<SnapshotManifest> = self
+            .snapshots()
+            .await?
+            .into_iter()
+            .filter(|m| m.id.starts_with(&prefix))
+            .collect();
+        match matches.len() {
+            0 => Err(Error::NotFound {
+                what: format!("Snapshot {prefix}"),
+                location: self.location(),
+            }),
+            1 => Ok(matches.remove(0)),
+            n => Err(Error::InvalidInput(format!(
+                "Snapshot id prefix {prefix} is ambiguous: {n} snapshots match ({}); give more digits",
+                matches.iter().map(|m| m.short_id().to_string()).collect::<Vec<_>>().join(", ")
+            ))),
+        }
+    }
+
+    /// Stores a manifest; refuses to replace an existing one.
+    ///
+    /// Errors: `AlreadyExists` when the id is taken; backend errors otherwise.
+    pub async fn write_manifest(&self, m: &SnapshotManifest) -> Result<()> {
+        let key = format::snapshot_key(&m.id);
+        let json = serde_json::to_vec(m).expect("manifest serialises");
+        let sealed = format::encode_manifest(&self.key, &key, &json);
+        if !self.backend.put_if_absent(&key, sealed.clone()).await? {
+            return Err(Error::AlreadyExists {
+                what: format!("Snapshot {}", m.id),
+                location: self.location(),
+            });
+        }
+        self.index
+            .update_manifests(&[(m.id.clone(), sealed)], &[])?;
+        Ok(())
+    }
+
+    /// Recreates the local index from the backend: every chunk object and manifest.
+    /// Returns the number of chunks and snapshots indexed.
+    ///
+    /// Errors: backend errors, `Corrupt` for a manifest that fails authentication, or
+    /// `Io` when the index cannot be written.
+    pub async fn rebuild_index(&self) -> Result<(usize, usize)> {
+        self.index.remove()?;
+        let chunks: Vec<(ChunkId, u64)> = self
+            .backend
+            .list("chunks/")
+            .await?
+            .into_iter()
+            .filter_map(|o| format::chunk_id_from_key(&o.key).map(|id| (id, o.size_bytes)))
+            .collect();
+        self.index.add_chunks(&chunks)?;
+        let snaps = self.snapshots().await?;
+        Ok((chunks.len(), snaps.len()))
+    }
+}

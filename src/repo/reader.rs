@@ -1,0 +1,246 @@
+//! The read path: a snapshot's file as an ordered chunk list with cumulative offsets,
+//! read sequentially with prefetch (`cat`) or at any offset through a shared,
+//! byte-bounded cache of decoded chunks (the mount).
+
+use std::collections::VecDeque;
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+
+use super::manifest::SnapshotManifest;
+use super::writer::Progress;
+use super::Repository;
+use crate::crypto::ChunkId;
+use crate::error::{Error, Result};
+
+/// How many chunks a sequential read keeps in flight ahead of the writer.
+pub const PREFETCH_CHUNKS: usize = 8;
+
+/// Decoded chunks, evicted least recently used first once their bytes exceed a budget.
+#[derive(Debug)]
+pub struct ChunkCache {
+    inner: Mutex<CacheInner>,
+    capacity_bytes: usize,
+}
+
+#[derive(Debug)]
+struct CacheInner {
+    map: lru::LruCache<ChunkId, Arc<Vec<u8>>>,
+    bytes: usize,
+}
+
+impl ChunkCache {
+    /// A cache holding at most `capacity_bytes` of decoded chunk data.
+    pub fn new(capacity_bytes: usize) -> Self {
+        ChunkCache {
+            inner: Mutex::new(CacheInner {
+                map: lru::LruCache::unbounded(),
+                bytes: 0,
+            }),
+            capacity_bytes,
+        }
+    }
+
+    /// A cached chunk, marked as recently used.
+    pub fn get(&self, id: &ChunkId) -> Option<Arc<Vec<u8>>> {
+        self.inner.lock().expect("cache lock").map.get(id).cloned()
+    }
+
+    /// Adds a chunk, evicting old ones to stay within the budget.
+    pub fn insert(&self, id: ChunkId, data: Arc<Vec<u8>>) {
+        let mut inner = self.inner.lock().expect("cache lock");
+        inner.bytes += data.len();
+        if let Some(old) = inner.map.put(id, data) {
+            inner.bytes -= old.len();
+        }
+        while inner.bytes > self.capacity_bytes && inner.map.len() > 1 {
+            if let Some((_, old)) = inner.map.pop_lru() {
+                inner.bytes -= old.len();
+            }
+        }
+    }
+}
+
+/// Random access to one snapshot's file.
+#[derive(Debug, Clone)]
+pub struct FileReader {
+    repo: Repository,
+    manifest: Arc<SnapshotManifest>,
+    /// `ends[i]` is the offset just past chunk `i`.
+    ends: Arc<Vec<u64>>,
+    cache: Arc<ChunkCache>,
+}
+
+impl FileReader {
+    /// A reader over `manifest`'s file, sharing `cache` with other readers.
+    pub fn new(repo: Repository, manifest: Arc<SnapshotManifest>, cache: Arc<ChunkCache>) -> Self {
+        let mut pos = 0u64;
+        let ends = manifest
+            .chunks
+            .iter()
+            .map(|c| {
+                pos += u64::from(c.len);
+                pos
+            })
+            .collect();
+        FileReader {
+            repo,
+            manifest,
+            ends: Arc::new(ends),
+            cache,
+        }
+    }
+
+    /// The file's length in bytes.
+    pub fn len(&self) -> u64 {
+        self.ends.last().copied().unwrap_or(0)
+    }
+
+    /// Whether the file is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The snapshot this reader reads.
+    pub fn manifest(&self) -> &Arc<SnapshotManifest> {
+        &self.manifest
+    }
+
+    /// The index of the chunk holding byte `offset` (binary search over chunk ends).
+    fn chunk_at(&self, offset: u64) -> usize {
+        self.ends.partition_point(|&end| end <= offset)
+    }
+
+    fn chunk_start(&self, i: usize) -> u64 {
+        if i == 0 {
+            0
+        } else {
+            self.ends[i - 1]
+        }
+    }
+
+    /// Decoded bytes of chunk `i`, from the cache or the backend.
+    ///
+    /// Errors: `NotFound` or `Corrupt` naming the snapshot and chunk; backend errors.
+    pub async fn chunk(&self, i: usize) -> Result<Arc<Vec<u8>>> {
+        let r = self.manifest.chunks[i];
+        if let Some(d) = self.cache.get(&r.id) {
+            return Ok(d);
+        }
+        let data = self
+            .repo
+            .load_chunk(&r.id, Some(r.len as usize))
+            .await
+            .map_err(|e| name_snapshot(&self.manifest.id, e))?;
+        if data.len() != r.len as usize {
+            return Err(Error::Corrupt(format!(
+                "Chunk {} of snapshot {} has {} bytes, its manifest says {}",
+                r.id.to_hex(),
+                self.manifest.id,
+                data.len(),
+                r.len
+            )));
+        }
+        let data = Arc::new(data);
+        self.cache.insert(r.id, data.clone());
+        Ok(data)
+    }
+
+    /// Starts loading the chunks after `i` that are not cached yet, without waiting.
+    pub fn prefetch_after(&self, i: usize, count: usize) {
+        for j in i + 1..(i + 1 + count).min(self.manifest.chunks.len()) {
+            if self.cache.get(&self.manifest.chunks[j].id).is_none() {
+                let me = self.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = me.chunk(j).await {
+                        tracing::debug!("Prefetch failed: {e}");
+                    }
+                });
+            }
+        }
+    }
+
+    /// Up to `size` bytes from `offset`; fewer only at the end of the file.
+    ///
+    /// Errors: as [`FileReader::chunk`]; never returns bytes that failed verification.
+    pub async fn read_at(&self, offset: u64, size: usize) -> Result<Vec<u8>> {
+        let end = (offset + size as u64).min(self.len());
+        if offset >= end {
+            return Ok(Vec::new());
+        }
+        let mut out = Vec::with_capacity((end - offset) as usize);
+        let mut i = self.chunk_at(offset);
+        while (self.chunk_start(i)) < end {
+            let data = self.chunk(i).await?;
+            let start = self.chunk_start(i);
+            let from = offset.max(start) - start;
+            let to = end.min(self.ends[i]) - start;
+            out.extend_from_slice(&data[from as usize..to as usize]);
+            i += 1;
+            if i >= self.ends.len() {
+                break;
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Adds the snapshot to a chunk error, so the reader learns which backup is hit.
+fn name_snapshot(snap: &str, e: Error) -> Error {
+    match e {
+        Error::Corrupt(m) => Error::Corrupt(format!("{m} (in snapshot {snap})")),
+        Error::NotFound { what, location } => Error::NotFound {
+            what: format!("{what} of snapshot {snap}"),
+            location,
+        },
+        other => other,
+    }
+}
+
+impl Repository {
+    /// Writes a snapshot's whole file to `out`, loading chunks ahead concurrently.
+    /// Returns the number of bytes written.
+    ///
+    /// Errors: `NotFound` or `Corrupt` naming the snapshot and chunk (nothing after a
+    /// bad chunk is written); `Io` when `out` fails; backend errors.
+    pub async fn cat(
+        &self,
+        manifest: &SnapshotManifest,
+        out: &mut (dyn Write + Send),
+        progress: Arc<dyn Progress>,
+    ) -> Result<u64> {
+        let mut pending: VecDeque<tokio::task::JoinHandle<Result<Vec<u8>>>> = VecDeque::new();
+        let mut next = 0usize;
+        let mut written = 0u64;
+        let snap = manifest.id.clone();
+        loop {
+            while pending.len() < PREFETCH_CHUNKS && next < manifest.chunks.len() {
+                let r = manifest.chunks[next];
+                let repo = self.clone();
+                let snap = snap.clone();
+                pending.push_back(tokio::spawn(async move {
+                    repo.load_chunk(&r.id, Some(r.len as usize))
+                        .await
+                        .map_err(|e| name_snapshot(&snap, e))
+                }));
+                next += 1;
+            }
+            let Some(h) = pending.pop_front() else { break };
+            let data = h
+                .await
+                .map_err(|e| Error::io("Chunk read task failed", std::io::Error::other(e)))??;
+            out.write_all(&data)
+                .map_err(|e| Error::io("Cannot write output", e))?;
+            progress.advance(data.len() as u64);
+            written += data.len() as u64;
+        }
+        out.flush()
+            .map_err(|e| Error::io("Cannot write output", e))?;
+        if written != manifest.size_bytes {
+            return Err(Error::Corrupt(format!(
+                "Snapshot {} read back {written} bytes, its manifest says {}",
+                manifest.id, manifest.size_bytes
+            )));
+        }
+        Ok(written)
+    }
+}

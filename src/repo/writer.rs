@@ -1,0 +1,308 @@
+//! The write path: a byte stream cut into chunks, deduplicated, sealed and stored,
+//! then committed as a snapshot only after every chunk is durable.
+//!
+//! Chunking and the dump inspection run on one thread that reads the source; sealing
+//! runs on the blocking pool and uploads on the runtime, with a bounded number of
+//! chunks in flight so memory stays flat however large the dump.
+
+use std::collections::HashSet;
+use std::io::Read;
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio::sync::{mpsc, Semaphore};
+use tokio::task::JoinSet;
+
+use super::format;
+use super::manifest::{BackupStats, ChunkRef, SnapshotKind, SnapshotManifest};
+use super::Repository;
+use crate::crypto::ChunkId;
+use crate::error::{Error, Result};
+use crate::pg::custom_format::{DumpInspector, DumpLayout};
+
+/// Told how far a long operation has got, so the CLI can draw a bar.
+pub trait Progress: Send + Sync {
+    /// `bytes` more have been processed.
+    fn advance(&self, bytes: u64);
+}
+
+/// Progress that nobody watches.
+pub struct NoProgress;
+
+impl Progress for NoProgress {
+    fn advance(&self, _bytes: u64) {}
+}
+
+/// What the backup point is, as opposed to what it contains.
+#[derive(Debug, Clone)]
+pub struct SnapshotMeta {
+    pub db: String,
+    pub kind: SnapshotKind,
+    /// The backup point's time; `None` means when the backup started.
+    pub time: Option<chrono::DateTime<chrono::Utc>>,
+    pub file_name: String,
+}
+
+/// How many chunks may be sealed or uploaded at once.
+const CHUNKS_IN_FLIGHT: usize = 16;
+
+enum Piece {
+    /// A chunk in stream order.
+    Body(ChunkId, Vec<u8>),
+    /// The chunks that cover the dump's header and table of contents, sent last
+    /// because their final bytes (the data offsets) are known only at the end.
+    Head(Vec<(ChunkId, Vec<u8>)>),
+}
+
+/// A stream fully stored but not yet visible as a snapshot.
+#[derive(Debug)]
+pub struct PendingSnapshot {
+    repo: Repository,
+    manifest: SnapshotManifest,
+    new_chunks: Vec<(ChunkId, u64)>,
+}
+
+impl PendingSnapshot {
+    /// What the snapshot will be.
+    pub fn manifest(&self) -> &SnapshotManifest {
+        &self.manifest
+    }
+
+    /// Makes the snapshot visible by writing its manifest: every chunk it names is
+    /// already durable.
+    ///
+    /// Errors: `AlreadyExists` if the id is taken; backend errors otherwise.
+    pub async fn commit(mut self) -> Result<SnapshotManifest> {
+        self.manifest.finished = chrono::Utc::now();
+        self.manifest.stats.duration_ms = (self.manifest.finished - self.manifest.started)
+            .num_milliseconds()
+            .max(0) as u64;
+        self.repo.write_manifest(&self.manifest).await?;
+        let mut known: Vec<(ChunkId, u64)> = self.new_chunks;
+        let new: HashSet<ChunkId> = known.iter().map(|(id, _)| *id).collect();
+        known.extend(
+            self.manifest
+                .chunks
+                .iter()
+                .filter(|c| !new.contains(&c.id))
+                .map(|c| (c.id, 0)),
+        );
+        let index = self.repo.index().clone();
+        // The cache may be busy; the snapshot is committed either way.
+        let _ = tokio::task::spawn_blocking(move || index.add_chunks(&known)).await;
+        Ok(self.manifest)
+    }
+}
+
+impl Repository {
+    /// Stores a chunk unless an object for it already exists. Returns the stored
+    /// size when it wrote one.
+    ///
+    /// Errors: backend errors.
+    pub async fn put_chunk_if_missing(&self, id: ChunkId, data: Vec<u8>) -> Result<Option<u64>> {
+        let key = format::chunk_key(&id);
+        if self.backend().exists(&key).await? {
+            return Ok(None);
+        }
+        let master = self.key().clone();
+        let level = self.config().zstd_level;
+        let object =
+            tokio::task::spawn_blocking(move || format::encode_chunk(&master, &id, &data, level))
+                .await
+                .map_err(|e| Error::io("Chunk sealing task failed", std::io::Error::other(e)))?;
+        let size = object.len() as u64;
+        self.backend().put(&key, object).await?;
+        Ok(Some(size))
+    }
+
+    /// Reads `source` to its end and stores it as chunks. Nothing becomes visible
+    /// until [`PendingSnapshot::commit`]: a caller that must check something first (the
+    /// exit status of pg_dump) commits only when that check passes.
+    ///
+    /// A `Dump` source must be a pg_dump custom-format archive; its table of
+    /// contents gets the data offsets that pg_dump leaves unset on a pipe.
+    ///
+    /// Errors: `InvalidInput` when a dump is empty, truncated or not a custom-format
+    /// archive; `Io` when the source fails; backend errors.
+    pub async fn ingest(
+        &self,
+        source: Box<dyn Read + Send>,
+        meta: SnapshotMeta,
+        progress: Arc<dyn Progress>,
+    ) -> Result<PendingSnapshot> {
+        let started_at = Instant::now();
+        let started = chrono::Utc::now();
+        let index = self.index().clone();
+        let known = tokio::task::spawn_blocking(move || index.known_chunks())
+            .await
+            .map_err(|e| Error::io("Index task failed", std::io::Error::other(e)))??;
+
+        let (tx, mut rx) = mpsc::channel::<Piece>(4);
+        let chunker = self.config().chunker;
+        let master = self.key().clone();
+        let inspect = meta.kind == SnapshotKind::Dump;
+        let producer = std::thread::spawn(move || produce(source, chunker, master, inspect, tx));
+
+        let mut stats = BackupStats::default();
+        let mut body: Vec<ChunkRef> = Vec::new();
+        let mut head: Vec<ChunkRef> = Vec::new();
+        let mut seen: HashSet<ChunkId> = HashSet::new();
+        let mut new_chunks: Vec<(ChunkId, u64)> = Vec::new();
+        let slots = Arc::new(Semaphore::new(CHUNKS_IN_FLIGHT));
+        let mut tasks: JoinSet<Result<(ChunkId, Option<u64>)>> = JoinSet::new();
+
+        let mut absorb =
+            |res: std::result::Result<Result<(ChunkId, Option<u64>)>, tokio::task::JoinError>,
+             stats: &mut BackupStats|
+             -> Result<()> {
+                let (id, stored) = res.map_err(|e| {
+                    Error::io("Chunk upload task failed", std::io::Error::other(e))
+                })??;
+                match stored {
+                    Some(size) => {
+                        stats.chunks_new += 1;
+                        stats.bytes_stored_new += size;
+                        new_chunks.push((id, size));
+                    }
+                    None => stats.chunks_reused += 1,
+                }
+                Ok(())
+            };
+
+        while let Some(piece) = rx.recv().await {
+            let (chunks, into_head) = match piece {
+                Piece::Body(id, data) => (vec![(id, data)], false),
+                Piece::Head(chunks) => (chunks, true),
+            };
+            for (id, data) in chunks {
+                let len = data.len();
+                progress.advance(len as u64);
+                stats.bytes_read += len as u64;
+                stats.chunks_total += 1;
+                let r = ChunkRef {
+                    id,
+                    len: len as u32,
+                };
+                if into_head {
+                    head.push(r)
+                } else {
+                    body.push(r)
+                }
+                if known.ids.contains(&id) || !seen.insert(id) {
+                    stats.chunks_reused += 1;
+                    continue;
+                }
+                let permit = slots
+                    .clone()
+                    .acquire_owned()
+                    .await
+                    .expect("semaphore is never closed");
+                let repo = self.clone();
+                tasks.spawn(async move {
+                    let _permit = permit;
+                    repo.put_chunk_if_missing(id, data).await.map(|s| (id, s))
+                });
+                while let Some(res) = tasks.try_join_next() {
+                    absorb(res, &mut stats)?;
+                }
+            }
+        }
+        while let Some(res) = tasks.join_next().await {
+            absorb(res, &mut stats)?;
+        }
+        let layout = producer
+            .join()
+            .map_err(|_| Error::io("Chunking thread panicked", std::io::Error::other("panic")))??;
+
+        head.extend(body);
+        let time = meta.time.unwrap_or(started);
+        stats.duration_ms = started_at.elapsed().as_millis() as u64;
+        let manifest = SnapshotManifest {
+            id: hex::encode(crate::crypto::random_bytes::<32>()),
+            time,
+            started,
+            finished: chrono::Utc::now(),
+            db: meta.db,
+            kind: meta.kind,
+            hostname: crate::hostname(),
+            file_name: meta.file_name,
+            size_bytes: stats.bytes_read,
+            chunks: head,
+            stats,
+            dump_offsets_filled: layout.map(|l| !l.offsets_were_set).unwrap_or(false),
+        };
+        Ok(PendingSnapshot {
+            repo: self.clone(),
+            manifest,
+            new_chunks,
+        })
+    }
+}
+
+fn dump_error(e: crate::pg::custom_format::DumpFormatError) -> Error {
+    Error::InvalidInput(format!(
+        "Input is not a complete pg_dump custom-format archive (pg_dump -Fc): {e}"
+    ))
+}
+
+/// Reads and cuts the source on a plain thread: the reads may block for as long as
+/// pg_dump takes, which must not tie up the async runtime.
+fn produce(
+    source: Box<dyn Read + Send>,
+    chunker: crate::chunker::ChunkerParams,
+    master: crate::crypto::MasterKey,
+    inspect: bool,
+    tx: mpsc::Sender<Piece>,
+) -> Result<Option<DumpLayout>> {
+    let mut inspector = inspect.then(DumpInspector::new);
+    let mut held: Vec<Vec<u8>> = Vec::new();
+    let mut holding = inspect;
+    for chunk in chunker.stream(source) {
+        let chunk = chunk.map_err(|e| match e {
+            fastcdc::v2020::Error::IoError(e) => Error::io("Cannot read the backup source", e),
+            other => Error::io(
+                "Cannot read the backup source",
+                std::io::Error::other(other.to_string()),
+            ),
+        })?;
+        if let Some(ins) = inspector.as_mut() {
+            ins.feed(&chunk.data).map_err(dump_error)?;
+            if holding {
+                // Keep every chunk that starts inside the header and TOC: their
+                // offset fields are rewritten once all data blocks have been seen.
+                match ins.toc_end() {
+                    Some(end) if chunk.offset >= end => holding = false,
+                    _ => {
+                        held.push(chunk.data);
+                        continue;
+                    }
+                }
+            }
+        }
+        let id = master.chunk_id(&chunk.data);
+        if tx.blocking_send(Piece::Body(id, chunk.data)).is_err() {
+            // The receiver gave up after an error of its own, which it reports.
+            return Ok(None);
+        }
+    }
+    let Some(ins) = inspector else {
+        return Ok(None);
+    };
+    let layout = ins.finish().map_err(dump_error)?;
+    let mut region: Vec<u8> = held.concat();
+    let toc_end = layout.toc_end as usize;
+    let patched = layout.patch_head(&region[..toc_end]).map_err(dump_error)?;
+    region[..toc_end].copy_from_slice(&patched);
+    // The region ends where an original chunk ended, so re-cutting it changes no
+    // boundary after it.
+    let head: Vec<(ChunkId, Vec<u8>)> = chunker
+        .cut(&region)
+        .into_iter()
+        .map(|(off, len)| {
+            let data = region[off..off + len].to_vec();
+            (master.chunk_id(&data), data)
+        })
+        .collect();
+    let _ = tx.blocking_send(Piece::Head(head));
+    Ok(Some(layout))
+}

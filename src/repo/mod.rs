@@ -60,8 +60,13 @@ impl Repository {
         let location = backend.location();
         let existing = backend.list("").await?;
         if !existing.is_empty() {
-            let what = if existing.iter().any(|o| o.key == "config") {
-                "already holds a repository"
+            let holds_repo = existing.iter().any(|o| o.key == "config")
+                && backend
+                    .get("config")
+                    .await
+                    .is_ok_and(|b| RepoConfig::parse(&b, &location).is_ok());
+            let what = if holds_repo {
+                "already holds a pgvault repository"
             } else {
                 "is not empty"
             };

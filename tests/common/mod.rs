@@ -1,2 +1,5 @@
+//! Shared test bench: throwaway PostgreSQL clusters and a pgvault runner.
 #![allow(dead_code)]
+
 pub mod pg;
+pub mod vault;

@@ -1,0 +1,209 @@
+//! Runs the real `pgvault` binary against a throwaway repository and cache.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+/// A repository location, passphrase and cache directory, and a way to run pgvault on them.
+pub struct Vault {
+    pub dir: tempfile::TempDir,
+    pub repo: String,
+    pub password: String,
+    pub cache: PathBuf,
+    pub extra_env: Vec<(String, String)>,
+}
+
+/// What one run of pgvault did.
+#[derive(Debug)]
+pub struct Run {
+    pub code: i32,
+    pub stdout: Vec<u8>,
+    pub stderr: String,
+}
+
+impl Run {
+    /// Stdout as text.
+    pub fn out(&self) -> String {
+        String::from_utf8_lossy(&self.stdout).into_owned()
+    }
+
+    /// Panics with both streams unless the run succeeded.
+    pub fn ok(self) -> Self {
+        assert_eq!(
+            self.code,
+            0,
+            "pgvault failed: stderr:\n{}\nstdout:\n{}",
+            self.stderr,
+            self.out()
+        );
+        self
+    }
+
+    /// Panics unless the run failed; returns stderr.
+    pub fn fails(self) -> String {
+        assert_ne!(
+            self.code,
+            0,
+            "pgvault unexpectedly succeeded: stdout:\n{}",
+            self.out()
+        );
+        assert!(
+            !self.stderr.trim().is_empty(),
+            "a failure must say why on stderr"
+        );
+        self.stderr
+    }
+
+    /// Stdout parsed as JSON.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.stdout)
+            .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {}", self.out()))
+    }
+}
+
+/// The built pgvault binary.
+pub fn bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_pgvault"))
+}
+
+impl Vault {
+    /// A new, not yet initialised, local repository in a temp dir.
+    pub fn local() -> Vault {
+        let dir = tempfile::Builder::new()
+            .prefix("pgvault-test-")
+            .tempdir()
+            .unwrap();
+        let repo = dir.path().join("repo").display().to_string();
+        let cache = dir.path().join("cache");
+        Vault {
+            dir,
+            repo,
+            password: "correct horse battery staple".into(),
+            cache,
+            extra_env: Vec::new(),
+        }
+    }
+
+    /// A new local repository, initialised with cheap key derivation (tests open it often).
+    pub fn init_local() -> Vault {
+        let v = Vault::local();
+        v.init();
+        v
+    }
+
+    /// `pgvault init` with a fast KDF.
+    pub fn init(&self) {
+        self.init_with(&[]);
+    }
+
+    /// `pgvault init` with a fast KDF and more options.
+    pub fn init_with(&self, extra: &[&str]) {
+        let mut args = vec!["init", "--kdf-memory-kib", "1024", "--kdf-iterations", "1"];
+        args.extend_from_slice(extra);
+        self.run(&args).ok();
+    }
+
+    /// The repository path (local repositories only).
+    pub fn repo_path(&self) -> &Path {
+        Path::new(&self.repo)
+    }
+
+    /// A pgvault command with this vault's environment, not yet started.
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(bin());
+        c.args(args)
+            .env("PGVAULT_REPO", &self.repo)
+            .env("PGVAULT_PASSWORD", &self.password)
+            .env("PGVAULT_CACHE_DIR", &self.cache)
+            .env_remove("PGVAULT_PASSWORD_FILE")
+            .stdin(Stdio::null());
+        for (k, v) in &self.extra_env {
+            c.env(k, v);
+        }
+        c
+    }
+
+    /// Runs pgvault to completion.
+    pub fn run(&self, args: &[&str]) -> Run {
+        to_run(self.command(args).output().unwrap())
+    }
+
+    /// Runs pgvault with `input` on stdin.
+    pub fn run_stdin(&self, args: &[&str], input: &[u8]) -> Run {
+        use std::io::Write;
+        let mut child = self
+            .command(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        let data = input.to_vec();
+        // Feed on another thread: pgvault may stop reading early and exit.
+        let feeder = std::thread::spawn(move || {
+            let _ = stdin.write_all(&data);
+        });
+        let out = child.wait_with_output().unwrap();
+        let _ = feeder.join();
+        to_run(out)
+    }
+
+    /// Backs up a dump file through stdin and returns the backup's JSON.
+    pub fn backup_file(&self, db: &str, file: &Path) -> serde_json::Value {
+        let data = std::fs::read(file).unwrap();
+        self.run_stdin(&["backup", "--stdin", "--db", db, "--json"], &data)
+            .ok()
+            .json()
+    }
+
+    /// `snapshots --json`.
+    pub fn snapshots(&self) -> Vec<serde_json::Value> {
+        self.run(&["snapshots", "--json"])
+            .ok()
+            .json()
+            .as_array()
+            .unwrap()
+            .clone()
+    }
+
+    /// `cat` into memory.
+    pub fn cat(&self, id: &str) -> Vec<u8> {
+        self.run(&["cat", id]).ok().stdout
+    }
+
+    /// Every object file under a local repository, relative paths.
+    pub fn objects(&self, prefix: &str) -> Vec<PathBuf> {
+        let mut out = Vec::new();
+        walk(&self.repo_path().join(prefix), &mut out);
+        out.retain(|p| {
+            !p.file_name()
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .starts_with(".tmp-")
+        });
+        out.sort();
+        out
+    }
+}
+
+fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in rd.flatten() {
+        if e.file_type().unwrap().is_dir() {
+            walk(&e.path(), out);
+        } else {
+            out.push(e.path());
+        }
+    }
+}
+
+fn to_run(o: Output) -> Run {
+    Run {
+        code: o.status.code().unwrap_or(-1),
+        stdout: o.stdout,
+        stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+    }
+}

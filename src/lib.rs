@@ -12,7 +12,9 @@ pub mod crypto;
 pub mod error;
 pub mod index;
 pub mod pg;
+pub mod pipe;
 pub mod repo;
+pub mod wal_name;
 
 pub use error::{Error, ErrorKind, Result};
 

@@ -62,6 +62,10 @@ impl PgCluster {
     /// `"archive_mode = on"`, `"archive_command = 'cp %p /x/%f'"`. They are appended after
     /// the defaults, so they win.
     pub fn start_with(extra_conf: &[&str]) -> PgCluster {
+        Self::start_inner(extra_conf, None)
+    }
+
+    fn start_inner(extra_conf: &[&str], restored: Option<&dyn Fn(&Path)>) -> PgCluster {
         let run_as = if effective_uid() == 0 {
             Some(lookup_user(SUPERUSER).unwrap_or_else(|| {
                 panic!("running as root but there is no '{SUPERUSER}' OS user to run the server as")
@@ -103,10 +107,56 @@ impl PgCluster {
             dir,
         };
         // From here on a panic drops `cluster`, which stops whatever did start.
-        cluster.initdb();
+        match restored {
+            None => cluster.initdb(),
+            Some(populate) => populate(&cluster.data_dir),
+        }
         cluster.write_conf(extra_conf);
         cluster.start_server();
         cluster
+    }
+
+    /// Starts a server on a data directory that `populate` creates at the path it is
+    /// given (a restore), with `extra_conf` appended; runs as the same user as other
+    /// clusters. Returns once pg_ctl says the server is up (it may still be recovering).
+    pub fn start_restored(populate: &dyn Fn(&Path), extra_conf: &[&str]) -> PgCluster {
+        Self::start_inner(extra_conf, Some(populate))
+    }
+
+    /// The uid and gid server programs run as (Some when the tests run as root).
+    pub fn run_as(&self) -> Option<(u32, u32)> {
+        self.run_as
+    }
+
+    /// The OS user clusters run as when the tests run as root: the `postgres` user.
+    pub fn server_user() -> Option<(u32, u32)> {
+        (effective_uid() == 0).then(|| lookup_user(SUPERUSER).expect("a postgres OS user"))
+    }
+
+    /// Waits until the server has finished recovery and accepts writes.
+    pub fn wait_until_promoted(&self) {
+        for _ in 0..600 {
+            let out = self
+                .command("psql")
+                .args([
+                    "-X",
+                    "-At",
+                    "-d",
+                    "postgres",
+                    "-c",
+                    "SELECT pg_is_in_recovery()",
+                ])
+                .output()
+                .expect("spawn psql");
+            if out.status.success() && String::from_utf8_lossy(&out.stdout).trim() == "f" {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        panic!(
+            "server did not finish recovery in 60 s; log:\n{}",
+            self.log()
+        );
     }
 
     pub fn port(&self) -> u16 {

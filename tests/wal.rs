@@ -222,6 +222,33 @@ fn wal_push_and_fetch_keep_postgresql_s_contracts() {
     v.run(&["wal-fetch", name, out.to_str().unwrap()]).ok();
     assert!(std::fs::read(&out).unwrap() == data);
 
+    // The next segments come along into the spool, and are served from it.
+    let next = dir.join("000000010000000000000008");
+    let mut data8 = data.clone();
+    data8[0] = 0xAB;
+    std::fs::write(&next, &data8).unwrap();
+    v.run(&["wal-push", next.to_str().unwrap()]).ok();
+    v.run(&["wal-fetch", name, out.to_str().unwrap()]).ok();
+    let spooled: Vec<_> = std::fs::read_dir(&v.cache)
+        .unwrap()
+        .flatten()
+        .map(|d| d.path().join("wal-spool/000000010000000000000008"))
+        .filter(|p| p.exists())
+        .collect();
+    assert_eq!(spooled.len(), 1, "segment 8 should have been prefetched");
+    assert!(std::fs::read(&spooled[0]).unwrap() == data8);
+    v.run(&[
+        "wal-fetch",
+        "000000010000000000000008",
+        out.to_str().unwrap(),
+    ])
+    .ok();
+    assert!(std::fs::read(&out).unwrap() == data8);
+    assert!(
+        !spooled[0].exists(),
+        "a spooled segment is handed over once"
+    );
+
     // History and backup files are archived and fetched too.
     let hist = dir.join("00000002.history");
     std::fs::write(&hist, "1\t0/3000000\tbefore 2026-11-05\n").unwrap();

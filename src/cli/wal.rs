@@ -27,6 +27,10 @@ pub struct WalFetchArgs {
     pub name: String,
     /// Where to write it (%p)
     pub dest: PathBuf,
+    /// Also fetch this many following segments into a local spool (in the cache
+    /// directory, outside PGDATA), so recovery's next requests are answered locally
+    #[arg(long, default_value_t = 4, value_name = "N")]
+    pub prefetch: usize,
 }
 
 /// `pgvault wal ...`.
@@ -120,7 +124,14 @@ pub async fn fetch(g: &GlobalArgs, a: &WalFetchArgs) -> Result<()> {
         ErrorKind::NotFound => Error::Unavailable(format!("Cannot open the WAL archive: {e}")),
         _ => e,
     })?;
-    let data = repo.wal_fetch(&a.name).await?;
+    let data = if a.prefetch == 0 {
+        repo.wal_fetch(&a.name).await?
+    } else {
+        let spool = crate::index::cache_dir()
+            .join(&repo.config().repo_id)
+            .join("wal-spool");
+        repo.wal_fetch_spooled(&a.name, &spool, a.prefetch).await?
+    };
     let dir = a
         .dest
         .parent()

@@ -276,4 +276,68 @@ impl Repository {
         }
         Ok(cat)
     }
+
+    /// Fetches a WAL file through a local spool: a segment prefetched by an earlier
+    /// call is taken from the spool; otherwise it is fetched, and the `ahead`
+    /// segments after it are fetched at the same time into the spool, so that
+    /// recovery's next requests are answered from local disk. Returns the file's bytes.
+    ///
+    /// Errors: as [`Repository::wal_fetch`] for `name`; problems with the following
+    /// segments are not errors (recovery asks for them again).
+    pub async fn wal_fetch_spooled(
+        &self,
+        name: &str,
+        spool: &std::path::Path,
+        ahead: usize,
+    ) -> Result<Vec<u8>> {
+        let kind = WalFileKind::parse(name)?;
+        let spooled = spool.join(name);
+        if let Ok(data) = std::fs::read(&spooled) {
+            let _ = std::fs::remove_file(&spooled);
+            return Ok(data);
+        }
+        let mut next = JoinSet::new();
+        if let WalFileKind::Segment { timeline, .. } = kind {
+            let _ = std::fs::create_dir_all(spool);
+            clean_spool(spool);
+            // The segment size is only known once one is read; assume the default
+            // for prefetching, which only costs a wasted guess on unusual clusters.
+            let segno = kind.segno(DEFAULT_SEGMENT_SIZE).expect("a segment");
+            for n in 1..=ahead as u64 {
+                let next_name = segment_name(timeline, segno + n, DEFAULT_SEGMENT_SIZE);
+                let repo = self.clone();
+                let spool = spool.to_path_buf();
+                next.spawn(async move {
+                    if let Ok(data) = repo.wal_fetch(&next_name).await {
+                        let tmp = spool.join(format!(".{next_name}.{}", std::process::id()));
+                        if std::fs::write(&tmp, &data).is_ok() {
+                            let _ = std::fs::rename(&tmp, spool.join(&next_name));
+                        }
+                    }
+                });
+            }
+        }
+        let data = self.wal_fetch(name).await;
+        while next.join_next().await.is_some() {}
+        data
+    }
+}
+
+/// Drops spooled segments nobody asked for within an hour (a recovery that stopped
+/// early, or a different timeline was chosen).
+fn clean_spool(spool: &std::path::Path) {
+    let Ok(rd) = std::fs::read_dir(spool) else {
+        return;
+    };
+    for e in rd.flatten() {
+        let old = e
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age > std::time::Duration::from_secs(3600));
+        if old {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
 }

@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Installs what the test suite needs on a fresh Debian machine with Rust:
 # PostgreSQL 15 (server and client programs), fuse3 (fusermount3) for the mount tests,
-# and the S3-compatible test server. Idempotent: a second run installs nothing.
+# the S3-compatible test server, and Prometheus' Python client, whose text-format
+# parser reads `pgvault metrics` in tests/verify.rs. Idempotent: a second run installs nothing.
 set -euo pipefail
 
 need_apt=()
 [ -x /usr/lib/postgresql/15/bin/initdb ] || need_apt+=(postgresql-15 postgresql-client-15)
 command -v fusermount3 >/dev/null 2>&1 || need_apt+=(fuse3)
+/usr/bin/python3 -c 'import prometheus_client' >/dev/null 2>&1 || need_apt+=(python3-prometheus-client)
 if [ ${#need_apt[@]} -gt 0 ]; then
     if [ "$(id -u)" -ne 0 ]; then
         echo "install-test-deps: need root to install ${need_apt[*]}" >&2

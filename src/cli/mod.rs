@@ -2,6 +2,7 @@
 //! results for people or as JSON, and turns errors into exit codes. No logic lives here.
 
 mod output;
+mod verify;
 mod wal;
 
 use std::io::IsTerminal;
@@ -79,6 +80,16 @@ pub enum Command {
     },
     /// Restore a base backup into an empty PGDATA, set up to recover to a target
     Restore(wal::RestoreArgs),
+    /// Verify the repository: every manifest and the chunks it references; with
+    /// --read-data(-subset) also the chunks' contents
+    Check(verify::CheckArgs),
+    /// Restore a backup into a temporary database (or PGDATA with --base), check it,
+    /// throw it away, and record the result and the measured recovery time
+    Drill(verify::DrillArgs),
+    /// Per database and kind: last success, success rate, size change, last drill, WAL lag
+    Status(verify::StatusArgs),
+    /// The status in Prometheus text format, for node_exporter's textfile collector
+    Metrics(verify::MetricsArgs),
     /// Manage the local index cache
     Index {
         #[command(subcommand)]
@@ -139,6 +150,8 @@ pub struct BackupArgs {
     /// Print the result as JSON
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub anomaly: verify::AnomalyArgs,
     /// Print help
     #[arg(long, action = clap::ArgAction::Help)]
     pub help: Option<bool>,
@@ -169,7 +182,7 @@ pub enum IndexCommand {
     Rebuild,
 }
 
-fn parse_time(s: &str) -> std::result::Result<chrono::DateTime<chrono::Utc>, String> {
+pub(crate) fn parse_time(s: &str) -> std::result::Result<chrono::DateTime<chrono::Utc>, String> {
     chrono::DateTime::parse_from_rfc3339(s)
         .map(|t| t.with_timezone(&chrono::Utc))
         .map_err(|e| format!("{s:?} is not an RFC 3339 time such as 2026-11-01T02:00:00Z: {e}"))
@@ -251,7 +264,11 @@ async fn run(cli: Cli) -> Result<()> {
             );
             Ok(())
         }
-        Command::Backup(a) => backup(g, a).await,
+        Command::Backup(a) => verify::backup(g, a).await,
+        Command::Check(a) => verify::check(g, a).await,
+        Command::Drill(a) => verify::drill(g, a).await,
+        Command::Status(a) => verify::status(g, a).await,
+        Command::Metrics(a) => verify::metrics(g, a).await,
         Command::WalPush(a) => wal::push(g, a).await,
         Command::WalFetch(a) => wal::fetch(g, a).await,
         Command::Wal {
@@ -294,24 +311,38 @@ async fn run(cli: Cli) -> Result<()> {
     }
 }
 
-async fn backup(g: &GlobalArgs, a: &BackupArgs) -> Result<()> {
-    let (kind, db) = match (&a.db, a.base) {
-        (Some(db), _) => (
+/// Which database and kind `backup` is asked for.
+///
+/// Errors: `InvalidInput` when neither --db nor --base is given.
+pub(crate) fn backup_target(a: &BackupArgs) -> Result<(SnapshotKind, String)> {
+    match (&a.db, a.base) {
+        (Some(db), _) => Ok((
             if a.base {
                 SnapshotKind::Base
             } else {
                 SnapshotKind::Dump
             },
             db.clone(),
-        ),
-        (None, true) => (SnapshotKind::Base, "cluster".to_string()),
-        (None, false) => {
-            return Err(Error::InvalidInput(
-                "Name the database to dump with --db, or take a base backup with --base".into(),
-            ))
-        }
-    };
+        )),
+        (None, true) => Ok((SnapshotKind::Base, "cluster".to_string())),
+        (None, false) => Err(Error::InvalidInput(
+            "Name the database to dump with --db, or take a base backup with --base".into(),
+        )),
+    }
+}
+
+/// Takes the backup and commits it; `opened` gets the repository once it is open, so
+/// the caller can record the attempt there even when the backup fails.
+///
+/// Errors: as the backup fails: pg_dump or pg_basebackup, bad input, the backend.
+pub(crate) async fn take_backup(
+    g: &GlobalArgs,
+    a: &BackupArgs,
+    opened: &mut Option<Repository>,
+) -> Result<crate::repo::SnapshotManifest> {
+    let (kind, db) = backup_target(a)?;
     let repo = open_repo(g).await?;
+    *opened = Some(repo.clone());
     let tty = std::io::stderr().is_terminal() && std::io::stdout().is_terminal();
     let meta = SnapshotMeta {
         file_name: match kind {
@@ -362,16 +393,10 @@ async fn backup(g: &GlobalArgs, a: &BackupArgs) -> Result<()> {
             }
         }
     };
-    let m = pending.commit().await?;
-    if a.json {
-        output::print_json(&output::backup_json(&m));
-    } else {
-        output::print_backup(&m);
-    }
-    Ok(())
+    pending.commit().await
 }
 
-fn progress_for(total: u64, label: &str, show: bool) -> Arc<dyn Progress> {
+pub(crate) fn progress_for(total: u64, label: &str, show: bool) -> Arc<dyn Progress> {
     if show {
         Arc::new(output::Bar::new(total, label))
     } else {
@@ -379,7 +404,7 @@ fn progress_for(total: u64, label: &str, show: bool) -> Arc<dyn Progress> {
     }
 }
 
-fn open_backend(g: &GlobalArgs) -> Result<Arc<dyn Backend>> {
+pub(crate) fn open_backend(g: &GlobalArgs) -> Result<Arc<dyn Backend>> {
     let loc = g.repo.as_deref().ok_or_else(|| {
         Error::InvalidInput("No repository given: set PGVAULT_REPO or pass --repo".into())
     })?;

@@ -2,6 +2,7 @@
 
 pub mod basebackup;
 pub mod custom_format;
+pub mod drill;
 pub mod recovery;
 
 use std::io::Read;

@@ -1,9 +1,12 @@
 //! The repository: keys, chunks and snapshots on top of any backend.
 
+pub mod check;
 pub mod format;
+pub mod history;
 pub mod manifest;
 pub mod reader;
 pub mod restore;
+pub mod status;
 pub mod wal;
 pub mod writer;
 

@@ -1,0 +1,643 @@
+//! The verification and monitoring commands: `check`, `drill`, `status`, `metrics`,
+//! and the recording of every backup attempt around `backup`.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use clap::Args;
+use indicatif::HumanBytes;
+use serde_json::json;
+
+use super::{open_backend, open_repo, output, BackupArgs, GlobalArgs};
+use crate::error::{Error, Result};
+use crate::pg::drill::{self, BaseDrill, DrillReport, DumpDrill};
+use crate::pg::ConnectOptions;
+use crate::repo::check::{CheckReport, ReadData};
+use crate::repo::history::{self, size_change, BackupAttempt, CheckRecord, SizeChange};
+use crate::repo::restore::RecoveryTarget;
+use crate::repo::status::StatusReport;
+use crate::repo::{Repository, SnapshotKind, SnapshotManifest};
+
+/// The size-change threshold, shared by `backup`, `status` and `metrics`.
+#[derive(Debug, Args, Clone)]
+pub struct AnomalyArgs {
+    /// Flag a backup whose size differs from the previous one of the same db and kind
+    /// by more than this many percent
+    #[arg(
+        long,
+        env = "PGVAULT_SIZE_CHANGE_THRESHOLD",
+        default_value_t = 50.0,
+        value_name = "PERCENT"
+    )]
+    pub size_change_threshold: f64,
+}
+
+impl AnomalyArgs {
+    fn ratio(&self) -> f64 {
+        self.size_change_threshold / 100.0
+    }
+}
+
+/// `pgvault check`.
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("data").args(["read_data", "read_data_subset"])))]
+pub struct CheckArgs {
+    /// Also download, decrypt, decompress and re-hash every referenced chunk
+    #[arg(long)]
+    pub read_data: bool,
+    /// Read only a subset: n/m reads the n-th of m slices of the chunk-id space; p% reads
+    /// the next p% after where the previous p% run stopped (cursor kept in the cache
+    /// directory), so repeated runs read everything
+    #[arg(long, value_name = "SUBSET")]
+    pub read_data_subset: Option<String>,
+    /// Print the report as JSON
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `pgvault status`.
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub anomaly: AnomalyArgs,
+    /// Print the report as JSON
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `pgvault metrics`.
+#[derive(Debug, Args)]
+pub struct MetricsArgs {
+    #[command(flatten)]
+    pub anomaly: AnomalyArgs,
+    /// Write to this file (atomically, through a temporary file beside it) instead of
+    /// stdout: node_exporter must never read half a file
+    #[arg(short = 'o', long, value_name = "FILE")]
+    pub output: Option<PathBuf>,
+}
+
+/// `pgvault drill`.
+#[derive(Debug, Args)]
+#[command(disable_help_flag = true)]
+#[command(group(clap::ArgGroup::new("target").args(["target_time", "latest"])))]
+pub struct DrillArgs {
+    /// The database whose newest dump to restore; with --base, the database to count
+    /// rows in and run the assertions against (default: row counts of every database)
+    #[arg(short = 'd', long, value_name = "DBNAME")]
+    pub db: Option<String>,
+    /// Restore this snapshot (id or prefix) instead of the newest
+    #[arg(long, value_name = "ID")]
+    pub snapshot: Option<String>,
+    /// A PITR drill: restore a base backup and archived WAL into a temporary PGDATA and
+    /// start a private postgres on it
+    #[arg(long)]
+    pub base: bool,
+    /// With --base: recover to this time (RFC 3339)
+    #[arg(long, value_name = "TIME", requires = "base", value_parser = super::parse_time)]
+    pub target_time: Option<chrono::DateTime<chrono::Utc>>,
+    /// With --base: replay all archived WAL (the default)
+    #[arg(long, requires = "base")]
+    pub latest: bool,
+    /// SQL assertions: statements each ending with ';' at the end of a line, each
+    /// returning a single true ('--' comment lines allowed)
+    #[arg(long, value_name = "FILE")]
+    pub sql: Option<PathBuf>,
+    /// Server to restore a dump on: host or socket directory (as pg_dump -h)
+    #[arg(short = 'h', long, value_name = "HOST")]
+    pub host: Option<String>,
+    /// Server port (as pg_dump -p)
+    #[arg(short = 'p', long, value_name = "PORT")]
+    pub port: Option<u16>,
+    /// Database user (as pg_dump -U); with --base, the role to connect to the restored
+    /// cluster as (default postgres)
+    #[arg(short = 'U', long, value_name = "USER")]
+    pub username: Option<String>,
+    /// pg_restore --jobs for a dump drill
+    #[arg(short = 'j', long, default_value_t = 1, value_name = "N")]
+    pub jobs: u32,
+    /// Where the temporary dump file or PGDATA goes (default: the system temp directory)
+    #[arg(long, value_name = "DIR")]
+    pub work_dir: Option<PathBuf>,
+    /// With --base: how long recovery may take, in seconds
+    #[arg(long, default_value_t = 3600, value_name = "SECONDS")]
+    pub timeout: u64,
+    /// Print the result as JSON
+    #[arg(long)]
+    pub json: bool,
+    /// Print help
+    #[arg(long, action = clap::ArgAction::Help)]
+    pub help: Option<bool>,
+}
+
+fn rfc3339(t: &chrono::DateTime<chrono::Utc>) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+/// `backup`, with the attempt recorded whatever happens and the size compared with
+/// the previous backup of the same db and kind.
+///
+/// Errors: whatever the backup itself fails with; recording never adds an error.
+pub async fn backup(g: &GlobalArgs, a: &BackupArgs) -> Result<()> {
+    let time = chrono::Utc::now();
+    let started = Instant::now();
+    let mut opened: Option<Repository> = None;
+    let result = super::take_backup(g, a, &mut opened).await;
+    // A call without a database names no backup to count: it is a usage error.
+    let Ok((kind, db)) = super::backup_target(a) else {
+        return result.map(|_| ());
+    };
+    let mut attempt = BackupAttempt {
+        time,
+        db,
+        kind,
+        ok: result.is_ok(),
+        error: result.as_ref().err().map(|e| e.to_string()),
+        snapshot_id: None,
+        size_bytes: 0,
+        bytes_stored_new: 0,
+        duration_seconds: started.elapsed().as_secs_f64(),
+        hostname: crate::hostname(),
+    };
+    if let Ok(m) = &result {
+        attempt.snapshot_id = Some(m.id.clone());
+        attempt.size_bytes = m.size_bytes;
+        attempt.bytes_stored_new = m.stats.bytes_stored_new;
+    }
+    match &opened {
+        Some(repo) => {
+            repo.record_or_spool(&attempt).await;
+            repo.flush_spool().await;
+        }
+        None => match open_backend(g).map(|b| b.location()) {
+            Ok(location) => match history::spool(&location, &attempt) {
+                Ok(p) => tracing::info!(
+                    "Backup attempt kept in {} for the next command",
+                    p.display()
+                ),
+                Err(e) => tracing::warn!("Cannot record the backup attempt: {e}"),
+            },
+            Err(e) => tracing::warn!("Cannot record the backup attempt: {e}"),
+        },
+    }
+    let m = result?;
+    let repo = opened.expect("a successful backup opened the repository");
+    let change = previous_change(&repo, &m, a.anomaly.ratio()).await;
+    if let Some((prev, c)) = &change {
+        if c.anomaly {
+            eprintln!(
+                "pgvault: warning: size anomaly: {} {} is {} ({} against {} of {}), over the {}% threshold",
+                m.db,
+                m.kind,
+                HumanBytes(m.size_bytes),
+                percent(c.change_ratio),
+                HumanBytes(prev.size_bytes),
+                rfc3339(&prev.time),
+                a.anomaly.size_change_threshold
+            );
+        }
+    }
+    if a.json {
+        let mut v = output::backup_json(&m);
+        v["size_bytes"] = json!(m.size_bytes);
+        v["size_anomaly"] = json!(change.as_ref().is_some_and(|(_, c)| c.anomaly));
+        v["size_change_ratio"] = json!(change.as_ref().map(|(_, c)| c.change_ratio));
+        v["previous_size_bytes"] = json!(change.as_ref().map(|(p, _)| p.size_bytes));
+        v["previous_snapshot_id"] = json!(change.as_ref().map(|(p, _)| p.id.clone()));
+        output::print_json(&v);
+    } else {
+        output::print_backup(&m);
+    }
+    Ok(())
+}
+
+fn percent(ratio: f64) -> String {
+    if ratio.is_infinite() {
+        "new data where there was none".into()
+    } else {
+        format!("{:+.1}%", ratio * 100.0)
+    }
+}
+
+/// The previous backup point of the same db and kind, and how the size changed.
+async fn previous_change(
+    repo: &Repository,
+    m: &SnapshotManifest,
+    threshold: f64,
+) -> Option<(SnapshotManifest, SizeChange)> {
+    let snaps = match repo.snapshots().await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!("Cannot compare the backup's size with the previous one: {e}");
+            return None;
+        }
+    };
+    let prev = snaps
+        .into_iter()
+        .filter(|s| s.db == m.db && s.kind == m.kind && s.id != m.id && s.time <= m.time)
+        .max_by_key(|s| s.time)?;
+    let c = size_change(prev.size_bytes, m.size_bytes, threshold);
+    Some((prev, c))
+}
+
+/// `check`: prints the report and fails when it found a problem.
+///
+/// Errors: `Corrupt` naming the count of problems; `InvalidInput` for a bad subset;
+/// backend errors when the repository cannot be read.
+pub async fn check(g: &GlobalArgs, a: &CheckArgs) -> Result<()> {
+    let read = match (&a.read_data_subset, a.read_data) {
+        (Some(s), _) => ReadData::parse_subset(s)?,
+        (None, true) => ReadData::All,
+        (None, false) => ReadData::None,
+    };
+    let repo = open_repo(g).await?;
+    repo.flush_spool().await;
+    let time = chrono::Utc::now();
+    let show = std::io::stderr().is_terminal() && read != ReadData::None && !a.json;
+    let progress = super::progress_for(0, "check", show);
+    let report = repo.check(&read, progress).await?;
+    let record = CheckRecord {
+        time,
+        ok: report.ok(),
+        mode: report.mode.clone(),
+        problems: report.problems(),
+        chunks_read: report.chunks_read,
+        duration_seconds: report.duration_seconds,
+        hostname: crate::hostname(),
+    };
+    repo.record_or_spool(&record).await;
+    if a.json {
+        let mut v = serde_json::to_value(&report).expect("reports serialise");
+        v["ok"] = json!(report.ok());
+        v["problems"] = json!(report.problems());
+        output::print_json(&v);
+    } else {
+        print_check(&report);
+    }
+    if report.ok() {
+        Ok(())
+    } else {
+        Err(Error::Corrupt(format!(
+            "Check of {} found {} problems: {} snapshots and {} WAL files are damaged",
+            repo.location(),
+            report.problems(),
+            report.damaged_snapshots.len(),
+            report.damaged_wal.len()
+        )))
+    }
+}
+
+fn print_check(r: &CheckReport) {
+    println!(
+        "Checked {} snapshots, {} WAL files and {} referenced chunks ({} stored, {} unreferenced)",
+        r.snapshots_checked,
+        r.wal_files_checked,
+        r.chunks_referenced,
+        r.chunks_stored,
+        r.chunks_unreferenced
+    );
+    if let Some(w) = &r.window {
+        println!(
+            "Read {} chunks ({}), {}: ids {:016x} .. {:016x}",
+            r.chunks_read,
+            HumanBytes(r.bytes_read),
+            r.mode,
+            w.start,
+            w.end().wrapping_sub(1)
+        );
+    }
+    for m in &r.bad_manifests {
+        println!("BAD MANIFEST {}: {}", m.key, m.error);
+    }
+    for c in &r.bad_chunks {
+        println!("BAD CHUNK {}: {}", c.id, c.message);
+    }
+    for s in &r.damaged_snapshots {
+        println!(
+            "DAMAGED SNAPSHOT {} ({} {} at {}): {} bad chunks",
+            s.id,
+            s.db,
+            s.kind,
+            rfc3339(&s.time),
+            s.chunks.len()
+        );
+    }
+    for w in &r.damaged_wal {
+        println!("DAMAGED WAL FILE {}: {} bad chunks", w.name, w.chunks.len());
+    }
+    if r.ok() {
+        println!("No problems found in {:.1} s", r.duration_seconds);
+    }
+}
+
+/// `status`.
+///
+/// Errors: backend errors.
+pub async fn status(g: &GlobalArgs, a: &StatusArgs) -> Result<()> {
+    let repo = open_repo(g).await?;
+    repo.flush_spool().await;
+    let report = repo.status(a.anomaly.ratio()).await?;
+    if a.json {
+        output::print_json(&serde_json::to_value(&report).expect("reports serialise"));
+    } else {
+        print_status(&report);
+    }
+    Ok(())
+}
+
+fn human_age(secs: f64) -> String {
+    let s = secs.max(0.0) as u64;
+    match s {
+        0..=119 => format!("{s}s"),
+        120..=7199 => format!("{}m", s / 60),
+        7200..=172_799 => format!("{}h{:02}m", s / 3600, s % 3600 / 60),
+        _ => format!("{}d{:02}h", s / 86400, s % 86400 / 3600),
+    }
+}
+
+fn print_status(r: &StatusReport) {
+    println!(
+        "{:<16}  {:<4}  {:<20}  {:>7}  {:>9}  {:>10}  {:>8}  {:<7}  {:<6}  LAST DRILL",
+        "DB", "KIND", "LAST SUCCESS", "AGE", "OK (30D)", "SIZE", "CHANGE", "ANOMALY", "LAST"
+    );
+    for b in &r.backups {
+        let drill = b
+            .last_drill
+            .as_ref()
+            .map(|d| {
+                format!(
+                    "{} {} in {:.1} s",
+                    if d.ok { "passed" } else { "FAILED" },
+                    rfc3339(&d.time),
+                    d.duration_seconds
+                )
+            })
+            .unwrap_or_else(|| "never".into());
+        println!(
+            "{:<16}  {:<4}  {:<20}  {:>7}  {:>9}  {:>10}  {:>8}  {:<7}  {:<6}  {drill}",
+            b.db,
+            b.kind.as_str(),
+            b.last_success
+                .as_ref()
+                .map(rfc3339)
+                .unwrap_or_else(|| "never".into()),
+            b.last_success_age_seconds
+                .map(human_age)
+                .unwrap_or_default(),
+            format!("{}/{}", b.successes_30d, b.attempts_30d),
+            b.size_bytes
+                .map(|s| HumanBytes(s).to_string())
+                .unwrap_or_default(),
+            b.size_change_ratio
+                .map(|c| if c.is_infinite() {
+                    "new".into()
+                } else {
+                    format!("{:+.1}%", c * 100.0)
+                })
+                .unwrap_or_default(),
+            if b.size_anomaly { "YES" } else { "" },
+            match &b.last_attempt {
+                Some(a) if a.ok => "ok",
+                Some(_) => "FAILED",
+                None => "",
+            },
+        );
+        if let Some(a) = b.last_attempt.as_ref().filter(|a| !a.ok) {
+            println!(
+                "    last attempt failed at {}: {}",
+                rfc3339(&a.time),
+                a.error.as_deref().unwrap_or("")
+            );
+        }
+    }
+    for w in &r.wal {
+        match (&w.newest_segment, &w.newest_archived) {
+            (Some(seg), Some(t)) => println!(
+                "WAL timeline {}: {} segments, newest {seg} archived {} ({} ago)",
+                w.timeline,
+                w.segments,
+                rfc3339(t),
+                human_age(w.lag_seconds.unwrap_or(0.0))
+            ),
+            _ => println!("WAL timeline {}: no segments", w.timeline),
+        }
+    }
+    if let Some(c) = &r.last_check {
+        println!(
+            "Last check ({}) at {}: {}",
+            c.mode,
+            rfc3339(&c.time),
+            if c.ok {
+                "no problems".to_string()
+            } else {
+                format!("{} PROBLEMS", c.problems)
+            }
+        );
+    }
+    let repo = &r.repository;
+    println!(
+        "Repository {}: {} snapshots, {} logical, {} stored{}",
+        r.location,
+        repo.snapshots,
+        HumanBytes(repo.logical_bytes),
+        HumanBytes(repo.stored_bytes),
+        repo.dedup_ratio
+            .map(|d| format!(" (dedup ratio {d:.1})"))
+            .unwrap_or_default()
+    );
+}
+
+/// `metrics`.
+///
+/// Errors: backend errors; `Io` when the output file cannot be written.
+pub async fn metrics(g: &GlobalArgs, a: &MetricsArgs) -> Result<()> {
+    let repo = open_repo(g).await?;
+    repo.flush_spool().await;
+    let report = repo.status(a.anomaly.ratio()).await?;
+    let text = crate::repo::status::render_prometheus(&report);
+    match &a.output {
+        None => print!("{text}"),
+        Some(path) => {
+            let dir = path
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .unwrap_or(std::path::Path::new("."));
+            let tmp = dir.join(format!(".pgvault-metrics-{}", std::process::id()));
+            std::fs::write(&tmp, &text).map_err(|e| Error::io_path("write", &tmp, e))?;
+            std::fs::rename(&tmp, path).map_err(|e| {
+                let _ = std::fs::remove_file(&tmp);
+                Error::io_path("rename into", path, e)
+            })?;
+        }
+    }
+    Ok(())
+}
+
+/// `drill`: runs it, prints the result, and fails when the drill failed.
+///
+/// Errors: `External` when the drill failed (it is recorded all the same);
+/// `NotFound`/`InvalidInput` when there is nothing to drill; backend errors.
+pub async fn drill(g: &GlobalArgs, a: &DrillArgs) -> Result<()> {
+    let assertions = match &a.sql {
+        Some(p) => drill::parse_assertions(
+            &std::fs::read_to_string(p)
+                .map_err(|e| Error::io_path("read assertions file", p, e))?,
+        ),
+        None => Vec::new(),
+    };
+    let work_dir = a.work_dir.clone().unwrap_or_else(std::env::temp_dir);
+    let repo = open_repo(g).await?;
+    repo.flush_spool().await;
+    let report = if a.base {
+        let target = match a.target_time {
+            Some(t) => RecoveryTarget::Time(t),
+            None => RecoveryTarget::Latest,
+        };
+        let plan = repo
+            .plan_restore(target.clone(), a.snapshot.as_deref())
+            .await?;
+        let (label, settings) = match &target {
+            RecoveryTarget::Time(t) => (
+                rfc3339(t),
+                vec![(
+                    "recovery_target_time",
+                    t.format("%Y-%m-%d %H:%M:%S%.6f+00").to_string(),
+                )],
+            ),
+            _ => ("latest".to_string(), vec![]),
+        };
+        eprintln!(
+            "Drill: restoring base backup {} ({}) to {label} into a temporary PGDATA under {}",
+            plan.base.short_id(),
+            rfc3339(&plan.base.time),
+            work_dir.display()
+        );
+        drill::base_drill(
+            &repo,
+            &BaseDrill {
+                plan,
+                target_label: label,
+                target: settings,
+                dbs: a.db.iter().cloned().collect(),
+                user: a.username.clone().unwrap_or_else(|| "postgres".into()),
+                assertions,
+                work_dir,
+                timeout: Duration::from_secs(a.timeout),
+            },
+        )
+        .await
+    } else {
+        let snapshot = match (&a.snapshot, &a.db) {
+            (Some(id), _) => repo.resolve_snapshot(id).await?,
+            (None, Some(db)) => repo
+                .snapshots()
+                .await?
+                .into_iter()
+                .filter(|s| &s.db == db && s.kind == SnapshotKind::Dump)
+                .max_by_key(|s| s.time)
+                .ok_or_else(|| Error::NotFound {
+                    what: format!("A dump of database {db}"),
+                    location: repo.location(),
+                })?,
+            (None, None) => {
+                return Err(Error::InvalidInput(
+                    "Name the database to drill with --db (or a snapshot with --snapshot), or use --base"
+                        .into(),
+                ))
+            }
+        };
+        eprintln!(
+            "Drill: restoring snapshot {} ({} {} at {}) into a temporary database",
+            snapshot.short_id(),
+            snapshot.db,
+            snapshot.kind,
+            rfc3339(&snapshot.time)
+        );
+        drill::dump_drill(
+            &repo,
+            &DumpDrill {
+                snapshot,
+                conn: ConnectOptions {
+                    host: a.host.clone(),
+                    port: a.port,
+                    user: a.username.clone(),
+                },
+                assertions,
+                work_dir,
+                jobs: a.jobs.max(1),
+            },
+        )
+        .await
+    };
+    for w in &report.cleanup_warnings {
+        eprintln!("pgvault: warning: {w}");
+    }
+    if a.json {
+        let mut v = serde_json::to_value(&report.record).expect("records serialise");
+        v["scratch"] = json!(report.scratch);
+        v["toc_table_data"] = json!(report.toc_table_data);
+        v["missing_tables"] = json!(report.missing_tables);
+        v["cleanup_warnings"] = json!(report.cleanup_warnings);
+        v["rows"] = json!(report.record.tables.iter().map(|t| t.rows).sum::<i64>());
+        output::print_json(&v);
+    } else {
+        print_drill(&report);
+    }
+    if report.record.ok {
+        Ok(())
+    } else {
+        Err(Error::External(format!(
+            "Drill of {} {} {} failed: {}",
+            report.record.db,
+            report.record.kind,
+            &report.record.snapshot_id[..8.min(report.record.snapshot_id.len())],
+            report.record.error.as_deref().unwrap_or("unknown error")
+        )))
+    }
+}
+
+fn print_drill(r: &DrillReport) {
+    let rec = &r.record;
+    println!(
+        "Drill of {} {} {} in {}",
+        rec.db,
+        rec.kind,
+        &rec.snapshot_id[..8.min(rec.snapshot_id.len())],
+        r.scratch
+    );
+    if let Some(s) = rec.restore_seconds {
+        println!("  restored in {s:.1} s (measured RTO)");
+    }
+    if !rec.tables.is_empty() || r.toc_table_data > 0 {
+        println!(
+            "  {} tables, {} rows{}",
+            rec.tables.len(),
+            rec.tables.iter().map(|t| t.rows).sum::<i64>(),
+            if rec.kind == SnapshotKind::Dump {
+                format!(
+                    "; {} TABLE DATA entries, {} missing",
+                    r.toc_table_data,
+                    r.missing_tables.len()
+                )
+            } else {
+                String::new()
+            }
+        );
+    }
+    for t in &rec.tables {
+        println!("    {:<40} {:>12}", t.table, t.rows);
+    }
+    for a in &rec.assertions {
+        println!(
+            "  assertion {}: {} ({})",
+            if a.ok { "ok" } else { "FAILED" },
+            a.sql.lines().next().unwrap_or(""),
+            a.outcome
+        );
+    }
+    println!(
+        "Drill {} in {:.1} s; cleaned up",
+        if rec.ok { "passed" } else { "FAILED" },
+        rec.duration_seconds
+    );
+}

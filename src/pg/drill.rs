@@ -1,0 +1,933 @@
+//! Restore drills: prove that a backup restores, by restoring it somewhere harmless,
+//! checking the result and throwing it away, and record how long it took (the
+//! measured recovery time).
+//!
+//! - A logical drill restores a dump into a new database with a unique name on a
+//!   server (by default the one pg_dump uses), with `pg_restore --no-owner
+//!   --no-privileges` (the drill server need not have the source's roles). It never
+//!   connects to the source database.
+//! - A PITR drill restores a base backup into a temporary PGDATA, stages the WAL the
+//!   restore plan needs next to it, and starts a private postgres on it that listens
+//!   on no TCP port, only on a socket in the temporary directory (so there is no port
+//!   to collide on and nobody else can connect), with archiving off (the restored
+//!   configuration would otherwise push the drill's own WAL into the archive).
+//!   Staging the WAL, rather than giving the server a `pgvault wal-fetch`
+//!   restore_command, means the server's OS user needs neither the passphrase nor
+//!   access to the repository.
+//!
+//! Checks: pg_restore (or recovery) succeeds; per-table row counts are collected;
+//! every TABLE DATA entry of the dump's table of contents (`pg_restore -l`) has its
+//! table; and an optional assertions file holds, each statement returning one true.
+//!
+//! Whatever happens, the temporary database is dropped and the temporary directory
+//! removed: on success, on failure, and on SIGINT, SIGTERM or SIGHUP, which are caught
+//! for the drill's whole run (a `kill -9` cannot be caught: the leftover is named
+//! `pgvault_drill_*` or `pgvault-drill-*` so it can be found).
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::process::Command;
+use tokio::task::JoinSet;
+
+use super::recovery::{self, RecoverySettings};
+use super::{pg_program, ConnectOptions};
+use crate::error::{Error, Result};
+use crate::repo::history::{AssertionResult, DrillRecord, TableRows};
+use crate::repo::manifest::{SnapshotKind, SnapshotManifest};
+use crate::repo::restore::RestorePlan;
+use crate::repo::writer::NoProgress;
+use crate::repo::Repository;
+
+/// The database a client connects to for CREATE and DROP DATABASE.
+pub const MAINTENANCE_DB: &str = "postgres";
+
+/// Parses an assertions file.
+///
+/// The format: SQL statements, each ending with a `;` at the end of a line. Blank
+/// lines and `--` comment lines between statements are skipped. Each statement must
+/// return exactly one row of one column whose value is true; false, NULL, another
+/// shape or an error fails the drill. For example:
+///
+/// ```sql
+/// -- every match has its two teams
+/// SELECT count(*) = 0 FROM matches m LEFT JOIN teams t ON t.id = m.home_team_id WHERE t.id IS NULL;
+/// SELECT max(created_at) > now() - interval '2 days' FROM notifications;
+/// ```
+pub fn parse_assertions(text: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut current = String::new();
+    for line in text.lines() {
+        let t = line.trim();
+        if current.is_empty() && (t.is_empty() || t.starts_with("--")) {
+            continue;
+        }
+        current.push_str(line);
+        current.push('\n');
+        if t.ends_with(';') {
+            let stmt = current.trim().trim_end_matches(';').trim().to_string();
+            if !stmt.is_empty() {
+                out.push(stmt);
+            }
+            current.clear();
+        }
+    }
+    let rest = current.trim().to_string();
+    if !rest.is_empty() {
+        out.push(rest);
+    }
+    out
+}
+
+/// What a drill found, beyond what its record keeps.
+#[derive(Debug, Clone)]
+pub struct DrillReport {
+    pub record: DrillRecord,
+    /// The temporary database or PGDATA.
+    pub scratch: String,
+    /// TABLE DATA entries in the dump's table of contents.
+    pub toc_table_data: usize,
+    /// TABLE DATA entries whose table is missing after the restore.
+    pub missing_tables: Vec<String>,
+    /// Problems while cleaning up, which a person must look at.
+    pub cleanup_warnings: Vec<String>,
+}
+
+/// A logical drill: which dump, restored where, checked how.
+#[derive(Debug, Clone)]
+pub struct DumpDrill {
+    pub snapshot: SnapshotManifest,
+    pub conn: ConnectOptions,
+    pub assertions: Vec<String>,
+    /// Where the dump file is written for pg_restore.
+    pub work_dir: PathBuf,
+    /// pg_restore --jobs.
+    pub jobs: u32,
+}
+
+/// A PITR drill: a checked restore plan and how to check the result.
+#[derive(Debug, Clone)]
+pub struct BaseDrill {
+    pub plan: RestorePlan,
+    /// The target as the user gave it, for the record.
+    pub target_label: String,
+    /// `recovery_target_*` settings; empty to replay all archived WAL.
+    pub target: Vec<(&'static str, String)>,
+    /// Databases to count rows in; empty means every database that allows connections.
+    pub dbs: Vec<String>,
+    /// The database role to connect as in the restored cluster.
+    pub user: String,
+    pub assertions: Vec<String>,
+    pub work_dir: PathBuf,
+    /// How long recovery may take.
+    pub timeout: Duration,
+}
+
+/// What must be undone, whatever happens.
+#[derive(Debug, Default)]
+struct Scratch {
+    temp_db: Option<(ConnectOptions, String)>,
+    server: Option<(PathBuf, Option<(u32, u32)>)>,
+    dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Default)]
+struct Cleanup(Arc<Mutex<Scratch>>);
+
+impl Cleanup {
+    fn set(&self, f: impl FnOnce(&mut Scratch)) {
+        f(&mut self.0.lock().expect("cleanup lock"));
+    }
+
+    /// Drops the database, stops the server, removes the directory. Returns what
+    /// could not be undone.
+    async fn run(&self) -> Vec<String> {
+        let s = std::mem::take(&mut *self.0.lock().expect("cleanup lock"));
+        let mut warnings = Vec::new();
+        if let Some((conn, name)) = s.temp_db {
+            if let Err(e) = drop_database(&conn, &name).await {
+                warnings.push(format!(
+                    "Cannot drop temporary database {name}: {e}; drop it by hand"
+                ));
+            }
+        }
+        if let Some((pgdata, run_as)) = s.server {
+            stop_server(&pgdata, run_as, "immediate").await;
+        }
+        if let Some(dir) = s.dir {
+            let mut last = None;
+            // A server that was just killed may still be writing its last files.
+            for _ in 0..20 {
+                match std::fs::remove_dir_all(&dir) {
+                    Ok(()) => {
+                        last = None;
+                        break;
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                        last = None;
+                        break;
+                    }
+                    Err(e) => last = Some(e),
+                }
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            if let Some(e) = last {
+                warnings.push(format!(
+                    "Cannot remove temporary directory {}: {e}; remove it by hand",
+                    dir.display()
+                ));
+            }
+        }
+        warnings
+    }
+}
+
+/// Runs `fut` unless a termination signal comes first.
+///
+/// Errors: `External` naming the signal when one arrives; `Io` when the handlers
+/// cannot be installed; otherwise whatever `fut` returns.
+async fn interruptible<T>(fut: impl std::future::Future<Output = Result<T>>) -> Result<T> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let handler = |k| signal(k).map_err(|e| Error::io("Cannot install a signal handler", e));
+    let mut int = handler(SignalKind::interrupt())?;
+    let mut term = handler(SignalKind::terminate())?;
+    let mut hup = handler(SignalKind::hangup())?;
+    let interrupted = |name: &str| {
+        Err(Error::External(format!(
+            "Drill interrupted by {name}: cleaned up and gave up"
+        )))
+    };
+    tokio::select! {
+        r = fut => r,
+        _ = int.recv() => interrupted("SIGINT"),
+        _ = term.recv() => interrupted("SIGTERM"),
+        _ = hup.recv() => interrupted("SIGHUP"),
+    }
+}
+
+/// A PostgreSQL client program with the connection options.
+fn client(program: &str, conn: &ConnectOptions) -> Command {
+    let mut cmd = Command::new(pg_program(program));
+    cmd.arg("--no-password");
+    if let Some(h) = &conn.host {
+        cmd.args(["--host", h]);
+    }
+    if let Some(p) = conn.port {
+        cmd.args(["--port", &p.to_string()]);
+    }
+    if let Some(u) = &conn.user {
+        cmd.args(["--username", u]);
+    }
+    cmd.stdin(Stdio::null()).kill_on_drop(true);
+    cmd
+}
+
+fn tail(s: &[u8]) -> String {
+    let s = String::from_utf8_lossy(s);
+    let s = s.trim();
+    let lines: Vec<&str> = s.lines().collect();
+    lines[lines.len().saturating_sub(20)..].join("\n")
+}
+
+/// Runs one SQL statement with psql and returns its unaligned output.
+///
+/// Errors: `External` with psql's error output when it fails or cannot start.
+async fn psql(conn: &ConnectOptions, db: &str, sql: &str) -> Result<String> {
+    let out = client("psql", conn)
+        .args([
+            "-X",
+            "-q",
+            "-A",
+            "-t",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "--dbname",
+            db,
+            "-c",
+            sql,
+        ])
+        .output()
+        .await
+        .map_err(|e| Error::External(format!("Cannot start psql: {e}")))?;
+    if !out.status.success() {
+        return Err(Error::External(format!(
+            "psql on database {db} failed ({}): {}",
+            out.status,
+            tail(&out.stderr)
+        )));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim_end().to_string())
+}
+
+fn quote_ident(s: &str) -> String {
+    format!("\"{}\"", s.replace('"', "\"\""))
+}
+
+fn quote_literal(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+/// Drops a database, disconnecting whoever is still in it.
+///
+/// Errors: `External` when the server refuses or cannot be reached.
+async fn drop_database(conn: &ConnectOptions, name: &str) -> Result<()> {
+    let sql = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", quote_ident(name));
+    match psql(conn, MAINTENANCE_DB, &sql).await {
+        Ok(_) => Ok(()),
+        // Before PostgreSQL 13 there is no FORCE.
+        Err(e) if e.to_string().contains("syntax error") => psql(
+            conn,
+            MAINTENANCE_DB,
+            &format!("DROP DATABASE IF EXISTS {}", quote_ident(name)),
+        )
+        .await
+        .map(|_| ()),
+        Err(e) => Err(e),
+    }
+}
+
+/// A unique name for a drill's database: recognisable, and within 63 bytes.
+fn temp_db_name(db: &str) -> String {
+    let clean: String = db
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '_'
+            }
+        })
+        .take(24)
+        .collect();
+    format!(
+        "pgvault_drill_{clean}_{}",
+        hex::encode(crate::crypto::random_bytes::<6>())
+    )
+}
+
+/// Creates a private directory for the drill's files.
+fn make_scratch_dir(parent: &Path) -> Result<PathBuf> {
+    use std::os::unix::fs::DirBuilderExt;
+    let dir = parent.join(format!(
+        "pgvault-drill-{}",
+        hex::encode(crate::crypto::random_bytes::<6>())
+    ));
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .recursive(false)
+        .create(&dir)
+        .map_err(|e| Error::io_path("create drill directory", &dir, e))?;
+    Ok(dir)
+}
+
+/// The TABLE DATA entries of a `pg_restore -l` listing, as (schema, table).
+///
+/// A listing line reads `dumpId; tableoid oid TABLE DATA schema table owner`.
+pub fn table_data_entries(listing: &str) -> Vec<(String, String)> {
+    listing
+        .lines()
+        .filter(|l| !l.trim_start().starts_with(';'))
+        .filter_map(|l| {
+            let (_, rest) = l.split_once("; ")?;
+            let rest = rest.split_once(" TABLE DATA ")?.1;
+            let (schema, rest) = rest.split_once(' ')?;
+            // The owner is the last word; a table name may hold spaces.
+            let table = rest.rsplit_once(' ').map(|(t, _)| t).unwrap_or(rest);
+            Some((schema.to_string(), table.to_string()))
+        })
+        .collect()
+}
+
+/// Ordinary and partitioned tables of a database, as (schema, table).
+async fn list_tables(conn: &ConnectOptions, db: &str) -> Result<Vec<(String, String)>> {
+    let json = psql(
+        conn,
+        db,
+        "SELECT coalesce(json_agg(json_build_array(n.nspname, c.relname) ORDER BY n.nspname, c.relname), '[]') \
+         FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+         WHERE c.relkind IN ('r', 'p') AND n.nspname <> 'information_schema' \
+         AND n.nspname NOT LIKE 'pg\\_%'",
+    )
+    .await?;
+    let v: Vec<(String, String)> = serde_json::from_str(json.trim())
+        .map_err(|e| Error::External(format!("Unexpected table list from database {db}: {e}")))?;
+    Ok(v)
+}
+
+/// Exact row counts of `tables`.
+async fn row_counts(
+    conn: &ConnectOptions,
+    db: &str,
+    tables: &[(String, String)],
+) -> Result<Vec<TableRows>> {
+    if tables.is_empty() {
+        return Ok(Vec::new());
+    }
+    let parts: Vec<String> = tables
+        .iter()
+        .map(|(s, t)| {
+            format!(
+                "SELECT {} AS t, count(*) AS n FROM {}.{}",
+                quote_literal(&format!("{s}.{t}")),
+                quote_ident(s),
+                quote_ident(t)
+            )
+        })
+        .collect();
+    let sql = format!(
+        "SELECT json_agg(json_build_array(t, n) ORDER BY t) FROM ({}) s",
+        parts.join(" UNION ALL ")
+    );
+    let json = psql(conn, db, &sql).await?;
+    let v: Vec<(String, i64)> = serde_json::from_str(json.trim())
+        .map_err(|e| Error::External(format!("Unexpected row counts from database {db}: {e}")))?;
+    Ok(v.into_iter()
+        .map(|(table, rows)| TableRows { table, rows })
+        .collect())
+}
+
+/// Runs each assertion; a statement passes when it returns exactly one true.
+async fn run_assertions(conn: &ConnectOptions, db: &str, sqls: &[String]) -> Vec<AssertionResult> {
+    let mut out = Vec::new();
+    for sql in sqls {
+        let (ok, outcome) = match psql(conn, db, sql).await {
+            Ok(s) if s.trim() == "t" => (true, "true".to_string()),
+            Ok(s) if s.trim() == "f" => (false, "false".to_string()),
+            Ok(s) if s.trim().is_empty() => (false, "no row or NULL".to_string()),
+            Ok(s) => (false, format!("not a single boolean: {}", s.trim())),
+            Err(e) => (false, e.to_string()),
+        };
+        out.push(AssertionResult {
+            sql: sql.clone(),
+            ok,
+            outcome,
+        });
+    }
+    out
+}
+
+/// What the checks of a restored database found.
+#[derive(Default)]
+struct Found {
+    restore_seconds: Option<f64>,
+    tables: Vec<TableRows>,
+    assertions: Vec<AssertionResult>,
+    toc_table_data: usize,
+    missing_tables: Vec<String>,
+}
+
+/// Finishes a drill: cleans up, judges, and records the result in the repository
+/// (or the local spool when it cannot be written).
+async fn conclude(
+    repo: &Repository,
+    mut record: DrillRecord,
+    started: Instant,
+    scratch: String,
+    result: Result<Found>,
+    cleanup: Cleanup,
+) -> DrillReport {
+    let cleanup_warnings = cleanup.run().await;
+    let mut toc_table_data = 0;
+    let mut missing_tables = Vec::new();
+    match result {
+        Ok(f) => {
+            let failed: Vec<&AssertionResult> = f.assertions.iter().filter(|a| !a.ok).collect();
+            let mut why = Vec::new();
+            if !f.missing_tables.is_empty() {
+                why.push(format!(
+                    "{} tables of the dump's TABLE DATA entries are missing after the restore: {}",
+                    f.missing_tables.len(),
+                    f.missing_tables.join(", ")
+                ));
+            }
+            if !failed.is_empty() {
+                why.push(format!(
+                    "{} of {} assertions failed: {}",
+                    failed.len(),
+                    f.assertions.len(),
+                    failed
+                        .iter()
+                        .map(|a| format!("{} ({})", first_line(&a.sql), a.outcome))
+                        .collect::<Vec<_>>()
+                        .join("; ")
+                ));
+            }
+            record.ok = why.is_empty();
+            record.error = (!why.is_empty()).then(|| why.join("; "));
+            record.restore_seconds = f.restore_seconds;
+            record.tables = f.tables;
+            record.assertions = f.assertions;
+            toc_table_data = f.toc_table_data;
+            missing_tables = f.missing_tables;
+        }
+        Err(e) => {
+            record.ok = false;
+            record.error = Some(e.to_string());
+        }
+    }
+    record.duration_seconds = started.elapsed().as_secs_f64();
+    repo.record_or_spool(&record).await;
+    DrillReport {
+        record,
+        scratch,
+        toc_table_data,
+        missing_tables,
+        cleanup_warnings,
+    }
+}
+
+fn first_line(s: &str) -> &str {
+    s.lines().next().unwrap_or("")
+}
+
+fn new_record(db: &str, kind: SnapshotKind, snapshot_id: &str) -> DrillRecord {
+    DrillRecord {
+        time: chrono::Utc::now(),
+        db: db.to_string(),
+        kind,
+        snapshot_id: snapshot_id.to_string(),
+        target: None,
+        ok: false,
+        error: None,
+        duration_seconds: 0.0,
+        restore_seconds: None,
+        tables: Vec::new(),
+        assertions: Vec::new(),
+        hostname: crate::hostname(),
+    }
+}
+
+/// Runs a logical drill and records its result. The report says whether it passed;
+/// every failure (pg_restore, a missing table, an assertion, a signal) is a failed
+/// drill rather than an error, so it is recorded and cleaned up like any other.
+pub async fn dump_drill(repo: &Repository, d: &DumpDrill) -> DrillReport {
+    let started = Instant::now();
+    let record = new_record(&d.snapshot.db, SnapshotKind::Dump, &d.snapshot.id);
+    let cleanup = Cleanup::default();
+    let name = temp_db_name(&d.snapshot.db);
+    let result = interruptible(dump_body(repo, d, &name, &cleanup, started)).await;
+    conclude(repo, record, started, name, result, cleanup).await
+}
+
+async fn dump_body(
+    repo: &Repository,
+    d: &DumpDrill,
+    name: &str,
+    cleanup: &Cleanup,
+    started: Instant,
+) -> Result<Found> {
+    if d.snapshot.kind != SnapshotKind::Dump {
+        return Err(Error::InvalidInput(format!(
+            "Snapshot {} is a {}, not a dump: use drill --base for base backups",
+            d.snapshot.short_id(),
+            d.snapshot.kind
+        )));
+    }
+    let dir = make_scratch_dir(&d.work_dir)?;
+    cleanup.set(|s| s.dir = Some(dir.clone()));
+    let file = dir.join(&d.snapshot.file_name);
+    {
+        let mut f = std::fs::File::create(&file).map_err(|e| Error::io_path("create", &file, e))?;
+        let mut w = std::io::BufWriter::with_capacity(1 << 20, &mut f);
+        repo.cat(&d.snapshot, &mut w, Arc::new(NoProgress)).await?;
+    }
+    let listing = client("pg_restore", &ConnectOptions::default())
+        .arg("--list")
+        .arg(&file)
+        .output()
+        .await
+        .map_err(|e| Error::External(format!("Cannot start pg_restore: {e}")))?;
+    if !listing.status.success() {
+        return Err(Error::External(format!(
+            "pg_restore --list of snapshot {} failed ({}): {}",
+            d.snapshot.short_id(),
+            listing.status,
+            tail(&listing.stderr)
+        )));
+    }
+    let toc = table_data_entries(&String::from_utf8_lossy(&listing.stdout));
+
+    psql(
+        &d.conn,
+        MAINTENANCE_DB,
+        &format!("CREATE DATABASE {}", quote_ident(name)),
+    )
+    .await?;
+    // Only a database we created is ever dropped.
+    cleanup.set(|s| s.temp_db = Some((d.conn.clone(), name.to_string())));
+
+    let mut cmd = client("pg_restore", &d.conn);
+    cmd.args(["--no-owner", "--no-privileges", "--dbname", name]);
+    if d.jobs > 1 {
+        cmd.args(["--jobs", &d.jobs.to_string()]);
+    }
+    let out = cmd
+        .arg(&file)
+        .output()
+        .await
+        .map_err(|e| Error::External(format!("Cannot start pg_restore: {e}")))?;
+    if !out.status.success() {
+        return Err(Error::External(format!(
+            "pg_restore of snapshot {} into temporary database {name} failed ({}): {}",
+            d.snapshot.short_id(),
+            out.status,
+            tail(&out.stderr)
+        )));
+    }
+    let restore_seconds = started.elapsed().as_secs_f64();
+    // The file is no longer needed: free its space before the checks.
+    let _ = std::fs::remove_file(&file);
+
+    let tables = list_tables(&d.conn, name).await?;
+    let present: std::collections::HashSet<&(String, String)> = tables.iter().collect();
+    let missing_tables = toc
+        .iter()
+        .filter(|t| !present.contains(t))
+        .map(|(s, t)| format!("{s}.{t}"))
+        .collect();
+    Ok(Found {
+        restore_seconds: Some(restore_seconds),
+        tables: row_counts(&d.conn, name, &tables).await?,
+        assertions: run_assertions(&d.conn, name, &d.assertions).await,
+        toc_table_data: toc.len(),
+        missing_tables,
+    })
+}
+
+/// The uid and gid of the `postgres` OS user when we run as root (PostgreSQL refuses
+/// to run as root), `None` otherwise.
+///
+/// Errors: `InvalidInput` when running as root and there is no `postgres` user.
+pub fn server_user() -> Result<Option<(u32, u32)>> {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let euid = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|r| r.split_whitespace().nth(1))
+        .and_then(|s| s.parse::<u32>().ok());
+    if euid != Some(0) {
+        return Ok(None);
+    }
+    let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
+    passwd
+        .lines()
+        .find_map(|l| {
+            let f: Vec<&str> = l.split(':').collect();
+            (f.len() > 3 && f[0] == "postgres")
+                .then(|| Some((f[2].parse().ok()?, f[3].parse().ok()?)))
+                .flatten()
+        })
+        .map(Some)
+        .ok_or_else(|| {
+            Error::InvalidInput(
+                "Running as root, and there is no postgres OS user to run the drill's server as"
+                    .into(),
+            )
+        })
+}
+
+fn chown_tree(path: &Path, uid: u32, gid: u32) -> Result<()> {
+    std::os::unix::fs::lchown(path, Some(uid), Some(gid))
+        .map_err(|e| Error::io_path("chown", path, e))?;
+    let meta = std::fs::symlink_metadata(path).map_err(|e| Error::io_path("stat", path, e))?;
+    if meta.is_dir() {
+        for e in std::fs::read_dir(path).map_err(|e| Error::io_path("list", path, e))? {
+            let e = e.map_err(|e| Error::io_path("list", path, e))?;
+            chown_tree(&e.path(), uid, gid)?;
+        }
+    }
+    Ok(())
+}
+
+/// `pg_ctl stop` of a drill's server, in the given mode; errors are not interesting
+/// because the directory is removed next.
+async fn stop_server(pgdata: &Path, run_as: Option<(u32, u32)>, mode: &str) {
+    if !pgdata.join("postmaster.pid").exists() {
+        return;
+    }
+    let mut cmd = Command::new(pg_program("pg_ctl"));
+    cmd.arg("stop")
+        .arg("-D")
+        .arg(pgdata)
+        .args(["-m", mode, "-w", "-t", "60"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    if let Some(parent) = pgdata.parent() {
+        cmd.current_dir(parent);
+    }
+    if let Some((uid, gid)) = run_as {
+        cmd.uid(uid).gid(gid);
+    }
+    let _ = cmd.status().await;
+}
+
+/// Runs a PITR drill and records its result; failures are failed drills, as for
+/// [`dump_drill`].
+pub async fn base_drill(repo: &Repository, d: &BaseDrill) -> DrillReport {
+    let started = Instant::now();
+    let mut record = new_record(&d.plan.base.db, SnapshotKind::Base, &d.plan.base.id);
+    record.target = Some(d.target_label.clone());
+    let cleanup = Cleanup::default();
+    let scratch = Arc::new(Mutex::new(String::new()));
+    let result = interruptible(base_body(repo, d, &cleanup, started, scratch.clone())).await;
+    let scratch = scratch.lock().expect("scratch lock").clone();
+    conclude(repo, record, started, scratch, result, cleanup).await
+}
+
+const DRILL_SOCKET_PORT: &str = "5432";
+
+async fn base_body(
+    repo: &Repository,
+    d: &BaseDrill,
+    cleanup: &Cleanup,
+    started: Instant,
+    scratch: Arc<Mutex<String>>,
+) -> Result<Found> {
+    let run_as = server_user()?;
+    let dir = make_scratch_dir(&d.work_dir)?;
+    cleanup.set(|s| s.dir = Some(dir.clone()));
+    let pgdata = dir.join("data");
+    let sock = dir.join("sock");
+    let wal_dir = dir.join("wal");
+    *scratch.lock().expect("scratch lock") = pgdata.display().to_string();
+    for p in [&sock, &wal_dir] {
+        std::fs::create_dir(p).map_err(|e| Error::io_path("create", p, e))?;
+    }
+
+    // The base backup, streamed into the new PGDATA.
+    let (mut writer, reader) = crate::pipe::pipe(8);
+    let target = pgdata.clone();
+    let extractor = std::thread::spawn(move || recovery::extract_base(reader, &target));
+    let copied = repo
+        .cat(&d.plan.base, &mut writer, Arc::new(NoProgress))
+        .await;
+    drop(writer);
+    extractor
+        .join()
+        .map_err(|_| Error::io("Extraction thread panicked", std::io::Error::other("panic")))??;
+    copied?;
+
+    stage_wal(repo, &d.plan, &wal_dir).await?;
+    let mut target = d.target.clone();
+    target.push(("recovery_target_timeline", "current".into()));
+    recovery::write_recovery_config(
+        &pgdata,
+        &RecoverySettings {
+            restore_command: format!(
+                "cp {}/%f %p",
+                recovery::shell_quote(&wal_dir.to_string_lossy())
+            ),
+            target,
+        },
+    )?;
+    // Our own access rules and, for a cluster whose postgresql.conf lived outside
+    // PGDATA (Debian keeps it in /etc), an empty one: defaults serve a drill.
+    let hba = pgdata.join("pg_hba.conf");
+    std::fs::write(&hba, "local all all trust\n").map_err(|e| Error::io_path("write", &hba, e))?;
+    let ident = pgdata.join("pg_ident.conf");
+    std::fs::write(&ident, "").map_err(|e| Error::io_path("write", &ident, e))?;
+    let conf = pgdata.join("postgresql.conf");
+    if !conf.exists() {
+        std::fs::write(&conf, "").map_err(|e| Error::io_path("write", &conf, e))?;
+    }
+    if let Some((uid, gid)) = run_as {
+        chown_tree(&dir, uid, gid)?;
+    }
+
+    let log_path = dir.join("postgres.log");
+    let log =
+        std::fs::File::create(&log_path).map_err(|e| Error::io_path("create", &log_path, e))?;
+    let log2 = log
+        .try_clone()
+        .map_err(|e| Error::io_path("open", &log_path, e))?;
+    let mut cmd = Command::new(pg_program("postgres"));
+    cmd.arg("-D").arg(&pgdata);
+    for (k, v) in [
+        ("port", DRILL_SOCKET_PORT.to_string()),
+        ("listen_addresses", String::new()),
+        ("unix_socket_directories", sock.display().to_string()),
+        ("hba_file", hba.display().to_string()),
+        ("ident_file", ident.display().to_string()),
+        ("archive_mode", "off".into()),
+        ("logging_collector", "off".into()),
+        ("cluster_name", "pgvault-drill".into()),
+    ] {
+        cmd.arg("-c").arg(format!("{k}={v}"));
+    }
+    cmd.current_dir(&dir)
+        .stdin(Stdio::null())
+        .stdout(log)
+        .stderr(log2)
+        // Its own process group: a ^C on the terminal reaches us, and we stop it in order.
+        .process_group(0);
+    if let Some((uid, gid)) = run_as {
+        cmd.uid(uid).gid(gid);
+    }
+    cleanup.set(|s| s.server = Some((pgdata.clone(), run_as)));
+    let mut server = cmd
+        .spawn()
+        .map_err(|e| Error::External(format!("Cannot start postgres for the drill: {e}")))?;
+
+    let conn = ConnectOptions {
+        host: Some(sock.display().to_string()),
+        port: Some(DRILL_SOCKET_PORT.parse().expect("a port")),
+        user: Some(d.user.clone()),
+    };
+    let deadline = Instant::now() + d.timeout;
+    loop {
+        if let Some(status) = server
+            .try_wait()
+            .map_err(|e| Error::External(format!("Cannot watch the drill's postgres: {e}")))?
+        {
+            let log = std::fs::read(&log_path).unwrap_or_default();
+            return Err(Error::External(format!(
+                "The drill's postgres exited during recovery ({status}): {}",
+                tail(&log)
+            )));
+        }
+        match psql(&conn, MAINTENANCE_DB, "SELECT pg_is_in_recovery()").await {
+            Ok(s) if s.trim() == "f" => break,
+            _ => {}
+        }
+        if Instant::now() > deadline {
+            return Err(Error::External(format!(
+                "Recovery did not finish within {} s; the server log ends: {}",
+                d.timeout.as_secs(),
+                tail(&std::fs::read(&log_path).unwrap_or_default())
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let restore_seconds = started.elapsed().as_secs_f64();
+
+    let dbs = if d.dbs.is_empty() {
+        let json = psql(
+            &conn,
+            MAINTENANCE_DB,
+            "SELECT coalesce(json_agg(datname ORDER BY datname), '[]') FROM pg_database \
+             WHERE datallowconn AND NOT datistemplate",
+        )
+        .await?;
+        serde_json::from_str::<Vec<String>>(json.trim())
+            .map_err(|e| Error::External(format!("Unexpected database list: {e}")))?
+    } else {
+        d.dbs.clone()
+    };
+    let mut tables = Vec::new();
+    for db in &dbs {
+        let list = list_tables(&conn, db).await?;
+        for mut t in row_counts(&conn, db, &list).await? {
+            if d.dbs.len() != 1 {
+                t.table = format!("{db}/{}", t.table);
+            }
+            tables.push(t);
+        }
+    }
+    let assertion_db = d.dbs.first().map(String::as_str).unwrap_or(MAINTENANCE_DB);
+    let assertions = run_assertions(&conn, assertion_db, &d.assertions).await;
+    stop_server(&pgdata, run_as, "fast").await;
+    let _ = server.wait().await;
+    Ok(Found {
+        restore_seconds: Some(restore_seconds),
+        tables,
+        assertions,
+        toc_table_data: 0,
+        missing_tables: Vec::new(),
+    })
+}
+
+/// Fetches (and so verifies) the WAL the plan needs into `dir`: the base backup's
+/// timeline from its first segment to the newest one archived without a gap, and
+/// the timeline's history file.
+///
+/// Errors: `Corrupt` or backend errors from fetching; `Io` when writing.
+async fn stage_wal(repo: &Repository, plan: &RestorePlan, dir: &Path) -> Result<()> {
+    let catalog = repo.wal_catalog().await?;
+    let info = plan.base.base.as_ref().expect("planned from a base backup");
+    let seg = |name: &str| {
+        crate::wal_name::WalFileKind::parse(name)
+            .ok()
+            .and_then(|k| k.segno(catalog.segment_size))
+    };
+    let (first, last) = match (seg(&plan.wal_first), seg(&plan.wal_newest)) {
+        (Some(a), Some(b)) => (a, b),
+        _ => {
+            return Err(Error::InvalidInput(format!(
+                "The restore plan names no WAL range ({} .. {})",
+                plan.wal_first, plan.wal_newest
+            )))
+        }
+    };
+    let tl = catalog
+        .timelines
+        .get(&info.timeline)
+        .cloned()
+        .unwrap_or_default();
+    let mut names: Vec<String> = tl
+        .segments
+        .iter()
+        .filter(|s| (first..=last).contains(*s))
+        .map(|s| catalog.name(info.timeline, *s))
+        .collect();
+    if tl.history {
+        names.push(format!("{:08X}.history", info.timeline));
+    }
+    let slots = Arc::new(tokio::sync::Semaphore::new(4));
+    let mut tasks = JoinSet::new();
+    for name in names {
+        let repo = repo.clone();
+        let path = dir.join(&name);
+        let slots = slots.clone();
+        tasks.spawn(async move {
+            let _permit = slots.acquire_owned().await.expect("never closed");
+            let data = repo.wal_fetch(&name).await?;
+            std::fs::write(&path, data).map_err(|e| Error::io_path("write", &path, e))
+        });
+    }
+    while let Some(r) = tasks.join_next().await {
+        r.map_err(|e| Error::io("WAL staging task failed", std::io::Error::other(e)))??;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn assertions_split_on_line_ending_semicolons() {
+        let text = "-- header\n\nSELECT true;\nSELECT count(*) = 3\n  FROM t; \n-- between\nSELECT 'a;b' = 'a;b'";
+        assert_eq!(
+            parse_assertions(text),
+            vec![
+                "SELECT true".to_string(),
+                "SELECT count(*) = 3\n  FROM t".to_string(),
+                "SELECT 'a;b' = 'a;b'".to_string()
+            ]
+        );
+    }
+
+    #[test]
+    fn table_data_lines_are_parsed() {
+        let l = ";\n; Archive created at 2026\n215; 1259 16390 TABLE public teams postgres\n\
+                 3383; 0 16390 TABLE DATA public teams postgres\n\
+                 3384; 0 16400 TABLE DATA public my table alice\n";
+        assert_eq!(
+            table_data_entries(l),
+            vec![
+                ("public".to_string(), "teams".to_string()),
+                ("public".to_string(), "my table".to_string())
+            ]
+        );
+    }
+
+    #[test]
+    fn temp_names_are_valid_identifiers() {
+        let n = temp_db_name("Foot-Dash with a very long name indeed, really");
+        assert!(n.len() <= 63 && n.starts_with("pgvault_drill_foot_dash"));
+        assert!(n.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'));
+    }
+}

@@ -1,0 +1,420 @@
+//! What happened to the repository over time: every backup attempt (failures too),
+//! every restore drill and every check, as small sealed records under `attempts/`,
+//! `drills/` and `checks/`.
+//!
+//! Snapshots say what succeeded; only a record of every attempt makes a success rate
+//! true. A record is written after the fact and never changes the outcome it
+//! describes: when the repository cannot be written (the outage that made the backup
+//! fail, say), the record goes to a local spool in the cache directory, and the next
+//! command that reaches the repository uploads it.
+//!
+//! Records are immutable like every other object: the key holds the time and a random
+//! suffix, so concurrent writers never collide. Downloaded records are kept, sealed,
+//! in the cache directory, because `status` and `metrics` read all of them every run.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use tokio::task::JoinSet;
+
+use super::format;
+use super::manifest::SnapshotKind;
+use super::Repository;
+use crate::error::{Error, ErrorKind, Result};
+
+/// The kinds of history record, each under its own prefix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RecordKind {
+    /// A backup attempt: `attempts/`.
+    Attempt,
+    /// A restore drill: `drills/`.
+    Drill,
+    /// A repository check: `checks/`.
+    Check,
+}
+
+impl RecordKind {
+    /// The key prefix, with its slash.
+    pub fn prefix(&self) -> &'static str {
+        match self {
+            RecordKind::Attempt => "attempts/",
+            RecordKind::Drill => "drills/",
+            RecordKind::Check => "checks/",
+        }
+    }
+
+    fn from_spool_name(name: &str) -> Option<(RecordKind, &str)> {
+        [RecordKind::Attempt, RecordKind::Drill, RecordKind::Check]
+            .into_iter()
+            .find_map(|k| {
+                let p = k.prefix().trim_end_matches('/');
+                name.strip_prefix(p)?
+                    .strip_prefix("--")
+                    .and_then(|rest| rest.strip_suffix(".json"))
+                    .map(|rest| (k, rest))
+            })
+    }
+}
+
+/// A type stored as a history record.
+pub trait Record: Serialize + for<'de> Deserialize<'de> {
+    /// Where records of this type live.
+    const KIND: RecordKind;
+    /// When it happened (the record key starts with this time).
+    fn time(&self) -> chrono::DateTime<chrono::Utc>;
+}
+
+/// One backup attempt, successful or not.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct BackupAttempt {
+    /// When the attempt started.
+    pub time: chrono::DateTime<chrono::Utc>,
+    pub db: String,
+    pub kind: SnapshotKind,
+    pub ok: bool,
+    /// Why it failed; `None` on success.
+    #[serde(default)]
+    pub error: Option<String>,
+    #[serde(default)]
+    pub snapshot_id: Option<String>,
+    /// The backup's logical size (the dump or tar stream); 0 on failure.
+    #[serde(default)]
+    pub size_bytes: u64,
+    /// Bytes of chunk objects this backup added.
+    #[serde(default)]
+    pub bytes_stored_new: u64,
+    pub duration_seconds: f64,
+    pub hostname: String,
+}
+
+impl Record for BackupAttempt {
+    const KIND: RecordKind = RecordKind::Attempt;
+    fn time(&self) -> chrono::DateTime<chrono::Utc> {
+        self.time
+    }
+}
+
+/// One table's row count after a drill's restore.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct TableRows {
+    /// `schema.table` (or `db:schema.table` for a PITR drill over several databases).
+    pub table: String,
+    pub rows: i64,
+}
+
+/// One assertion of a drill and how it came out.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct AssertionResult {
+    pub sql: String,
+    pub ok: bool,
+    /// What the statement returned, or its error.
+    pub outcome: String,
+}
+
+/// One restore drill.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct DrillRecord {
+    /// When the drill started.
+    pub time: chrono::DateTime<chrono::Utc>,
+    /// The database restored (`--db`), or the base backup's label for a PITR drill.
+    pub db: String,
+    /// `dump` for a logical drill, `base` for a PITR drill.
+    pub kind: SnapshotKind,
+    pub snapshot_id: String,
+    /// For PITR drills: the recovery target as given.
+    #[serde(default)]
+    pub target: Option<String>,
+    pub ok: bool,
+    #[serde(default)]
+    pub error: Option<String>,
+    /// The whole drill, checks and cleanup included.
+    pub duration_seconds: f64,
+    /// Measured RTO: from the start until the restored database was usable.
+    #[serde(default)]
+    pub restore_seconds: Option<f64>,
+    #[serde(default)]
+    pub tables: Vec<TableRows>,
+    #[serde(default)]
+    pub assertions: Vec<AssertionResult>,
+    pub hostname: String,
+}
+
+impl Record for DrillRecord {
+    const KIND: RecordKind = RecordKind::Drill;
+    fn time(&self) -> chrono::DateTime<chrono::Utc> {
+        self.time
+    }
+}
+
+/// One `pgvault check` run.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct CheckRecord {
+    pub time: chrono::DateTime<chrono::Utc>,
+    pub ok: bool,
+    /// `structure`, `read-data` or `read-data-subset <spec>`.
+    pub mode: String,
+    pub problems: usize,
+    pub chunks_read: u64,
+    pub duration_seconds: f64,
+    pub hostname: String,
+}
+
+impl Record for CheckRecord {
+    const KIND: RecordKind = RecordKind::Check;
+    fn time(&self) -> chrono::DateTime<chrono::Utc> {
+        self.time
+    }
+}
+
+/// A record key: prefix, sortable UTC time, and a random suffix against collisions.
+fn record_key(kind: RecordKind, time: chrono::DateTime<chrono::Utc>) -> String {
+    format!(
+        "{}{}-{}",
+        kind.prefix(),
+        time.format("%Y%m%dT%H%M%S%.3fZ"),
+        hex::encode(crate::crypto::random_bytes::<6>())
+    )
+}
+
+/// The spool directory for the repository at `location`: records that could not be
+/// written wait here. Keyed by the location, because a repository that cannot be
+/// reached cannot tell its id.
+pub fn spool_dir(location: &str) -> PathBuf {
+    let h = blake3::hash(location.as_bytes());
+    crate::index::cache_dir()
+        .join("spool")
+        .join(&h.to_hex().as_str()[..16])
+}
+
+/// Keeps a record locally until the repository at `location` can take it.
+///
+/// Errors: `Io` when the spool directory cannot be written.
+pub fn spool<R: Record>(location: &str, record: &R) -> Result<PathBuf> {
+    let dir = spool_dir(location);
+    std::fs::create_dir_all(&dir).map_err(|e| Error::io_path("create spool directory", &dir, e))?;
+    let key = record_key(R::KIND, record.time());
+    let name = format!("{}.json", key.replacen('/', "--", 1));
+    let path = dir.join(name);
+    let tmp = dir.join(format!(".tmp-{}", std::process::id()));
+    let json = serde_json::to_vec_pretty(record).expect("records serialise");
+    std::fs::write(&tmp, json).map_err(|e| Error::io_path("write", &tmp, e))?;
+    std::fs::rename(&tmp, &path).map_err(|e| Error::io_path("rename into", &path, e))?;
+    Ok(path)
+}
+
+fn cache_path(repo: &Repository, key: &str) -> PathBuf {
+    crate::index::cache_dir()
+        .join(&repo.config().repo_id)
+        .join("records")
+        .join(key)
+}
+
+impl Repository {
+    /// Stores a history record, sealed like a manifest. Returns its key.
+    ///
+    /// Errors: backend errors (the caller may [`spool`] the record instead).
+    pub async fn write_record<R: Record>(&self, record: &R) -> Result<String> {
+        let json = serde_json::to_vec(record).expect("records serialise");
+        self.write_record_json(R::KIND, record.time(), &json).await
+    }
+
+    async fn write_record_json(
+        &self,
+        kind: RecordKind,
+        time: chrono::DateTime<chrono::Utc>,
+        json: &[u8],
+    ) -> Result<String> {
+        let key = record_key(kind, time);
+        let sealed = format::encode_manifest(self.key(), &key, json);
+        if !self.backend().put_if_absent(&key, sealed).await? {
+            return Err(Error::AlreadyExists {
+                what: format!("Record {key}"),
+                location: self.location(),
+            });
+        }
+        Ok(key)
+    }
+
+    /// Stores a record, or spools it locally when the repository cannot take it.
+    /// Never fails the operation it describes: problems are logged.
+    pub async fn record_or_spool<R: Record>(&self, record: &R) {
+        if let Err(e) = self.write_record(record).await {
+            match spool(&self.location(), record) {
+                Ok(p) => tracing::warn!(
+                    "Cannot store the record in {} ({e}): kept it in {} for the next command",
+                    self.location(),
+                    p.display()
+                ),
+                Err(e2) => tracing::warn!(
+                    "Cannot store the record in {} ({e}) nor spool it ({e2}): it is lost",
+                    self.location()
+                ),
+            }
+        }
+    }
+
+    /// Uploads records spooled while the repository could not be written. Returns how
+    /// many were uploaded; the others stay for a later try.
+    ///
+    /// Errors: none that stop the caller: an unreadable spool is logged and skipped.
+    pub async fn flush_spool(&self) -> usize {
+        let dir = spool_dir(&self.location());
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            return 0;
+        };
+        let mut uploaded = 0;
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let Some((kind, stamp)) = RecordKind::from_spool_name(&name) else {
+                continue;
+            };
+            let path = entry.path();
+            let Ok(json) = std::fs::read(&path) else {
+                continue;
+            };
+            let time = chrono::NaiveDateTime::parse_from_str(
+                stamp.rsplit_once('-').map(|(t, _)| t).unwrap_or(stamp),
+                "%Y%m%dT%H%M%S%.3fZ",
+            )
+            .map(|t| t.and_utc())
+            .unwrap_or_else(|_| chrono::Utc::now());
+            match self.write_record_json(kind, time, &json).await {
+                Ok(key) => {
+                    tracing::info!("Uploaded spooled record {} as {key}", path.display());
+                    let _ = std::fs::remove_file(&path);
+                    uploaded += 1;
+                }
+                Err(e) => {
+                    tracing::info!("Spooled record {} stays: {e}", path.display());
+                    break;
+                }
+            }
+        }
+        uploaded
+    }
+
+    /// Every record of one type, oldest first. Records that fail authentication are
+    /// skipped with a warning: history must not stop `status` from answering.
+    ///
+    /// Errors: backend errors while listing or reading.
+    pub async fn records<R: Record + Send + 'static>(&self) -> Result<Vec<R>> {
+        let mut listed = self.backend().list(R::KIND.prefix()).await?;
+        listed.sort_by(|a, b| a.key.cmp(&b.key));
+        let mut tasks = JoinSet::new();
+        let mut out: Vec<(String, R)> = Vec::with_capacity(listed.len());
+        let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(16));
+        for obj in listed {
+            let repo = self.clone();
+            let slots = slots.clone();
+            tasks.spawn(async move {
+                let _permit = slots.acquire_owned().await.expect("never closed");
+                let r = repo.read_record::<R>(&obj.key).await;
+                (obj.key, r)
+            });
+        }
+        while let Some(res) = tasks.join_next().await {
+            let (key, r) =
+                res.map_err(|e| Error::io("Record read task failed", std::io::Error::other(e)))?;
+            match r {
+                Ok(Some(rec)) => out.push((key, rec)),
+                Ok(None) => {}
+                Err(e) if matches!(e.kind(), ErrorKind::Corrupt) => {
+                    tracing::warn!("Skipping record {key}: {e}")
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        out.sort_by(|a, b| a.1.time().cmp(&b.1.time()).then_with(|| a.0.cmp(&b.0)));
+        Ok(out.into_iter().map(|(_, r)| r).collect())
+    }
+
+    async fn read_record<R: Record>(&self, key: &str) -> Result<Option<R>> {
+        let cached = cache_path(self, key);
+        let sealed = match std::fs::read(&cached) {
+            Ok(b) => b,
+            Err(_) => {
+                let b = match self.backend().get(key).await {
+                    Ok(b) => b,
+                    // Removed between listing and reading.
+                    Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
+                    Err(e) => return Err(e),
+                };
+                cache_sealed(&cached, &b);
+                b
+            }
+        };
+        let json = format::decode_manifest(self.key(), key, &sealed)?;
+        serde_json::from_slice(&json)
+            .map(Some)
+            .map_err(|e| Error::Corrupt(format!("Record {key} does not parse: {e}")))
+    }
+}
+
+/// Keeps a sealed record in the cache; a cache that cannot be written is no error.
+fn cache_sealed(path: &Path, sealed: &[u8]) {
+    let Some(dir) = path.parent() else { return };
+    if std::fs::create_dir_all(dir).is_err() {
+        return;
+    }
+    let tmp = dir.join(format!(
+        ".tmp-{}-{}",
+        std::process::id(),
+        hex::encode(crate::crypto::random_bytes::<4>())
+    ));
+    if std::fs::write(&tmp, sealed).is_ok() && std::fs::rename(&tmp, path).is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+}
+
+/// How a backup's size compares with the previous one of the same db and kind.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct SizeChange {
+    pub previous_size_bytes: u64,
+    /// `size / previous - 1`: 0.5 is 50% larger, -0.5 half the size.
+    pub change_ratio: f64,
+    /// Whether the change exceeds the threshold either way.
+    pub anomaly: bool,
+}
+
+/// Compares a size with the previous one; `threshold` is a ratio (0.5 for 50%).
+pub fn size_change(previous: u64, size: u64, threshold: f64) -> SizeChange {
+    let change_ratio = if previous == 0 {
+        if size == 0 {
+            0.0
+        } else {
+            f64::INFINITY
+        }
+    } else {
+        size as f64 / previous as f64 - 1.0
+    };
+    SizeChange {
+        previous_size_bytes: previous,
+        change_ratio,
+        anomaly: change_ratio.abs() > threshold,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn size_change_flags_both_directions() {
+        assert!(!size_change(100, 149, 0.5).anomaly);
+        assert!(size_change(100, 151, 0.5).anomaly);
+        assert!(size_change(100, 49, 0.5).anomaly);
+        assert!(!size_change(100, 51, 0.5).anomaly);
+        assert!(size_change(0, 1, 0.5).anomaly);
+        assert!(!size_change(0, 0, 0.5).anomaly);
+        assert!((size_change(200, 300, 0.5).change_ratio - 0.5).abs() < 1e-9);
+    }
+
+    #[test]
+    fn spool_names_round_trip() {
+        let key = record_key(RecordKind::Attempt, chrono::Utc::now());
+        let name = format!("{}.json", key.replacen('/', "--", 1));
+        let (kind, stamp) = RecordKind::from_spool_name(&name).unwrap();
+        assert_eq!(kind, RecordKind::Attempt);
+        assert_eq!(format!("attempts/{stamp}"), key);
+    }
+}

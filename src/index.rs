@@ -78,16 +78,26 @@ impl Index {
                     std::thread::sleep(Duration::from_millis(20));
                 }
                 Err(e) => {
-                    // A damaged cache is worth nothing: drop it and start afresh.
+                    // A damaged cache is worth nothing: drop it and start afresh. One
+                    // that cannot even be replaced (another user's files, a full disk)
+                    // is done without: no command may fail for want of a cache.
                     tracing::warn!(
                         "Index {} cannot be opened ({e}): discarding it",
                         self.path.display()
                     );
-                    self.remove()?;
-                    let db = sled::Config::new()
-                        .path(&self.path)
-                        .open()
-                        .map_err(|e| index_error(&self.path, e))?;
+                    let reopened = self.remove().ok().and_then(|()| {
+                        sled::Config::new()
+                            .path(&self.path)
+                            .open()
+                            .map_err(|e| {
+                                tracing::warn!(
+                                    "Index {} cannot be recreated ({e}): going without it",
+                                    self.path.display()
+                                )
+                            })
+                            .ok()
+                    });
+                    let Some(db) = reopened else { return Ok(None) };
                     let out = f(&db).and_then(|v| db.flush().map(|_| v));
                     return out.map(Some).map_err(|e| index_error(&self.path, e));
                 }

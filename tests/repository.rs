@@ -464,3 +464,28 @@ fn kill_9_during_a_backup_leaves_a_consistent_repository() {
     );
     assert_eq!(v.cat(b["snapshot_id"].as_str().unwrap()), dump);
 }
+
+#[test]
+fn an_index_another_user_owns_is_done_without() {
+    // Only meaningful when the tests run as root and can act as another user.
+    let Some(other) = PgCluster::server_user() else {
+        return;
+    };
+    let pg = PgCluster::start();
+    pg.create_footdash("footdash", 1);
+    let mut v = vault_for(&pg);
+    let tmp = tempfile::tempdir().unwrap();
+    let f = tmp.path().join("d.dump");
+    pg.pg_dump_file("footdash", &f);
+    let id = v.backup_file("footdash", &f)["snapshot_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(v.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    // The cache was made by root; the other user can read the repository but not
+    // write, lock or replace the index.
+    v.run_as = Some(other);
+    assert_eq!(v.snapshots().len(), 1);
+    assert_eq!(v.cat(&id), std::fs::read(&f).unwrap());
+}

@@ -1,9 +1,10 @@
 //! pgvault: deduplicated, encrypted backups of PostgreSQL, mountable as a read-only tree.
 //!
 //! Layers, each depending only on those below it: `cli` (in the binary) parses and
-//! prints; [`pg`] runs PostgreSQL's tools; [`repo`] holds snapshots, the write path
-//! and the read path; [`index`] is the local sled cache; [`crypto`] and [`chunker`]
-//! seal and cut bytes; [`backend`] stores objects.
+//! prints; [`pg`] runs PostgreSQL's tools; [`vfs`] is the mounted tree (paths,
+//! attributes, reads) without the kernel;
+//! [`repo`] holds snapshots, the write path and the read path; [`index`] is the local
+//! sled cache; [`crypto`] and [`chunker`] seal and cut bytes; [`backend`] stores objects.
 #![forbid(unsafe_code)]
 
 pub mod backend;
@@ -13,6 +14,7 @@ pub mod error;
 pub mod index;
 pub mod pg;
 pub mod repo;
+pub mod vfs;
 
 pub use error::{Error, ErrorKind, Result};
 

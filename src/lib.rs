@@ -1,8 +1,8 @@
 //! pgvault: deduplicated, encrypted backups of PostgreSQL, mountable as a read-only tree.
 //!
 //! Layers, each depending only on those below it: `cli` (in the binary) parses and
-//! prints; [`pg`] runs PostgreSQL's tools; [`vfs`] is the mounted tree (paths,
-//! attributes, reads) without the kernel;
+//! prints; [`pg`] runs PostgreSQL's tools; [`fuse`] serves the mounted tree to the
+//! kernel and [`vfs`] is that tree (paths, attributes, reads) without the kernel;
 //! [`repo`] holds snapshots, the write path and the read path; [`index`] is the local
 //! sled cache; [`crypto`] and [`chunker`] seal and cut bytes; [`backend`] stores objects.
 #![forbid(unsafe_code)]
@@ -11,6 +11,7 @@ pub mod backend;
 pub mod chunker;
 pub mod crypto;
 pub mod error;
+pub mod fuse;
 pub mod index;
 pub mod pg;
 pub mod repo;

@@ -12,9 +12,11 @@ use clap::{Args, Parser, Subcommand};
 use crate::backend::local::LocalBackend;
 use crate::backend::Backend;
 use crate::error::{Error, ErrorKind, Result};
+use crate::fuse::MountOptions;
 use crate::pg::{ConnectOptions, PgDump};
 use crate::repo::writer::{NoProgress, Progress, SnapshotMeta};
 use crate::repo::{InitOptions, Repository, SnapshotKind};
+use crate::vfs::{Vfs, VfsOptions};
 
 /// Deduplicated, encrypted backups of PostgreSQL, browsable as a read-only filesystem.
 #[derive(Debug, Parser)]
@@ -65,6 +67,8 @@ pub enum Command {
     Snapshots(SnapshotsArgs),
     /// Write a backup point's file to stdout, byte for byte as pg_dump wrote it
     Cat(CatArgs),
+    /// Mount the backup history as a read-only filesystem (foreground; Ctrl-C unmounts)
+    Mount(MountArgs),
     /// Manage the local index cache
     Index {
         #[command(subcommand)]
@@ -143,11 +147,48 @@ pub struct CatArgs {
     pub snapshot: String,
 }
 
+/// `pgvault mount`.
+#[derive(Debug, Args)]
+pub struct MountArgs {
+    /// An existing directory to mount on
+    pub mountpoint: PathBuf,
+    /// Memory for decoded chunks shared by all readers, e.g. 512MiB or 2GiB
+    #[arg(long, default_value = "256MiB", value_name = "SIZE", value_parser = parse_size)]
+    pub cache_size: u64,
+    /// Let other users read the mount (a non-root user needs user_allow_other in /etc/fuse.conf)
+    #[arg(long)]
+    pub allow_other: bool,
+}
+
 /// `pgvault index ...`.
 #[derive(Debug, Subcommand)]
 pub enum IndexCommand {
     /// Recreate the local index from the repository
     Rebuild,
+}
+
+/// A byte count such as `256MiB`, `1GiB`, `64M`, `4096` (binary units; `B` optional).
+fn parse_size(s: &str) -> std::result::Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size such as 256MiB or 1GiB"))?;
+    let shift = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 0,
+        "k" | "kb" | "kib" => 10,
+        "m" | "mb" | "mib" => 20,
+        "g" | "gb" | "gib" => 30,
+        "t" | "tb" | "tib" => 40,
+        _ => {
+            return Err(format!(
+                "{s:?} has an unknown unit; use KiB, MiB, GiB or TiB"
+            ))
+        }
+    };
+    n.checked_mul(1u64 << shift)
+        .ok_or_else(|| format!("{s:?} is too large"))
 }
 
 fn parse_time(s: &str) -> std::result::Result<chrono::DateTime<chrono::Utc>, String> {
@@ -199,6 +240,8 @@ fn init_logging(verbose: u8) {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        // Colour codes only for a person: a mount's log usually goes to a file or journal.
+        .with_ansi(std::io::stderr().is_terminal())
         .with_target(false)
         .try_init();
 }
@@ -253,6 +296,7 @@ async fn run(cli: Cli) -> Result<()> {
             repo.cat(&m, &mut out, progress.clone()).await?;
             Ok(())
         }
+        Command::Mount(a) => mount(g, a).await,
         Command::Index {
             command: IndexCommand::Rebuild,
         } => {
@@ -312,6 +356,35 @@ async fn backup(g: &GlobalArgs, a: &BackupArgs) -> Result<()> {
     } else {
         output::print_backup(&m);
     }
+    Ok(())
+}
+
+async fn mount(g: &GlobalArgs, a: &MountArgs) -> Result<()> {
+    // Mountpoint trouble is reported before asking for a passphrase.
+    crate::fuse::check_mountpoint(&a.mountpoint)?;
+    let repo = open_repo(g).await?;
+    let location = repo.location();
+    let opts = VfsOptions {
+        cache_bytes: usize::try_from(a.cache_size).unwrap_or(usize::MAX),
+        ..VfsOptions::default()
+    };
+    let vfs = Vfs::open(repo, opts).await?;
+    let points = vfs.point_count();
+    let mounted = crate::fuse::mount(
+        vfs,
+        &a.mountpoint,
+        &MountOptions {
+            allow_other: a.allow_other,
+            fsname: format!("pgvault:{location}"),
+        },
+    )
+    .await?;
+    let mp = mounted.mountpoint().display().to_string();
+    println!(
+        "Mounted {location} on {mp} ({points} backup points); Ctrl-C or `umount {mp}` unmounts"
+    );
+    mounted.serve_until_signal().await?;
+    println!("Unmounted {mp}");
     Ok(())
 }
 

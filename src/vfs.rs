@@ -285,6 +285,20 @@ impl Tree {
     }
 }
 
+/// A node as a person would name it, for messages.
+fn describe(node: &Node) -> String {
+    match node {
+        Node::Root => "The mount's root".into(),
+        Node::Latest => "The symlink latest".into(),
+        Node::DbLatest(db) => format!("The symlink by-db/{db}/latest"),
+        Node::AtTime(name) => format!("Directory at/{name}"),
+        Node::Data(id) => format!("The backup file of snapshot {id}"),
+        Node::Manifest(id) => format!("The manifest.json of snapshot {id}"),
+        Node::Point(_, id) => format!("The directory of snapshot {id}"),
+        other => format!("Node {other:?}"),
+    }
+}
+
 /// Parses an `at/` name: any RFC 3339 time.
 fn parse_at(name: &str) -> Option<DateTime<Utc>> {
     DateTime::parse_from_rfc3339(name)
@@ -335,7 +349,7 @@ enum Content {
 #[derive(Debug)]
 struct Handle {
     content: Content,
-    /// The furthest offset read so far, to tell sequential readers from random ones.
+    /// Where the last read ended, to tell sequential readers from random ones.
     read_end: AtomicU64,
 }
 
@@ -688,7 +702,10 @@ impl Vfs {
                 .newest_of_db(db)
                 .map(|p| (p.db_name.clone(), p.m.time))
                 .ok_or_else(|| not_found(format!("by-db/{db}/latest"))),
-            _ => Err(Error::InvalidInput("Not a symbolic link".into())),
+            _ => Err(Error::InvalidInput(format!(
+                "{} is not a symbolic link",
+                describe(node)
+            ))),
         }
     }
 
@@ -786,7 +803,10 @@ impl Vfs {
                 ]
             }
             Node::Latest | Node::DbLatest(_) | Node::Data(_) | Node::Manifest(_) => {
-                return Err(Error::InvalidInput("Not a directory".into()))
+                return Err(Error::InvalidInput(format!(
+                    "{} is not a directory",
+                    describe(node)
+                )))
             }
         })
     }
@@ -936,7 +956,12 @@ impl Vfs {
             Node::Manifest(id) => Content::Bytes(Arc::new(manifest_json(
                 self.snapshot_of(&tree, id)?.as_ref(),
             ))),
-            _ => return Err(Error::InvalidInput("Not a regular file".into())),
+            _ => {
+                return Err(Error::InvalidInput(format!(
+                    "{} is not a regular file",
+                    describe(&node)
+                )))
+            }
         };
         let fh = self.inner.next_handle.fetch_add(1, Ordering::Relaxed);
         self.inner.handles.lock().expect("handles lock").insert(
@@ -978,7 +1003,7 @@ impl Vfs {
             Content::Data(r) => r,
         };
         let end = offset.saturating_add(u64::from(size)).min(reader.len());
-        let before = handle.read_end.fetch_max(end, Ordering::Relaxed);
+        let before = handle.read_end.swap(end, Ordering::Relaxed);
         let sequential = offset.abs_diff(before) <= SEQUENTIAL_SLACK;
         if sequential && end > offset {
             prefetch_ahead(reader, end);

@@ -475,3 +475,22 @@ fn new_passphrase(g: &GlobalArgs) -> Result<String> {
     }
     Ok(a)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::parse_size;
+
+    #[test]
+    fn sizes_take_binary_units() {
+        assert_eq!(parse_size("256MiB"), Ok(256 << 20));
+        assert_eq!(parse_size("1GiB"), Ok(1 << 30));
+        assert_eq!(parse_size("64M"), Ok(64 << 20));
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert_eq!(parse_size("2 gb"), Ok(2 << 30));
+        assert!(parse_size("lots").unwrap_err().contains("256MiB"));
+        assert!(parse_size("5XB").unwrap_err().contains("unit"));
+        assert!(parse_size("99999999999TiB")
+            .unwrap_err()
+            .contains("too large"));
+    }
+}

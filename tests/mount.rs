@@ -579,6 +579,32 @@ fn a_corrupted_chunk_gives_eio_and_a_log_line_never_wrong_bytes() {
 }
 
 #[test]
+fn an_unreadable_manifest_leaves_only_its_snapshot_out() {
+    let d = dumps();
+    let v = small_chunk_vault();
+    let good = backup_at(&v, "footdash", &d.footdash, "2026-11-04T02:00:00Z");
+    let bad = backup_at(&v, "other", &d.other, "2026-11-05T02:00:00Z");
+    let object = v.repo_path().join("snapshots").join(&bad);
+    let mut bytes = std::fs::read(&object).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 1;
+    std::fs::write(&object, &bytes).unwrap();
+    // Without the index cache, which still holds the intact copy, the store decides.
+    std::fs::remove_dir_all(&v.cache).unwrap();
+    let m = Mount::start(&v, &mountpoint(&v), &[]);
+    assert_eq!(names(&m.join("snapshots")), [good].into());
+    assert!(
+        std::fs::read(m.join("latest/footdash.dump")).unwrap()
+            == std::fs::read(&d.footdash).unwrap()
+    );
+    let log = m.log();
+    assert!(
+        log.lines().any(|l| l.contains("ERROR") && l.contains(&bad)),
+        "the log must name the unreadable snapshot:\n{log}"
+    );
+}
+
+#[test]
 fn mountpoint_problems_are_explained() {
     let v = small_chunk_vault();
     let mp = mountpoint(&v);

@@ -512,7 +512,22 @@ pub async fn mount(vfs: Vfs, mountpoint: &Path, opts: &MountOptions) -> Result<M
     let mut session = tokio::task::spawn_blocking(move || fuser::Session::new(fs, &mp, &config))
         .await
         .map_err(|e| Error::io("Mount task failed", io::Error::other(e)))?
-        .map_err(|e| Error::io_path("mount the repository on", &mountpoint, e))?;
+        .map_err(|e| {
+            let hint = if e.kind() == io::ErrorKind::PermissionDenied && uid != 0 {
+                // fuser opens /dev/fuse itself before falling back to fusermount3.
+                " (as a non-root user this needs read-write access to /dev/fuse, and \
+                 --allow-other needs user_allow_other in /etc/fuse.conf)"
+            } else {
+                ""
+            };
+            Error::io(
+                format!(
+                    "Cannot mount the repository on {}{hint}",
+                    mountpoint.display()
+                ),
+                e,
+            )
+        })?;
     let unmounter = session.unmount_callable();
     let (tx, ended) = tokio::sync::oneshot::channel();
     let thread = std::thread::Builder::new()

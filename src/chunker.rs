@@ -78,8 +78,14 @@ mod tests {
 
     #[test]
     fn stream_and_buffer_cut_alike() {
-        let data: Vec<u8> = (0..3_000_000u32)
-            .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+        let data: Vec<u8> = (0..3_000_000)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
             .collect();
         let p = ChunkerParams::default();
         let from_stream: Vec<(usize, usize)> = p

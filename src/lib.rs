@@ -14,8 +14,10 @@ pub mod error;
 pub mod fuse;
 pub mod index;
 pub mod pg;
+pub mod pipe;
 pub mod repo;
 pub mod vfs;
+pub mod wal_name;
 
 pub use error::{Error, ErrorKind, Result};
 

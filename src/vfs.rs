@@ -413,6 +413,9 @@ struct ManifestView<'a> {
     chunk_count: usize,
     dump_offsets_filled: bool,
     stats: &'a crate::repo::BackupStats,
+    /// Base backups: timeline, start and stop LSN, PostgreSQL version, system id.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    base: Option<&'a crate::repo::manifest::BaseBackupInfo>,
 }
 
 /// The manifest.json of a snapshot: what the backup point is, for people and scripts.
@@ -432,6 +435,7 @@ pub fn manifest_json(m: &SnapshotManifest) -> Vec<u8> {
         chunk_count: m.chunks.len(),
         dump_offsets_filled: m.dump_offsets_filled,
         stats: &m.stats,
+        base: m.base.as_ref(),
     };
     let mut out = serde_json::to_vec_pretty(&v).expect("manifest view serialises");
     out.push(b'\n');
@@ -1067,6 +1071,7 @@ mod tests {
             chunks: Vec::new(),
             stats: BackupStats::default(),
             dump_offsets_filled: false,
+            base: None,
         })
     }
 

@@ -2,6 +2,7 @@
 //! results for people or as JSON, and turns errors into exit codes. No logic lives here.
 
 mod output;
+mod wal;
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -13,8 +14,9 @@ use crate::backend::local::LocalBackend;
 use crate::backend::Backend;
 use crate::error::{Error, ErrorKind, Result};
 use crate::fuse::MountOptions;
-use crate::pg::{ConnectOptions, PgDump};
-use crate::repo::writer::{NoProgress, Progress, SnapshotMeta};
+use crate::pg::basebackup::BaseTarInspector;
+use crate::pg::{ConnectOptions, DumpStreamInspector};
+use crate::repo::writer::{NoProgress, Progress, SnapshotMeta, StreamInspector};
 use crate::repo::{InitOptions, Repository, SnapshotKind};
 use crate::vfs::{Vfs, VfsOptions};
 
@@ -61,12 +63,24 @@ pub struct GlobalArgs {
 pub enum Command {
     /// Create a new, empty repository
     Init(InitArgs),
-    /// Store a pg_dump custom-format dump: run pg_dump, or read one from stdin
+    /// Store a backup point: a pg_dump custom-format dump, or a base backup with --base
     Backup(BackupArgs),
     /// List backup points
     Snapshots(SnapshotsArgs),
     /// Write a backup point's file to stdout, byte for byte as pg_dump wrote it
     Cat(CatArgs),
+    /// Archive one WAL file: archive_command = 'pgvault wal-push %p'
+    WalPush(wal::WalPushArgs),
+    /// Restore one WAL file: restore_command = 'pgvault wal-fetch %f %p'
+    /// (exit 1: not archived; above 125: the archive could not be read)
+    WalFetch(wal::WalFetchArgs),
+    /// Inspect the WAL archive
+    Wal {
+        #[command(subcommand)]
+        command: wal::WalCommand,
+    },
+    /// Restore a base backup into an empty PGDATA, set up to recover to a target
+    Restore(wal::RestoreArgs),
     /// Mount the backup history as a read-only filesystem (foreground; Ctrl-C unmounts)
     Mount(MountArgs),
     /// Manage the local index cache
@@ -104,9 +118,14 @@ pub struct InitArgs {
 #[command(disable_help_flag = true)]
 pub struct BackupArgs {
     /// The database: dumped with pg_dump -Fc -Z0, or the name recorded for --stdin
+    /// (with --base, a label for the cluster; default "cluster")
     #[arg(short = 'd', long, value_name = "DBNAME")]
-    pub db: String,
-    /// Read a pg_dump custom-format archive from standard input instead of running pg_dump
+    pub db: Option<String>,
+    /// Take a physical base backup with pg_basebackup (for point-in-time recovery)
+    #[arg(long)]
+    pub base: bool,
+    /// Read the archive from standard input instead of running pg_dump (a custom-format
+    /// dump) or pg_basebackup (its tar stream, with --base)
     #[arg(long)]
     pub stdin: bool,
     /// The backup point's time (RFC 3339), for importing older dumps; default now
@@ -211,8 +230,10 @@ pub fn main() -> i32 {
             return 1;
         }
     };
+    let is_fetch = matches!(cli.command, Command::WalFetch(_));
     match runtime.block_on(run(cli)) {
         Ok(()) => 0,
+        Err(e) if is_fetch => wal::fetch_exit_code(&e),
         Err(e) => {
             output::print_error(&e);
             exit_code(&e)
@@ -274,6 +295,12 @@ async fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Backup(a) => backup(g, a).await,
+        Command::WalPush(a) => wal::push(g, a).await,
+        Command::WalFetch(a) => wal::fetch(g, a).await,
+        Command::Wal {
+            command: wal::WalCommand::List { json },
+        } => wal::list(g, *json).await,
+        Command::Restore(a) => wal::restore(g, a).await,
         Command::Snapshots(a) => {
             let repo = open_repo(g).await?;
             let mut snaps = repo.snapshots().await?;
@@ -312,17 +339,40 @@ async fn run(cli: Cli) -> Result<()> {
 }
 
 async fn backup(g: &GlobalArgs, a: &BackupArgs) -> Result<()> {
+    let (kind, db) = match (&a.db, a.base) {
+        (Some(db), _) => (
+            if a.base {
+                SnapshotKind::Base
+            } else {
+                SnapshotKind::Dump
+            },
+            db.clone(),
+        ),
+        (None, true) => (SnapshotKind::Base, "cluster".to_string()),
+        (None, false) => {
+            return Err(Error::InvalidInput(
+                "Name the database to dump with --db, or take a base backup with --base".into(),
+            ))
+        }
+    };
     let repo = open_repo(g).await?;
     let tty = std::io::stderr().is_terminal() && std::io::stdout().is_terminal();
     let meta = SnapshotMeta {
-        db: a.db.clone(),
-        kind: SnapshotKind::Dump,
+        file_name: match kind {
+            SnapshotKind::Dump => format!("{db}.dump"),
+            SnapshotKind::Base => "base.tar".to_string(),
+        },
+        db,
+        kind,
         time: a.time,
-        file_name: format!("{}.dump", a.db),
+    };
+    let inspector: Box<dyn StreamInspector> = match kind {
+        SnapshotKind::Dump => Box::new(DumpStreamInspector::default()),
+        SnapshotKind::Base => Box::new(BaseTarInspector::new()),
     };
     let pending = if a.stdin {
         let progress = progress_for(0, "backup", tty);
-        repo.ingest(Box::new(std::io::stdin()), meta, progress)
+        repo.ingest(Box::new(std::io::stdin()), meta, Some(inspector), progress)
             .await?
     } else {
         let conn = ConnectOptions {
@@ -330,22 +380,28 @@ async fn backup(g: &GlobalArgs, a: &BackupArgs) -> Result<()> {
             port: a.port,
             user: a.username.clone(),
         };
-        let (dump, stdout) = PgDump::start(&a.db, &conn)?;
-        let progress = progress_for(0, "pg_dump", tty);
-        match repo.ingest(Box::new(stdout), meta, progress).await {
+        let (process, stdout) = match kind {
+            SnapshotKind::Dump => crate::pg::pg_dump(&meta.db, &conn)?,
+            SnapshotKind::Base => crate::pg::basebackup::pg_basebackup(&conn)?,
+        };
+        let progress = progress_for(0, kind.as_str(), tty);
+        match repo
+            .ingest(Box::new(stdout), meta, Some(inspector), progress)
+            .await
+        {
             Ok(p) => {
-                // pg_dump's verdict comes before the commit: a dump that failed
+                // The program's verdict comes before the commit: a dump that failed
                 // half-way must never become a backup point.
-                dump.finish()?;
+                process.finish()?;
                 p
             }
             Err(e) if e.kind() == ErrorKind::InvalidInput => {
-                // A failing pg_dump explains itself better than the broken stream it left.
-                dump.finish()?;
+                // A failing program explains itself better than the broken stream it left.
+                process.finish()?;
                 return Err(e);
             }
             Err(e) => {
-                dump.kill();
+                process.kill();
                 return Err(e);
             }
         }
@@ -409,7 +465,7 @@ fn open_backend(g: &GlobalArgs) -> Result<Arc<dyn Backend>> {
     Ok(Arc::new(LocalBackend::new(path)))
 }
 
-async fn open_repo(g: &GlobalArgs) -> Result<Repository> {
+pub(crate) async fn open_repo(g: &GlobalArgs) -> Result<Repository> {
     let backend = open_backend(g)?;
     if let Some(local) = local_root(g) {
         if !local.exists() {

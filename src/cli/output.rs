@@ -68,7 +68,7 @@ pub fn print_json(v: &Value) {
 }
 
 fn snapshot_json(m: &SnapshotManifest) -> Value {
-    json!({
+    let mut v = json!({
         "id": m.id,
         "short_id": m.short_id(),
         "time": m.time.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
@@ -81,6 +81,22 @@ fn snapshot_json(m: &SnapshotManifest) -> Value {
         "bytes_stored_new": m.stats.bytes_stored_new,
         "chunks": m.chunks.len(),
         "dump_offsets_filled": m.dump_offsets_filled,
+    });
+    if let Some(b) = &m.base {
+        v["base"] = base_json(m, b);
+    }
+    v
+}
+
+fn base_json(m: &SnapshotManifest, b: &crate::repo::manifest::BaseBackupInfo) -> Value {
+    json!({
+        "timeline": b.timeline,
+        "start_lsn": b.start_lsn.to_string(),
+        "stop_lsn": b.stop_lsn.to_string(),
+        "start_time": b.start_time.map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
+        "stop_time": m.finished.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        "pg_version": b.pg_version,
+        "system_identifier": b.system_identifier.to_string(),
     })
 }
 
@@ -92,7 +108,7 @@ pub fn snapshots_json(snaps: &[SnapshotManifest]) -> Value {
 /// The JSON object `backup --json` prints.
 pub fn backup_json(m: &SnapshotManifest) -> Value {
     let s = &m.stats;
-    json!({
+    let mut v = json!({
         "snapshot_id": m.id,
         "time": m.time.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
         "db": m.db,
@@ -104,7 +120,11 @@ pub fn backup_json(m: &SnapshotManifest) -> Value {
         "chunks_reused": s.chunks_reused,
         "duration_ms": s.duration_ms,
         "dump_offsets_filled": m.dump_offsets_filled,
-    })
+    });
+    if let Some(b) = &m.base {
+        v["base"] = base_json(m, b);
+    }
+    v
 }
 
 /// The sentence `backup` prints.
@@ -131,12 +151,25 @@ pub fn print_backup(m: &SnapshotManifest) {
 /// The table `snapshots` prints.
 pub fn print_snapshot_table(snaps: &[SnapshotManifest]) {
     println!(
-        "{:<8}  {:<20}  {:<16}  {:<4}  {:>10}  {:>10}",
+        "{:<8}  {:<20}  {:<16}  {:<4}  {:>10}  {:>10}  WAL",
         "ID", "TIME", "DB", "KIND", "SIZE", "NEW STORED"
     );
     for m in snaps {
+        let wal = m
+            .base
+            .as_ref()
+            .map(|b| {
+                format!(
+                    "tl {} {}..{} until {}",
+                    b.timeline,
+                    b.start_lsn,
+                    b.stop_lsn,
+                    m.finished.format("%H:%M:%SZ")
+                )
+            })
+            .unwrap_or_default();
         println!(
-            "{:<8}  {:<20}  {:<16}  {:<4}  {:>10}  {:>10}",
+            "{:<8}  {:<20}  {:<16}  {:<4}  {:>10}  {:>10}  {wal}",
             m.short_id(),
             m.time.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
             m.db,

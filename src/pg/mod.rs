@@ -1,6 +1,8 @@
-//! Running PostgreSQL's own tools (pg_dump) and understanding what they write.
+//! Running PostgreSQL's own tools (pg_dump, pg_basebackup) and understanding what they write.
 
+pub mod basebackup;
 pub mod custom_format;
+pub mod recovery;
 
 use std::io::Read;
 use std::path::PathBuf;
@@ -8,6 +10,7 @@ use std::process::{Child, ChildStdout, Command, Stdio};
 use std::thread::JoinHandle;
 
 use crate::error::{Error, Result};
+use crate::repo::writer::{Inspected, StreamInspector};
 
 /// Where to find PostgreSQL client programs: `$PGVAULT_PG_BINDIR`, then `PATH`, then
 /// the newest `/usr/lib/postgresql/<major>/bin`.
@@ -49,22 +52,26 @@ pub struct ConnectOptions {
     pub user: Option<String>,
 }
 
-/// A running `pg_dump -Fc -Z0`, whose output is read as it is produced.
-pub struct PgDump {
+/// A running PostgreSQL program whose standard output is read as it is produced.
+pub struct PgProcess {
     child: Child,
     stderr: Option<JoinHandle<String>>,
-    db: String,
+    what: String,
 }
 
-impl PgDump {
-    /// Starts pg_dump for `db`, uncompressed (pgvault compresses each chunk itself;
-    /// a compressed dump changes everywhere when one row changes).
+impl PgProcess {
+    /// Starts `program` with `args` and the connection options, stdout piped.
     ///
-    /// Errors: `External` when pg_dump cannot be started.
-    pub fn start(db: &str, conn: &ConnectOptions) -> Result<(Self, ChildStdout)> {
-        let program = pg_program("pg_dump");
-        let mut cmd = Command::new(&program);
-        cmd.args(["--format=custom", "--compress=0", "--no-password"]);
+    /// Errors: `External` when the program cannot be started.
+    fn start(
+        program: &str,
+        args: &[&str],
+        conn: &ConnectOptions,
+        what: String,
+    ) -> Result<(Self, ChildStdout)> {
+        let path = pg_program(program);
+        let mut cmd = Command::new(&path);
+        cmd.args(args).arg("--no-password");
         if let Some(h) = &conn.host {
             cmd.args(["--host", h]);
         }
@@ -74,39 +81,38 @@ impl PgDump {
         if let Some(u) = &conn.user {
             cmd.args(["--username", u]);
         }
-        cmd.args(["--dbname", db]);
         cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         let mut child = cmd
             .spawn()
-            .map_err(|e| Error::External(format!("Cannot start {}: {e}", program.display())))?;
+            .map_err(|e| Error::External(format!("Cannot start {}: {e}", path.display())))?;
         let stdout = child.stdout.take().expect("stdout was piped");
         let mut err_pipe = child.stderr.take().expect("stderr was piped");
-        // Read stderr on its own thread: a chatty pg_dump must not block on a full pipe.
+        // Read stderr on its own thread: a chatty program must not block on a full pipe.
         let stderr = std::thread::spawn(move || {
             let mut s = String::new();
             let _ = err_pipe.read_to_string(&mut s);
             s
         });
         Ok((
-            PgDump {
+            PgProcess {
                 child,
                 stderr: Some(stderr),
-                db: db.to_string(),
+                what,
             },
             stdout,
         ))
     }
 
-    /// Waits for pg_dump to exit and checks that it succeeded.
+    /// Waits for the program to exit and checks that it succeeded.
     ///
-    /// Errors: `External` carrying pg_dump's own error output when it failed.
+    /// Errors: `External` carrying the program's own error output when it failed.
     pub fn finish(mut self) -> Result<()> {
         let status = self
             .child
             .wait()
-            .map_err(|e| Error::External(format!("Cannot wait for pg_dump: {e}")))?;
+            .map_err(|e| Error::External(format!("Cannot wait for {}: {e}", self.what)))?;
         let stderr = self
             .stderr
             .take()
@@ -114,21 +120,68 @@ impl PgDump {
             .unwrap_or_default();
         if status.success() {
             if !stderr.trim().is_empty() {
-                tracing::warn!("pg_dump said: {}", stderr.trim());
+                tracing::warn!("{} said: {}", self.what, stderr.trim());
             }
             Ok(())
         } else {
             Err(Error::External(format!(
-                "pg_dump of database {} failed ({status}): {}",
-                self.db,
+                "{} failed ({status}): {}",
+                self.what,
                 stderr.trim()
             )))
         }
     }
 
-    /// Stops pg_dump after a failure on our side, so it does not linger.
+    /// Stops the program after a failure on our side, so it does not linger.
     pub fn kill(mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// Starts `pg_dump -Fc -Z0` of `db`: uncompressed, because pgvault compresses each
+/// chunk itself and a compressed dump changes everywhere when one row changes.
+///
+/// Errors: `External` when pg_dump cannot be started.
+pub fn pg_dump(db: &str, conn: &ConnectOptions) -> Result<(PgProcess, ChildStdout)> {
+    PgProcess::start(
+        "pg_dump",
+        &["--format=custom", "--compress=0", "--dbname", db],
+        conn,
+        format!("pg_dump of database {db}"),
+    )
+}
+
+/// Checks a custom-format archive as it streams by and fills in the data offsets
+/// of its table of contents when pg_dump wrote it to a pipe.
+#[derive(Default)]
+pub struct DumpStreamInspector(custom_format::DumpInspector);
+
+fn dump_error(e: custom_format::DumpFormatError) -> Error {
+    Error::InvalidInput(format!(
+        "Input is not a complete pg_dump custom-format archive (pg_dump -Fc): {e}"
+    ))
+}
+
+impl StreamInspector for DumpStreamInspector {
+    fn feed(&mut self, data: &[u8]) -> Result<()> {
+        self.0.feed(data).map_err(dump_error)
+    }
+
+    fn head_len(&self) -> Option<u64> {
+        self.0.toc_end()
+    }
+
+    fn finish(self: Box<Self>, head: &[u8]) -> Result<Inspected> {
+        let layout = self.0.finish().map_err(dump_error)?;
+        let patched_head = if layout.offsets_were_set {
+            None
+        } else {
+            Some(layout.patch_head(head).map_err(dump_error)?)
+        };
+        Ok(Inspected {
+            patched_head,
+            base: None,
+        })
     }
 }

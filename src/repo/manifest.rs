@@ -3,6 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::crypto::ChunkId;
+pub use crate::wal_name::Lsn;
 
 /// What kind of backup point a snapshot is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, PartialOrd, Ord, Hash)]
@@ -69,6 +70,27 @@ pub struct SnapshotManifest {
     /// pgvault filled in the table of contents' data offsets of a piped dump.
     #[serde(default)]
     pub dump_offsets_filled: bool,
+    /// For base backups: where in the WAL the backup starts and ends.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base: Option<BaseBackupInfo>,
+}
+
+/// What PITR needs to know about a physical base backup.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BaseBackupInfo {
+    pub timeline: u32,
+    /// Replay starts here (the backup's checkpoint redo point).
+    pub start_lsn: Lsn,
+    /// The cluster is consistent once replay has passed this point.
+    pub stop_lsn: Lsn,
+    pub start_time: Option<chrono::DateTime<chrono::Utc>>,
+    /// PostgreSQL's major version, from PG_VERSION.
+    pub pg_version: String,
+    /// The cluster's system identifier, from global/pg_control: WAL from another
+    /// cluster must never be replayed onto this backup.
+    pub system_identifier: u64,
+    /// The `backup_label` as pg_basebackup wrote it.
+    pub backup_label: String,
 }
 
 impl SnapshotManifest {

@@ -3,6 +3,8 @@
 pub mod format;
 pub mod manifest;
 pub mod reader;
+pub mod restore;
+pub mod wal;
 pub mod writer;
 
 use std::sync::Arc;

@@ -14,11 +14,10 @@ use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinSet;
 
 use super::format;
-use super::manifest::{BackupStats, ChunkRef, SnapshotKind, SnapshotManifest};
+use super::manifest::{BackupStats, BaseBackupInfo, ChunkRef, SnapshotKind, SnapshotManifest};
 use super::Repository;
 use crate::crypto::ChunkId;
 use crate::error::{Error, Result};
-use crate::pg::custom_format::{DumpInspector, DumpLayout};
 
 /// Told how far a long operation has got, so the CLI can draw a bar.
 pub trait Progress: Send + Sync {
@@ -31,6 +30,35 @@ pub struct NoProgress;
 
 impl Progress for NoProgress {
     fn advance(&self, _bytes: u64) {}
+}
+
+/// Watches a stream as it is stored: validates it, and may rewrite its first bytes
+/// once the whole stream has gone by (a dump's table of contents gets its data
+/// offsets). Implemented by the layer that knows the stream's format.
+pub trait StreamInspector: Send {
+    /// Sees the next bytes of the stream.
+    ///
+    /// Errors: `InvalidInput` when the stream is not what it should be; the backup stops.
+    fn feed(&mut self, data: &[u8]) -> Result<()>;
+
+    /// How many leading bytes `finish` may rewrite, or `None` while that is not yet
+    /// known. Chunks that start inside this head are held back until the end.
+    fn head_len(&self) -> Option<u64>;
+
+    /// The stream has ended: checks it is complete and returns the (possibly
+    /// rewritten, same-length) head and what was learned.
+    ///
+    /// Errors: `InvalidInput` when the stream is incomplete or malformed.
+    fn finish(self: Box<Self>, head: &[u8]) -> Result<Inspected>;
+}
+
+/// What an inspector learned from a whole stream.
+#[derive(Debug, Default)]
+pub struct Inspected {
+    /// The head to store instead of the original one, if it changed.
+    pub patched_head: Option<Vec<u8>>,
+    /// Facts about a base backup, recorded in its manifest.
+    pub base: Option<BaseBackupInfo>,
 }
 
 /// What the backup point is, as opposed to what it contains.
@@ -119,15 +147,15 @@ impl Repository {
     /// until [`PendingSnapshot::commit`]: a caller that must check something first (the
     /// exit status of pg_dump) commits only when that check passes.
     ///
-    /// A `Dump` source must be a pg_dump custom-format archive; its table of
-    /// contents gets the data offsets that pg_dump leaves unset on a pipe.
+    /// The `inspector`, if any, validates the stream and may rewrite its head.
     ///
-    /// Errors: `InvalidInput` when a dump is empty, truncated or not a custom-format
-    /// archive; `Io` when the source fails; backend errors.
+    /// Errors: `InvalidInput` when the inspector rejects the stream; `Io` when the
+    /// source fails; backend errors.
     pub async fn ingest(
         &self,
         source: Box<dyn Read + Send>,
         meta: SnapshotMeta,
+        inspector: Option<Box<dyn StreamInspector>>,
         progress: Arc<dyn Progress>,
     ) -> Result<PendingSnapshot> {
         let started_at = Instant::now();
@@ -140,8 +168,7 @@ impl Repository {
         let (tx, mut rx) = mpsc::channel::<Piece>(4);
         let chunker = self.config().chunker;
         let master = self.key().clone();
-        let inspect = meta.kind == SnapshotKind::Dump;
-        let producer = std::thread::spawn(move || produce(source, chunker, master, inspect, tx));
+        let producer = std::thread::spawn(move || produce(source, chunker, master, inspector, tx));
 
         let mut stats = BackupStats::default();
         let mut body: Vec<ChunkRef> = Vec::new();
@@ -210,7 +237,7 @@ impl Repository {
         while let Some(res) = tasks.join_next().await {
             absorb(res, &mut stats)?;
         }
-        let layout = producer
+        let inspected = producer
             .join()
             .map_err(|_| Error::io("Chunking thread panicked", std::io::Error::other("panic")))??;
 
@@ -222,14 +249,16 @@ impl Repository {
             time,
             started,
             finished: chrono::Utc::now(),
-            db: meta.db,
             kind: meta.kind,
+            db: meta.db,
             hostname: crate::hostname(),
             file_name: meta.file_name,
             size_bytes: stats.bytes_read,
             chunks: head,
             stats,
-            dump_offsets_filled: layout.map(|l| !l.offsets_were_set).unwrap_or(false),
+            dump_offsets_filled: meta.kind == SnapshotKind::Dump
+                && inspected.patched_head.is_some(),
+            base: inspected.base,
         };
         Ok(PendingSnapshot {
             repo: self.clone(),
@@ -239,24 +268,17 @@ impl Repository {
     }
 }
 
-fn dump_error(e: crate::pg::custom_format::DumpFormatError) -> Error {
-    Error::InvalidInput(format!(
-        "Input is not a complete pg_dump custom-format archive (pg_dump -Fc): {e}"
-    ))
-}
-
 /// Reads and cuts the source on a plain thread: the reads may block for as long as
 /// pg_dump takes, which must not tie up the async runtime.
 fn produce(
     source: Box<dyn Read + Send>,
     chunker: crate::chunker::ChunkerParams,
     master: crate::crypto::MasterKey,
-    inspect: bool,
+    mut inspector: Option<Box<dyn StreamInspector>>,
     tx: mpsc::Sender<Piece>,
-) -> Result<Option<DumpLayout>> {
-    let mut inspector = inspect.then(DumpInspector::new);
+) -> Result<Inspected> {
     let mut held: Vec<Vec<u8>> = Vec::new();
-    let mut holding = inspect;
+    let mut holding = inspector.is_some();
     for chunk in chunker.stream(source) {
         let chunk = chunk.map_err(|e| match e {
             fastcdc::v2020::Error::IoError(e) => Error::io("Cannot read the backup source", e),
@@ -266,11 +288,11 @@ fn produce(
             ),
         })?;
         if let Some(ins) = inspector.as_mut() {
-            ins.feed(&chunk.data).map_err(dump_error)?;
+            ins.feed(&chunk.data)?;
             if holding {
-                // Keep every chunk that starts inside the header and TOC: their
-                // offset fields are rewritten once all data blocks have been seen.
-                match ins.toc_end() {
+                // Keep every chunk that starts inside the head: its bytes may be
+                // rewritten once the whole stream has been seen.
+                match ins.head_len() {
                     Some(end) if chunk.offset >= end => holding = false,
                     _ => {
                         held.push(chunk.data);
@@ -282,17 +304,18 @@ fn produce(
         let id = master.chunk_id(&chunk.data);
         if tx.blocking_send(Piece::Body(id, chunk.data)).is_err() {
             // The receiver gave up after an error of its own, which it reports.
-            return Ok(None);
+            return Ok(Inspected::default());
         }
     }
     let Some(ins) = inspector else {
-        return Ok(None);
+        return Ok(Inspected::default());
     };
-    let layout = ins.finish().map_err(dump_error)?;
     let mut region: Vec<u8> = held.concat();
-    let toc_end = layout.toc_end as usize;
-    let patched = layout.patch_head(&region[..toc_end]).map_err(dump_error)?;
-    region[..toc_end].copy_from_slice(&patched);
+    let head_len = (ins.head_len().unwrap_or(0) as usize).min(region.len());
+    let inspected = ins.finish(&region[..head_len])?;
+    if let Some(patched) = &inspected.patched_head {
+        region[..head_len].copy_from_slice(patched);
+    }
     // The region ends where an original chunk ended, so re-cutting it changes no
     // boundary after it.
     let head: Vec<(ChunkId, Vec<u8>)> = chunker
@@ -304,5 +327,5 @@ fn produce(
         })
         .collect();
     let _ = tx.blocking_send(Piece::Head(head));
-    Ok(Some(layout))
+    Ok(inspected)
 }

@@ -62,6 +62,10 @@ impl PgCluster {
     /// `"archive_mode = on"`, `"archive_command = 'cp %p /x/%f'"`. They are appended after
     /// the defaults, so they win.
     pub fn start_with(extra_conf: &[&str]) -> PgCluster {
+        Self::start_inner(extra_conf, None)
+    }
+
+    fn start_inner(extra_conf: &[&str], restored: Option<&dyn Fn(&Path)>) -> PgCluster {
         let run_as = if effective_uid() == 0 {
             Some(lookup_user(SUPERUSER).unwrap_or_else(|| {
                 panic!("running as root but there is no '{SUPERUSER}' OS user to run the server as")
@@ -103,10 +107,56 @@ impl PgCluster {
             dir,
         };
         // From here on a panic drops `cluster`, which stops whatever did start.
-        cluster.initdb();
+        match restored {
+            None => cluster.initdb(),
+            Some(populate) => populate(&cluster.data_dir),
+        }
         cluster.write_conf(extra_conf);
         cluster.start_server();
         cluster
+    }
+
+    /// Starts a server on a data directory that `populate` creates at the path it is
+    /// given (a restore), with `extra_conf` appended; runs as the same user as other
+    /// clusters. Returns once pg_ctl says the server is up (it may still be recovering).
+    pub fn start_restored(populate: &dyn Fn(&Path), extra_conf: &[&str]) -> PgCluster {
+        Self::start_inner(extra_conf, Some(populate))
+    }
+
+    /// The uid and gid server programs run as (Some when the tests run as root).
+    pub fn run_as(&self) -> Option<(u32, u32)> {
+        self.run_as
+    }
+
+    /// The OS user clusters run as when the tests run as root: the `postgres` user.
+    pub fn server_user() -> Option<(u32, u32)> {
+        (effective_uid() == 0).then(|| lookup_user(SUPERUSER).expect("a postgres OS user"))
+    }
+
+    /// Waits until the server has finished recovery and accepts writes.
+    pub fn wait_until_promoted(&self) {
+        for _ in 0..600 {
+            let out = self
+                .command("psql")
+                .args([
+                    "-X",
+                    "-At",
+                    "-d",
+                    "postgres",
+                    "-c",
+                    "SELECT pg_is_in_recovery()",
+                ])
+                .output()
+                .expect("spawn psql");
+            if out.status.success() && String::from_utf8_lossy(&out.stdout).trim() == "f" {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        panic!(
+            "server did not finish recovery in 60 s; log:\n{}",
+            self.log()
+        );
     }
 
     pub fn port(&self) -> u16 {
@@ -499,219 +549,14 @@ fn quote_literal(s: &str) -> String {
 
 // ---- FootDash ----
 
-const FOOTDASH_SCHEMA: &str = r"
--- Deterministic pseudo-random non-negative int from a seed string; IMMUTABLE SQL so it inlines.
-CREATE FUNCTION fd_rand(seed text) RETURNS integer
-    LANGUAGE sql IMMUTABLE PARALLEL SAFE
-    AS $$ SELECT ('x' || substr(md5(seed), 1, 8))::bit(32)::integer & 2147483647 $$;
-
-CREATE TABLE teams (
-    id          integer PRIMARY KEY,
-    name        text NOT NULL,
-    short_name  text NOT NULL,
-    country     text NOT NULL,
-    founded     integer NOT NULL,
-    created_at  timestamptz NOT NULL
-);
-
-CREATE TABLE players (
-    id            integer PRIMARY KEY,
-    team_id       integer NOT NULL REFERENCES teams(id),
-    full_name     text NOT NULL,
-    position      text NOT NULL CHECK (position IN ('GK', 'DF', 'MF', 'FW')),
-    shirt_number  integer NOT NULL,
-    birth_date    date NOT NULL
-);
-CREATE INDEX players_team_id_idx ON players (team_id);
-
-CREATE TABLE users (
-    id                bigint PRIMARY KEY,
-    email             text NOT NULL UNIQUE,
-    display_name      text NOT NULL,
-    favorite_team_id  integer REFERENCES teams(id),
-    created_at        timestamptz NOT NULL,
-    last_seen_at      timestamptz,
-    settings          jsonb NOT NULL DEFAULT '{}'
-);
-CREATE INDEX users_favorite_team_id_idx ON users (favorite_team_id);
-
-CREATE TABLE matches (
-    id            bigint PRIMARY KEY,
-    home_team_id  integer NOT NULL REFERENCES teams(id),
-    away_team_id  integer NOT NULL REFERENCES teams(id),
-    kickoff_at    timestamptz NOT NULL,
-    status        text NOT NULL,
-    home_score    integer,
-    away_score    integer,
-    venue         text NOT NULL,
-    updated_at    timestamptz NOT NULL,
-    CHECK (home_team_id <> away_team_id)
-);
-CREATE INDEX matches_kickoff_at_idx ON matches (kickoff_at);
-
-CREATE TABLE match_events (
-    id         bigint PRIMARY KEY,
-    match_id   bigint NOT NULL REFERENCES matches(id) ON DELETE CASCADE,
-    player_id  integer REFERENCES players(id),
-    minute     integer NOT NULL,
-    kind       text NOT NULL,
-    detail     text
-);
-CREATE INDEX match_events_match_id_idx ON match_events (match_id);
-
-CREATE TABLE notifications (
-    id          bigint PRIMARY KEY,
-    user_id     bigint NOT NULL REFERENCES users(id) ON DELETE CASCADE,
-    match_id    bigint REFERENCES matches(id) ON DELETE SET NULL,
-    kind        text NOT NULL,
-    payload     jsonb NOT NULL,
-    created_at  timestamptz NOT NULL,
-    read_at     timestamptz
-);
-CREATE INDEX notifications_user_id_created_at_idx ON notifications (user_id, created_at);
-CREATE INDEX notifications_match_id_idx ON notifications (match_id);
-";
+const FOOTDASH_SCHEMA: &str = include_str!("../data/footdash-schema.sql");
 
 // Per scale unit: 16 teams, 400 players, 2000 users, 300 matches (~2650 events), 4500
 // notifications. Initial data covers 2023-07-01 .. 2024-06-30; days start at 2024-08-05.
-const FOOTDASH_DATA: &str = r"
-INSERT INTO teams
-SELECT i,
-       (ARRAY['Ashford','Brookvale','Carrow','Dunmore','Eastleigh','Fenwick','Glenholt','Harrowgate',
-              'Ironbridge','Kingsmere','Lowther','Marston','Northcliffe','Oakham','Pennford','Redcastle'])[1 + (i - 1) % 16]
-         || ' ' || (ARRAY['United','City','Rovers','Athletic','Wanderers','Albion','Town','Rangers'])[1 + fd_rand('tn' || i) % 8],
-       upper(substr(md5('ts' || i), 1, 3)),
-       (ARRAY['England','Spain','Germany','Italy','France','Netherlands','Portugal','Scotland'])[1 + fd_rand('tc' || i) % 8],
-       1860 + fd_rand('tf' || i) % 150,
-       timestamptz '2023-07-01 00:00:00+00' + i * interval '1 minute'
-FROM generate_series(1, 16 * __SCALE__) AS i;
-
-INSERT INTO players
-SELECT i,
-       (i - 1) / 25 + 1,
-       (ARRAY['James','Luca','Mateo','Noah','Oliver','Hugo','Leon','Tomas','Kai','Rafael','Jonas','Emil'])[1 + fd_rand('pf' || i) % 12]
-         || ' ' || initcap(translate(substr(md5('pl' || i), 1, 7), '0123456789', 'aeiouyrstn')),
-       CASE WHEN (i - 1) % 25 < 3 THEN 'GK' WHEN (i - 1) % 25 < 11 THEN 'DF'
-            WHEN (i - 1) % 25 < 19 THEN 'MF' ELSE 'FW' END,
-       (i - 1) % 25 + 1,
-       date '1988-01-01' + fd_rand('pb' || i) % 6000
-FROM generate_series(1, 400 * __SCALE__) AS i;
-
-INSERT INTO users
-SELECT i,
-       'user' || i || '@footdash.example',
-       initcap(translate(substr(md5('un' || i), 1, 6), '0123456789', 'aeiouyrstn')) || (fd_rand('ud' || i) % 100),
-       CASE WHEN fd_rand('uf' || i) % 5 = 0 THEN NULL ELSE 1 + fd_rand('ut' || i) % (16 * __SCALE__) END,
-       timestamptz '2023-07-01 00:00:00+00' + (fd_rand('uc' || i) % 31536000) * interval '1 second',
-       CASE WHEN fd_rand('ul' || i) % 10 = 0 THEN NULL
-            ELSE timestamptz '2024-07-01 00:00:00+00' - (fd_rand('us' || i) % 2592000) * interval '1 second' END,
-       jsonb_build_object(
-           'lang', (ARRAY['en','es','de','fr','it','pt'])[1 + fd_rand('ug' || i) % 6],
-           'push', fd_rand('up' || i) % 3 <> 0,
-           'digest', (ARRAY['none','daily','weekly'])[1 + fd_rand('ui' || i) % 3],
-           'theme', (ARRAY['light','dark'])[1 + fd_rand('uh' || i) % 2])
-FROM generate_series(1, 2000 * __SCALE__) AS i;
-
-INSERT INTO matches
-SELECT i, h, 1 + (h + fd_rand('ma' || i) % (16 * __SCALE__ - 1)) % (16 * __SCALE__),
-       kickoff, 'finished', fd_rand('mh' || i) % 5, fd_rand('mw' || i) % 4,
-       'Stadium ' || upper(substr(md5('mv' || h), 1, 6)),
-       kickoff + interval '2 hours'
-FROM (SELECT i, 1 + fd_rand('mt' || i) % (16 * __SCALE__) AS h,
-             timestamptz '2023-07-01 00:00:00+00' + (i::bigint * 31536000 / (300 * __SCALE__)) * interval '1 second' AS kickoff
-      FROM generate_series(1, 300 * __SCALE__) AS i) AS m;
-
-INSERT INTO match_events
-SELECT m.id * 32 + e, m.id,
-       CASE WHEN fd_rand('ek' || m.id || ':' || e) % 10 = 0 THEN NULL
-            ELSE (CASE WHEN fd_rand('es' || m.id || ':' || e) % 2 = 0 THEN m.home_team_id ELSE m.away_team_id END - 1) * 25
-                 + 1 + fd_rand('ep' || m.id || ':' || e) % 25 END,
-       1 + fd_rand('em' || m.id || ':' || e) % 95,
-       (ARRAY['goal','yellow_card','red_card','substitution','var_review','shot','corner','foul'])[1 + fd_rand('et' || m.id || ':' || e) % 8],
-       'ref ' || substr(md5('ed' || m.id || ':' || e), 1, 20)
-FROM matches AS m, generate_series(1, 3 + fd_rand('ec' || m.id) % 13) AS e;
-
-INSERT INTO notifications
-SELECT i, 1 + fd_rand('nu' || i) % (2000 * __SCALE__), mid,
-       kind,
-       jsonb_build_object(
-           'title', initcap(replace(kind, '_', ' ')) || ' update',
-           'body', 'Match ' || coalesce(mid::text, 'news') || ': ' || md5('nb' || i),
-           'deep_link', 'footdash://match/' || coalesce(mid::text, '0'),
-           'priority', fd_rand('np' || i) % 3,
-           'score', jsonb_build_array(fd_rand('nh' || i) % 5, fd_rand('na' || i) % 4)),
-       created,
-       CASE WHEN fd_rand('nr' || i) % 5 < 3 THEN created + (fd_rand('nt' || i) % 86400) * interval '1 second' END
-FROM (SELECT i,
-             CASE WHEN fd_rand('nm' || i) % 10 = 0 THEN NULL ELSE 1 + fd_rand('nn' || i) % (300 * __SCALE__) END AS mid,
-             (ARRAY['goal','kickoff','final_score','lineup','news','red_card'])[1 + fd_rand('nk' || i) % 6] AS kind,
-             timestamptz '2023-07-01 00:00:00+00' + (fd_rand('nc' || i) % 31536000) * interval '1 second' AS created
-      FROM generate_series(1, 4500 * __SCALE__) AS i) AS n;
-";
+const FOOTDASH_DATA: &str = include_str!("../data/footdash-data.sql");
 
 // Ids continue from max(id); rows are picked with fd_rand over (day, id), so the result
 // depends only on the previous state and the day number. "now" for day d is
 // 2024-08-05 + d days, later than all initial data.
 const FOOTDASH_DAY_TS: &str = "(timestamptz '2024-08-05 00:00:00+00' + __DAY__ * interval '1 day')";
-const FOOTDASH_DAY: &str = r"
-INSERT INTO users
-SELECT u.m + i, 'user' || (u.m + i) || '@footdash.example',
-       initcap(translate(substr(md5('un' || (u.m + i)), 1, 6), '0123456789', 'aeiouyrstn')),
-       1 + fd_rand('ut' || (u.m + i)) % t.n,
-       __TS__ + i * interval '1 minute', NULL,
-       jsonb_build_object('lang', 'en', 'push', true, 'signup_day', __DAY__)
-FROM (SELECT max(id) AS m, count(*) AS c FROM users) AS u, (SELECT count(*) AS n FROM teams) AS t,
-     generate_series(1, greatest(1, u.c / 200)) AS i;
-
-INSERT INTO matches
-SELECT mx.m + i, h, 1 + (h + fd_rand('ma' || (mx.m + i)) % (t.n - 1)) % t.n,
-       __TS__ + (i % 96) * interval '15 minutes', 'finished',
-       fd_rand('mh' || (mx.m + i)) % 5, fd_rand('mw' || (mx.m + i)) % 4,
-       'Stadium ' || upper(substr(md5('mv' || h), 1, 6)),
-       __TS__ + (i % 96) * interval '15 minutes' + interval '2 hours'
-FROM (SELECT max(id) AS m, count(*) AS c FROM matches) AS mx, (SELECT count(*)::int AS n FROM teams) AS t,
-     generate_series(1, greatest(1, mx.c * 2 / 100)) AS i,
-     LATERAL (SELECT 1 + fd_rand('mt' || (mx.m + i)) % t.n AS h) AS home;
-
-INSERT INTO match_events
-SELECT m.id * 32 + e, m.id,
-       (CASE WHEN e % 2 = 0 THEN m.home_team_id ELSE m.away_team_id END - 1) * 25 + 1 + fd_rand('ep' || m.id || ':' || e) % 25,
-       1 + fd_rand('em' || m.id || ':' || e) % 95,
-       (ARRAY['goal','yellow_card','red_card','substitution','var_review','shot','corner','foul'])[1 + fd_rand('et' || m.id || ':' || e) % 8],
-       'ref ' || substr(md5('ed' || m.id || ':' || e), 1, 20)
-FROM matches AS m, generate_series(1, 3 + fd_rand('ec' || m.id) % 13) AS e
-WHERE m.kickoff_at >= __TS__ AND m.kickoff_at < __TS__ + interval '1 day';
-
-INSERT INTO notifications
-SELECT nx.m + i, u.id, 1 + fd_rand('nn' || (nx.m + i)) % mx.m,
-       'goal',
-       jsonb_build_object(
-           'title', 'Goal update',
-           'body', 'Day ' || __DAY__ || ': ' || md5('nb' || (nx.m + i)),
-           'deep_link', 'footdash://match/' || (1 + fd_rand('nn' || (nx.m + i)) % mx.m),
-           'priority', fd_rand('np' || (nx.m + i)) % 3,
-           'score', jsonb_build_array(fd_rand('nh' || (nx.m + i)) % 5, fd_rand('na' || (nx.m + i)) % 4)),
-       __TS__ + (i % 1440) * interval '1 minute',
-       NULL
-FROM (SELECT max(id) AS m, count(*) AS c FROM notifications) AS nx,
-     (SELECT max(id) AS m FROM matches) AS mx,
-     (SELECT count(*) AS c FROM users) AS uc,
-     generate_series(1, greatest(1, nx.c * 2 / 100)) AS i,
-     (SELECT id, row_number() OVER (ORDER BY id) AS rn FROM users) AS u
-WHERE u.rn = 1 + fd_rand('nu' || __DAY__ || ':' || i) % uc.c;
-
-UPDATE users SET last_seen_at = __TS__ + (id % 86400) * interval '1 second',
-                 settings = settings || jsonb_build_object('last_active_day', __DAY__)
-WHERE fd_rand('uu' || __DAY__ || ':' || id) % 100 = 0;
-
-UPDATE notifications SET read_at = __TS__ + (id % 86400) * interval '1 second',
-                         payload = payload || jsonb_build_object('opened', true)
-WHERE fd_rand('nr' || __DAY__ || ':' || id) % 100 = 0;
-
-UPDATE matches SET home_score = home_score + 1, updated_at = __TS__
-WHERE fd_rand('mc' || __DAY__ || ':' || id) % 100 = 0;
-
-DELETE FROM notifications WHERE fd_rand('nd' || __DAY__ || ':' || id) % 500 = 0;
-DELETE FROM match_events WHERE fd_rand('ev' || __DAY__ || ':' || id) % 1000 = 0;
-DELETE FROM users WHERE fd_rand('ux' || __DAY__ || ':' || id) % 1000 = 0;
-";
+const FOOTDASH_DAY: &str = include_str!("../data/footdash-day.sql");

@@ -10,6 +10,10 @@ pub struct Vault {
     pub password: String,
     pub cache: PathBuf,
     pub extra_env: Vec<(String, String)>,
+    /// Run pgvault as this uid/gid (the PostgreSQL server's user, for WAL tests).
+    pub run_as: Option<(u32, u32)>,
+    /// Pass the passphrase through this file instead of PGVAULT_PASSWORD.
+    pub password_file: Option<PathBuf>,
 }
 
 /// What one run of pgvault did.
@@ -80,7 +84,53 @@ impl Vault {
             password: "correct horse battery staple".into(),
             cache,
             extra_env: Vec::new(),
+            run_as: None,
+            password_file: None,
         }
+    }
+
+    /// A vault that a PostgreSQL server's archive_command and restore_command can use:
+    /// everything owned by, and every command run as, `run_as` (the server's user),
+    /// with the passphrase in a file.
+    pub fn for_server(run_as: Option<(u32, u32)>) -> Vault {
+        let dir = tempfile::Builder::new()
+            .prefix("pgvault-test-")
+            .tempdir_in("/tmp")
+            .unwrap();
+        let pass = dir.path().join("passphrase");
+        let mut v = Vault {
+            repo: dir.path().join("repo").display().to_string(),
+            cache: dir.path().join("cache"),
+            password: "wal test passphrase".into(),
+            extra_env: Vec::new(),
+            run_as,
+            password_file: Some(pass.clone()),
+            dir,
+        };
+        std::fs::write(&pass, format!("{}\n", v.password)).unwrap();
+        if let Some((uid, gid)) = run_as {
+            for p in [v.dir.path(), pass.as_path()] {
+                std::os::unix::fs::chown(p, Some(uid), Some(gid)).unwrap();
+            }
+        }
+        v.init();
+        v.extra_env.clear();
+        v
+    }
+
+    /// The environment assignments and binary for a server-run command line
+    /// (archive_command, restore_command), without single quotes.
+    pub fn shell_prefix(&self) -> String {
+        format!(
+            "PGVAULT_REPO={} PGVAULT_PASSWORD_FILE={} PGVAULT_CACHE_DIR={} {}",
+            self.repo,
+            self.password_file
+                .as_ref()
+                .expect("a server vault")
+                .display(),
+            self.cache.display(),
+            bin().display()
+        )
     }
 
     /// A new local repository, initialised with cheap key derivation (tests open it often).
@@ -112,10 +162,20 @@ impl Vault {
         let mut c = Command::new(bin());
         c.args(args)
             .env("PGVAULT_REPO", &self.repo)
-            .env("PGVAULT_PASSWORD", &self.password)
             .env("PGVAULT_CACHE_DIR", &self.cache)
-            .env_remove("PGVAULT_PASSWORD_FILE")
             .stdin(Stdio::null());
+        match &self.password_file {
+            Some(pf) => c
+                .env("PGVAULT_PASSWORD_FILE", pf)
+                .env_remove("PGVAULT_PASSWORD"),
+            None => c
+                .env("PGVAULT_PASSWORD", &self.password)
+                .env_remove("PGVAULT_PASSWORD_FILE"),
+        };
+        if let Some((uid, gid)) = self.run_as {
+            use std::os::unix::process::CommandExt;
+            c.uid(uid).gid(gid).current_dir(self.dir.path());
+        }
         for (k, v) in &self.extra_env {
             c.env(k, v);
         }

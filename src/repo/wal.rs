@@ -1,0 +1,343 @@
+//! The WAL archive: each segment, `.history` and `.backup` file stored through the
+//! same chunk store as everything else, with one small manifest per file under
+//! `wal/<timeline>/<name>`. No backup point per segment.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use tokio::task::JoinSet;
+
+use super::format;
+use super::manifest::ChunkRef;
+use super::Repository;
+use crate::crypto::ChunkId;
+use crate::error::{Error, ErrorKind, Result};
+use crate::wal_name::{segment_name, WalFileKind, DEFAULT_SEGMENT_SIZE};
+
+/// One archived WAL file.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WalManifest {
+    pub name: String,
+    pub timeline: u32,
+    pub size_bytes: u64,
+    /// Keyed hash of the whole file: tells an identical re-push from a different one.
+    pub content_id: ChunkId,
+    pub chunks: Vec<ChunkRef>,
+    /// When it was archived: a segment holds records from before this time.
+    pub pushed: chrono::DateTime<chrono::Utc>,
+    pub hostname: String,
+}
+
+/// What `wal_push` did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WalPushOutcome {
+    /// The file is now durably archived.
+    Stored,
+    /// The same name with the same content was archived already.
+    AlreadyArchived,
+}
+
+/// The key of a WAL file's manifest.
+pub fn wal_key(kind: &WalFileKind, name: &str) -> String {
+    format!("wal/{:08X}/{name}", kind.timeline())
+}
+
+/// One archived file as a listing shows it (no manifest downloaded).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WalEntry {
+    pub name: String,
+    pub kind: WalFileKind,
+}
+
+/// Everything in the archive, by timeline.
+#[derive(Debug, Default)]
+pub struct WalCatalog {
+    pub timelines: BTreeMap<u32, TimelineWal>,
+    pub segment_size: u64,
+}
+
+/// One timeline's archived files.
+#[derive(Debug, Default, Clone)]
+pub struct TimelineWal {
+    /// Segment numbers, sorted.
+    pub segments: Vec<u64>,
+    pub history: bool,
+    pub backup_files: Vec<String>,
+    pub partial_files: Vec<String>,
+}
+
+impl TimelineWal {
+    /// Contiguous runs of segments: `(first, last)` inclusive.
+    pub fn ranges(&self) -> Vec<(u64, u64)> {
+        let mut out: Vec<(u64, u64)> = Vec::new();
+        for &s in &self.segments {
+            match out.last_mut() {
+                Some((_, last)) if *last + 1 == s => *last = s,
+                _ => out.push((s, s)),
+            }
+        }
+        out
+    }
+
+    /// Whether every segment from `from` to `to` (inclusive) is archived.
+    pub fn has_all(&self, from: u64, to: u64) -> bool {
+        self.ranges().iter().any(|&(a, b)| a <= from && to <= b)
+    }
+
+    /// The first segment missing in `from..=to`, if any.
+    pub fn first_missing(&self, from: u64, to: u64) -> Option<u64> {
+        (from..=to).find(|s| self.segments.binary_search(s).is_err())
+    }
+}
+
+impl WalCatalog {
+    /// The name of segment `segno` on `timeline`.
+    pub fn name(&self, timeline: u32, segno: u64) -> String {
+        segment_name(timeline, segno, self.segment_size)
+    }
+}
+
+impl Repository {
+    /// Archives one WAL file. Returns only once the file and its manifest are durable.
+    ///
+    /// Errors: `InvalidInput` for a name that is not a WAL file name;
+    /// `AlreadyExists` when the name is archived with different content (PostgreSQL's
+    /// archive_command contract: never overwrite, fail loudly); backend errors.
+    pub async fn wal_push(&self, name: &str, data: Vec<u8>) -> Result<WalPushOutcome> {
+        let kind = WalFileKind::parse(name)?;
+        let key = wal_key(&kind, name);
+        let content_id = self.key().chunk_id(&data);
+        let cuts = self.config().chunker.cut(&data);
+        let mut chunks = Vec::with_capacity(cuts.len());
+        let mut tasks = JoinSet::new();
+        let mut seen = std::collections::HashSet::new();
+        for (off, len) in cuts {
+            let piece = data[off..off + len].to_vec();
+            let id = self.key().chunk_id(&piece);
+            chunks.push(ChunkRef {
+                id,
+                len: len as u32,
+            });
+            // A forced-switch segment is mostly zeros: one zero chunk, stored once.
+            if seen.insert(id) {
+                let repo = self.clone();
+                tasks.spawn(async move { repo.put_chunk_if_missing(id, piece).await });
+            }
+        }
+        while let Some(r) = tasks.join_next().await {
+            r.map_err(|e| Error::io("WAL chunk upload task failed", std::io::Error::other(e)))??;
+        }
+        let manifest = WalManifest {
+            name: name.to_string(),
+            timeline: kind.timeline(),
+            size_bytes: data.len() as u64,
+            content_id,
+            chunks,
+            pushed: chrono::Utc::now(),
+            hostname: crate::hostname(),
+        };
+        let json = serde_json::to_vec(&manifest).expect("WAL manifest serialises");
+        let sealed = format::encode_manifest(self.key(), &key, &json);
+        if self.backend().put_if_absent(&key, sealed).await? {
+            return Ok(WalPushOutcome::Stored);
+        }
+        let existing = self.wal_manifest(name).await?;
+        if existing.content_id == content_id {
+            Ok(WalPushOutcome::AlreadyArchived)
+        } else {
+            Err(Error::AlreadyExists {
+                what: format!(
+                    "WAL file {name} with different content ({} bytes archived at {}, {} bytes now)",
+                    existing.size_bytes,
+                    existing.pushed.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                    data.len()
+                ),
+                location: self.location(),
+            })
+        }
+    }
+
+    /// The manifest of one archived WAL file.
+    ///
+    /// Errors: `NotFound` when the file is not archived; `InvalidInput` for a bad
+    /// name; `Corrupt` when the manifest fails authentication; backend errors.
+    pub async fn wal_manifest(&self, name: &str) -> Result<WalManifest> {
+        let kind = WalFileKind::parse(name)?;
+        let key = wal_key(&kind, name);
+        let sealed = match self.backend().get(&key).await {
+            Ok(s) => s,
+            Err(e) if e.kind() == ErrorKind::NotFound => {
+                return Err(Error::NotFound {
+                    what: format!("WAL file {name}"),
+                    location: self.location(),
+                })
+            }
+            Err(e) => return Err(e),
+        };
+        let json = format::decode_manifest(self.key(), &key, &sealed)?;
+        let m: WalManifest = serde_json::from_slice(&json)
+            .map_err(|e| Error::Corrupt(format!("Manifest {key} does not parse: {e}")))?;
+        if m.name != name {
+            return Err(Error::Corrupt(format!(
+                "Manifest {key} describes another WAL file, {}",
+                m.name
+            )));
+        }
+        Ok(m)
+    }
+
+    /// Reads one archived WAL file whole, verifying every chunk and the whole content.
+    ///
+    /// Errors: `NotFound` when the file is not archived (and only then); `Corrupt`
+    /// when anything fails verification; backend errors.
+    pub async fn wal_fetch(&self, name: &str) -> Result<Vec<u8>> {
+        let m = self.wal_manifest(name).await?;
+        let mut tasks = JoinSet::new();
+        for (i, c) in m.chunks.iter().enumerate() {
+            let repo = self.clone();
+            let c = *c;
+            tasks.spawn(async move {
+                let data = repo.load_chunk(&c.id, Some(c.len as usize)).await;
+                (i, data)
+            });
+        }
+        let mut parts: Vec<Option<Vec<u8>>> = vec![None; m.chunks.len()];
+        while let Some(r) = tasks.join_next().await {
+            let (i, data) =
+                r.map_err(|e| Error::io("WAL chunk read task failed", std::io::Error::other(e)))?;
+            let data = data.map_err(|e| match e {
+                // A chunk gone from an archived file is damage, not "not archived".
+                Error::NotFound { what, location } => Error::Corrupt(format!(
+                    "{what} of WAL file {name} is missing from {location}"
+                )),
+                other => other,
+            })?;
+            parts[i] = Some(data);
+        }
+        let data: Vec<u8> = parts
+            .into_iter()
+            .map(|p| p.expect("every chunk task reported"))
+            .collect::<Vec<_>>()
+            .concat();
+        if data.len() as u64 != m.size_bytes || self.key().chunk_id(&data) != m.content_id {
+            return Err(Error::Corrupt(format!(
+                "WAL file {name} read back different from what was archived"
+            )));
+        }
+        Ok(data)
+    }
+
+    /// Lists the archive by timeline, from object names alone (plus one manifest
+    /// for the segment size).
+    ///
+    /// Errors: backend errors.
+    pub async fn wal_catalog(&self) -> Result<WalCatalog> {
+        let listed = self.backend().list("wal/").await?;
+        let mut entries: Vec<WalEntry> = listed
+            .iter()
+            .filter_map(|o| {
+                let name = o.key.rsplit('/').next()?;
+                WalFileKind::parse(name).ok().map(|kind| WalEntry {
+                    name: name.to_string(),
+                    kind,
+                })
+            })
+            .collect();
+        entries.sort_by(|a, b| a.name.cmp(&b.name));
+        let mut cat = WalCatalog {
+            segment_size: DEFAULT_SEGMENT_SIZE,
+            ..Default::default()
+        };
+        if let Some(seg) = entries
+            .iter()
+            .rev()
+            .find(|e| matches!(e.kind, WalFileKind::Segment { .. }))
+        {
+            // Clusters made with initdb --wal-segsize have other segment sizes.
+            if let Ok(m) = self.wal_manifest(&seg.name).await {
+                if m.size_bytes.is_power_of_two() && m.size_bytes >= 1 << 20 {
+                    cat.segment_size = m.size_bytes;
+                }
+            }
+        }
+        for e in entries {
+            let tl = cat.timelines.entry(e.kind.timeline()).or_default();
+            match e.kind {
+                WalFileKind::Segment { .. } => tl
+                    .segments
+                    .push(e.kind.segno(cat.segment_size).expect("a segment")),
+                WalFileKind::History { .. } => tl.history = true,
+                WalFileKind::Backup { .. } => tl.backup_files.push(e.name),
+                WalFileKind::Partial { .. } => tl.partial_files.push(e.name),
+            }
+        }
+        for tl in cat.timelines.values_mut() {
+            tl.segments.sort_unstable();
+        }
+        Ok(cat)
+    }
+
+    /// Fetches a WAL file through a local spool: a segment prefetched by an earlier
+    /// call is taken from the spool; otherwise it is fetched, and the `ahead`
+    /// segments after it are fetched at the same time into the spool, so that
+    /// recovery's next requests are answered from local disk. Returns the file's bytes.
+    ///
+    /// Errors: as [`Repository::wal_fetch`] for `name`; problems with the following
+    /// segments are not errors (recovery asks for them again).
+    pub async fn wal_fetch_spooled(
+        &self,
+        name: &str,
+        spool: &std::path::Path,
+        ahead: usize,
+    ) -> Result<Vec<u8>> {
+        let kind = WalFileKind::parse(name)?;
+        let spooled = spool.join(name);
+        if let Ok(data) = std::fs::read(&spooled) {
+            let _ = std::fs::remove_file(&spooled);
+            return Ok(data);
+        }
+        let mut next = JoinSet::new();
+        if let WalFileKind::Segment { timeline, .. } = kind {
+            let _ = std::fs::create_dir_all(spool);
+            clean_spool(spool);
+            // The segment size is only known once one is read; assume the default
+            // for prefetching, which only costs a wasted guess on unusual clusters.
+            let segno = kind.segno(DEFAULT_SEGMENT_SIZE).expect("a segment");
+            for n in 1..=ahead as u64 {
+                let next_name = segment_name(timeline, segno + n, DEFAULT_SEGMENT_SIZE);
+                let repo = self.clone();
+                let spool = spool.to_path_buf();
+                next.spawn(async move {
+                    if let Ok(data) = repo.wal_fetch(&next_name).await {
+                        let tmp = spool.join(format!(".{next_name}.{}", std::process::id()));
+                        if std::fs::write(&tmp, &data).is_ok() {
+                            let _ = std::fs::rename(&tmp, spool.join(&next_name));
+                        }
+                    }
+                });
+            }
+        }
+        let data = self.wal_fetch(name).await;
+        while next.join_next().await.is_some() {}
+        data
+    }
+}
+
+/// Drops spooled segments nobody asked for within an hour (a recovery that stopped
+/// early, or a different timeline was chosen).
+fn clean_spool(spool: &std::path::Path) {
+    let Ok(rd) = std::fs::read_dir(spool) else {
+        return;
+    };
+    for e in rd.flatten() {
+        let old = e
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age > std::time::Duration::from_secs(3600));
+        if old {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+}

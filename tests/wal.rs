@@ -1,0 +1,313 @@
+//! End to end on real PostgreSQL 15: WAL archiving with wal-push, base backups,
+//! point-in-time recovery with wal-fetch, and the archive_command/restore_command
+//! contracts (identical and different re-push, missing files, unreachable storage).
+
+mod common;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::pg::PgCluster;
+use common::vault::Vault;
+
+const PG_BINDIR: &str = "/usr/lib/postgresql/15/bin";
+
+/// A cluster archiving into a fresh vault through `pgvault wal-push`.
+fn archiving_cluster() -> (PgCluster, Vault) {
+    let mut v = Vault::for_server(PgCluster::server_user());
+    let archive = format!("archive_command = '{} wal-push %p'", v.shell_prefix());
+    let pg = PgCluster::start_with(&[
+        "wal_level = replica",
+        "archive_mode = on",
+        &archive,
+        "max_wal_senders = 4",
+    ]);
+    v.extra_env = pg.libpq_env();
+    v.extra_env
+        .push(("PGVAULT_PG_BINDIR".into(), PG_BINDIR.into()));
+    (pg, v)
+}
+
+/// Forces a segment switch and waits until the archiver has pushed it.
+fn switch_and_wait_archived(pg: &PgCluster) -> String {
+    let seg = pg.psql("postgres", "SELECT pg_walfile_name(pg_switch_wal())");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let done = pg.psql(
+            "postgres",
+            &format!("SELECT coalesce(last_archived_wal >= '{seg}', false) FROM pg_stat_archiver"),
+        );
+        if done == "t" {
+            return seg;
+        }
+        let failed = pg.psql("postgres", "SELECT failed_count FROM pg_stat_archiver");
+        assert!(
+            Instant::now() < deadline,
+            "segment {seg} not archived in 60 s (failed_count {failed}); log:\n{}",
+            pg.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn server_time(pg: &PgCluster) -> String {
+    pg.psql(
+        "postgres",
+        "SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')",
+    )
+}
+
+/// Restores with `args` into a new cluster directory and starts it.
+fn restore_and_start(v: &Vault, args: &[&str]) -> PgCluster {
+    let populate = |dir: &Path| {
+        let mut all = vec!["restore", "--pgdata", dir.to_str().unwrap()];
+        all.extend_from_slice(args);
+        v.run(&all).ok();
+        assert!(dir.join("recovery.signal").exists());
+    };
+    let restored = PgCluster::start_restored(&populate, &["archive_mode = off"]);
+    restored.wait_until_promoted();
+    restored
+}
+
+fn tags(pg: &PgCluster) -> String {
+    pg.psql(
+        "footdash",
+        "SELECT string_agg(tag, ',' ORDER BY tag) FROM marks",
+    )
+}
+
+#[test]
+fn point_in_time_recovery_from_a_base_backup_and_archived_wal() {
+    let (pg, v) = archiving_cluster();
+    pg.create_footdash("footdash", 1);
+    pg.psql("footdash", "CREATE TABLE marks (tag text)");
+
+    let b = v.run(&["backup", "--base", "--json"]).ok().json();
+    let base = &b["base"];
+    assert_eq!(base["timeline"], 1);
+    assert_eq!(base["pg_version"], "15");
+    assert!(base["stop_lsn"].as_str().unwrap() >= base["start_lsn"].as_str().unwrap());
+    let sysid = pg.psql(
+        "postgres",
+        "SELECT system_identifier FROM pg_control_system()",
+    );
+    assert_eq!(base["system_identifier"].as_str().unwrap(), sysid);
+
+    pg.psql("footdash", "INSERT INTO marks VALUES ('A1'), ('A2')");
+    std::thread::sleep(Duration::from_millis(1100));
+    let target = server_time(&pg);
+    std::thread::sleep(Duration::from_millis(1100));
+    pg.psql("footdash", "INSERT INTO marks VALUES ('B1')");
+    switch_and_wait_archived(&pg);
+
+    // The listing shows one timeline without gaps, and the base backup's .backup file.
+    let list = v.run(&["wal", "list", "--json"]).ok().json();
+    let tl = &list["timelines"][0];
+    assert_eq!(tl["timeline"], 1);
+    assert_eq!(tl["gaps"].as_array().unwrap().len(), 0, "{list}");
+    assert_eq!(tl["backup_files"].as_array().unwrap().len(), 1, "{list}");
+    let snaps = v.run(&["snapshots"]).ok().out();
+    assert!(snaps.contains("base") && snaps.contains("tl 1"), "{snaps}");
+
+    let at_target = restore_and_start(&v, &["--target-time", &target]);
+    assert_eq!(tags(&at_target), "A1,A2");
+    assert_eq!(
+        at_target.row_counts("footdash")["users"],
+        pg.row_counts("footdash")["users"]
+    );
+    drop(at_target);
+
+    let latest = restore_and_start(&v, &["--latest"]);
+    assert_eq!(tags(&latest), "A1,A2,B1");
+    assert_eq!(latest.row_counts("footdash"), pg.row_counts("footdash"));
+}
+
+#[test]
+fn restore_refuses_what_it_cannot_do_before_writing_anything() {
+    let (pg, v) = archiving_cluster();
+    let before_any = server_time(&pg);
+    let tmp = tempfile::tempdir().unwrap();
+    let pgdata = tmp.path().join("restore");
+    let p = pgdata.to_str().unwrap();
+
+    let e = v.run(&["restore", "--pgdata", p, "--latest"]).fails();
+    assert!(e.contains("no base backup"), "{e}");
+
+    v.run(&["backup", "--base"]).ok();
+    switch_and_wait_archived(&pg);
+    let e = v
+        .run(&["restore", "--pgdata", p, "--target-time", &before_any])
+        .fails();
+    assert!(e.contains("No base backup ends before"), "{e}");
+    let e = v
+        .run(&[
+            "restore",
+            "--pgdata",
+            p,
+            "--target-time",
+            "2999-01-01T00:00:00Z",
+        ])
+        .fails();
+    assert!(e.contains("after the newest archived WAL"), "{e}");
+    assert!(!pgdata.exists(), "a refused restore must write nothing");
+
+    std::fs::create_dir(&pgdata).unwrap();
+    std::fs::write(pgdata.join("PG_VERSION"), "15").unwrap();
+    let e = v.run(&["restore", "--pgdata", p, "--latest"]).fails();
+    assert!(e.contains("not empty"), "{e}");
+
+    // A dump is no base backup.
+    let dump = tmp.path().join("d.dump");
+    pg.create_db("x");
+    pg.pg_dump_file("x", &dump);
+    let d = v.backup_file("x", &dump);
+    let e = v
+        .run(&[
+            "restore",
+            "--pgdata",
+            tmp.path().join("other").to_str().unwrap(),
+            "--latest",
+            "--base",
+            d["snapshot_id"].as_str().unwrap(),
+        ])
+        .fails();
+    assert!(e.contains("not a base backup"), "{e}");
+}
+
+#[test]
+fn wal_push_and_fetch_keep_postgresql_s_contracts() {
+    let v = Vault::for_server(PgCluster::server_user());
+    let dir = v.dir.path().join("pg_wal");
+    std::fs::create_dir(&dir).unwrap();
+    if let Some((uid, gid)) = v.run_as {
+        std::os::unix::fs::chown(&dir, Some(uid), Some(gid)).unwrap();
+    }
+    let name = "000000010000000000000007";
+    let seg = dir.join(name);
+    // Mostly zeros, as a forced switch leaves a segment.
+    let mut data = vec![0u8; 16 << 20];
+    data[..4096]
+        .iter_mut()
+        .enumerate()
+        .for_each(|(i, b)| *b = (i * 7) as u8);
+    std::fs::write(&seg, &data).unwrap();
+    let seg_s = seg.to_str().unwrap();
+
+    v.run(&["wal-push", seg_s]).ok();
+    let stored: u64 = v
+        .objects("chunks")
+        .iter()
+        .map(|p| p.metadata().unwrap().len())
+        .sum();
+    assert!(
+        stored < 100_000,
+        "a mostly-zero segment must cost next to nothing, took {stored} bytes"
+    );
+    v.run(&["wal-push", seg_s]).ok();
+
+    let mut other = data.clone();
+    other[100] ^= 0xff;
+    std::fs::write(&seg, &other).unwrap();
+    let e = v.run(&["wal-push", seg_s]).fails();
+    assert!(e.contains("different content") && e.contains(name), "{e}");
+
+    let e = v
+        .run(&["wal-push", dir.join("not-a-wal-file").to_str().unwrap()])
+        .fails();
+    assert!(e.contains("not a WAL file name"), "{e}");
+
+    // Fetch returns the first content, byte for byte.
+    let out = dir.join("RECOVERYXLOG");
+    v.run(&["wal-fetch", name, out.to_str().unwrap()]).ok();
+    assert!(std::fs::read(&out).unwrap() == data);
+
+    // The next segments come along into the spool, and are served from it.
+    let next = dir.join("000000010000000000000008");
+    let mut data8 = data.clone();
+    data8[0] = 0xAB;
+    std::fs::write(&next, &data8).unwrap();
+    v.run(&["wal-push", next.to_str().unwrap()]).ok();
+    v.run(&["wal-fetch", name, out.to_str().unwrap()]).ok();
+    let spooled: Vec<_> = std::fs::read_dir(&v.cache)
+        .unwrap()
+        .flatten()
+        .map(|d| d.path().join("wal-spool/000000010000000000000008"))
+        .filter(|p| p.exists())
+        .collect();
+    assert_eq!(spooled.len(), 1, "segment 8 should have been prefetched");
+    assert!(std::fs::read(&spooled[0]).unwrap() == data8);
+    v.run(&[
+        "wal-fetch",
+        "000000010000000000000008",
+        out.to_str().unwrap(),
+    ])
+    .ok();
+    assert!(std::fs::read(&out).unwrap() == data8);
+    assert!(
+        !spooled[0].exists(),
+        "a spooled segment is handed over once"
+    );
+
+    // History and backup files are archived and fetched too.
+    let hist = dir.join("00000002.history");
+    std::fs::write(&hist, "1\t0/3000000\tbefore 2026-11-05\n").unwrap();
+    v.run(&["wal-push", hist.to_str().unwrap()]).ok();
+    v.run(&[
+        "wal-fetch",
+        "00000002.history",
+        dir.join("h").to_str().unwrap(),
+    ])
+    .ok();
+    assert_eq!(
+        std::fs::read(dir.join("h")).unwrap(),
+        std::fs::read(&hist).unwrap()
+    );
+
+    // A file that is not archived: exit 1 and nothing on stderr.
+    let r = v.run(&[
+        "wal-fetch",
+        "00000003.history",
+        dir.join("x").to_str().unwrap(),
+    ]);
+    assert_eq!(r.code, 1);
+    assert_eq!(r.stderr.trim(), "");
+
+    // Corrupt data: exit above 125, so PostgreSQL stops instead of promoting early.
+    for victim in v.objects("chunks") {
+        let mut bytes = std::fs::read(&victim).unwrap();
+        let mid = bytes.len() / 2;
+        bytes[mid] ^= 1;
+        std::fs::write(&victim, &bytes).unwrap();
+    }
+    let r = v.run(&["wal-fetch", name, out.to_str().unwrap()]);
+    assert!(
+        r.code > 125,
+        "exit {} for corrupt data: {}",
+        r.code,
+        r.stderr
+    );
+
+    // Storage unreachable: also above 125, with a message.
+    std::fs::rename(v.repo_path(), v.dir.path().join("moved")).unwrap();
+    let r = v.run(&["wal-fetch", name, out.to_str().unwrap()]);
+    assert!(
+        r.code > 125,
+        "exit {} with the repository gone: {}",
+        r.code,
+        r.stderr
+    );
+    assert!(!r.stderr.is_empty());
+}
+
+#[test]
+fn a_failing_pg_basebackup_leaves_nothing_behind() {
+    let (pg, mut v) = archiving_cluster();
+    let before = v.objects("");
+    v.extra_env.push(("PGPORT".into(), "1".into()));
+    let e = v.run(&["backup", "--base"]).fails();
+    assert!(e.contains("pg_basebackup"), "{e}");
+    assert!(v.snapshots().is_empty());
+    assert_eq!(v.objects("snapshots"), Vec::<std::path::PathBuf>::new());
+    let _ = (pg, before);
+}

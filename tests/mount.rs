@@ -787,3 +787,51 @@ fn the_mount_helper_mounts_in_the_background() {
         "{out:?}"
     );
 }
+
+#[test]
+fn a_base_backup_shows_as_base_tar() {
+    let pg = PgCluster::start();
+    let mut v = Vault::init_local();
+    v.extra_env = pg.libpq_env();
+    v.extra_env
+        .push(("PGVAULT_PG_BINDIR".into(), PG_BINDIR.into()));
+    let b = v.run(&["backup", "--base", "--json"]).ok().json();
+    let id = b["snapshot_id"].as_str().unwrap().to_string();
+    let m = Mount::start(&v, &mountpoint(&v), &[]);
+
+    let point = m.join(&format!("snapshots/{id}"));
+    assert_eq!(
+        names(&point),
+        ["base.tar", "manifest.json"].map(String::from).into()
+    );
+    let target = std::fs::read_link(m.join("latest")).unwrap();
+    assert!(
+        target.to_string_lossy().ends_with("-cluster-base"),
+        "{target:?}"
+    );
+    // The tar stream reads back whole: tar lists the data directory from the mount.
+    let tar = m.join("latest/base.tar");
+    assert_eq!(
+        std::fs::read(&tar).unwrap(),
+        v.cat(&id),
+        "the mounted tar is the stored stream"
+    );
+    let list = std::process::Command::new("tar")
+        .arg("-tf")
+        .arg(&tar)
+        .output()
+        .unwrap();
+    assert!(list.status.success(), "{list:?}");
+    assert!(String::from_utf8_lossy(&list.stdout)
+        .lines()
+        .any(|l| l.trim_start_matches("./") == "PG_VERSION"));
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(point.join("manifest.json")).unwrap()).unwrap();
+    assert_eq!(manifest["kind"], "base");
+    assert_eq!(manifest["base"]["pg_version"], "15", "{manifest}");
+    let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    assert_eq!(
+        names(&m.join(&format!("at/{now}"))),
+        ["base.tar".to_string()].into()
+    );
+}

@@ -14,10 +14,12 @@ use clap::{Args, Parser, Subcommand};
 use crate::backend::local::LocalBackend;
 use crate::backend::Backend;
 use crate::error::{Error, ErrorKind, Result};
+use crate::fuse::MountOptions;
 use crate::pg::basebackup::BaseTarInspector;
 use crate::pg::{ConnectOptions, DumpStreamInspector};
 use crate::repo::writer::{NoProgress, Progress, SnapshotMeta, StreamInspector};
 use crate::repo::{InitOptions, Repository, SnapshotKind};
+use crate::vfs::{Vfs, VfsOptions};
 
 /// Deduplicated, encrypted backups of PostgreSQL, browsable as a read-only filesystem.
 #[derive(Debug, Parser)]
@@ -90,6 +92,8 @@ pub enum Command {
     Status(verify::StatusArgs),
     /// The status in Prometheus text format, for node_exporter's textfile collector
     Metrics(verify::MetricsArgs),
+    /// Mount the backup history as a read-only filesystem (foreground; Ctrl-C unmounts)
+    Mount(MountArgs),
     /// Manage the local index cache
     Index {
         #[command(subcommand)]
@@ -175,11 +179,48 @@ pub struct CatArgs {
     pub snapshot: String,
 }
 
+/// `pgvault mount`.
+#[derive(Debug, Args)]
+pub struct MountArgs {
+    /// An existing directory to mount on
+    pub mountpoint: PathBuf,
+    /// Memory for decoded chunks shared by all readers, e.g. 512MiB or 2GiB
+    #[arg(long, default_value = "256MiB", value_name = "SIZE", value_parser = parse_size)]
+    pub cache_size: u64,
+    /// Let other users read the mount (a non-root user needs user_allow_other in /etc/fuse.conf)
+    #[arg(long)]
+    pub allow_other: bool,
+}
+
 /// `pgvault index ...`.
 #[derive(Debug, Subcommand)]
 pub enum IndexCommand {
     /// Recreate the local index from the repository
     Rebuild,
+}
+
+/// A byte count such as `256MiB`, `1GiB`, `64M`, `4096` (binary units; `B` optional).
+fn parse_size(s: &str) -> std::result::Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size such as 256MiB or 1GiB"))?;
+    let shift = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 0,
+        "k" | "kb" | "kib" => 10,
+        "m" | "mb" | "mib" => 20,
+        "g" | "gb" | "gib" => 30,
+        "t" | "tb" | "tib" => 40,
+        _ => {
+            return Err(format!(
+                "{s:?} has an unknown unit; use KiB, MiB, GiB or TiB"
+            ))
+        }
+    };
+    n.checked_mul(1u64 << shift)
+        .ok_or_else(|| format!("{s:?} is too large"))
 }
 
 pub(crate) fn parse_time(s: &str) -> std::result::Result<chrono::DateTime<chrono::Utc>, String> {
@@ -233,6 +274,8 @@ fn init_logging(verbose: u8) {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        // Colour codes only for a person: a mount's log usually goes to a file or journal.
+        .with_ansi(std::io::stderr().is_terminal())
         .with_target(false)
         .try_init();
 }
@@ -297,6 +340,7 @@ async fn run(cli: Cli) -> Result<()> {
             repo.cat(&m, &mut out, progress.clone()).await?;
             Ok(())
         }
+        Command::Mount(a) => mount(g, a).await,
         Command::Index {
             command: IndexCommand::Rebuild,
         } => {
@@ -396,6 +440,35 @@ pub(crate) async fn take_backup(
     pending.commit().await
 }
 
+async fn mount(g: &GlobalArgs, a: &MountArgs) -> Result<()> {
+    // Mountpoint trouble is reported before asking for a passphrase.
+    crate::fuse::check_mountpoint(&a.mountpoint)?;
+    let repo = open_repo(g).await?;
+    let location = repo.location();
+    let opts = VfsOptions {
+        cache_bytes: usize::try_from(a.cache_size).unwrap_or(usize::MAX),
+        ..VfsOptions::default()
+    };
+    let vfs = Vfs::open(repo, opts).await?;
+    let points = vfs.point_count();
+    let mounted = crate::fuse::mount(
+        vfs,
+        &a.mountpoint,
+        &MountOptions {
+            allow_other: a.allow_other,
+            fsname: format!("pgvault:{location}"),
+        },
+    )
+    .await?;
+    let mp = mounted.mountpoint().display().to_string();
+    println!(
+        "Mounted {location} on {mp} ({points} backup points); Ctrl-C or `umount {mp}` unmounts"
+    );
+    mounted.serve_until_signal().await?;
+    println!("Unmounted {mp}");
+    Ok(())
+}
+
 pub(crate) fn progress_for(total: u64, label: &str, show: bool) -> Arc<dyn Progress> {
     if show {
         Arc::new(output::Bar::new(total, label))
@@ -482,4 +555,23 @@ fn new_passphrase(g: &GlobalArgs) -> Result<String> {
         return Err(Error::InvalidInput("The passphrase is empty".into()));
     }
     Ok(a)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_size;
+
+    #[test]
+    fn sizes_take_binary_units() {
+        assert_eq!(parse_size("256MiB"), Ok(256 << 20));
+        assert_eq!(parse_size("1GiB"), Ok(1 << 30));
+        assert_eq!(parse_size("64M"), Ok(64 << 20));
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert_eq!(parse_size("2 gb"), Ok(2 << 30));
+        assert!(parse_size("lots").unwrap_err().contains("256MiB"));
+        assert!(parse_size("5XB").unwrap_err().contains("unit"));
+        assert!(parse_size("99999999999TiB")
+            .unwrap_err()
+            .contains("too large"));
+    }
 }

@@ -270,6 +270,39 @@ impl Repository {
         Ok(out)
     }
 
+    /// The ids of every snapshot, from the backend's listing alone: cheap enough to
+    /// poll, so a long-running mount can tell whether anything changed.
+    ///
+    /// Errors: backend errors.
+    pub async fn snapshot_ids(&self) -> Result<Vec<String>> {
+        Ok(self
+            .backend
+            .list("snapshots/")
+            .await?
+            .into_iter()
+            .filter_map(|o| o.key.strip_prefix("snapshots/").map(str::to_string))
+            .collect())
+    }
+
+    /// One snapshot's manifest, fetched from the backend.
+    ///
+    /// Errors: `NotFound` when there is no such snapshot; `Corrupt` when its manifest
+    /// fails authentication or does not parse; backend errors otherwise.
+    pub async fn snapshot(&self, id: &str) -> Result<SnapshotManifest> {
+        let sealed = match self.fetch_manifest(id).await {
+            Ok(b) => b,
+            Err(e) if e.kind() == ErrorKind::NotFound => {
+                return Err(Error::NotFound {
+                    what: format!("Snapshot {id}"),
+                    location: self.location(),
+                })
+            }
+            Err(e) => return Err(e),
+        };
+        // Not cached in the index: a mount polls this and must not wait on sled.
+        self.decode_snapshot(id, &sealed)
+    }
+
     /// The snapshot whose id is `prefix` or starts with it.
     ///
     /// Errors: `NotFound` when none matches; `InvalidInput` when several do.

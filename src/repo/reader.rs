@@ -2,7 +2,7 @@
 //! read sequentially with prefetch (`cat`) or at any offset through a shared,
 //! byte-bounded cache of decoded chunks (the mount).
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::io::Write;
 use std::sync::{Arc, Mutex};
 
@@ -16,11 +16,20 @@ use crate::error::{Error, Result};
 pub const PREFETCH_CHUNKS: usize = 8;
 
 /// Decoded chunks, evicted least recently used first once their bytes exceed a budget.
+///
+/// It also knows which chunks are being loaded right now, so that a read and a
+/// prefetch (or two readers) asking for the same chunk share one fetch and decode
+/// instead of each doing it.
 #[derive(Debug)]
 pub struct ChunkCache {
     inner: Mutex<CacheInner>,
     capacity_bytes: usize,
+    loading: Mutex<HashMap<ChunkId, Arc<Loading>>>,
 }
+
+/// One chunk load in progress; `None` once it has failed (each waiter then learns
+/// the error by loading for itself, which is rare and keeps errors unshared).
+type Loading = tokio::sync::OnceCell<Option<Arc<Vec<u8>>>>;
 
 #[derive(Debug)]
 struct CacheInner {
@@ -37,7 +46,14 @@ impl ChunkCache {
                 bytes: 0,
             }),
             capacity_bytes,
+            loading: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Whether a chunk is cached or being loaded.
+    fn has_or_loading(&self, id: &ChunkId) -> bool {
+        self.inner.lock().expect("cache lock").map.contains(id)
+            || self.loading.lock().expect("loading lock").contains_key(id)
     }
 
     /// A cached chunk, marked as recently used.
@@ -118,14 +134,57 @@ impl FileReader {
         }
     }
 
-    /// Decoded bytes of chunk `i`, from the cache or the backend.
+    /// Decoded bytes of chunk `i`, from the cache or the backend. Concurrent calls for
+    /// the same chunk (from any reader sharing the cache) share one load.
     ///
     /// Errors: `NotFound` or `Corrupt` naming the snapshot and chunk; backend errors.
     pub async fn chunk(&self, i: usize) -> Result<Arc<Vec<u8>>> {
-        let r = self.manifest.chunks[i];
-        if let Some(d) = self.cache.get(&r.id) {
+        let id = self.manifest.chunks[i].id;
+        if let Some(d) = self.cache.get(&id) {
             return Ok(d);
         }
+        let cell = self
+            .cache
+            .loading
+            .lock()
+            .expect("loading lock")
+            .entry(id)
+            .or_default()
+            .clone();
+        let mut own_error = None;
+        let loaded = cell
+            .get_or_init(|| async {
+                // Loaded and cached by another reader since we looked.
+                if let Some(d) = self.cache.get(&id) {
+                    return Some(d);
+                }
+                match self.load(i).await {
+                    Ok(d) => Some(d),
+                    Err(e) => {
+                        own_error = Some(e);
+                        None
+                    }
+                }
+            })
+            .await
+            .clone();
+        {
+            let mut loading = self.cache.loading.lock().expect("loading lock");
+            if loading.get(&id).is_some_and(|c| Arc::ptr_eq(c, &cell)) {
+                loading.remove(&id);
+            }
+        }
+        match (loaded, own_error) {
+            (Some(d), _) => Ok(d),
+            (None, Some(e)) => Err(e),
+            // Another reader's load failed: load again to get (or escape) the error.
+            (None, None) => self.load(i).await,
+        }
+    }
+
+    /// Fetches, verifies and caches chunk `i`.
+    async fn load(&self, i: usize) -> Result<Arc<Vec<u8>>> {
+        let r = self.manifest.chunks[i];
         let data = self
             .repo
             .load_chunk(&r.id, Some(r.len as usize))
@@ -145,10 +204,20 @@ impl FileReader {
         Ok(data)
     }
 
+    /// The index of the chunk holding byte `offset` (the chunk count at or past the end).
+    pub fn chunk_index_at(&self, offset: u64) -> usize {
+        self.chunk_at(offset)
+    }
+
     /// Starts loading the chunks after `i` that are not cached yet, without waiting.
     pub fn prefetch_after(&self, i: usize, count: usize) {
-        for j in i + 1..(i + 1 + count).min(self.manifest.chunks.len()) {
-            if self.cache.get(&self.manifest.chunks[j].id).is_none() {
+        self.prefetch_range(i + 1, (i + 1 + count).min(self.manifest.chunks.len()));
+    }
+
+    /// Starts loading chunks `from..to` that are neither cached nor loading.
+    fn prefetch_range(&self, from: usize, to: usize) {
+        for j in from..to {
+            if !self.cache.has_or_loading(&self.manifest.chunks[j].id) {
                 let me = self.clone();
                 tokio::spawn(async move {
                     if let Err(e) = me.chunk(j).await {
@@ -169,6 +238,11 @@ impl FileReader {
         }
         let mut out = Vec::with_capacity((end - offset) as usize);
         let mut i = self.chunk_at(offset);
+        // A read spanning several chunks loads them all at once, not one after another.
+        let last = self.chunk_at(end - 1);
+        if last > i {
+            self.prefetch_range(i + 1, last + 1);
+        }
         while (self.chunk_start(i)) < end {
             let data = self.chunk(i).await?;
             let start = self.chunk_start(i);

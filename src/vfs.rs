@@ -1,0 +1,1138 @@
+//! The mounted tree without the kernel: which paths exist, their attributes, directory
+//! listings, `at/<time>` resolution, and reads from backup files.
+//!
+//! The FUSE adapter (`crate::fuse`) turns kernel requests into calls here and knows
+//! nothing of storage; this module knows nothing of FUSE, so the tree can be tested
+//! and reasoned about on its own.
+//!
+//! ```text
+//! /latest                                   -> by-date/…/<newest backup point>
+//! /by-date/YYYY/MM/DD/HHMMSSZ-<db>-<kind>/  <file_name>, manifest.json
+//! /by-db/<db>/<RFC3339>-<kind>/             the same; by-db/<db>/latest -> its newest
+//! /at/<RFC 3339 time>/<file_name>           per file name (one per database and kind),
+//!                                           the newest backup point at or before the time
+//! /snapshots/<id>/                          every backup point by id
+//! ```
+//!
+//! Choices worth knowing:
+//! - `at/<time>/` holds the files themselves, one per database (more exactly, per
+//!   `file_name`: `footdash.dump`, later `base.tar`), each from that database's newest
+//!   backup point at or before the time; a time before every backup point of every
+//!   database does not exist (ENOENT). Listing `at/` shows the times at which backup
+//!   points were taken, so `ls at/` says which times are worth asking for.
+//! - Every directory has its own inode, even when two paths show the same backup point:
+//!   the kernel's dentry cache does not allow a directory to have two parents. Files
+//!   share one inode per snapshot whatever the path, so the kernel page cache holds a
+//!   dump once however it is reached.
+//! - Inode numbers are handed out on first sight of a path and never reused or
+//!   forgotten while mounted; the table grows by a few hundred bytes per path seen.
+//! - The list of backup points is reloaded when a directory is looked up or listed and
+//!   the last reload is older than [`VfsOptions::refresh_after`]; a reload first lists
+//!   the snapshot ids, which is one cheap listing, and fetches only new manifests.
+//! - Room is left for `/wal/` (the WAL archive, a later issue): another [`Node`] kind.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant, SystemTime};
+
+use chrono::{DateTime, Datelike, SecondsFormat, Utc};
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::repo::reader::{ChunkCache, FileReader};
+use crate::repo::{Repository, SnapshotManifest};
+
+/// An inode number; [`ROOT`] is the mount's root directory.
+pub type Ino = u64;
+
+/// The root directory's inode number (FUSE fixes it at 1).
+pub const ROOT: Ino = 1;
+
+/// How long the kernel may trust what it learned about things that change when a
+/// backup arrives (the top directories, `latest`, `at/<time>`): short, so new
+/// backups show up at once.
+pub const SHORT_TTL: Duration = Duration::from_secs(1);
+
+/// How long the kernel may trust what never changes (a backup point's files and
+/// their attributes): backups are immutable.
+pub const LONG_TTL: Duration = Duration::from_secs(3600);
+
+/// How far ahead of a sequential reader chunks are loaded.
+const PREFETCH_BYTES: u64 = 8 << 20;
+
+/// Reads that land within this distance of where the last one ended count as
+/// sequential: the kernel's async readahead sends several requests at once, and
+/// they may arrive slightly out of order.
+const SEQUENTIAL_SLACK: u64 = 2 << 20;
+
+/// The name of every backup point's manifest file.
+pub const MANIFEST_FILE: &str = "manifest.json";
+
+/// What kind of thing a node is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NodeKind {
+    Dir,
+    File,
+    Symlink,
+}
+
+/// What `stat` shows for a node (owner and group are the mount's business).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attr {
+    pub ino: Ino,
+    pub kind: NodeKind,
+    pub size_bytes: u64,
+    pub mtime: SystemTime,
+    /// Permission bits: 0555 for directories, 0444 for files, 0777 for symlinks.
+    pub perm: u16,
+    /// How long the kernel may cache these attributes.
+    pub ttl: Duration,
+}
+
+/// The answer to a lookup: the node's attributes and how long the name may be cached.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    pub attr: Attr,
+    pub entry_ttl: Duration,
+}
+
+/// One directory entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DirEntry {
+    pub ino: Ino,
+    pub kind: NodeKind,
+    pub name: String,
+}
+
+/// Totals for `statfs`.
+#[derive(Debug, Clone, Copy)]
+pub struct FsStats {
+    pub total_bytes: u64,
+    pub nodes: u64,
+}
+
+/// Settings of a mounted tree.
+#[derive(Debug, Clone)]
+pub struct VfsOptions {
+    /// Memory for decoded chunks shared by every open file.
+    pub cache_bytes: usize,
+    /// A lookup or listing reloads the list of backup points when the last reload is
+    /// older than this.
+    pub refresh_after: Duration,
+}
+
+impl Default for VfsOptions {
+    fn default() -> Self {
+        VfsOptions {
+            cache_bytes: 256 << 20,
+            refresh_after: Duration::from_secs(2),
+        }
+    }
+}
+
+/// Which family of paths a backup point directory was reached through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum View {
+    ByDate,
+    ByDb,
+    Snapshots,
+}
+
+/// What a path is, independent of its inode number.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum Node {
+    Root,
+    Latest,
+    ByDate,
+    Year(i32),
+    Month(i32, u32),
+    Day(i32, u32, u32),
+    ByDb,
+    Db(String),
+    DbLatest(String),
+    At,
+    /// `at/<name>`, keyed by the name as given: two spellings of one time are two
+    /// directories (a directory may not have two names, see the module doc).
+    AtTime(String),
+    Snapshots,
+    Point(View, String),
+    /// The backup file of a snapshot.
+    Data(String),
+    /// The manifest.json of a snapshot.
+    Manifest(String),
+}
+
+/// One backup point and its names in the tree.
+#[derive(Debug)]
+struct Point {
+    m: Arc<SnapshotManifest>,
+    date_name: String,
+    db_name: String,
+    file_name: String,
+}
+
+/// The backup points as of one reload, indexed the ways the tree shows them.
+#[derive(Debug, Default)]
+struct Tree {
+    points: HashMap<String, Point>,
+    /// Ids, oldest first (time, then start, then id).
+    order: Vec<String>,
+    by_date: BTreeMap<(i32, u32, u32), BTreeMap<String, String>>,
+    by_db: BTreeMap<String, BTreeMap<String, String>>,
+    /// Snapshots whose manifest cannot be read; listed ids, kept so that a reload
+    /// does not try them again and again.
+    broken: HashSet<String>,
+}
+
+/// Makes a string usable as one path component.
+fn safe_name(s: &str) -> String {
+    match s {
+        "" => "_".into(),
+        "." | ".." => s.replace('.', "_"),
+        _ => s.replace(['/', '\0'], "_"),
+    }
+}
+
+fn rfc3339(t: &DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Secs, true)
+}
+
+impl Tree {
+    fn build(manifests: Vec<Arc<SnapshotManifest>>, broken: HashSet<String>) -> Tree {
+        let mut ms = manifests;
+        ms.sort_by(|a, b| (a.time, a.started, &a.id).cmp(&(b.time, b.started, &b.id)));
+        let mut t = Tree {
+            broken,
+            ..Tree::default()
+        };
+        for m in ms {
+            let day = (m.time.year(), m.time.month(), m.time.day());
+            let db = safe_name(&m.db);
+            // Two backups of one database in the same second would share a name: the
+            // later one (in time, then start) gets its short id appended, so names
+            // already shown do not change when another backup arrives.
+            let mut date_name = format!("{}-{}-{}", m.time.format("%H%M%SZ"), db, m.kind);
+            let day_map = t.by_date.entry(day).or_default();
+            if day_map.contains_key(&date_name) {
+                date_name = format!("{date_name}-{}", m.short_id());
+            }
+            day_map.insert(date_name.clone(), m.id.clone());
+            let mut db_name = format!("{}-{}", rfc3339(&m.time), m.kind);
+            let db_map = t.by_db.entry(db).or_default();
+            if db_map.contains_key(&db_name) {
+                db_name = format!("{db_name}-{}", m.short_id());
+            }
+            db_map.insert(db_name.clone(), m.id.clone());
+            t.order.push(m.id.clone());
+            t.points.insert(
+                m.id.clone(),
+                Point {
+                    file_name: safe_name(&m.file_name),
+                    m,
+                    date_name,
+                    db_name,
+                },
+            );
+        }
+        t
+    }
+
+    fn point(&self, id: &str) -> Option<&Point> {
+        self.points.get(id)
+    }
+
+    fn newest(&self) -> Option<&Point> {
+        self.order.last().and_then(|id| self.point(id))
+    }
+
+    fn newest_time(&self) -> Option<DateTime<Utc>> {
+        self.newest().map(|p| p.m.time)
+    }
+
+    fn newest_of_db(&self, db: &str) -> Option<&Point> {
+        self.by_db
+            .get(db)?
+            .values()
+            .filter_map(|id| self.point(id))
+            .max_by(|a, b| (a.m.time, a.m.started, &a.m.id).cmp(&(b.m.time, b.m.started, &b.m.id)))
+    }
+
+    /// Per file name, the newest backup point at or before `t`.
+    fn at(&self, t: DateTime<Utc>) -> BTreeMap<String, &Point> {
+        let mut out = BTreeMap::new();
+        for id in &self.order {
+            let p = &self.points[id];
+            if p.m.time > t {
+                break;
+            }
+            out.insert(p.file_name.clone(), p);
+        }
+        out
+    }
+
+    /// Where `latest` points, relative to the root.
+    fn latest_target(&self) -> Option<String> {
+        self.newest().map(|p| {
+            let t = p.m.time;
+            format!(
+                "by-date/{:04}/{:02}/{:02}/{}",
+                t.year(),
+                t.month(),
+                t.day(),
+                p.date_name
+            )
+        })
+    }
+}
+
+/// A node as a person would name it, for messages.
+fn describe(node: &Node) -> String {
+    match node {
+        Node::Root => "The mount's root".into(),
+        Node::Latest => "The symlink latest".into(),
+        Node::DbLatest(db) => format!("The symlink by-db/{db}/latest"),
+        Node::AtTime(name) => format!("Directory at/{name}"),
+        Node::Data(id) => format!("The backup file of snapshot {id}"),
+        Node::Manifest(id) => format!("The manifest.json of snapshot {id}"),
+        Node::Point(_, id) => format!("The directory of snapshot {id}"),
+        other => format!("Node {other:?}"),
+    }
+}
+
+/// Parses an `at/` name: any RFC 3339 time.
+fn parse_at(name: &str) -> Option<DateTime<Utc>> {
+    DateTime::parse_from_rfc3339(name)
+        .ok()
+        .map(|t| t.with_timezone(&Utc))
+}
+
+/// Inode numbers for nodes, stable for the life of the mount.
+#[derive(Debug)]
+struct Inodes {
+    by_node: HashMap<Node, Ino>,
+    nodes: Vec<Node>,
+}
+
+impl Inodes {
+    fn new() -> Self {
+        let mut i = Inodes {
+            by_node: HashMap::new(),
+            nodes: Vec::new(),
+        };
+        i.ino(Node::Root);
+        i
+    }
+
+    fn ino(&mut self, node: Node) -> Ino {
+        if let Some(&ino) = self.by_node.get(&node) {
+            return ino;
+        }
+        self.nodes.push(node.clone());
+        let ino = self.nodes.len() as Ino;
+        self.by_node.insert(node, ino);
+        ino
+    }
+
+    fn node(&self, ino: Ino) -> Option<&Node> {
+        ino.checked_sub(1).and_then(|i| self.nodes.get(i as usize))
+    }
+}
+
+/// What an open file reads from.
+#[derive(Debug)]
+enum Content {
+    Data(Arc<FileReader>),
+    Bytes(Arc<Vec<u8>>),
+}
+
+/// One open file.
+#[derive(Debug)]
+struct Handle {
+    content: Content,
+    /// Where the last read ended, to tell sequential readers from random ones.
+    read_end: AtomicU64,
+}
+
+#[derive(Debug)]
+struct Inner {
+    repo: Repository,
+    opts: VfsOptions,
+    cache: Arc<ChunkCache>,
+    tree: RwLock<Arc<Tree>>,
+    /// When the list of backup points was last reloaded or a reload last failed.
+    last_refresh: Mutex<Instant>,
+    /// One reload at a time; others wait for its result instead of listing again.
+    refresh_lock: tokio::sync::Mutex<()>,
+    /// Every manifest seen while mounted, so that files already looked up stay
+    /// readable (and their attributes stable) even if their snapshot goes away.
+    known: Mutex<HashMap<String, Arc<SnapshotManifest>>>,
+    readers: Mutex<HashMap<String, Arc<FileReader>>>,
+    inodes: Mutex<Inodes>,
+    handles: Mutex<HashMap<u64, Arc<Handle>>>,
+    next_handle: AtomicU64,
+    started: SystemTime,
+}
+
+/// The mounted tree of one repository. Cheap to clone; clones share everything.
+#[derive(Debug, Clone)]
+pub struct Vfs {
+    inner: Arc<Inner>,
+}
+
+fn not_found(what: String) -> Error {
+    Error::NotFound {
+        what,
+        location: "the mounted tree".into(),
+    }
+}
+
+fn dir_attr(ino: Ino, mtime: SystemTime, ttl: Duration) -> Attr {
+    Attr {
+        ino,
+        kind: NodeKind::Dir,
+        size_bytes: 0,
+        mtime,
+        perm: 0o555,
+        ttl,
+    }
+}
+
+/// What manifest.json shows, in this order.
+#[derive(serde::Serialize)]
+struct ManifestView<'a> {
+    id: &'a str,
+    short_id: &'a str,
+    db: &'a str,
+    kind: &'a str,
+    time: String,
+    started: String,
+    finished: String,
+    hostname: &'a str,
+    file_name: &'a str,
+    size_bytes: u64,
+    chunk_count: usize,
+    dump_offsets_filled: bool,
+    stats: &'a crate::repo::BackupStats,
+    /// Base backups: timeline, start and stop LSN, PostgreSQL version, system id.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    base: Option<&'a crate::repo::manifest::BaseBackupInfo>,
+}
+
+/// The manifest.json of a snapshot: what the backup point is, for people and scripts.
+/// The chunk list is left out: it is long and says nothing to a person.
+pub fn manifest_json(m: &SnapshotManifest) -> Vec<u8> {
+    let v = ManifestView {
+        id: &m.id,
+        short_id: m.short_id(),
+        db: &m.db,
+        kind: m.kind.as_str(),
+        time: rfc3339(&m.time),
+        started: m.started.to_rfc3339_opts(SecondsFormat::Millis, true),
+        finished: m.finished.to_rfc3339_opts(SecondsFormat::Millis, true),
+        hostname: &m.hostname,
+        file_name: &m.file_name,
+        size_bytes: m.size_bytes,
+        chunk_count: m.chunks.len(),
+        dump_offsets_filled: m.dump_offsets_filled,
+        stats: &m.stats,
+        base: m.base.as_ref(),
+    };
+    let mut out = serde_json::to_vec_pretty(&v).expect("manifest view serialises");
+    out.push(b'\n');
+    out
+}
+
+impl Vfs {
+    /// The tree of `repo`, with its list of backup points loaded.
+    ///
+    /// Errors: backend errors when the snapshots cannot be listed; `Corrupt` only for
+    /// the listing itself (a single unreadable manifest is logged and left out).
+    pub async fn open(repo: Repository, opts: VfsOptions) -> Result<Vfs> {
+        let cache = Arc::new(ChunkCache::new(opts.cache_bytes));
+        let vfs = Vfs {
+            inner: Arc::new(Inner {
+                repo,
+                opts,
+                cache,
+                tree: RwLock::new(Arc::new(Tree::default())),
+                last_refresh: Mutex::new(Instant::now()),
+                refresh_lock: tokio::sync::Mutex::new(()),
+                known: Mutex::new(HashMap::new()),
+                readers: Mutex::new(HashMap::new()),
+                inodes: Mutex::new(Inodes::new()),
+                handles: Mutex::new(HashMap::new()),
+                next_handle: AtomicU64::new(1),
+                started: SystemTime::now(),
+            }),
+        };
+        // The first load goes through the index cache, which spares fetching every
+        // manifest of a large repository again; a manifest that fails to open makes
+        // it fail as a whole, and then the one-by-one path skips just that one.
+        match vfs.inner.repo.snapshots().await {
+            Ok(snaps) => {
+                let ms: Vec<Arc<SnapshotManifest>> = snaps.into_iter().map(Arc::new).collect();
+                vfs.remember(&ms);
+                vfs.set_tree(Tree::build(ms, HashSet::new()));
+            }
+            Err(e) if e.kind() == ErrorKind::Corrupt => {
+                vfs.reload().await?;
+            }
+            Err(e) => return Err(e),
+        }
+        Ok(vfs)
+    }
+
+    /// The repository shown.
+    pub fn repo(&self) -> &Repository {
+        &self.inner.repo
+    }
+
+    /// How many backup points the tree shows now.
+    pub fn point_count(&self) -> usize {
+        self.tree().points.len()
+    }
+
+    fn tree(&self) -> Arc<Tree> {
+        self.inner.tree.read().expect("tree lock").clone()
+    }
+
+    fn set_tree(&self, t: Tree) {
+        *self.inner.tree.write().expect("tree lock") = Arc::new(t);
+        *self.inner.last_refresh.lock().expect("refresh lock") = Instant::now();
+    }
+
+    fn remember(&self, ms: &[Arc<SnapshotManifest>]) {
+        let mut known = self.inner.known.lock().expect("known lock");
+        for m in ms {
+            known.insert(m.id.clone(), m.clone());
+        }
+    }
+
+    fn known(&self, id: &str) -> Option<Arc<SnapshotManifest>> {
+        self.inner
+            .known
+            .lock()
+            .expect("known lock")
+            .get(id)
+            .cloned()
+    }
+
+    fn is_stale(&self) -> bool {
+        self.inner
+            .last_refresh
+            .lock()
+            .expect("refresh lock")
+            .elapsed()
+            >= self.inner.opts.refresh_after
+    }
+
+    /// The tree, reloaded first if the last reload is old. A failed reload is logged
+    /// and the previous list is shown: an unreachable store should not make `ls` fail.
+    async fn fresh_tree(&self) -> Arc<Tree> {
+        if !self.is_stale() {
+            return self.tree();
+        }
+        let _one_at_a_time = self.inner.refresh_lock.lock().await;
+        if !self.is_stale() {
+            return self.tree();
+        }
+        if let Err(e) = self.reload().await {
+            tracing::warn!(
+                "Cannot reload the list of backup points from {}: {e}; showing the previous list",
+                self.inner.repo.location()
+            );
+            *self.inner.last_refresh.lock().expect("refresh lock") = Instant::now();
+        }
+        self.tree()
+    }
+
+    /// Lists the snapshot ids and rebuilds the tree if they changed, fetching only
+    /// manifests not seen before.
+    async fn reload(&self) -> Result<()> {
+        let ids: BTreeSet<String> = self.inner.repo.snapshot_ids().await?.into_iter().collect();
+        let current = self.tree();
+        let shown: BTreeSet<&String> = current.points.keys().chain(current.broken.iter()).collect();
+        if shown.len() == ids.len() && ids.iter().all(|id| shown.contains(id)) {
+            *self.inner.last_refresh.lock().expect("refresh lock") = Instant::now();
+            return Ok(());
+        }
+        let mut manifests = Vec::with_capacity(ids.len());
+        let mut broken = HashSet::new();
+        let mut fresh = Vec::new();
+        for id in &ids {
+            if let Some(m) = self.known(id) {
+                manifests.push(m);
+                continue;
+            }
+            if current.broken.contains(id) {
+                broken.insert(id.clone());
+                continue;
+            }
+            match self.inner.repo.snapshot(id).await {
+                Ok(m) => {
+                    let m = Arc::new(m);
+                    fresh.push(m.clone());
+                    manifests.push(m);
+                }
+                // Deleted between the listing and the fetch.
+                Err(e) if e.kind() == ErrorKind::NotFound => {}
+                Err(e) if e.kind() == ErrorKind::Corrupt => {
+                    tracing::error!("Snapshot {id} is left out of the mounted tree: {e}");
+                    broken.insert(id.clone());
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        self.remember(&fresh);
+        self.set_tree(Tree::build(manifests, broken));
+        Ok(())
+    }
+
+    fn ino(&self, node: Node) -> Ino {
+        self.inner.inodes.lock().expect("inode lock").ino(node)
+    }
+
+    fn node(&self, ino: Ino) -> Result<Node> {
+        self.inner
+            .inodes
+            .lock()
+            .expect("inode lock")
+            .node(ino)
+            .cloned()
+            .ok_or_else(|| not_found(format!("Inode {ino}")))
+    }
+
+    fn snapshot_of(&self, tree: &Tree, id: &str) -> Result<Arc<SnapshotManifest>> {
+        tree.point(id)
+            .map(|p| p.m.clone())
+            .or_else(|| self.known(id))
+            .ok_or_else(|| not_found(format!("Snapshot {id}")))
+    }
+
+    /// The attributes of `node` as of `tree`.
+    fn attr_of(&self, tree: &Tree, node: &Node, ino: Ino) -> Result<Attr> {
+        let newest = tree
+            .newest_time()
+            .map(SystemTime::from)
+            .unwrap_or(self.inner.started);
+        Ok(match node {
+            Node::Root | Node::ByDate | Node::ByDb | Node::At | Node::Snapshots => {
+                dir_attr(ino, newest, SHORT_TTL)
+            }
+            Node::Year(..) | Node::Month(..) | Node::Day(..) => {
+                let in_range = |k: &(i32, u32, u32)| match node {
+                    Node::Year(y) => k.0 == *y,
+                    Node::Month(y, m) => (k.0, k.1) == (*y, *m),
+                    Node::Day(y, m, d) => *k == (*y, *m, *d),
+                    _ => false,
+                };
+                let mtime = tree
+                    .by_date
+                    .iter()
+                    .filter(|(k, _)| in_range(k))
+                    .flat_map(|(_, names)| names.values())
+                    .filter_map(|id| tree.point(id))
+                    .map(|p| p.m.time)
+                    .max()
+                    .map(SystemTime::from)
+                    .unwrap_or(newest);
+                dir_attr(ino, mtime, SHORT_TTL)
+            }
+            Node::Db(db) => {
+                let mtime = tree
+                    .newest_of_db(db)
+                    .map(|p| SystemTime::from(p.m.time))
+                    .unwrap_or(newest);
+                dir_attr(ino, mtime, SHORT_TTL)
+            }
+            Node::Latest | Node::DbLatest(_) => {
+                let (target, time) = self.link_target(tree, node)?;
+                Attr {
+                    ino,
+                    kind: NodeKind::Symlink,
+                    size_bytes: target.len() as u64,
+                    mtime: SystemTime::from(time),
+                    perm: 0o777,
+                    ttl: SHORT_TTL,
+                }
+            }
+            Node::AtTime(name) => {
+                let t = parse_at(name).ok_or_else(|| not_found(format!("at/{name}")))?;
+                let mtime = tree
+                    .at(t)
+                    .values()
+                    .map(|p| p.m.time)
+                    .max()
+                    .map(SystemTime::from)
+                    .unwrap_or(newest);
+                dir_attr(ino, mtime, SHORT_TTL)
+            }
+            Node::Point(_, id) => {
+                let m = self.snapshot_of(tree, id)?;
+                dir_attr(ino, SystemTime::from(m.time), LONG_TTL)
+            }
+            Node::Data(id) => {
+                let m = self.snapshot_of(tree, id)?;
+                Attr {
+                    ino,
+                    kind: NodeKind::File,
+                    size_bytes: m.size_bytes,
+                    mtime: SystemTime::from(m.time),
+                    perm: 0o444,
+                    ttl: LONG_TTL,
+                }
+            }
+            Node::Manifest(id) => {
+                let m = self.snapshot_of(tree, id)?;
+                Attr {
+                    ino,
+                    kind: NodeKind::File,
+                    size_bytes: manifest_json(&m).len() as u64,
+                    mtime: SystemTime::from(m.time),
+                    perm: 0o444,
+                    ttl: LONG_TTL,
+                }
+            }
+        })
+    }
+
+    fn link_target(&self, tree: &Tree, node: &Node) -> Result<(String, DateTime<Utc>)> {
+        match node {
+            Node::Latest => tree
+                .latest_target()
+                .zip(tree.newest_time())
+                .ok_or_else(|| not_found("latest (the repository has no backup points)".into())),
+            Node::DbLatest(db) => tree
+                .newest_of_db(db)
+                .map(|p| (p.db_name.clone(), p.m.time))
+                .ok_or_else(|| not_found(format!("by-db/{db}/latest"))),
+            _ => Err(Error::InvalidInput(format!(
+                "{} is not a symbolic link",
+                describe(node)
+            ))),
+        }
+    }
+
+    /// The children of a directory node, without `.` and `..`.
+    fn children(&self, tree: &Tree, node: &Node) -> Result<Vec<(String, Node)>> {
+        let points = |view: View, names: &BTreeMap<String, String>| {
+            names
+                .iter()
+                .map(|(name, id)| (name.clone(), Node::Point(view, id.clone())))
+                .collect::<Vec<_>>()
+        };
+        Ok(match node {
+            Node::Root => {
+                let mut v = Vec::new();
+                if tree.newest().is_some() {
+                    v.push(("latest".to_string(), Node::Latest));
+                }
+                v.push(("by-date".into(), Node::ByDate));
+                v.push(("by-db".into(), Node::ByDb));
+                v.push(("at".into(), Node::At));
+                v.push(("snapshots".into(), Node::Snapshots));
+                v
+            }
+            Node::ByDate => {
+                let years: BTreeSet<i32> = tree.by_date.keys().map(|k| k.0).collect();
+                years
+                    .into_iter()
+                    .map(|y| (format!("{y:04}"), Node::Year(y)))
+                    .collect()
+            }
+            Node::Year(y) => {
+                let months: BTreeSet<u32> = tree
+                    .by_date
+                    .keys()
+                    .filter(|k| k.0 == *y)
+                    .map(|k| k.1)
+                    .collect();
+                months
+                    .into_iter()
+                    .map(|m| (format!("{m:02}"), Node::Month(*y, m)))
+                    .collect()
+            }
+            Node::Month(y, m) => tree
+                .by_date
+                .keys()
+                .filter(|k| (k.0, k.1) == (*y, *m))
+                .map(|k| (format!("{:02}", k.2), Node::Day(k.0, k.1, k.2)))
+                .collect(),
+            Node::Day(y, m, d) => tree
+                .by_date
+                .get(&(*y, *m, *d))
+                .map(|names| points(View::ByDate, names))
+                .unwrap_or_default(),
+            Node::ByDb => tree
+                .by_db
+                .keys()
+                .map(|db| (db.clone(), Node::Db(db.clone())))
+                .collect(),
+            Node::Db(db) => match tree.by_db.get(db) {
+                Some(names) => {
+                    let mut v = vec![("latest".to_string(), Node::DbLatest(db.clone()))];
+                    v.extend(points(View::ByDb, names));
+                    v
+                }
+                None => Vec::new(),
+            },
+            Node::At => {
+                let times: BTreeSet<DateTime<Utc>> =
+                    tree.points.values().map(|p| p.m.time).collect();
+                times
+                    .into_iter()
+                    .map(|t| {
+                        let name = rfc3339(&t);
+                        (name.clone(), Node::AtTime(name))
+                    })
+                    .collect()
+            }
+            Node::AtTime(name) => {
+                let t = parse_at(name).ok_or_else(|| not_found(format!("at/{name}")))?;
+                tree.at(t)
+                    .into_iter()
+                    .map(|(file, p)| (file, Node::Data(p.m.id.clone())))
+                    .collect()
+            }
+            Node::Snapshots => tree
+                .order
+                .iter()
+                .map(|id| (id.clone(), Node::Point(View::Snapshots, id.clone())))
+                .collect(),
+            Node::Point(_, id) => {
+                let m = self.snapshot_of(tree, id)?;
+                vec![
+                    (safe_name(&m.file_name), Node::Data(id.clone())),
+                    (MANIFEST_FILE.to_string(), Node::Manifest(id.clone())),
+                ]
+            }
+            Node::Latest | Node::DbLatest(_) | Node::Data(_) | Node::Manifest(_) => {
+                return Err(Error::InvalidInput(format!(
+                    "{} is not a directory",
+                    describe(node)
+                )))
+            }
+        })
+    }
+
+    /// The parent of a directory node, for `..`.
+    fn parent_of(&self, tree: &Tree, node: &Node) -> Node {
+        match node {
+            Node::Year(_) => Node::ByDate,
+            Node::Month(y, _) => Node::Year(*y),
+            Node::Day(y, m, _) => Node::Month(*y, *m),
+            Node::Db(_) => Node::ByDb,
+            Node::AtTime(_) => Node::At,
+            Node::Point(View::Snapshots, _) => Node::Snapshots,
+            Node::Point(View::ByDate, id) => match self.snapshot_of(tree, id) {
+                Ok(m) => Node::Day(m.time.year(), m.time.month(), m.time.day()),
+                Err(_) => Node::ByDate,
+            },
+            Node::Point(View::ByDb, id) => match self.snapshot_of(tree, id) {
+                Ok(m) => Node::Db(safe_name(&m.db)),
+                Err(_) => Node::ByDb,
+            },
+            _ => Node::Root,
+        }
+    }
+
+    /// Looks `name` up in directory `parent`, reloading the list of backup points
+    /// first if it is old.
+    ///
+    /// Errors: `NotFound` when there is no such name (or, under `at/`, no backup
+    /// point at or before the time); `InvalidInput` when `parent` is not a directory.
+    pub async fn lookup(&self, parent: Ino, name: &str) -> Result<Entry> {
+        let parent_node = self.node(parent)?;
+        let tree = self.fresh_tree().await;
+        let child = match &parent_node {
+            Node::At => {
+                let t = parse_at(name).ok_or_else(|| {
+                    not_found(format!(
+                        "at/{name} (not an RFC 3339 time such as 2026-11-05T10:00:00Z)"
+                    ))
+                })?;
+                if tree.at(t).is_empty() {
+                    return Err(not_found(format!(
+                        "at/{name} (no backup point at or before it)"
+                    )));
+                }
+                Node::AtTime(name.to_string())
+            }
+            _ => self
+                .children(&tree, &parent_node)?
+                .into_iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, node)| node)
+                .ok_or_else(|| not_found(name.to_string()))?,
+        };
+        let ino = self.ino(child.clone());
+        let attr = self.attr_of(&tree, &child, ino)?;
+        // Inside a backup point nothing ever changes; elsewhere a name may come to
+        // mean another node (latest, at/<time>/…) or appear when a backup arrives.
+        let entry_ttl = match parent_node {
+            Node::Point(..) => LONG_TTL,
+            _ => SHORT_TTL,
+        };
+        Ok(Entry { attr, entry_ttl })
+    }
+
+    /// The attributes of an inode, from what is loaded (never waits on storage).
+    ///
+    /// Errors: `NotFound` for an unknown inode or a symlink that points nowhere now.
+    pub fn getattr(&self, ino: Ino) -> Result<Attr> {
+        let node = self.node(ino)?;
+        self.attr_of(&self.tree(), &node, ino)
+    }
+
+    /// The entries of a directory, `.` and `..` first, reloading the list of backup
+    /// points first if it is old.
+    ///
+    /// Errors: `NotFound` for an unknown inode; `InvalidInput` when it is not a directory.
+    pub async fn readdir(&self, ino: Ino) -> Result<Vec<DirEntry>> {
+        let node = self.node(ino)?;
+        let tree = self.fresh_tree().await;
+        let children = self.children(&tree, &node)?;
+        let parent = self.parent_of(&tree, &node);
+        let mut out = Vec::with_capacity(children.len() + 2);
+        out.push(DirEntry {
+            ino,
+            kind: NodeKind::Dir,
+            name: ".".into(),
+        });
+        out.push(DirEntry {
+            ino: if node == Node::Root {
+                ROOT
+            } else {
+                self.ino(parent)
+            },
+            kind: NodeKind::Dir,
+            name: "..".into(),
+        });
+        for (name, child) in children {
+            let kind = match child {
+                Node::Latest | Node::DbLatest(_) => NodeKind::Symlink,
+                Node::Data(_) | Node::Manifest(_) => NodeKind::File,
+                _ => NodeKind::Dir,
+            };
+            out.push(DirEntry {
+                ino: self.ino(child),
+                kind,
+                name,
+            });
+        }
+        Ok(out)
+    }
+
+    /// The target of a symbolic link (`latest`, `by-db/<db>/latest`), relative.
+    ///
+    /// Errors: `NotFound` when it points nowhere (no backup points); `InvalidInput`
+    /// when the inode is not a symlink.
+    pub fn readlink(&self, ino: Ino) -> Result<String> {
+        let node = self.node(ino)?;
+        self.link_target(&self.tree(), &node).map(|(t, _)| t)
+    }
+
+    /// Opens a file for reading and returns its handle.
+    ///
+    /// Errors: `NotFound` for an unknown inode; `InvalidInput` when it is not a file.
+    pub fn open_file(&self, ino: Ino) -> Result<u64> {
+        let node = self.node(ino)?;
+        let tree = self.tree();
+        let content = match &node {
+            Node::Data(id) => {
+                let m = self.snapshot_of(&tree, id)?;
+                let reader = self
+                    .inner
+                    .readers
+                    .lock()
+                    .expect("readers lock")
+                    .entry(id.clone())
+                    .or_insert_with(|| {
+                        Arc::new(FileReader::new(
+                            self.inner.repo.clone(),
+                            m,
+                            self.inner.cache.clone(),
+                        ))
+                    })
+                    .clone();
+                Content::Data(reader)
+            }
+            Node::Manifest(id) => Content::Bytes(Arc::new(manifest_json(
+                self.snapshot_of(&tree, id)?.as_ref(),
+            ))),
+            _ => {
+                return Err(Error::InvalidInput(format!(
+                    "{} is not a regular file",
+                    describe(&node)
+                )))
+            }
+        };
+        let fh = self.inner.next_handle.fetch_add(1, Ordering::Relaxed);
+        self.inner.handles.lock().expect("handles lock").insert(
+            fh,
+            Arc::new(Handle {
+                content,
+                read_end: AtomicU64::new(0),
+            }),
+        );
+        Ok(fh)
+    }
+
+    /// Forgets an open file.
+    pub fn release(&self, fh: u64) {
+        self.inner.handles.lock().expect("handles lock").remove(&fh);
+    }
+
+    /// Up to `size` bytes at `offset` of an open file; fewer only at its end.
+    /// Sequential readers get the following chunks loaded ahead of them.
+    ///
+    /// Errors: `InvalidInput` for an unknown handle; `NotFound` or `Corrupt` naming the
+    /// snapshot and chunk when a chunk is missing or fails authentication (also logged,
+    /// since the reader only sees EIO); backend errors. Never returns unverified bytes.
+    pub async fn read(&self, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>> {
+        let handle = self
+            .inner
+            .handles
+            .lock()
+            .expect("handles lock")
+            .get(&fh)
+            .cloned()
+            .ok_or_else(|| Error::InvalidInput(format!("No open file with handle {fh}")))?;
+        let reader = match &handle.content {
+            Content::Bytes(b) => {
+                let start = (offset as usize).min(b.len());
+                let end = (start + size as usize).min(b.len());
+                return Ok(b[start..end].to_vec());
+            }
+            Content::Data(r) => r,
+        };
+        let end = offset.saturating_add(u64::from(size)).min(reader.len());
+        let before = handle.read_end.swap(end, Ordering::Relaxed);
+        let sequential = offset.abs_diff(before) <= SEQUENTIAL_SLACK;
+        if sequential && end > offset {
+            prefetch_ahead(reader, end);
+        }
+        match reader.read_at(offset, size as usize).await {
+            Ok(data) => Ok(data),
+            Err(e) => {
+                let m = reader.manifest();
+                tracing::error!(
+                    "Read of {} (snapshot {}) at offset {offset}, {size} bytes, failed: {e}",
+                    m.file_name,
+                    m.id
+                );
+                Err(e)
+            }
+        }
+    }
+
+    /// Totals for `df`.
+    pub fn statfs(&self) -> FsStats {
+        let tree = self.tree();
+        FsStats {
+            total_bytes: tree.points.values().map(|p| p.m.size_bytes).sum(),
+            nodes: self.inner.inodes.lock().expect("inode lock").nodes.len() as u64,
+        }
+    }
+}
+
+/// Starts loading the chunks after byte `end` up to [`PREFETCH_BYTES`] ahead.
+fn prefetch_ahead(reader: &FileReader, end: u64) {
+    let chunks = &reader.manifest().chunks;
+    let last = reader.chunk_index_at(end.saturating_sub(1));
+    let mut count = 0;
+    let mut bytes = 0u64;
+    while last + 1 + count < chunks.len() && bytes < PREFETCH_BYTES {
+        bytes += u64::from(chunks[last + 1 + count].len);
+        count += 1;
+    }
+    reader.prefetch_after(last, count);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::repo::{BackupStats, SnapshotKind};
+
+    fn manifest(id: &str, db: &str, time: &str) -> Arc<SnapshotManifest> {
+        let time = DateTime::parse_from_rfc3339(time)
+            .unwrap()
+            .with_timezone(&Utc);
+        Arc::new(SnapshotManifest {
+            id: id.into(),
+            time,
+            started: time,
+            finished: time,
+            db: db.into(),
+            kind: SnapshotKind::Dump,
+            hostname: "h".into(),
+            file_name: format!("{db}.dump"),
+            size_bytes: 10,
+            chunks: Vec::new(),
+            stats: BackupStats::default(),
+            dump_offsets_filled: false,
+            base: None,
+        })
+    }
+
+    fn tree() -> Tree {
+        Tree::build(
+            vec![
+                manifest("bb", "footdash", "2026-11-05T02:00:00Z"),
+                manifest("aa", "footdash", "2026-11-04T02:00:00Z"),
+                manifest("cc", "other", "2026-11-04T12:00:00Z"),
+                manifest("dd", "footdash", "2026-11-05T02:00:00Z"),
+            ],
+            HashSet::new(),
+        )
+    }
+
+    #[test]
+    fn names_are_stable_and_unique() {
+        let t = tree();
+        assert_eq!(t.order, ["aa", "cc", "bb", "dd"]);
+        let day = &t.by_date[&(2026, 11, 5)];
+        assert_eq!(
+            day.keys().collect::<Vec<_>>(),
+            ["020000Z-footdash-dump", "020000Z-footdash-dump-dd"]
+        );
+        assert_eq!(
+            t.by_db["footdash"].keys().next().unwrap(),
+            "2026-11-04T02:00:00Z-dump"
+        );
+        assert_eq!(
+            t.latest_target().unwrap(),
+            "by-date/2026/11/05/020000Z-footdash-dump-dd"
+        );
+        assert_eq!(t.newest_of_db("other").unwrap().m.id, "cc");
+    }
+
+    #[test]
+    fn at_picks_the_newest_point_at_or_before_per_file() {
+        let t = tree();
+        let at = |s: &str| {
+            t.at(parse_at(s).unwrap())
+                .into_iter()
+                .map(|(f, p)| format!("{f}={}", p.m.id))
+                .collect::<Vec<_>>()
+        };
+        assert!(at("2026-11-04T01:59:59Z").is_empty());
+        assert_eq!(at("2026-11-04T02:00:00Z"), ["footdash.dump=aa"]);
+        assert_eq!(
+            at("2026-11-04T13:00:00+01:00"),
+            ["footdash.dump=aa", "other.dump=cc"]
+        );
+        assert_eq!(
+            at("2030-01-01T00:00:00Z"),
+            ["footdash.dump=dd", "other.dump=cc"]
+        );
+        assert!(parse_at("yesterday").is_none());
+    }
+
+    #[test]
+    fn odd_names_stay_one_path_component() {
+        assert_eq!(safe_name("a/b"), "a_b");
+        assert_eq!(safe_name(".."), "__");
+        assert_eq!(safe_name(""), "_");
+    }
+}

@@ -1,0 +1,837 @@
+//! End-to-end tests of `pgvault mount` through real FUSE mounts (/dev/fuse, run as
+//! root here): the tree, byte-exact random and concurrent reads, pg_restore straight
+//! from the mount, backups appearing while mounted, corruption, and mountpoint trouble.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::fs::File;
+use std::io::{ErrorKind, Read};
+use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant, SystemTime};
+
+use common::mount::{is_mounted, signal, Mount};
+use common::pg::PgCluster;
+use common::vault::Vault;
+
+const PG_BINDIR: &str = "/usr/lib/postgresql/15/bin";
+
+/// Small chunks, so that every file spans hundreds of them.
+const SMALL_CHUNKS: &[&str] = &[
+    "--chunk-min",
+    "4096",
+    "--chunk-avg",
+    "16384",
+    "--chunk-max",
+    "65536",
+];
+
+/// Two real custom-format dumps (FootDash at two sizes), made once per build and
+/// kept in Cargo's scratch directory, so that tests needing only dump bytes do not
+/// each start PostgreSQL.
+struct Dumps {
+    footdash: PathBuf,
+    other: PathBuf,
+}
+
+fn dumps() -> &'static Dumps {
+    static DUMPS: OnceLock<Dumps> = OnceLock::new();
+    DUMPS.get_or_init(|| {
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("mount-fixture-v1");
+        let d = Dumps {
+            footdash: dir.join("footdash.dump"),
+            other: dir.join("other.dump"),
+        };
+        if !(d.footdash.exists() && d.other.exists()) {
+            std::fs::create_dir_all(&dir).unwrap();
+            let pg = PgCluster::start();
+            pg.create_footdash("footdash", 4);
+            pg.create_footdash("other", 2);
+            for (db, path) in [("footdash", &d.footdash), ("other", &d.other)] {
+                // Written aside and renamed, so an interrupted run leaves no half file.
+                let tmp = path.with_extension("partial");
+                pg.pg_dump_file(db, &tmp);
+                std::fs::rename(&tmp, path).unwrap();
+            }
+        }
+        d
+    })
+}
+
+fn small_chunk_vault() -> Vault {
+    let v = Vault::local();
+    v.init_with(SMALL_CHUNKS);
+    v
+}
+
+/// `backup --stdin` of a file as database `db` at `time`; returns the snapshot id.
+fn backup_at(v: &Vault, db: &str, file: &Path, time: &str) -> String {
+    let data = std::fs::read(file).unwrap();
+    let out = v
+        .run_stdin(
+            &["backup", "--stdin", "--db", db, "--time", time, "--json"],
+            &data,
+        )
+        .ok()
+        .json();
+    out["snapshot_id"].as_str().unwrap().to_string()
+}
+
+fn mountpoint(v: &Vault) -> PathBuf {
+    v.dir.path().join("mnt")
+}
+
+/// Reads up to `len` bytes at `offset`, looping over short reads until EOF.
+fn pread(f: &File, offset: u64, len: usize) -> std::io::Result<Vec<u8>> {
+    let mut buf = vec![0u8; len];
+    let mut got = 0;
+    while got < len {
+        let n = f.read_at(&mut buf[got..], offset + got as u64)?;
+        if n == 0 {
+            break;
+        }
+        got += n;
+    }
+    buf.truncate(got);
+    Ok(buf)
+}
+
+/// A small deterministic pseudo-random generator (xorshift), so failures repeat.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+}
+
+fn names(dir: &Path) -> BTreeSet<String> {
+    std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("list {}: {e}", dir.display()))
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect()
+}
+
+/// Retries `f` until it returns true or `patience` runs out.
+fn eventually(patience: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + patience;
+    loop {
+        if f() {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn system_time(rfc3339: &str) -> SystemTime {
+    chrono::DateTime::parse_from_rfc3339(rfc3339)
+        .unwrap()
+        .into()
+}
+
+fn by_date_dir(time: &str, db: &str) -> String {
+    // 2026-11-04T02:00:00Z -> by-date/2026/11/04/020000Z-<db>-dump
+    let (date, clock) = time.trim_end_matches('Z').split_once('T').unwrap();
+    let mut d = date.split('-');
+    format!(
+        "by-date/{}/{}/{}/{}Z-{db}-dump",
+        d.next().unwrap(),
+        d.next().unwrap(),
+        d.next().unwrap(),
+        clock.replace(':', "")
+    )
+}
+
+#[test]
+fn pg_restore_reads_dumps_straight_from_the_mount() {
+    let pg = PgCluster::start();
+    pg.create_footdash("footdash", 6);
+    let mut v = small_chunk_vault();
+    v.extra_env = pg.libpq_env();
+    v.extra_env
+        .push(("PGVAULT_PG_BINDIR".into(), PG_BINDIR.into()));
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("file.dump");
+    pg.pg_dump_file("footdash", &file);
+    let original = std::fs::read(&file).unwrap();
+    let from_file = v.backup_file("footdash", &file);
+    // pgvault runs pg_dump into a pipe: the stored dump gets its data offsets filled in.
+    let piped = v.run(&["backup", "--db", "footdash", "--json"]).ok().json();
+    assert_eq!(piped["dump_offsets_filled"], true, "{piped}");
+
+    let m = Mount::start(&v, &mountpoint(&v), &[]);
+    let first = format!(
+        "snapshots/{}/footdash.dump",
+        from_file["snapshot_id"].as_str().unwrap()
+    );
+    assert_eq!(
+        std::fs::read(m.join(&first)).unwrap(),
+        original,
+        "the mounted file must be the dump byte for byte"
+    );
+
+    let latest = m.join("latest/footdash.dump");
+    let list = pg
+        .command("pg_restore")
+        .arg("-l")
+        .arg(&latest)
+        .output()
+        .unwrap();
+    assert!(list.status.success(), "{list:?}");
+    let toc = String::from_utf8_lossy(&list.stdout);
+    assert!(toc.contains("TABLE DATA public users"), "{toc}");
+
+    let source = pg.row_counts("footdash");
+    pg.create_db("only_users");
+    let out = pg
+        .command("pg_restore")
+        .args(["-t", "users", "-d", "only_users"])
+        .arg(&latest)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        pg.row_counts("only_users"),
+        [("users".to_string(), source["users"])]
+            .into_iter()
+            .collect()
+    );
+
+    // -j needs a seekable file with data offsets: the whole point of the mount.
+    let at_now = format!(
+        "at/{}/footdash.dump",
+        chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+    );
+    pg.create_db("everything");
+    let out = pg
+        .command("pg_restore")
+        .args(["-j", "2", "-d", "everything"])
+        .arg(m.join(&at_now))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(pg.row_counts("everything"), source);
+    assert!(!m.log().contains("ERROR"), "{}", m.log());
+}
+
+#[test]
+fn random_offset_reads_are_byte_exact() {
+    let d = dumps();
+    let v = small_chunk_vault();
+    let id = backup_at(&v, "footdash", &d.footdash, "2026-11-04T02:00:00Z");
+    let original = std::fs::read(&d.footdash).unwrap();
+    let len = original.len() as u64;
+    let m = Mount::start(&v, &mountpoint(&v), &["--cache-size", "1MiB"]);
+    let paths = [
+        m.join("by-date/2026/11/04/020000Z-footdash-dump/footdash.dump"),
+        m.join("by-db/footdash/2026-11-04T02:00:00Z-dump/footdash.dump"),
+        m.join(&format!("snapshots/{id}/footdash.dump")),
+        m.join("at/2026-11-04T02:00:00Z/footdash.dump"),
+    ];
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    for round in 0..1500 {
+        // A fresh descriptor now and then: each open is a new handle in pgvault.
+        let f = File::open(&paths[round % paths.len()]).unwrap();
+        let offset = match rng.below(10) {
+            0 => len - rng.below(70_000).min(len), // near the end
+            1 => len + rng.below(100_000),         // past the end
+            2 => rng.below(200),                   // the header
+            _ => rng.below(len),
+        };
+        let size = match rng.below(4) {
+            0 => 1 + rng.below(16),
+            1 => 1 + rng.below(4096),
+            // Larger than the largest chunk: crosses several chunk boundaries.
+            _ => 1 + rng.below(300_000),
+        } as usize;
+        let got = pread(&f, offset, size).unwrap();
+        let start = offset.min(len) as usize;
+        let end = (offset + size as u64).min(len) as usize;
+        assert_eq!(
+            got.len(),
+            end - start,
+            "read of {size} at {offset} of a {len}-byte file"
+        );
+        assert!(
+            got == original[start..end],
+            "bytes differ reading {size} at {offset}"
+        );
+    }
+    assert_eq!(
+        std::fs::metadata(&paths[0]).unwrap().len(),
+        len,
+        "the size in stat is exact"
+    );
+}
+
+#[test]
+fn concurrent_readers_all_get_exact_bytes() {
+    let d = dumps();
+    let v = small_chunk_vault();
+    backup_at(&v, "footdash", &d.footdash, "2026-11-04T02:00:00Z");
+    backup_at(&v, "other", &d.other, "2026-11-04T03:00:00Z");
+    let m = Mount::start(&v, &mountpoint(&v), &["--cache-size", "2MiB"]);
+    let files = [
+        (
+            m.join("by-db/footdash/2026-11-04T02:00:00Z-dump/footdash.dump"),
+            std::fs::read(&d.footdash).unwrap(),
+        ),
+        (
+            m.join("by-db/other/2026-11-04T03:00:00Z-dump/other.dump"),
+            std::fs::read(&d.other).unwrap(),
+        ),
+    ];
+    std::thread::scope(|s| {
+        let mut workers = Vec::new();
+        for t in 0..8u64 {
+            let (path, want) = &files[(t % 3 == 2) as usize];
+            workers.push(s.spawn(move || {
+                if t < 2 {
+                    // Whole-file sequential readers, racing the random ones.
+                    let mut got = Vec::new();
+                    File::open(path).unwrap().read_to_end(&mut got).unwrap();
+                    assert!(got == *want, "sequential reader {t} got other bytes");
+                    return;
+                }
+                let f = File::open(path).unwrap();
+                let mut rng = Rng(t * 7919 + 1);
+                let len = want.len() as u64;
+                for _ in 0..300 {
+                    let offset = rng.below(len);
+                    let size = 1 + rng.below(200_000) as usize;
+                    let got = pread(&f, offset, size).unwrap();
+                    let end = (offset as usize + size).min(want.len());
+                    assert!(
+                        got == want[offset as usize..end],
+                        "reader {t}: bytes differ at {offset}+{size}"
+                    );
+                }
+            }));
+        }
+        for w in workers {
+            w.join().unwrap();
+        }
+    });
+}
+
+#[test]
+fn the_tree_shows_every_backup_point_read_only() {
+    let d = dumps();
+    let v = small_chunk_vault();
+    let a = backup_at(&v, "footdash", &d.footdash, "2026-11-04T02:00:00Z");
+    let b = backup_at(&v, "other", &d.other, "2026-11-05T14:30:05Z");
+    let m = Mount::start(&v, &mountpoint(&v), &[]);
+
+    assert_eq!(
+        names(&m.path),
+        ["at", "by-date", "by-db", "latest", "snapshots"]
+            .map(String::from)
+            .into()
+    );
+    assert_eq!(
+        std::fs::read_link(m.join("latest")).unwrap(),
+        Path::new("by-date/2026/11/05/143005Z-other-dump")
+    );
+    assert_eq!(
+        names(&m.join("by-date/2026/11")),
+        ["04", "05"].map(String::from).into()
+    );
+    let point_a = m.join(&by_date_dir("2026-11-04T02:00:00Z", "footdash"));
+    assert_eq!(
+        names(&point_a),
+        ["footdash.dump", "manifest.json"].map(String::from).into()
+    );
+    assert_eq!(
+        names(&m.join("by-db")),
+        ["footdash", "other"].map(String::from).into()
+    );
+    assert_eq!(
+        names(&m.join("by-db/other")),
+        ["latest", "2026-11-05T14:30:05Z-dump"]
+            .map(String::from)
+            .into()
+    );
+    assert_eq!(
+        std::fs::read_link(m.join("by-db/footdash/latest")).unwrap(),
+        Path::new("2026-11-04T02:00:00Z-dump")
+    );
+    assert_eq!(names(&m.join("snapshots")), [a.clone(), b.clone()].into());
+    assert_eq!(
+        std::fs::read(m.join("latest/other.dump")).unwrap(),
+        std::fs::read(&d.other).unwrap()
+    );
+
+    // stat: exact sizes, the backup point's time, read-only modes, our own uid.
+    let file = point_a.join("footdash.dump");
+    let md = std::fs::metadata(&file).unwrap();
+    assert_eq!(md.len(), std::fs::metadata(&d.footdash).unwrap().len());
+    assert_eq!(md.permissions().mode() & 0o7777, 0o444);
+    assert_eq!(md.modified().unwrap(), system_time("2026-11-04T02:00:00Z"));
+    let me = std::fs::metadata("/proc/self").unwrap();
+    assert_eq!((md.uid(), md.gid()), (me.uid(), me.gid()));
+    let dir = std::fs::metadata(&point_a).unwrap();
+    assert!(dir.is_dir());
+    assert_eq!(dir.permissions().mode() & 0o7777, 0o555);
+
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(point_a.join("manifest.json")).unwrap()).unwrap();
+    assert_eq!(manifest["id"], a.as_str());
+    assert_eq!(manifest["db"], "footdash");
+    assert_eq!(manifest["kind"], "dump");
+    assert_eq!(manifest["time"], "2026-11-04T02:00:00Z");
+    assert_eq!(manifest["size_bytes"].as_u64().unwrap(), md.len());
+    assert!(manifest["chunk_count"].as_u64().unwrap() > 50, "{manifest}");
+    assert_eq!(
+        std::fs::metadata(point_a.join("manifest.json"))
+            .unwrap()
+            .len(),
+        std::fs::read(point_a.join("manifest.json")).unwrap().len() as u64
+    );
+
+    // Nothing can be written, created, renamed or removed.
+    let erofs = |r: std::io::Result<()>, what: &str| {
+        let e = r.expect_err(what);
+        assert_eq!(e.raw_os_error(), Some(libc_erofs()), "{what}: {e}");
+    };
+    erofs(
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&file)
+            .map(drop),
+        "open for writing",
+    );
+    erofs(std::fs::write(m.join("new-file"), b"x"), "create");
+    erofs(std::fs::create_dir(m.join("new-dir")), "mkdir");
+    erofs(std::fs::remove_file(&file), "unlink");
+    erofs(std::fs::rename(&file, point_a.join("moved.dump")), "rename");
+    erofs(
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)),
+        "chmod",
+    );
+    assert!(!m.log().contains("ERROR"), "{}", m.log());
+}
+
+/// EROFS without a libc dependency in the tests.
+fn libc_erofs() -> i32 {
+    30
+}
+
+#[test]
+fn at_resolves_the_newest_point_at_or_before_a_time() {
+    let d = dumps();
+    let v = small_chunk_vault();
+    let footdash = std::fs::read(&d.footdash).unwrap();
+    let other = std::fs::read(&d.other).unwrap();
+    backup_at(&v, "footdash", &d.footdash, "2026-11-04T02:00:00Z");
+    backup_at(&v, "other", &d.other, "2026-11-05T02:00:00Z");
+    // A later footdash point, with other bytes so that the two can be told apart.
+    backup_at(&v, "footdash", &d.other, "2026-11-06T02:00:00Z");
+    let m = Mount::start(&v, &mountpoint(&v), &[]);
+
+    let at = |t: &str| m.join(&format!("at/{t}"));
+    let missing = std::fs::read_dir(at("2026-11-04T01:59:59Z")).unwrap_err();
+    assert_eq!(missing.kind(), ErrorKind::NotFound, "before every point");
+    assert_eq!(
+        std::fs::read_dir(at("not-a-time")).unwrap_err().kind(),
+        ErrorKind::NotFound
+    );
+
+    // Exactly at the first point, and between the first and second (another zone).
+    for t in ["2026-11-04T02:00:00Z", "2026-11-05T01:00:00+01:00"] {
+        assert_eq!(names(&at(t)), ["footdash.dump".to_string()].into(), "{t}");
+        assert!(std::fs::read(at(t).join("footdash.dump")).unwrap() == footdash);
+    }
+    // Between the second and third, with fractional seconds.
+    let t = "2026-11-05T12:00:00.5Z";
+    assert_eq!(
+        names(&at(t)),
+        ["footdash.dump", "other.dump"].map(String::from).into()
+    );
+    assert!(std::fs::read(at(t).join("footdash.dump")).unwrap() == footdash);
+    assert!(std::fs::read(at(t).join("other.dump")).unwrap() == other);
+    // After the last: the newest footdash point.
+    let t = "2030-01-01T00:00:00Z";
+    assert!(std::fs::read(at(t).join("footdash.dump")).unwrap() == other);
+    assert!(std::fs::read(at(t).join("other.dump")).unwrap() == other);
+    assert_eq!(
+        std::fs::metadata(at(t).join("footdash.dump"))
+            .unwrap()
+            .modified()
+            .unwrap(),
+        system_time("2026-11-06T02:00:00Z")
+    );
+    // Listing at/ shows the times worth asking for.
+    assert_eq!(
+        names(&m.join("at")),
+        [
+            "2026-11-04T02:00:00Z",
+            "2026-11-05T02:00:00Z",
+            "2026-11-06T02:00:00Z"
+        ]
+        .map(String::from)
+        .into()
+    );
+}
+
+#[test]
+fn a_backup_made_while_mounted_shows_up() {
+    let d = dumps();
+    let v = small_chunk_vault();
+    backup_at(&v, "footdash", &d.footdash, "2026-11-04T02:00:00Z");
+    let m = Mount::start(&v, &mountpoint(&v), &[]);
+    assert_eq!(names(&m.join("by-date/2026/11")), ["04".to_string()].into());
+    let far = m.join("at/2031-01-01T00:00:00Z/footdash.dump");
+    assert!(std::fs::read(&far).unwrap() == std::fs::read(&d.footdash).unwrap());
+
+    let id = backup_at(&v, "footdash", &d.other, "2026-11-07T09:15:00Z");
+    let new_dir = by_date_dir("2026-11-07T09:15:00Z", "footdash");
+    assert!(
+        eventually(Duration::from_secs(10), || m.join(&new_dir).is_dir()),
+        "{new_dir} did not appear"
+    );
+    assert_eq!(
+        names(&m.join("by-date/2026/11")),
+        ["04", "07"].map(String::from).into()
+    );
+    assert!(names(&m.join("by-db/footdash")).contains("2026-11-07T09:15:00Z-dump"));
+    assert!(names(&m.join("snapshots")).contains(&id));
+    assert!(names(&m.join("at")).contains("2026-11-07T09:15:00Z"));
+    assert!(eventually(Duration::from_secs(5), || {
+        std::fs::read_link(m.join("latest")).ok() == Some(PathBuf::from(&new_dir))
+    }));
+    let other = std::fs::read(&d.other).unwrap();
+    assert!(std::fs::read(m.join("latest/footdash.dump")).unwrap() == other);
+    assert!(eventually(Duration::from_secs(5), || {
+        std::fs::read(&far).ok().as_ref() == Some(&other)
+    }));
+}
+
+#[test]
+fn a_corrupted_chunk_gives_eio_and_a_log_line_never_wrong_bytes() {
+    let d = dumps();
+    let v = small_chunk_vault();
+    let id = backup_at(&v, "footdash", &d.footdash, "2026-11-04T02:00:00Z");
+    let original = std::fs::read(&d.footdash).unwrap();
+    // Flip one byte in the sealed part of a chunk from the middle of the list.
+    let chunks = v.objects("chunks");
+    let victim = &chunks[chunks.len() / 2];
+    let mut bytes = std::fs::read(victim).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x40;
+    std::fs::write(victim, &bytes).unwrap();
+    let chunk_hex = victim.file_name().unwrap().to_string_lossy().into_owned();
+
+    let m = Mount::start(&v, &mountpoint(&v), &[]);
+    let f = File::open(m.join("latest/footdash.dump")).unwrap();
+    const PAGE: usize = 4096;
+    let mut bad_pages = Vec::new();
+    for (i, want) in original.chunks(PAGE).enumerate() {
+        match pread(&f, (i * PAGE) as u64, PAGE) {
+            Ok(got) => assert!(got == want, "page {i} read back other bytes"),
+            Err(e) => {
+                assert_eq!(e.raw_os_error(), Some(5), "page {i}: {e}");
+                bad_pages.push(i);
+            }
+        }
+    }
+    assert!(
+        !bad_pages.is_empty(),
+        "the damaged chunk must not read back"
+    );
+    // Only the pages the damaged chunk (at most 64 KiB) touches fail, wherever the
+    // chunk occurs in the file.
+    let runs = bad_pages.windows(2).filter(|w| w[1] != w[0] + 1).count() + 1;
+    eprintln!(
+        "{} of {} pages failed, in {runs} runs",
+        bad_pages.len(),
+        original.len().div_ceil(PAGE)
+    );
+    assert!(
+        bad_pages.len() <= runs * (65536 / PAGE + 2),
+        "{} pages failed in {runs} runs",
+        bad_pages.len()
+    );
+    let mut all = Vec::new();
+    let e = File::open(m.join("latest/footdash.dump"))
+        .unwrap()
+        .read_to_end(&mut all)
+        .unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(5), "{e}");
+    let log = m.log();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("ERROR") && l.contains(&chunk_hex) && l.contains(&id)),
+        "the log must name the snapshot and the chunk:\n{log}"
+    );
+}
+
+#[test]
+fn an_unreadable_manifest_leaves_only_its_snapshot_out() {
+    let d = dumps();
+    let v = small_chunk_vault();
+    let good = backup_at(&v, "footdash", &d.footdash, "2026-11-04T02:00:00Z");
+    let bad = backup_at(&v, "other", &d.other, "2026-11-05T02:00:00Z");
+    let object = v.repo_path().join("snapshots").join(&bad);
+    let mut bytes = std::fs::read(&object).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 1;
+    std::fs::write(&object, &bytes).unwrap();
+    // Without the index cache, which still holds the intact copy, the store decides.
+    std::fs::remove_dir_all(&v.cache).unwrap();
+    let m = Mount::start(&v, &mountpoint(&v), &[]);
+    assert_eq!(names(&m.join("snapshots")), [good].into());
+    assert!(
+        std::fs::read(m.join("latest/footdash.dump")).unwrap()
+            == std::fs::read(&d.footdash).unwrap()
+    );
+    let log = m.log();
+    assert!(
+        log.lines().any(|l| l.contains("ERROR") && l.contains(&bad)),
+        "the log must name the unreadable snapshot:\n{log}"
+    );
+}
+
+#[test]
+fn mountpoint_problems_are_explained() {
+    let v = small_chunk_vault();
+    let mp = mountpoint(&v);
+
+    let e = v.run(&["mount", mp.to_str().unwrap()]).fails();
+    assert!(e.contains("does not exist") && e.contains("mnt"), "{e}");
+    let file = v.dir.path().join("a-file");
+    std::fs::write(&file, b"x").unwrap();
+    let e = v.run(&["mount", file.to_str().unwrap()]).fails();
+    assert!(e.contains("not a directory"), "{e}");
+
+    // An empty repository mounts, with nothing in it yet.
+    let mut first = Mount::start(&v, &mp, &[]);
+    assert_eq!(
+        names(&mp),
+        ["at", "by-date", "by-db", "snapshots"]
+            .map(String::from)
+            .into()
+    );
+    let e = v.run(&["mount", mp.to_str().unwrap()]).fails();
+    assert!(e.contains("busy") && e.contains("already mounted"), "{e}");
+
+    // SIGTERM unmounts cleanly.
+    signal(first.pid(), "TERM");
+    assert!(first.wait_exit(Duration::from_secs(10)).success());
+    assert!(!is_mounted(&first.path));
+    drop(first);
+
+    // A crashed mount leaves a stale mountpoint; mounting again says how to clear it.
+    let mut crashed = Mount::start(&v, &mp, &[]);
+    signal(crashed.pid(), "KILL");
+    crashed.wait_exit(Duration::from_secs(10));
+    assert!(is_mounted(&mp));
+    let e = v.run(&["mount", mp.to_str().unwrap()]).fails();
+    assert!(
+        e.contains("stale") && e.contains(&format!("fusermount3 -uz {}", mp.display())),
+        "{e}"
+    );
+    let cleared = std::process::Command::new("fusermount3")
+        .args(["-u", "-z"])
+        .arg(&mp)
+        .status()
+        .unwrap();
+    assert!(cleared.success());
+    drop(crashed);
+    let _again = Mount::start(&v, &mp, &[]);
+}
+
+#[test]
+fn sigterm_with_a_file_open_detaches_and_serves_until_it_is_closed() {
+    let d = dumps();
+    let v = small_chunk_vault();
+    backup_at(&v, "footdash", &d.footdash, "2026-11-04T02:00:00Z");
+    let original = std::fs::read(&d.footdash).unwrap();
+    let mut m = Mount::start(&v, &mountpoint(&v), &[]);
+    let f = File::open(m.join("latest/footdash.dump")).unwrap();
+    signal(m.pid(), "TERM");
+    assert!(
+        eventually(Duration::from_secs(10), || !is_mounted(&m.path)),
+        "the busy mount should be detached"
+    );
+    // The open file still reads, byte for byte.
+    let mid = original.len() as u64 / 2;
+    assert!(pread(&f, mid, 100_000).unwrap() == original[mid as usize..mid as usize + 100_000]);
+    assert!(m.child.as_mut().unwrap().try_wait().unwrap().is_none());
+    drop(f);
+    assert!(m.wait_exit(Duration::from_secs(10)).success());
+    assert!(m.log().contains("busy"), "{}", m.log());
+}
+
+/// uid and gid of an OS user, from /etc/passwd.
+fn os_user(name: &str) -> Option<(u32, u32)> {
+    std::fs::read_to_string("/etc/passwd")
+        .ok()?
+        .lines()
+        .find_map(|l| {
+            let f: Vec<&str> = l.split(':').collect();
+            (f.first() == Some(&name)).then(|| Some((f[2].parse().ok()?, f[3].parse().ok()?)))?
+        })
+}
+
+#[test]
+fn only_allow_other_lets_other_users_in() {
+    use std::os::unix::process::CommandExt;
+    if std::fs::metadata("/proc/self").unwrap().uid() != 0 {
+        eprintln!("skipped: needs root to act as another user");
+        return;
+    }
+    let (uid, gid) = os_user("postgres").expect("a postgres OS user");
+    let d = dumps();
+    let v = small_chunk_vault();
+    backup_at(&v, "footdash", &d.footdash, "2026-11-04T02:00:00Z");
+    // The other user must be able to reach the mountpoint at all.
+    std::fs::set_permissions(v.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let read_as_other = |path: &Path| {
+        std::process::Command::new("head")
+            .args(["-c", "5"])
+            .arg(path)
+            .uid(uid)
+            .gid(gid)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .output()
+            .unwrap()
+    };
+    let private = Mount::start(&v, &mountpoint(&v), &[]);
+    let out = read_as_other(&private.join("latest/footdash.dump"));
+    assert!(!out.status.success(), "{out:?}");
+    drop(private);
+    let shared = Mount::start(&v, &mountpoint(&v), &["--allow-other"]);
+    let out = read_as_other(&shared.join("latest/footdash.dump"));
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(out.stdout, b"PGDMP");
+}
+
+#[test]
+fn the_mount_helper_mounts_in_the_background() {
+    let d = dumps();
+    let v = small_chunk_vault();
+    backup_at(&v, "footdash", &d.footdash, "2026-11-04T02:00:00Z");
+    let mp = mountpoint(&v);
+    std::fs::create_dir_all(&mp).unwrap();
+    let pass = v.dir.path().join("pass");
+    std::fs::write(&pass, format!("{}\n", v.password)).unwrap();
+    let helper = Path::new(env!("CARGO_MANIFEST_DIR")).join("mount/mount.pgvault");
+    let bin_dir = common::vault::bin().parent().unwrap().to_path_buf();
+    let path = format!(
+        "{}:{}",
+        bin_dir.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let log = v.dir.path().join("helper.log");
+    let opts = format!(
+        "rw,password_file={},cache_dir={},cache_size=64MiB,log={}",
+        pass.display(),
+        v.cache.display(),
+        log.display()
+    );
+    // As mount(8) calls it: mount.pgvault SOURCE DIR -o OPTIONS.
+    let out = std::process::Command::new(&helper)
+        .arg(&v.repo)
+        .arg(&mp)
+        .args(["-o", &opts])
+        .env("PATH", &path)
+        .env_remove("PGVAULT_PASSWORD")
+        .env_remove("PGVAULT_REPO")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let guard = Mount::adopt(&mp, log.clone());
+    assert!(
+        out.status.success(),
+        "mount.pgvault failed: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    // It returned only once the mount was up, leaving pgvault running.
+    assert!(is_mounted(&guard.path));
+    assert!(
+        std::fs::read(mp.join("latest/footdash.dump")).unwrap()
+            == std::fs::read(&d.footdash).unwrap()
+    );
+    let umount = std::process::Command::new("umount")
+        .arg(&mp)
+        .status()
+        .unwrap();
+    assert!(umount.success());
+    assert!(!is_mounted(&guard.path));
+    // A bad option is refused before anything starts.
+    let out = std::process::Command::new(&helper)
+        .arg(&v.repo)
+        .arg(&mp)
+        .args(["-o", "no_such_option=1"])
+        .env("PATH", &path)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no_such_option"),
+        "{out:?}"
+    );
+}
+
+#[test]
+fn a_base_backup_shows_as_base_tar() {
+    let pg = PgCluster::start();
+    let mut v = Vault::init_local();
+    v.extra_env = pg.libpq_env();
+    v.extra_env
+        .push(("PGVAULT_PG_BINDIR".into(), PG_BINDIR.into()));
+    let b = v.run(&["backup", "--base", "--json"]).ok().json();
+    let id = b["snapshot_id"].as_str().unwrap().to_string();
+    let m = Mount::start(&v, &mountpoint(&v), &[]);
+
+    let point = m.join(&format!("snapshots/{id}"));
+    assert_eq!(
+        names(&point),
+        ["base.tar", "manifest.json"].map(String::from).into()
+    );
+    let target = std::fs::read_link(m.join("latest")).unwrap();
+    assert!(
+        target.to_string_lossy().ends_with("-cluster-base"),
+        "{target:?}"
+    );
+    // The tar stream reads back whole: tar lists the data directory from the mount.
+    let tar = m.join("latest/base.tar");
+    assert_eq!(
+        std::fs::read(&tar).unwrap(),
+        v.cat(&id),
+        "the mounted tar is the stored stream"
+    );
+    let list = std::process::Command::new("tar")
+        .arg("-tf")
+        .arg(&tar)
+        .output()
+        .unwrap();
+    assert!(list.status.success(), "{list:?}");
+    assert!(String::from_utf8_lossy(&list.stdout)
+        .lines()
+        .any(|l| l.trim_start_matches("./") == "PG_VERSION"));
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(point.join("manifest.json")).unwrap()).unwrap();
+    assert_eq!(manifest["kind"], "base");
+    assert_eq!(manifest["base"]["pg_version"], "15", "{manifest}");
+    let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    assert_eq!(
+        names(&m.join(&format!("at/{now}"))),
+        ["base.tar".to_string()].into()
+    );
+}

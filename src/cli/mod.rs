@@ -2,6 +2,7 @@
 //! results for people or as JSON, and turns errors into exit codes. No logic lives here.
 
 mod output;
+mod retention;
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -13,6 +14,7 @@ use crate::backend::local::LocalBackend;
 use crate::backend::Backend;
 use crate::error::{Error, ErrorKind, Result};
 use crate::pg::{ConnectOptions, PgDump};
+use crate::repo::lock::{LockGuard, LockKind};
 use crate::repo::writer::{NoProgress, Progress, SnapshotMeta};
 use crate::repo::{InitOptions, Repository, SnapshotKind};
 
@@ -70,6 +72,8 @@ pub enum Command {
         #[command(subcommand)]
         command: IndexCommand,
     },
+    #[command(flatten)]
+    Retention(retention::RetentionCommand),
 }
 
 /// `pgvault init`.
@@ -120,6 +124,9 @@ pub struct BackupArgs {
     /// Print the result as JSON
     #[arg(long)]
     pub json: bool,
+    /// How long to wait for a prune holding the repository before giving up
+    #[arg(long, env = "PGVAULT_LOCK_WAIT", value_name = "DURATION", default_value = "10m", value_parser = retention::duration_arg)]
+    pub lock_wait: std::time::Duration,
     /// Print help
     #[arg(long, action = clap::ArgAction::Help)]
     pub help: Option<bool>,
@@ -264,11 +271,19 @@ async fn run(cli: Cli) -> Result<()> {
             );
             Ok(())
         }
+        Command::Retention(c) => retention::run(g, c).await,
     }
 }
 
 async fn backup(g: &GlobalArgs, a: &BackupArgs) -> Result<()> {
     let repo = open_repo(g).await?;
+    // Held from before the chunk cache is read until after the manifest is written.
+    let lock = repo.lock(LockKind::Shared, "backup", a.lock_wait).await?;
+    let result = backup_locked(&repo, a, &lock).await;
+    retention::release(lock, result).await
+}
+
+async fn backup_locked(repo: &Repository, a: &BackupArgs, lock: &LockGuard) -> Result<()> {
     let tty = std::io::stderr().is_terminal() && std::io::stdout().is_terminal();
     let meta = SnapshotMeta {
         db: a.db.clone(),
@@ -306,6 +321,7 @@ async fn backup(g: &GlobalArgs, a: &BackupArgs) -> Result<()> {
             }
         }
     };
+    lock.ensure_held().await?;
     let m = pending.commit().await?;
     if a.json {
         output::print_json(&output::backup_json(&m));

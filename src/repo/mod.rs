@@ -1,8 +1,11 @@
 //! The repository: keys, chunks and snapshots on top of any backend.
 
 pub mod format;
+pub mod lock;
 pub mod manifest;
+pub mod prune;
 pub mod reader;
+pub mod retention;
 pub mod writer;
 
 use std::sync::Arc;

@@ -227,6 +227,22 @@ fn forget_then_prune_frees_exactly_the_dry_run_figure_and_survivors_read_back() 
         "grouped by db: {dry}"
     );
     assert_eq!(v.snapshots().len(), 4, "a dry run removes nothing");
+    let dry_pair = v
+        .run(&[
+            "forget",
+            "--keep-last",
+            "2",
+            "--prune",
+            "--dry-run",
+            "--json",
+        ])
+        .ok()
+        .json();
+    assert_eq!(
+        dry_pair["prune"]["bytes_freed"].as_u64().unwrap(),
+        unique0,
+        "{dry_pair}"
+    );
     let human = v
         .run(&["forget", "--keep-last", "2", "--dry-run"])
         .ok()

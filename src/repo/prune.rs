@@ -94,6 +94,10 @@ pub struct PrunePlan {
 }
 
 /// Every chunk the manifests reference.
+///
+/// When delta chunks land (DESIGN.md), a delta's base must count as referenced while
+/// the delta does; the manifests should then name each chunk's base so that this stays
+/// free of chunk downloads.
 pub fn referenced_chunks<'a>(
     manifests: impl IntoIterator<Item = &'a SnapshotManifest>,
 ) -> HashSet<ChunkId> {
@@ -291,6 +295,17 @@ impl Repository {
         opts: &PruneOptions,
         held: Option<&LockGuard>,
     ) -> Result<PruneReport> {
+        self.prune_excluding(opts, held, &HashSet::new()).await
+    }
+
+    /// [`Repository::prune_with`], counting the snapshots in `excluded` as already
+    /// forgotten: how `forget --dry-run --prune` reports what the real pair would free.
+    pub(super) async fn prune_excluding(
+        &self,
+        opts: &PruneOptions,
+        held: Option<&LockGuard>,
+        excluded: &HashSet<String>,
+    ) -> Result<PruneReport> {
         let own = if opts.dry_run || held.is_some() {
             None
         } else {
@@ -299,7 +314,9 @@ impl Repository {
                     .await?,
             )
         };
-        let result = self.prune_locked(opts, held.or(own.as_ref())).await;
+        let result = self
+            .prune_locked(opts, held.or(own.as_ref()), excluded)
+            .await;
         if let Some(g) = own {
             let released = g.release().await;
             if result.is_ok() {
@@ -313,6 +330,7 @@ impl Repository {
         &self,
         opts: &PruneOptions,
         lock: Option<&LockGuard>,
+        excluded: &HashSet<String>,
     ) -> Result<PruneReport> {
         let started = Instant::now();
         let start = chrono::Utc::now();
@@ -347,7 +365,8 @@ impl Repository {
         let listing = self.backend().list_stat("chunks/").await?;
         // WAL manifests (wal/<timeline>/<name>, issue 5) reference chunks too and must
         // be added to the references here when they land.
-        let snaps = self.snapshots().await?;
+        let mut snaps = self.snapshots().await?;
+        snaps.retain(|m| !excluded.contains(&m.id));
         let referenced = referenced_chunks(&snaps);
         let snapshot_count = snaps.len();
         drop(snaps);

@@ -549,7 +549,16 @@ impl Repository {
                         dry_run,
                         ..opts.clone()
                     };
-                    Some(self.prune_with(&opts, lock.as_ref()).await?)
+                    // A dry run has deleted no manifest: count the planned ones out.
+                    let forgotten: std::collections::HashSet<String> = if dry_run {
+                        plan.to_remove().map(|m| m.id.clone()).collect()
+                    } else {
+                        Default::default()
+                    };
+                    Some(
+                        self.prune_excluding(&opts, lock.as_ref(), &forgotten)
+                            .await?,
+                    )
                 }
                 None => None,
             };

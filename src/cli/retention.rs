@@ -142,12 +142,17 @@ pub fn duration_arg(s: &str) -> std::result::Result<Duration, String> {
 }
 
 /// Releases a lock after `result`, reporting the first error.
+///
+/// Errors: `result`'s error, else a backend error from removing the lock.
 pub async fn release(lock: LockGuard, result: Result<()>) -> Result<()> {
     let released = lock.release().await;
     result.and(released)
 }
 
 /// Runs one retention subcommand.
+///
+/// Errors: whatever the repository operation returns (`Locked`, `InvalidInput` for a
+/// refused policy, backend errors).
 pub async fn run(g: &GlobalArgs, cmd: &RetentionCommand) -> Result<()> {
     match cmd {
         RetentionCommand::Forget(a) => forget(g, a).await,
@@ -378,13 +383,14 @@ fn print_forget(out: &ForgetOutcome, dry_run: bool) {
                 .map(|r| r.as_str())
                 .collect::<Vec<_>>()
                 .join(", ");
-            println!(
+            let line = format!(
                 "  {:<6}  {}  {}  {}",
                 if d.keep() { "keep" } else { "remove" },
                 d.snapshot.short_id(),
                 rfc3339(&d.snapshot.time),
                 reasons
             );
+            println!("{}", line.trim_end());
         }
     }
     let total = plan.to_keep().count() + plan.to_remove().count();

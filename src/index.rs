@@ -19,6 +19,9 @@ use crate::error::{Error, Result};
 /// How long a command waits for another process's index batch before going without.
 const OPEN_PATIENCE: Duration = Duration::from_secs(5);
 
+/// Key in the `meta` tree: the repository's prune generation the chunk cache belongs to.
+const PRUNE_GENERATION: &[u8] = b"prune_generation";
+
 /// The index of one repository, found by the repository's id under the cache directory.
 #[derive(Debug, Clone)]
 pub struct Index {
@@ -122,6 +125,45 @@ impl Index {
     pub fn known_chunks(&self) -> Result<KnownChunks> {
         let ids = self.with_db(|db| {
             let tree = db.open_tree("chunks")?;
+            let mut ids = HashSet::with_capacity(tree.len());
+            for kv in tree.iter() {
+                let (k, _) = kv?;
+                if let Ok(arr) = <[u8; 32]>::try_from(&k[..]) {
+                    ids.insert(ChunkId(arr));
+                }
+            }
+            Ok(ids)
+        })?;
+        Ok(KnownChunks {
+            ids: ids.unwrap_or_default(),
+        })
+    }
+
+    /// Like [`Index::known_chunks`], but trusted only while the repository's prune
+    /// generation (see `repo::prune`) is the one this cache last saw: a prune on
+    /// another machine may have deleted chunks this cache still lists, and a backup
+    /// that skipped uploading one of them would commit a snapshot with a hole in it.
+    /// When the generation differs the chunk cache is dropped (the backup then asks
+    /// the backend for each chunk) and the new generation is recorded, in the same
+    /// batch. Empty when the index is busy.
+    ///
+    /// Errors: `Io` when the index is unreadable and cannot be recreated.
+    pub fn known_chunks_at(&self, generation: &str) -> Result<KnownChunks> {
+        let ids = self.with_db(|db| {
+            let meta = db.open_tree("meta")?;
+            let tree = db.open_tree("chunks")?;
+            let seen = meta.get(PRUNE_GENERATION)?;
+            if seen.as_deref() != Some(generation.as_bytes()) {
+                if !tree.is_empty() {
+                    tracing::info!(
+                        "Repository was pruned since index {} was written: dropping its chunk cache",
+                        self.path.display()
+                    );
+                }
+                tree.clear()?;
+                meta.insert(PRUNE_GENERATION, generation.as_bytes())?;
+                return Ok(HashSet::new());
+            }
             let mut ids = HashSet::with_capacity(tree.len());
             for kv in tree.iter() {
                 let (k, _) = kv?;

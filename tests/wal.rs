@@ -311,3 +311,78 @@ fn a_failing_pg_basebackup_leaves_nothing_behind() {
     assert_eq!(v.objects("snapshots"), Vec::<std::path::PathBuf>::new());
     let _ = (pg, before);
 }
+
+#[test]
+fn wal_retention_follows_the_surviving_base_backups_and_prune_keeps_wal_chunks() {
+    let (pg, v) = archiving_cluster();
+    pg.create_footdash("footdash", 1);
+    v.run(&["backup", "--base"]).ok();
+    pg.footdash_day("footdash", 1);
+    switch_and_wait_archived(&pg);
+    pg.footdash_day("footdash", 2);
+    switch_and_wait_archived(&pg);
+    let second = v.run(&["backup", "--base", "--json"]).ok().json();
+    pg.footdash_day("footdash", 3);
+    let last = switch_and_wait_archived(&pg);
+    let before = v.run(&["wal", "list", "--json"]).ok().json();
+    let first_before = before["timelines"][0]["ranges"][0]["first"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    let dry = v
+        .run(&[
+            "forget",
+            "--keep-last",
+            "1",
+            "--kind",
+            "base",
+            "--prune",
+            "--dry-run",
+            "--json",
+        ])
+        .ok()
+        .json();
+    let wal_planned = dry["wal_files_removed"].as_u64().unwrap();
+    assert!(wal_planned > 0, "{dry}");
+    let real = v
+        .run(&[
+            "forget",
+            "--keep-last",
+            "1",
+            "--kind",
+            "base",
+            "--prune",
+            "--json",
+        ])
+        .ok()
+        .json();
+    assert_eq!(real["wal_files_removed"].as_u64().unwrap(), wal_planned);
+    assert_eq!(
+        real["prune"]["bytes_freed"], dry["prune"]["bytes_freed"],
+        "{real}\n{dry}"
+    );
+
+    // What remains starts where the surviving base backup starts, and nothing it
+    // needs lost its chunks.
+    let after = v.run(&["wal", "list", "--json"]).ok().json();
+    let first_after = after["timelines"][0]["ranges"][0]["first"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(first_after > first_before, "{after}");
+    let start_lsn = second["base"]["start_lsn"].as_str().unwrap();
+    let start_seg = pg.psql(
+        "postgres",
+        &format!("SELECT pg_walfile_name('{start_lsn}')"),
+    );
+    assert!(first_after <= start_seg, "{first_after} > {start_seg}");
+    assert_eq!(
+        after["timelines"][0]["ranges"][0]["last"].as_str().unwrap(),
+        last
+    );
+    v.run(&["check", "--read-data"]).ok();
+
+    let restored = restore_and_start(&v, &["--latest"]);
+    assert_eq!(restored.row_counts("footdash"), pg.row_counts("footdash"));
+}

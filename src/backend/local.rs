@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
-use super::{Backend, ObjectInfo};
+use super::{Backend, ObjectInfo, ObjectStat};
 use crate::error::{Error, Result};
 
 /// Objects as files under a root directory.
@@ -90,7 +90,7 @@ fn write_durably(dest: &Path, data: &[u8], exclusive: bool) -> Result<bool> {
     result
 }
 
-fn walk(dir: &Path, rel: &str, out: &mut Vec<ObjectInfo>) -> Result<()> {
+fn walk(dir: &Path, rel: &str, out: &mut Vec<ObjectStat>) -> Result<()> {
     let entries = match fs::read_dir(dir) {
         Ok(e) => e,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
@@ -108,15 +108,22 @@ fn walk(dir: &Path, rel: &str, out: &mut Vec<ObjectInfo>) -> Result<()> {
         } else {
             format!("{rel}/{name}")
         };
-        let meta = entry
-            .metadata()
-            .map_err(|e| Error::io_path("stat", &entry.path(), e))?;
+        let meta = match entry.metadata() {
+            Ok(m) => m,
+            // Deleted (by forget or prune) between reading the directory and now.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(Error::io_path("stat", &entry.path(), e)),
+        };
         if meta.is_dir() {
             walk(&entry.path(), &key, out)?;
         } else {
-            out.push(ObjectInfo {
+            out.push(ObjectStat {
                 key,
                 size_bytes: meta.len(),
+                modified: meta
+                    .modified()
+                    .ok()
+                    .map(chrono::DateTime::<chrono::Utc>::from),
             });
         }
     }
@@ -166,6 +173,18 @@ impl Backend for LocalBackend {
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>> {
+        Ok(self
+            .list_stat(prefix)
+            .await?
+            .into_iter()
+            .map(|o| ObjectInfo {
+                key: o.key,
+                size_bytes: o.size_bytes,
+            })
+            .collect())
+    }
+
+    async fn list_stat(&self, prefix: &str) -> Result<Vec<ObjectStat>> {
         // Keys are directory paths, so walk the deepest directory the prefix names
         // and filter the rest by string prefix.
         let dir_part = match prefix.rfind('/') {

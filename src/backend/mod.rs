@@ -19,6 +19,19 @@ pub struct ObjectInfo {
     pub size_bytes: u64,
 }
 
+/// One object with its last-modified time, for decisions that depend on age (prune's
+/// grace period, stale locks).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectStat {
+    /// The key relative to the repository root.
+    pub key: String,
+    /// The stored size in bytes.
+    pub size_bytes: u64,
+    /// When the store last wrote the object, by the store's clock; `None` when the
+    /// backend cannot tell.
+    pub modified: Option<chrono::DateTime<chrono::Utc>>,
+}
+
 /// The object store under a repository.
 #[async_trait]
 pub trait Backend: Send + Sync + std::fmt::Debug {
@@ -51,6 +64,24 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     ///
     /// Errors: `Unavailable` or `Io` when the store cannot be listed.
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>>;
+
+    /// Like [`Backend::list`], with each object's last-modified time where the store
+    /// knows it. The default knows none; backends that can tell (a file's mtime, S3's
+    /// `LastModified`) override it.
+    ///
+    /// Errors: `Unavailable` or `Io` when the store cannot be listed.
+    async fn list_stat(&self, prefix: &str) -> Result<Vec<ObjectStat>> {
+        Ok(self
+            .list(prefix)
+            .await?
+            .into_iter()
+            .map(|o| ObjectStat {
+                key: o.key,
+                size_bytes: o.size_bytes,
+                modified: None,
+            })
+            .collect())
+    }
 
     /// Removes an object; removing a missing object is not an error.
     ///

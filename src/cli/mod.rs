@@ -2,6 +2,7 @@
 //! results for people or as JSON, and turns errors into exit codes. No logic lives here.
 
 mod output;
+mod retention;
 mod verify;
 mod wal;
 
@@ -17,6 +18,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::fuse::MountOptions;
 use crate::pg::basebackup::BaseTarInspector;
 use crate::pg::{ConnectOptions, DumpStreamInspector};
+use crate::repo::lock::{LockGuard, LockKind};
 use crate::repo::writer::{NoProgress, Progress, SnapshotMeta, StreamInspector};
 use crate::repo::{InitOptions, Repository, SnapshotKind};
 use crate::vfs::{Vfs, VfsOptions};
@@ -99,6 +101,8 @@ pub enum Command {
         #[command(subcommand)]
         command: IndexCommand,
     },
+    #[command(flatten)]
+    Retention(retention::RetentionCommand),
 }
 
 /// `pgvault init`.
@@ -156,6 +160,9 @@ pub struct BackupArgs {
     pub json: bool,
     #[command(flatten)]
     pub anomaly: verify::AnomalyArgs,
+    /// How long to wait for a prune holding the repository before giving up
+    #[arg(long, env = "PGVAULT_LOCK_WAIT", value_name = "DURATION", default_value = "10m", value_parser = retention::duration_arg)]
+    pub lock_wait: std::time::Duration,
     /// Print help
     #[arg(long, action = clap::ArgAction::Help)]
     pub help: Option<bool>,
@@ -352,6 +359,7 @@ async fn run(cli: Cli) -> Result<()> {
             );
             Ok(())
         }
+        Command::Retention(c) => retention::run(g, c).await,
     }
 }
 
@@ -387,6 +395,19 @@ pub(crate) async fn take_backup(
     let (kind, db) = backup_target(a)?;
     let repo = open_repo(g).await?;
     *opened = Some(repo.clone());
+    // Held from before the chunk cache is read until after the manifest is written.
+    let lock = repo.lock(LockKind::Shared, "backup", a.lock_wait).await?;
+    let result = backup_locked(&repo, a, kind, db, &lock).await;
+    retention::release(lock, result).await
+}
+
+async fn backup_locked(
+    repo: &Repository,
+    a: &BackupArgs,
+    kind: SnapshotKind,
+    db: String,
+    lock: &LockGuard,
+) -> Result<crate::repo::SnapshotManifest> {
     let tty = std::io::stderr().is_terminal() && std::io::stdout().is_terminal();
     let meta = SnapshotMeta {
         file_name: match kind {
@@ -437,6 +458,7 @@ pub(crate) async fn take_backup(
             }
         }
     };
+    lock.ensure_held().await?;
     pending.commit().await
 }
 

@@ -9,6 +9,7 @@ use serde_json::json;
 use super::{open_repo, output, GlobalArgs};
 use crate::error::{Error, ErrorKind, Result};
 use crate::pg::recovery::{self, RecoverySettings};
+use crate::repo::lock::LockKind;
 use crate::repo::restore::RecoveryTarget;
 use crate::repo::wal::WalPushOutcome;
 use crate::wal_name::Lsn;
@@ -18,6 +19,10 @@ use crate::wal_name::Lsn;
 pub struct WalPushArgs {
     /// The WAL file to archive (%p); its file name is the archive name
     pub path: PathBuf,
+    /// How long to wait for a prune holding the repository (the archiver retries anyway)
+    #[arg(long, env = "PGVAULT_LOCK_WAIT", value_name = "DURATION", default_value = "10m",
+          value_parser = super::retention::duration_arg)]
+    pub lock_wait: std::time::Duration,
 }
 
 /// `pgvault wal-fetch`.
@@ -103,7 +108,14 @@ pub async fn push(g: &GlobalArgs, a: &WalPushArgs) -> Result<()> {
     crate::wal_name::WalFileKind::parse(&name)?;
     let data = std::fs::read(&a.path).map_err(|e| Error::io_path("read", &a.path, e))?;
     let repo = open_repo(g).await?;
-    match repo.wal_push(&name, data).await? {
+    // A prune must not delete a chunk this push found already stored and reused.
+    let lock = repo.lock(LockKind::Shared, "wal-push", a.lock_wait).await?;
+    let pushed = repo.wal_push(&name, data).await;
+    let pushed = match pushed {
+        Ok(p) => lock.ensure_held().await.map(|()| p),
+        Err(e) => Err(e),
+    };
+    match super::retention::release(lock, pushed).await? {
         WalPushOutcome::Stored => tracing::info!("Archived {name}"),
         WalPushOutcome::AlreadyArchived => {
             tracing::info!("{name} was archived already with the same content")

@@ -3,9 +3,12 @@
 pub mod check;
 pub mod format;
 pub mod history;
+pub mod lock;
 pub mod manifest;
+pub mod prune;
 pub mod reader;
 pub mod restore;
+pub mod retention;
 pub mod status;
 pub mod wal;
 pub mod writer;

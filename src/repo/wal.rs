@@ -323,6 +323,99 @@ impl Repository {
     }
 }
 
+impl Repository {
+    /// Every chunk that archived WAL files reference, except the files whose keys are
+    /// in `excluded` (planned for deletion by a dry run). Prune adds these to the
+    /// chunks that snapshots reference.
+    ///
+    /// Errors: `Corrupt` when a WAL manifest fails authentication; backend errors.
+    pub async fn wal_referenced_chunks(
+        &self,
+        excluded: &std::collections::HashSet<String>,
+    ) -> Result<std::collections::HashSet<ChunkId>> {
+        let listed = self.backend().list("wal/").await?;
+        let mut tasks = JoinSet::new();
+        let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(16));
+        for o in listed {
+            if excluded.contains(&o.key) {
+                continue;
+            }
+            let Some(name) = o.key.rsplit('/').next().map(str::to_string) else {
+                continue;
+            };
+            if WalFileKind::parse(&name).is_err() {
+                continue;
+            }
+            let repo = self.clone();
+            let slots = slots.clone();
+            tasks.spawn(async move {
+                let _slot = slots.acquire_owned().await.expect("never closed");
+                match repo.wal_manifest(&name).await {
+                    Ok(m) => Ok(m.chunks.iter().map(|c| c.id).collect::<Vec<_>>()),
+                    // Deleted by a WAL retention between our listing and our read.
+                    Err(e) if e.kind() == ErrorKind::NotFound => Ok(Vec::new()),
+                    Err(e) => Err(e),
+                }
+            });
+        }
+        let mut out = std::collections::HashSet::new();
+        while let Some(r) = tasks.join_next().await {
+            let ids =
+                r.map_err(|e| Error::io("WAL manifest task failed", std::io::Error::other(e)))??;
+            out.extend(ids);
+        }
+        Ok(out)
+    }
+
+    /// The keys of archived WAL files that no surviving base backup needs: segments,
+    /// `.backup` and `.partial` files before the segment where the oldest surviving base
+    /// backup starts. Timeline history files always stay. With no surviving base
+    /// backup nothing is unneeded: without one, pgvault cannot tell what the WAL is for.
+    ///
+    /// Errors: backend errors.
+    pub async fn wal_unneeded(
+        &self,
+        surviving_bases: &[&super::SnapshotManifest],
+    ) -> Result<Vec<String>> {
+        let Some(oldest) = surviving_bases
+            .iter()
+            .filter_map(|m| m.base.as_ref())
+            .min_by_key(|b| (b.timeline, b.start_lsn))
+        else {
+            return Ok(Vec::new());
+        };
+        let catalog = self.wal_catalog().await?;
+        let first_needed = crate::wal_name::segno_of(oldest.start_lsn, catalog.segment_size);
+        let listed = self.backend().list("wal/").await?;
+        let mut out = Vec::new();
+        for o in listed {
+            let Some(name) = o.key.rsplit('/').next() else {
+                continue;
+            };
+            let Ok(kind) = WalFileKind::parse(name) else {
+                continue;
+            };
+            let segment_of = |n: &str| {
+                WalFileKind::parse(&n[..24])
+                    .ok()
+                    .and_then(|k| k.segno(catalog.segment_size))
+            };
+            let segno = match kind {
+                WalFileKind::History { .. } => None,
+                WalFileKind::Segment { .. } => kind.segno(catalog.segment_size),
+                WalFileKind::Backup { .. } | WalFileKind::Partial { .. } => segment_of(name),
+            };
+            if let Some(segno) = segno {
+                if kind.timeline() <= oldest.timeline && segno < first_needed {
+                    out.push(o.key);
+                }
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+}
+
 /// Drops spooled segments nobody asked for within an hour (a recovery that stopped
 /// early, or a different timeline was chosen).
 fn clean_spool(spool: &std::path::Path) {

@@ -160,10 +160,7 @@ impl Repository {
     ) -> Result<PendingSnapshot> {
         let started_at = Instant::now();
         let started = chrono::Utc::now();
-        let index = self.index().clone();
-        let known = tokio::task::spawn_blocking(move || index.known_chunks())
-            .await
-            .map_err(|e| Error::io("Index task failed", std::io::Error::other(e)))??;
+        let known = self.known_chunks().await?;
 
         let (tx, mut rx) = mpsc::channel::<Piece>(4);
         let chunker = self.config().chunker;

@@ -40,6 +40,7 @@ use chrono::{DateTime, Datelike, SecondsFormat, Utc};
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::repo::reader::{ChunkCache, FileReader};
+use crate::repo::wal::WalManifest;
 use crate::repo::{Repository, SnapshotManifest};
 
 /// An inode number; [`ROOT`] is the mount's root directory.
@@ -160,6 +161,11 @@ enum Node {
     Data(String),
     /// The manifest.json of a snapshot.
     Manifest(String),
+    /// `wal/`: every archived WAL file by name (so `cp …/wal/%f %p` works), and a
+    /// directory per timeline.
+    Wal,
+    WalTimeline(u32),
+    WalFile(String),
 }
 
 /// One backup point and its names in the tree.
@@ -295,6 +301,9 @@ fn describe(node: &Node) -> String {
         Node::Data(id) => format!("The backup file of snapshot {id}"),
         Node::Manifest(id) => format!("The manifest.json of snapshot {id}"),
         Node::Point(_, id) => format!("The directory of snapshot {id}"),
+        Node::Wal => "Directory wal".into(),
+        Node::WalTimeline(tl) => format!("Directory wal/{tl:08X}"),
+        Node::WalFile(name) => format!("WAL file {name}"),
         other => format!("Node {other:?}"),
     }
 }
@@ -366,6 +375,10 @@ struct Inner {
     /// Every manifest seen while mounted, so that files already looked up stay
     /// readable (and their attributes stable) even if their snapshot goes away.
     known: Mutex<HashMap<String, Arc<SnapshotManifest>>>,
+    /// Archived WAL file names and their timelines, as of the last reload.
+    wal: RwLock<Arc<BTreeMap<String, u32>>>,
+    /// WAL manifests fetched by lookups; archived files never change.
+    wal_manifests: Mutex<HashMap<String, Arc<WalManifest>>>,
     readers: Mutex<HashMap<String, Arc<FileReader>>>,
     inodes: Mutex<Inodes>,
     handles: Mutex<HashMap<u64, Arc<Handle>>>,
@@ -458,6 +471,8 @@ impl Vfs {
                 last_refresh: Mutex::new(Instant::now()),
                 refresh_lock: tokio::sync::Mutex::new(()),
                 known: Mutex::new(HashMap::new()),
+                wal: RwLock::new(Arc::new(BTreeMap::new())),
+                wal_manifests: Mutex::new(HashMap::new()),
                 readers: Mutex::new(HashMap::new()),
                 inodes: Mutex::new(Inodes::new()),
                 handles: Mutex::new(HashMap::new()),
@@ -465,6 +480,7 @@ impl Vfs {
                 started: SystemTime::now(),
             }),
         };
+        vfs.reload_wal().await?;
         // The first load goes through the index cache, which spares fetching every
         // manifest of a large repository again; a manifest that fails to open makes
         // it fail as a whole, and then the one-by-one path skips just that one.
@@ -546,9 +562,43 @@ impl Vfs {
         self.tree()
     }
 
+    async fn reload_wal(&self) -> Result<()> {
+        let names = self.inner.repo.wal_names().await?;
+        *self.inner.wal.write().expect("wal lock") = Arc::new(names);
+        Ok(())
+    }
+
+    fn wal(&self) -> Arc<BTreeMap<String, u32>> {
+        self.inner.wal.read().expect("wal lock").clone()
+    }
+
+    /// The manifest of an archived WAL file, fetched once.
+    async fn wal_manifest(&self, name: &str) -> Result<Arc<WalManifest>> {
+        if let Some(m) = self.cached_wal_manifest(name) {
+            return Ok(m);
+        }
+        let m = Arc::new(self.inner.repo.wal_manifest(name).await?);
+        self.inner
+            .wal_manifests
+            .lock()
+            .expect("wal manifests lock")
+            .insert(name.to_string(), m.clone());
+        Ok(m)
+    }
+
+    fn cached_wal_manifest(&self, name: &str) -> Option<Arc<WalManifest>> {
+        self.inner
+            .wal_manifests
+            .lock()
+            .expect("wal manifests lock")
+            .get(name)
+            .cloned()
+    }
+
     /// Lists the snapshot ids and rebuilds the tree if they changed, fetching only
-    /// manifests not seen before.
+    /// manifests not seen before; lists the WAL archive too.
     async fn reload(&self) -> Result<()> {
+        self.reload_wal().await?;
         let ids: BTreeSet<String> = self.inner.repo.snapshot_ids().await?.into_iter().collect();
         let current = self.tree();
         let shown: BTreeSet<&String> = current.points.keys().chain(current.broken.iter()).collect();
@@ -693,6 +743,24 @@ impl Vfs {
                     ttl: LONG_TTL,
                 }
             }
+            Node::Wal | Node::WalTimeline(_) => dir_attr(ino, newest, SHORT_TTL),
+            Node::WalFile(name) => {
+                let m = self
+                    .cached_wal_manifest(name)
+                    .ok_or_else(|| not_found(format!("WAL file {name}")))?;
+                Attr {
+                    ino,
+                    kind: NodeKind::File,
+                    size_bytes: m.size_bytes,
+                    mtime: SystemTime::from(m.pushed),
+                    // `cp` gives its copy the source's mode, and PostgreSQL cannot
+                    // use a restored segment it may not write: 0644 makes
+                    // `restore_command = 'cp …/wal/%f %p'` work. The mount stays
+                    // read-only either way (writes get EROFS).
+                    perm: 0o644,
+                    ttl: LONG_TTL,
+                }
+            }
         })
     }
 
@@ -731,8 +799,25 @@ impl Vfs {
                 v.push(("by-db".into(), Node::ByDb));
                 v.push(("at".into(), Node::At));
                 v.push(("snapshots".into(), Node::Snapshots));
+                v.push(("wal".into(), Node::Wal));
                 v
             }
+            Node::Wal => {
+                let wal = self.wal();
+                let timelines: BTreeSet<u32> = wal.values().copied().collect();
+                let mut v: Vec<(String, Node)> = timelines
+                    .into_iter()
+                    .map(|tl| (format!("{tl:08X}"), Node::WalTimeline(tl)))
+                    .collect();
+                v.extend(wal.keys().map(|n| (n.clone(), Node::WalFile(n.clone()))));
+                v
+            }
+            Node::WalTimeline(tl) => self
+                .wal()
+                .iter()
+                .filter(|(_, t)| *t == tl)
+                .map(|(n, _)| (n.clone(), Node::WalFile(n.clone())))
+                .collect(),
             Node::ByDate => {
                 let years: BTreeSet<i32> = tree.by_date.keys().map(|k| k.0).collect();
                 years
@@ -806,7 +891,11 @@ impl Vfs {
                     (MANIFEST_FILE.to_string(), Node::Manifest(id.clone())),
                 ]
             }
-            Node::Latest | Node::DbLatest(_) | Node::Data(_) | Node::Manifest(_) => {
+            Node::Latest
+            | Node::DbLatest(_)
+            | Node::Data(_)
+            | Node::Manifest(_)
+            | Node::WalFile(_) => {
                 return Err(Error::InvalidInput(format!(
                     "{} is not a directory",
                     describe(node)
@@ -823,6 +912,7 @@ impl Vfs {
             Node::Day(y, m, _) => Node::Month(*y, *m),
             Node::Db(_) => Node::ByDb,
             Node::AtTime(_) => Node::At,
+            Node::WalTimeline(_) => Node::Wal,
             Node::Point(View::Snapshots, _) => Node::Snapshots,
             Node::Point(View::ByDate, id) => match self.snapshot_of(tree, id) {
                 Ok(m) => Node::Day(m.time.year(), m.time.month(), m.time.day()),
@@ -865,6 +955,9 @@ impl Vfs {
                 .map(|(_, node)| node)
                 .ok_or_else(|| not_found(name.to_string()))?,
         };
+        if let Node::WalFile(name) = &child {
+            self.wal_manifest(name).await?;
+        }
         let ino = self.ino(child.clone());
         let attr = self.attr_of(&tree, &child, ino)?;
         // Inside a backup point nothing ever changes; elsewhere a name may come to
@@ -911,7 +1004,7 @@ impl Vfs {
         for (name, child) in children {
             let kind = match child {
                 Node::Latest | Node::DbLatest(_) => NodeKind::Symlink,
-                Node::Data(_) | Node::Manifest(_) => NodeKind::File,
+                Node::Data(_) | Node::Manifest(_) | Node::WalFile(_) => NodeKind::File,
                 _ => NodeKind::Dir,
             };
             out.push(DirEntry {
@@ -960,6 +1053,17 @@ impl Vfs {
             Node::Manifest(id) => Content::Bytes(Arc::new(manifest_json(
                 self.snapshot_of(&tree, id)?.as_ref(),
             ))),
+            Node::WalFile(name) => {
+                let m = self
+                    .cached_wal_manifest(name)
+                    .ok_or_else(|| not_found(format!("WAL file {name}")))?;
+                Content::Data(Arc::new(FileReader::for_chunks(
+                    self.inner.repo.clone(),
+                    format!("WAL file {name}"),
+                    m.chunks.clone(),
+                    self.inner.cache.clone(),
+                )))
+            }
             _ => {
                 return Err(Error::InvalidInput(format!(
                     "{} is not a regular file",
@@ -1015,11 +1119,9 @@ impl Vfs {
         match reader.read_at(offset, size as usize).await {
             Ok(data) => Ok(data),
             Err(e) => {
-                let m = reader.manifest();
                 tracing::error!(
-                    "Read of {} (snapshot {}) at offset {offset}, {size} bytes, failed: {e}",
-                    m.file_name,
-                    m.id
+                    "Read of {} at offset {offset}, {size} bytes, failed: {e}",
+                    reader.what()
                 );
                 Err(e)
             }
@@ -1038,7 +1140,7 @@ impl Vfs {
 
 /// Starts loading the chunks after byte `end` up to [`PREFETCH_BYTES`] ahead.
 fn prefetch_ahead(reader: &FileReader, end: u64) {
-    let chunks = &reader.manifest().chunks;
+    let chunks = reader.chunks();
     let last = reader.chunk_index_at(end.saturating_sub(1));
     let mut count = 0;
     let mut bytes = 0u64;

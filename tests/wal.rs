@@ -7,6 +7,7 @@ mod common;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use common::mount::Mount;
 use common::pg::PgCluster;
 use common::vault::Vault;
 
@@ -385,4 +386,83 @@ fn wal_retention_follows_the_surviving_base_backups_and_prune_keeps_wal_chunks()
 
     let restored = restore_and_start(&v, &["--latest"]);
     assert_eq!(restored.row_counts("footdash"), pg.row_counts("footdash"));
+}
+
+#[test]
+fn the_mount_serves_wal_to_restore_command_while_archiving_and_backups_go_on() {
+    let (pg, mut v) = archiving_cluster();
+    pg.create_footdash("footdash", 1);
+    pg.psql("footdash", "CREATE TABLE marks (tag text)");
+    v.run(&["backup", "--base"]).ok();
+
+    // Mounted by root (FUSE needs /dev/fuse), open to the server's user.
+    let server_user = v.run_as.take();
+    let mnt = Mount::start(&v, &v.dir.path().join("mnt"), &["--allow-other"]);
+    v.run_as = server_user;
+
+    // A long-running mount, the archiver and a cron-style dump, all at once.
+    let dumps = std::thread::scope(|s| {
+        let dumper = s.spawn(|| {
+            (0..2)
+                .map(|_| v.run(&["backup", "--db", "footdash", "--json"]).ok().json())
+                .collect::<Vec<_>>()
+        });
+        for i in 0..3 {
+            pg.psql("footdash", &format!("INSERT INTO marks VALUES ('m{i}')"));
+            switch_and_wait_archived(&pg);
+            let _ = std::fs::read_dir(mnt.join("by-date")).unwrap().count();
+        }
+        dumper.join().unwrap()
+    });
+    let last = switch_and_wait_archived(&pg);
+
+    // New WAL and dumps appear without a remount.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !mnt.join("wal").join(&last).exists() {
+        assert!(
+            Instant::now() < deadline,
+            "{last} did not show up in the mount"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(mnt.join("wal/00000001").join(&last).exists());
+    let fetched = v.dir.path().join("fetched");
+    v.run(&[
+        "wal-fetch",
+        &last,
+        fetched.to_str().unwrap(),
+        "--prefetch",
+        "0",
+    ])
+    .ok();
+    assert!(
+        std::fs::read(mnt.join("wal").join(&last)).unwrap() == std::fs::read(&fetched).unwrap()
+    );
+    for d in &dumps {
+        let id = d["snapshot_id"].as_str().unwrap();
+        let mounted = std::fs::read(mnt.join("snapshots").join(id).join("footdash.dump")).unwrap();
+        assert!(
+            mounted == v.cat(id),
+            "dump {id} reads differently through the mount"
+        );
+    }
+
+    // restore_command = 'cp <mount>/wal/%f %p' recovers as well as wal-fetch does.
+    let wal_dir = mnt.join("wal");
+    let populate = |dir: &Path| {
+        v.run(&["restore", "--pgdata", dir.to_str().unwrap(), "--latest"])
+            .ok();
+        let conf = dir.join("postgresql.auto.conf");
+        let mut text = std::fs::read_to_string(&conf).unwrap();
+        text.push_str(&format!(
+            "restore_command = 'cp {}/%f %p'\n",
+            wal_dir.display()
+        ));
+        std::fs::write(&conf, text).unwrap();
+    };
+    let restored = PgCluster::start_restored(&populate, &["archive_mode = off"]);
+    restored.wait_until_promoted();
+    assert_eq!(tags(&restored), "m0,m1,m2");
+    assert_eq!(restored.row_counts("footdash"), pg.row_counts("footdash"));
+    drop(mnt);
 }

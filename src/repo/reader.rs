@@ -6,7 +6,7 @@ use std::collections::{HashMap, VecDeque};
 use std::io::Write;
 use std::sync::{Arc, Mutex};
 
-use super::manifest::SnapshotManifest;
+use super::manifest::{ChunkRef, SnapshotManifest};
 use super::writer::Progress;
 use super::Repository;
 use crate::crypto::ChunkId;
@@ -76,11 +76,13 @@ impl ChunkCache {
     }
 }
 
-/// Random access to one snapshot's file.
+/// Random access to one stored file: a snapshot's, or an archived WAL file.
 #[derive(Debug, Clone)]
 pub struct FileReader {
     repo: Repository,
-    manifest: Arc<SnapshotManifest>,
+    /// What the file is, for messages: "snapshot 8c2e…", "WAL file 0000…".
+    what: Arc<str>,
+    chunks: Arc<Vec<ChunkRef>>,
     /// `ends[i]` is the offset just past chunk `i`.
     ends: Arc<Vec<u64>>,
     cache: Arc<ChunkCache>,
@@ -89,9 +91,19 @@ pub struct FileReader {
 impl FileReader {
     /// A reader over `manifest`'s file, sharing `cache` with other readers.
     pub fn new(repo: Repository, manifest: Arc<SnapshotManifest>, cache: Arc<ChunkCache>) -> Self {
+        let what = format!("snapshot {}", manifest.id);
+        Self::for_chunks(repo, what, manifest.chunks.clone(), cache)
+    }
+
+    /// A reader over any file stored as `chunks`; `what` names it in errors.
+    pub fn for_chunks(
+        repo: Repository,
+        what: String,
+        chunks: Vec<ChunkRef>,
+        cache: Arc<ChunkCache>,
+    ) -> Self {
         let mut pos = 0u64;
-        let ends = manifest
-            .chunks
+        let ends = chunks
             .iter()
             .map(|c| {
                 pos += u64::from(c.len);
@@ -100,7 +112,8 @@ impl FileReader {
             .collect();
         FileReader {
             repo,
-            manifest,
+            what: what.into(),
+            chunks: Arc::new(chunks),
             ends: Arc::new(ends),
             cache,
         }
@@ -116,9 +129,14 @@ impl FileReader {
         self.len() == 0
     }
 
-    /// The snapshot this reader reads.
-    pub fn manifest(&self) -> &Arc<SnapshotManifest> {
-        &self.manifest
+    /// The file's chunks, in order.
+    pub fn chunks(&self) -> &[ChunkRef] {
+        &self.chunks
+    }
+
+    /// What the file is, as errors name it.
+    pub fn what(&self) -> &str {
+        &self.what
     }
 
     /// The index of the chunk holding byte `offset` (binary search over chunk ends).
@@ -139,7 +157,7 @@ impl FileReader {
     ///
     /// Errors: `NotFound` or `Corrupt` naming the snapshot and chunk; backend errors.
     pub async fn chunk(&self, i: usize) -> Result<Arc<Vec<u8>>> {
-        let id = self.manifest.chunks[i].id;
+        let id = self.chunks[i].id;
         if let Some(d) = self.cache.get(&id) {
             return Ok(d);
         }
@@ -184,17 +202,17 @@ impl FileReader {
 
     /// Fetches, verifies and caches chunk `i`.
     async fn load(&self, i: usize) -> Result<Arc<Vec<u8>>> {
-        let r = self.manifest.chunks[i];
+        let r = self.chunks[i];
         let data = self
             .repo
             .load_chunk(&r.id, Some(r.len as usize))
             .await
-            .map_err(|e| name_snapshot(&self.manifest.id, e))?;
+            .map_err(|e| name_owner(&self.what, e))?;
         if data.len() != r.len as usize {
             return Err(Error::Corrupt(format!(
-                "Chunk {} of snapshot {} has {} bytes, its manifest says {}",
+                "Chunk {} of {} has {} bytes, its manifest says {}",
                 r.id.to_hex(),
-                self.manifest.id,
+                self.what,
                 data.len(),
                 r.len
             )));
@@ -211,13 +229,13 @@ impl FileReader {
 
     /// Starts loading the chunks after `i` that are not cached yet, without waiting.
     pub fn prefetch_after(&self, i: usize, count: usize) {
-        self.prefetch_range(i + 1, (i + 1 + count).min(self.manifest.chunks.len()));
+        self.prefetch_range(i + 1, (i + 1 + count).min(self.chunks.len()));
     }
 
     /// Starts loading chunks `from..to` that are neither cached nor loading.
     fn prefetch_range(&self, from: usize, to: usize) {
         for j in from..to {
-            if !self.cache.has_or_loading(&self.manifest.chunks[j].id) {
+            if !self.cache.has_or_loading(&self.chunks[j].id) {
                 let me = self.clone();
                 tokio::spawn(async move {
                     if let Err(e) = me.chunk(j).await {
@@ -258,12 +276,13 @@ impl FileReader {
     }
 }
 
-/// Adds the snapshot to a chunk error, so the reader learns which backup is hit.
-fn name_snapshot(snap: &str, e: Error) -> Error {
+/// Adds the file a chunk belongs to (a snapshot, a WAL file) to a chunk error, so
+/// the reader learns which backup is hit.
+fn name_owner(owner: &str, e: Error) -> Error {
     match e {
-        Error::Corrupt(m) => Error::Corrupt(format!("{m} (in snapshot {snap})")),
+        Error::Corrupt(m) => Error::Corrupt(format!("{m} (in {owner})")),
         Error::NotFound { what, location } => Error::NotFound {
-            what: format!("{what} of snapshot {snap}"),
+            what: format!("{what} of {owner}"),
             location,
         },
         other => other,
@@ -294,7 +313,7 @@ impl Repository {
                 pending.push_back(tokio::spawn(async move {
                     repo.load_chunk(&r.id, Some(r.len as usize))
                         .await
-                        .map_err(|e| name_snapshot(&snap, e))
+                        .map_err(|e| name_owner(&format!("snapshot {snap}"), e))
                 }));
                 next += 1;
             }

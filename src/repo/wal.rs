@@ -324,6 +324,23 @@ impl Repository {
 }
 
 impl Repository {
+    /// The names of all archived WAL files with their timelines, from one listing.
+    ///
+    /// Errors: backend errors.
+    pub async fn wal_names(&self) -> Result<BTreeMap<String, u32>> {
+        Ok(self
+            .backend()
+            .list("wal/")
+            .await?
+            .iter()
+            .filter_map(|o| {
+                let name = o.key.rsplit('/').next()?;
+                let kind = WalFileKind::parse(name).ok()?;
+                Some((name.to_string(), kind.timeline()))
+            })
+            .collect())
+    }
+
     /// Every chunk that archived WAL files reference, except the files whose keys are
     /// in `excluded` (planned for deletion by a dry run). Prune adds these to the
     /// chunks that snapshots reference.

@@ -337,7 +337,7 @@ fn the_tree_shows_every_backup_point_read_only() {
 
     assert_eq!(
         names(&m.path),
-        ["at", "by-date", "by-db", "latest", "snapshots"]
+        ["at", "by-date", "by-db", "latest", "snapshots", "wal"]
             .map(String::from)
             .into()
     );
@@ -620,7 +620,7 @@ fn mountpoint_problems_are_explained() {
     let mut first = Mount::start(&v, &mp, &[]);
     assert_eq!(
         names(&mp),
-        ["at", "by-date", "by-db", "snapshots"]
+        ["at", "by-date", "by-db", "snapshots", "wal"]
             .map(String::from)
             .into()
     );

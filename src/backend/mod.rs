@@ -5,6 +5,7 @@
 //! read-modify-write support, only put, put-if-absent, get, list and delete.
 
 pub mod local;
+pub mod s3;
 
 use async_trait::async_trait;
 
@@ -38,6 +39,15 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     /// Where this backend stores things, for messages: a path or `s3://bucket/prefix`.
     fn location(&self) -> String;
 
+    /// Makes the place the repository lives ready to be written: creates an S3
+    /// bucket that does not exist yet. Only `init` calls it; every other command
+    /// expects the repository to be there and says so when it is not.
+    ///
+    /// Errors: `Unavailable` or `Io` when the store cannot be reached or written.
+    async fn prepare_root(&self) -> Result<()> {
+        Ok(())
+    }
+
     /// Stores `data` under `key`, replacing nothing that the repository relies on:
     /// callers use it only for content-addressed keys whose content is fixed by the key.
     ///
@@ -45,9 +55,14 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     async fn put(&self, key: &str, data: Vec<u8>) -> Result<()>;
 
     /// Stores `data` under `key` only if no object has that key yet. Returns `false`,
-    /// storing nothing, when the key already exists.
+    /// storing nothing, when the key already exists. Of several concurrent callers
+    /// for one key exactly one gets `true` (`O_EXCL`-like locally, a conditional
+    /// `If-None-Match: *` put on S3). Callers store unique bytes (random ids, salts or
+    /// nonces): a backend may recognise its own earlier attempt by them after a lost
+    /// answer, and then reports `true`.
     ///
-    /// Errors: `Unavailable` or `Io` when the store cannot be written.
+    /// Errors: `InvalidInput` when the store does not support conditional writes;
+    /// `Unavailable` or `Io` when the store cannot be written.
     async fn put_if_absent(&self, key: &str, data: Vec<u8>) -> Result<bool>;
 
     /// Reads a whole object.

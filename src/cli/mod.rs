@@ -13,6 +13,7 @@ use std::sync::Arc;
 use clap::{Args, Parser, Subcommand};
 
 use crate::backend::local::LocalBackend;
+use crate::backend::s3::{S3Backend, S3Options};
 use crate::backend::Backend;
 use crate::error::{Error, ErrorKind, Result};
 use crate::fuse::MountOptions;
@@ -37,7 +38,8 @@ pub struct Cli {
 /// Options every command takes.
 #[derive(Debug, Args)]
 pub struct GlobalArgs {
-    /// The repository: a local directory (s3:// URLs come with the S3 backend)
+    /// The repository: a local directory, or s3://bucket/prefix (credentials, region
+    /// and endpoint from the AWS chain: AWS_ACCESS_KEY_ID, AWS_REGION, AWS_ENDPOINT_URL, AWS_PROFILE...)
     #[arg(
         short = 'r',
         long,
@@ -55,6 +57,15 @@ pub struct GlobalArgs {
         value_name = "FILE"
     )]
     pub password_file: Option<PathBuf>,
+
+    /// Address S3 buckets path-style (endpoint/bucket); on by itself for IP and localhost endpoints
+    #[arg(
+        long,
+        env = "PGVAULT_S3_PATH_STYLE",
+        global = true,
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
+    pub s3_path_style: bool,
 
     /// More log output on stderr (repeat for more)
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
@@ -103,6 +114,45 @@ pub enum Command {
     },
     #[command(flatten)]
     Retention(retention::RetentionCommand),
+    /// Manage the passphrases that open the repository (several keys, one master key)
+    Key {
+        #[command(subcommand)]
+        command: KeyCommand,
+    },
+}
+
+/// `pgvault key ...`.
+#[derive(Debug, Subcommand)]
+pub enum KeyCommand {
+    /// List the keys; * marks the one the passphrase opened
+    List {
+        /// Print a JSON array
+        #[arg(long)]
+        json: bool,
+    },
+    /// Add a passphrase
+    Add(NewKeyArgs),
+    /// Remove a key by id (or unique id prefix); never the last one or the one in use
+    Remove {
+        /// Key id or a unique prefix of it
+        id: String,
+    },
+    /// Replace the passphrase in use: add a key for the new one, then remove the old key
+    Passwd(NewKeyArgs),
+}
+
+/// Where `key add` and `key passwd` get the new passphrase.
+#[derive(Debug, Args)]
+pub struct NewKeyArgs {
+    /// Read the new passphrase from this file (first line); else PGVAULT_NEW_PASSWORD, else a prompt
+    #[arg(long, value_name = "FILE")]
+    pub new_password_file: Option<PathBuf>,
+    /// Memory for the new key's argon2id hash, in KiB (default: as the key in use)
+    #[arg(long, value_name = "KIB", value_parser = clap::value_parser!(u32).range(8..))]
+    pub kdf_memory_kib: Option<u32>,
+    /// Passes of the new key's argon2id hash (default: as the key in use)
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub kdf_iterations: Option<u32>,
 }
 
 /// `pgvault init`.
@@ -291,7 +341,7 @@ async fn run(cli: Cli) -> Result<()> {
     let g = &cli.global;
     match &cli.command {
         Command::Init(a) => {
-            let backend = open_backend(g)?;
+            let backend = open_backend(g).await?;
             let pass = new_passphrase(g)?;
             let opts = InitOptions {
                 chunker: crate::chunker::ChunkerParams {
@@ -312,6 +362,12 @@ async fn run(cli: Cli) -> Result<()> {
                 repo.config().repo_id,
                 repo.location()
             );
+            if !repo.config().conditional_writes {
+                eprintln!(
+                    "pgvault: Warning: the store under {} does not honour conditional writes (If-None-Match: *); adding keys will be refused",
+                    repo.location()
+                );
+            }
             Ok(())
         }
         Command::Backup(a) => verify::backup(g, a).await,
@@ -325,6 +381,7 @@ async fn run(cli: Cli) -> Result<()> {
             command: wal::WalCommand::List { json },
         } => wal::list(g, *json).await,
         Command::Restore(a) => wal::restore(g, a).await,
+        Command::Key { command } => key(g, command).await,
         Command::Snapshots(a) => {
             let repo = open_repo(g).await?;
             let mut snaps = repo.snapshots().await?;
@@ -491,6 +548,89 @@ async fn mount(g: &GlobalArgs, a: &MountArgs) -> Result<()> {
     Ok(())
 }
 
+async fn key(g: &GlobalArgs, command: &KeyCommand) -> Result<()> {
+    let mut repo = open_repo(g).await?;
+    match command {
+        KeyCommand::List { json } => {
+            let keys = repo.keys().await?;
+            if *json {
+                output::print_json(&output::keys_json(&keys));
+            } else {
+                output::print_key_table(&keys);
+            }
+        }
+        KeyCommand::Add(a) => {
+            // Refuse before asking for a passphrase that could not be used.
+            repo.require_conditional_writes("add a key")?;
+            let pass = new_key_passphrase(a)?;
+            let kdf = kdf_override(&repo, a).await?;
+            let id = repo.add_key(pass.as_bytes(), kdf).await?;
+            println!("Added key {id} to {}", repo.location());
+        }
+        KeyCommand::Remove { id } => {
+            let id = repo.remove_key(id).await?;
+            println!("Removed key {id} from {}", repo.location());
+        }
+        KeyCommand::Passwd(a) => {
+            repo.require_conditional_writes("change the passphrase")?;
+            let pass = new_key_passphrase(a)?;
+            if kdf_override(&repo, a).await?.is_some() {
+                return Err(Error::InvalidInput(
+                    "`key passwd` keeps the key derivation costs; use `key add` with --kdf-* and `key remove` to change them".into(),
+                ));
+            }
+            let old = repo.key_id().to_string();
+            let id = repo.change_passphrase(pass.as_bytes()).await?;
+            println!(
+                "Changed the passphrase of {}: key {id} replaces key {old}",
+                repo.location()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// The KDF costs `key add` was asked for, filled in from the key in use.
+async fn kdf_override(
+    repo: &Repository,
+    a: &NewKeyArgs,
+) -> Result<Option<crate::crypto::KdfParams>> {
+    if a.kdf_memory_kib.is_none() && a.kdf_iterations.is_none() {
+        return Ok(None);
+    }
+    let current = repo
+        .keys()
+        .await?
+        .into_iter()
+        .find(|k| k.current)
+        .map(|k| k.kdf_params)
+        .unwrap_or_default();
+    Ok(Some(crate::crypto::KdfParams {
+        memory_kib: a.kdf_memory_kib.unwrap_or(current.memory_kib),
+        iterations: a.kdf_iterations.unwrap_or(current.iterations),
+        parallelism: current.parallelism,
+    }))
+}
+
+/// The new passphrase for `key add` / `key passwd`: --new-password-file, else
+/// PGVAULT_NEW_PASSWORD, else asked twice on the terminal.
+fn new_key_passphrase(a: &NewKeyArgs) -> Result<String> {
+    if let Some(p) = &a.new_password_file {
+        return read_password_file(p);
+    }
+    if let Ok(p) = std::env::var("PGVAULT_NEW_PASSWORD") {
+        if !p.is_empty() {
+            return Ok(p);
+        }
+    }
+    prompt_new_passphrase().map_err(|e| match e {
+        Error::InvalidInput(m) if m.starts_with("No passphrase") => Error::InvalidInput(
+            "No new passphrase: pass --new-password-file or set PGVAULT_NEW_PASSWORD, or run on a terminal".into(),
+        ),
+        other => other,
+    })
+}
+
 pub(crate) fn progress_for(total: u64, label: &str, show: bool) -> Arc<dyn Progress> {
     if show {
         Arc::new(output::Bar::new(total, label))
@@ -499,13 +639,20 @@ pub(crate) fn progress_for(total: u64, label: &str, show: bool) -> Arc<dyn Progr
     }
 }
 
-pub(crate) fn open_backend(g: &GlobalArgs) -> Result<Arc<dyn Backend>> {
+pub(crate) async fn open_backend(g: &GlobalArgs) -> Result<Arc<dyn Backend>> {
     let loc = g.repo.as_deref().ok_or_else(|| {
         Error::InvalidInput("No repository given: set PGVAULT_REPO or pass --repo".into())
     })?;
     if loc.starts_with("s3://") {
+        let opts = S3Options {
+            path_style: g.s3_path_style,
+            ..S3Options::default()
+        };
+        return Ok(Arc::new(S3Backend::connect(loc, &opts).await?));
+    }
+    if let Some((scheme, _)) = loc.split_once("://").filter(|(s, _)| *s != "file") {
         return Err(Error::InvalidInput(format!(
-            "Repository {loc}: the S3 backend is not available in this build yet"
+            "Repository {loc}: unknown scheme {scheme}://; use a directory or s3://bucket/prefix"
         )));
     }
     let path = PathBuf::from(loc.strip_prefix("file://").unwrap_or(loc));
@@ -513,7 +660,7 @@ pub(crate) fn open_backend(g: &GlobalArgs) -> Result<Arc<dyn Backend>> {
 }
 
 pub(crate) async fn open_repo(g: &GlobalArgs) -> Result<Repository> {
-    let backend = open_backend(g)?;
+    let backend = open_backend(g).await?;
     if let Some(local) = local_root(g) {
         if !local.exists() {
             return Err(Error::NotFound {
@@ -567,6 +714,10 @@ fn new_passphrase(g: &GlobalArgs) -> Result<String> {
     if g.password_file.is_some() || std::env::var("PGVAULT_PASSWORD").is_ok_and(|p| !p.is_empty()) {
         return passphrase(g);
     }
+    prompt_new_passphrase()
+}
+
+fn prompt_new_passphrase() -> Result<String> {
     let a =
         rpassword::prompt_password("New repository passphrase: ").map_err(|_| no_passphrase())?;
     let b = rpassword::prompt_password("Repeat the passphrase: ").map_err(|_| no_passphrase())?;

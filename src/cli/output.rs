@@ -4,6 +4,7 @@ use indicatif::{HumanBytes, ProgressBar, ProgressStyle};
 use serde_json::{json, Value};
 
 use crate::error::Error;
+use crate::repo::keys::KeyInfo;
 use crate::repo::writer::Progress;
 use crate::repo::SnapshotManifest;
 
@@ -179,4 +180,37 @@ pub fn print_snapshot_table(snaps: &[SnapshotManifest]) {
         );
     }
     println!("{} snapshots", snaps.len());
+}
+
+/// The JSON array `key list --json` prints.
+pub fn keys_json(keys: &[KeyInfo]) -> Value {
+    Value::Array(
+        keys.iter()
+            .map(|k| {
+                json!({
+                    "id": k.id,
+                    "created": k.created.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                    "hostname": k.hostname,
+                    "current": k.current,
+                    "kdf_memory_kib": k.kdf_params.memory_kib,
+                    "kdf_iterations": k.kdf_params.iterations,
+                })
+            })
+            .collect(),
+    )
+}
+
+/// The table `key list` prints; the key in use is marked with `*`.
+pub fn print_key_table(keys: &[KeyInfo]) {
+    println!("  {:<32}  {:<20}  HOST", "ID", "CREATED");
+    for k in keys {
+        println!(
+            "{} {:<32}  {:<20}  {}",
+            if k.current { "*" } else { " " },
+            k.id,
+            k.created.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            k.hostname
+        );
+    }
+    println!("{} keys (* is the one in use)", keys.len());
 }

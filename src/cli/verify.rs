@@ -169,16 +169,22 @@ pub async fn backup(g: &GlobalArgs, a: &BackupArgs) -> Result<()> {
             repo.record_or_spool(&attempt).await;
             repo.flush_spool().await;
         }
-        None => match open_backend(g).map(|b| b.location()) {
-            Ok(location) => match history::spool(&location, &attempt) {
-                Ok(p) => tracing::info!(
+        None => {
+            // The spool is keyed by the location as the backend spells it, so that the
+            // next command that opens the repository finds it.
+            let location = match open_backend(g).await {
+                Ok(b) => Some(b.location()),
+                Err(_) => g.repo.clone(),
+            };
+            match location.map(|l| history::spool(&l, &attempt)) {
+                Some(Ok(p)) => tracing::info!(
                     "Backup attempt kept in {} for the next command",
                     p.display()
                 ),
-                Err(e) => tracing::warn!("Cannot record the backup attempt: {e}"),
-            },
-            Err(e) => tracing::warn!("Cannot record the backup attempt: {e}"),
-        },
+                Some(Err(e)) => tracing::warn!("Cannot record the backup attempt: {e}"),
+                None => tracing::warn!("Cannot record the backup attempt: no repository given"),
+            }
+        }
     }
     let m = result?;
     let repo = opened.expect("a successful backup opened the repository");

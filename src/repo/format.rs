@@ -28,12 +28,23 @@ pub struct RepoConfig {
     pub created: chrono::DateTime<chrono::Utc>,
     pub chunker: ChunkerParams,
     pub zstd_level: i32,
+    /// Whether the store refused the second of two conditional creates of one key
+    /// when the repository was made. Where it did not, creating objects that must
+    /// not be overwritten (keys, locks) is unsafe and refused. Repositories made
+    /// before this was recorded were local, where `O_EXCL` always holds.
+    #[serde(default = "conditional_writes_default")]
+    pub conditional_writes: bool,
+}
+
+fn conditional_writes_default() -> bool {
+    true
 }
 
 impl RepoConfig {
     /// A config for a new repository.
-    pub fn new(chunker: ChunkerParams, zstd_level: i32) -> Self {
+    pub fn new(chunker: ChunkerParams, zstd_level: i32, conditional_writes: bool) -> Self {
         RepoConfig {
+            conditional_writes,
             kind: "pgvault".into(),
             format_version: FORMAT_VERSION,
             repo_id: hex::encode(crate::crypto::random_bytes::<16>()),

@@ -3,6 +3,7 @@
 pub mod check;
 pub mod format;
 pub mod history;
+pub mod keys;
 pub mod lock;
 pub mod manifest;
 pub mod prune;
@@ -47,11 +48,39 @@ pub struct Repository {
     backend: Arc<dyn Backend>,
     config: RepoConfig,
     key: MasterKey,
+    /// The id of the key file that opened this repository.
+    key_id: String,
     index: Index,
 }
 
 fn key_file_key(key_id: &str) -> String {
     format!("keys/{key_id}")
+}
+
+/// Whether the store honours conditional creates: of two `put_if_absent` calls on one
+/// fresh key, the second must be refused. A store that ignores `If-None-Match`
+/// silently overwrites instead, and one that does not know it refuses the header.
+///
+/// Errors: backend errors other than "conditional writes are not supported".
+async fn probe_conditional_writes(backend: &dyn Backend) -> Result<bool> {
+    let key = format!(
+        "probe-conditional-write-{}",
+        hex::encode(crate::crypto::random_bytes::<8>())
+    );
+    let unsupported = |e: &Error| e.kind() == ErrorKind::InvalidInput;
+    let honoured = match backend.put_if_absent(&key, b"first".to_vec()).await {
+        Ok(true) => match backend.put_if_absent(&key, b"second".to_vec()).await {
+            Ok(created_again) => !created_again,
+            Err(e) if unsupported(&e) => false,
+            Err(e) => return Err(e),
+        },
+        // A fresh random key that already exists: the store cannot be trusted.
+        Ok(false) => false,
+        Err(e) if unsupported(&e) => false,
+        Err(e) => return Err(e),
+    };
+    backend.delete(&key).await?;
+    Ok(honoured)
 }
 
 impl Repository {
@@ -66,6 +95,7 @@ impl Repository {
     ) -> Result<Self> {
         opts.chunker.validate()?;
         let location = backend.location();
+        backend.prepare_root().await?;
         let existing = backend.list("").await?;
         if !existing.is_empty() {
             let holds_repo = existing.iter().any(|o| o.key == "config")
@@ -83,23 +113,31 @@ impl Repository {
                 existing.len()
             )));
         }
-        let config = RepoConfig::new(opts.chunker, opts.zstd_level);
+        let conditional_writes = probe_conditional_writes(backend.as_ref()).await?;
+        if !conditional_writes {
+            tracing::warn!(
+                "The store under {location} does not honour conditional writes (If-None-Match: *): adding keys will be refused"
+            );
+        }
+        let config = RepoConfig::new(opts.chunker, opts.zstd_level, conditional_writes);
         let key = MasterKey::generate();
         let kf = KeyFile::wrap(&key, passphrase, opts.kdf)?;
-        let key_id = hex::encode(crate::crypto::random_bytes::<16>());
-        backend
-            .put_if_absent(
-                &key_file_key(&key_id),
-                serde_json::to_vec_pretty(&kf).expect("key file serialises"),
-            )
-            .await?;
+        let key_id = keys::new_key_id();
+        let kf_bytes = serde_json::to_vec_pretty(&kf).expect("key file serialises");
+        let config_bytes = serde_json::to_vec_pretty(&config).expect("config serialises");
         // The config goes last: a location with a config is a usable repository.
-        let created = backend
-            .put_if_absent(
-                "config",
-                serde_json::to_vec_pretty(&config).expect("config serialises"),
-            )
-            .await?;
+        // Where conditional creates are not honoured, the emptiness check above is
+        // all the protection there is; plain puts at least do not fail on such stores.
+        let created = if conditional_writes {
+            backend
+                .put_if_absent(&key_file_key(&key_id), kf_bytes)
+                .await?;
+            backend.put_if_absent("config", config_bytes).await?
+        } else {
+            backend.put(&key_file_key(&key_id), kf_bytes).await?;
+            backend.put("config", config_bytes).await?;
+            true
+        };
         if !created {
             return Err(Error::AlreadyExists {
                 what: "A repository config".into(),
@@ -111,6 +149,7 @@ impl Repository {
             backend,
             config,
             key,
+            key_id,
             index,
         })
     }
@@ -149,10 +188,12 @@ impl Repository {
                 .map_err(|e| Error::io("Key derivation task failed", std::io::Error::other(e)))??;
             if let Some(key) = opened {
                 let index = Index::for_repo(&config.repo_id);
+                let key_id = obj.key.trim_start_matches("keys/").to_string();
                 return Ok(Repository {
                     backend,
                     config,
                     key,
+                    key_id,
                     index,
                 });
             }

@@ -490,7 +490,9 @@ fn lookup_user(name: &str) -> Option<(u32, u32)> {
     })
 }
 
-fn free_port() -> u16 {
+/// A free TCP port on 127.0.0.1, never handed out twice in this test binary (the S3
+/// fixture takes its ports from here too).
+pub fn free_port() -> u16 {
     loop {
         let port = TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())

@@ -133,6 +133,15 @@ impl Vault {
         )
     }
 
+    /// A new, not yet initialised, repository at `s3://bucket/prefix` on `server`, with
+    /// the AWS variables pointing at it.
+    pub fn s3(server: &super::s3::S3Server, bucket: &str, prefix: &str) -> Vault {
+        let mut v = Vault::local();
+        v.repo = format!("s3://{bucket}/{prefix}");
+        v.extra_env = server.env();
+        v
+    }
+
     /// A new local repository, initialised with cheap key derivation (tests open it often).
     pub fn init_local() -> Vault {
         let v = Vault::local();

@@ -519,11 +519,21 @@ fn kill_9_of_prune_at_any_moment_loses_nothing_and_the_next_prune_finishes() {
     let mut killed_midway = 0;
     // Kills that land before the first delete push the next ones later, so a slow
     // machine still gets kills in the middle.
-    let mut earliest = 10;
+    let mut earliest = 0;
     let mut deleted_before = 0;
     for round in 0..12 {
+        let markers = v.objects("prunes");
         let mut child = spawn(&v, &["prune"], Stdio::null());
-        std::thread::sleep(Duration::from_millis(earliest + next(150)));
+        // Prune writes its marker just before its first delete: aim the kill at the
+        // deleting that follows, however fast this machine deletes.
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while v.objects("prunes") == markers
+            && child.try_wait().unwrap().is_none()
+            && std::time::Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        std::thread::sleep(Duration::from_millis(earliest + next(4)));
         let running = child.try_wait().unwrap().is_none();
         child.kill().unwrap();
         child.wait().unwrap();
@@ -541,7 +551,7 @@ fn kill_9_of_prune_at_any_moment_loses_nothing_and_the_next_prune_finishes() {
             killed_midway += 1;
         }
         if total - left == deleted_before {
-            earliest += 50;
+            earliest += 2;
         }
         deleted_before = total - left;
         assert_eq!(verify_all(&v, &originals), 1, "round {round}");

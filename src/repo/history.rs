@@ -240,7 +240,9 @@ impl Repository {
     pub async fn record_or_spool<R: Record>(&self, record: &R) {
         if let Err(e) = self.write_record(record).await {
             match spool(&self.location(), record) {
-                Ok(p) => tracing::warn!(
+                // Nothing is lost, and the failure that stopped the store is the
+                // command's own error: one line for the user, not two.
+                Ok(p) => tracing::info!(
                     "Cannot store the record in {} ({e}): kept it in {} for the next command",
                     self.location(),
                     p.display()

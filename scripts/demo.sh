@@ -34,11 +34,11 @@ trap cleanup EXIT
 step() { printf '\n== %s\n' "$*"; }
 
 step "Throwaway PostgreSQL 15 in $WORK/pgdata"
-mkdir -p "$WORK/pgdata" "$WORK/sock" "$MNT"
-[ "$(id -u)" -eq 0 ] && chown postgres "$WORK/pgdata" "$WORK/sock"
+mkdir -p "$WORK/pgdata" "$WORK/sock" "$WORK/log" "$MNT"
+[ "$(id -u)" -eq 0 ] && chown postgres "$WORK/pgdata" "$WORK/sock" "$WORK/log"
 PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 as_pg "$PGBIN/initdb" -D "$WORK/pgdata" -A trust -U postgres --no-sync >/dev/null
-as_pg "$PGBIN/pg_ctl" -D "$WORK/pgdata" -l "$WORK/pg.log" -w \
+as_pg "$PGBIN/pg_ctl" -D "$WORK/pgdata" -l "$WORK/log/postgres.log" -w \
     -o "-p $PORT -k $WORK/sock -c listen_addresses='' -c fsync=off" start >/dev/null
 export PGHOST=$WORK/sock PGPORT=$PORT PGUSER=postgres
 psql() { "$PGBIN/psql" -X -q -v ON_ERROR_STOP=1 "$@"; }
@@ -58,6 +58,8 @@ export PGVAULT_PASSWORD_FILE=$WORK/pass
 step "Monday's dump, then a day of traffic and Tuesday's"
 "$PGVAULT" backup --db footdash --time "$(date -u -d 'yesterday 02:00' +%Y-%m-%dT%H:%M:%SZ)"
 sed -e "s/__TS__/(now())/g" -e "s/__DAY__/1/g" tests/data/footdash-day.sql | psql -d footdash
+"$PGVAULT" backup --db footdash
+step "The same data again: only the header chunk is new"
 "$PGVAULT" backup --db footdash
 "$PGVAULT" snapshots
 
@@ -85,4 +87,4 @@ echo "  source:   $src"
 echo "  restored: $dst"
 [ "$src" = "$dst" ] || { echo "demo: row counts differ" >&2; exit 1; }
 echo
-echo "Demo passed: backups deduplicated, mounted, and restored from the mount with equal row counts"
+echo "Demo passed: backed up (deduplicated), mounted, and restored from the mount with equal row counts"

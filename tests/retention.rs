@@ -15,6 +15,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use common::pg::PgCluster;
+use common::s3::S3Server;
 use common::vault::Vault;
 use serde_json::Value;
 
@@ -491,6 +492,25 @@ fn a_backup_racing_a_prune_loses_no_chunk() {
     let started = Instant::now();
     race_backup_and_prune(&v, [&d.days[0], &d.days[2]], 15);
     eprintln!("15 rounds in {:?}", started.elapsed());
+}
+
+#[test]
+fn a_backup_racing_a_prune_on_the_s3_server_loses_no_chunk() {
+    let d = dumps();
+    let server = S3Server::start();
+    let bucket = server.new_bucket("race");
+    let v = Vault::s3(&server, &bucket, "repo");
+    v.init_with(&[
+        "--chunk-min",
+        "4096",
+        "--chunk-avg",
+        "16384",
+        "--chunk-max",
+        "65536",
+    ]);
+    let started = Instant::now();
+    race_backup_and_prune(&v, [&d.days[0], &d.days[2]], 10);
+    eprintln!("10 rounds on S3 in {:?}", started.elapsed());
 }
 
 #[test]

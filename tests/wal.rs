@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use common::mount::Mount;
 use common::pg::PgCluster;
+use common::s3::S3Server;
 use common::vault::Vault;
 
 const PG_BINDIR: &str = "/usr/lib/postgresql/15/bin";
@@ -465,4 +466,80 @@ fn the_mount_serves_wal_to_restore_command_while_archiving_and_backups_go_on() {
     assert_eq!(tags(&restored), "m0,m1,m2");
     assert_eq!(restored.row_counts("footdash"), pg.row_counts("footdash"));
     drop(mnt);
+}
+
+#[test]
+fn point_in_time_recovery_through_the_s3_server() {
+    let server = S3Server::start();
+    let bucket = server.new_bucket("pitr");
+    // The passphrase file and cache belong to the server's user; the repository is S3.
+    let mut v = Vault::for_server(PgCluster::server_user());
+    v.repo = format!("s3://{bucket}/repo");
+    v.extra_env = server.env();
+    v.init();
+    let aws: String = server
+        .env()
+        .iter()
+        .map(|(k, val)| format!("{k}={val}"))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let archive = format!("archive_command = '{aws} {} wal-push %p'", v.shell_prefix());
+    let pg = PgCluster::start_with(&[
+        "wal_level = replica",
+        "archive_mode = on",
+        &archive,
+        "max_wal_senders = 4",
+    ]);
+    v.extra_env.extend(pg.libpq_env());
+    v.extra_env
+        .push(("PGVAULT_PG_BINDIR".into(), PG_BINDIR.into()));
+    pg.create_footdash("footdash", 1);
+    pg.psql("footdash", "CREATE TABLE marks (tag text)");
+    v.run(&["backup", "--base"]).ok();
+    pg.psql("footdash", "INSERT INTO marks VALUES ('A1')");
+    std::thread::sleep(Duration::from_millis(1100));
+    let target = server_time(&pg);
+    std::thread::sleep(Duration::from_millis(1100));
+    pg.psql("footdash", "INSERT INTO marks VALUES ('B1')");
+    switch_and_wait_archived(&pg);
+
+    // The restored server reaches S3 with the same credentials as the archiver.
+    let fetch = format!("{aws} {} wal-fetch %f %p", v.shell_prefix());
+    let populate = |dir: &Path| {
+        v.run(&[
+            "restore",
+            "--pgdata",
+            dir.to_str().unwrap(),
+            "--target-time",
+            &target,
+        ])
+        .ok();
+        let conf = dir.join("postgresql.auto.conf");
+        let mut text = std::fs::read_to_string(&conf).unwrap();
+        text.push_str(&format!("restore_command = '{fetch}'\n"));
+        std::fs::write(&conf, text).unwrap();
+    };
+    let restored = PgCluster::start_restored(&populate, &["archive_mode = off"]);
+    restored.wait_until_promoted();
+    assert_eq!(tags(&restored), "A1");
+    assert_eq!(
+        restored.row_counts("footdash")["users"],
+        pg.row_counts("footdash")["users"]
+    );
+
+    // Missing is 1 and quiet; S3 down is above 125, so recovery stops, not promotes.
+    let out = v.dir.path().join("fetched");
+    let out = out.to_str().unwrap();
+    let r = v.run(&["wal-fetch", "00000009.history", out]);
+    assert_eq!((r.code, r.stderr.trim()), (1, ""));
+    server.stop();
+    let r = v.run(&[
+        "wal-fetch",
+        "000000010000000000000002",
+        out,
+        "--prefetch",
+        "0",
+    ]);
+    assert!(r.code > 125, "exit {} with S3 down: {}", r.code, r.stderr);
+    assert!(r.stderr.contains("127.0.0.1"), "{}", r.stderr);
 }

@@ -11,8 +11,10 @@ cd "$(dirname "$0")/.."
 DURATION=${1:-60}
 PUSHES=${2:-15}
 PGBIN=${PG_BIN_DIR:-/usr/lib/postgresql/15/bin}
-cargo build --release --quiet
-PGVAULT=$PWD/target/release/pgvault
+# PGVAULT_BENCH_PROFILE=dev measures the (slower) debug build: a conservative bound.
+PROFILE=${PGVAULT_BENCH_PROFILE:-release}
+cargo build --profile "$PROFILE" --quiet
+PGVAULT=$PWD/target/$([ "$PROFILE" = dev ] && echo debug || echo "$PROFILE")/pgvault
 
 WORK=$(mktemp -d /tmp/pgvault-walbench.XXXXXX)
 chmod 755 "$WORK"

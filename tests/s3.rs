@@ -391,3 +391,40 @@ fn path_style_is_automatic_for_localhost_and_can_be_forced() {
         );
     }
 }
+
+#[test]
+fn check_on_s3_names_the_snapshot_hit_by_a_corrupt_chunk() {
+    let server = S3Server::start();
+    let pg = PgCluster::start();
+    pg.create_footdash("footdash", 1);
+    let bucket = server.new_bucket("check");
+    let v = s3_vault(&server, &bucket, "repo", Some(&pg));
+    v.init_with(&SMALL_CHUNKS);
+    let first = v.run(&["backup", "--db", "footdash", "--json"]).ok().json();
+    v.run(&["check", "--read-data"]).ok();
+
+    // Damage one chunk object behind pgvault's back.
+    let chunk = server
+        .keys(&bucket, "repo/chunks/")
+        .into_iter()
+        .find(|k| is_chunk_key(k, "repo"))
+        .expect("a chunk object");
+    let mut garbage = b"PGVC\x01\x00".to_vec();
+    garbage.extend((0..4096u32).map(|i| (i * 7919 % 251) as u8));
+    server.put(&bucket, &chunk, &garbage);
+    // The structure is intact; only reading the data finds the damage.
+    v.run(&["check"]).ok();
+    let r = v.run(&["check", "--read-data"]);
+    assert_ne!(r.code, 0, "check must fail: {}", r.out());
+    let report = format!("{}{}", r.out(), r.stderr);
+    let id = first["snapshot_id"].as_str().unwrap();
+    assert!(
+        report.contains(&id[..8]),
+        "the damaged snapshot is named: {report}"
+    );
+    let e = v.run(&["cat", id]).fails();
+    assert!(
+        e.contains("authentication") || e.contains("Corrupt") || e.contains("corrupt"),
+        "{e}"
+    );
+}

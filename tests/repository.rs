@@ -9,21 +9,9 @@ use std::process::Stdio;
 use common::pg::PgCluster;
 use common::vault::Vault;
 
-const PG_BINDIR: &str = "/usr/lib/postgresql/15/bin";
-
 /// A vault whose pgvault runs pg_dump against `pg`.
 fn vault_for(pg: &PgCluster) -> Vault {
-    vault_with(pg, &[])
-}
-
-/// The same, initialised with extra `init` options.
-fn vault_with(pg: &PgCluster, init: &[&str]) -> Vault {
-    let mut v = Vault::local();
-    v.init_with(init);
-    v.extra_env = pg.libpq_env();
-    v.extra_env
-        .push(("PGVAULT_PG_BINDIR".into(), PG_BINDIR.into()));
-    v
+    Vault::for_pg(pg, &[])
 }
 
 /// The bytes in which two dumps of unchanged data may differ: the creation time.
@@ -39,7 +27,7 @@ fn backups_deduplicate_and_cat_returns_the_dump_byte_for_byte() {
     let pg = PgCluster::start();
     pg.create_footdash("footdash", 6);
     // Small chunks, so that a day's scattered updates leave some chunks untouched.
-    let v = vault_with(
+    let v = Vault::for_pg(
         &pg,
         &[
             "--chunk-min",

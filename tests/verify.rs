@@ -14,10 +14,8 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use common::pg::PgCluster;
-use common::vault::Vault;
+use common::vault::{archiving_cluster, switch_and_wait_archived, Vault};
 use serde_json::Value;
-
-const PG_BINDIR: &str = "/usr/lib/postgresql/15/bin";
 
 /// Small chunks, so that a small database makes many of them.
 const SMALL_CHUNKS: &[&str] = &[
@@ -28,15 +26,6 @@ const SMALL_CHUNKS: &[&str] = &[
     "--chunk-max",
     "65536",
 ];
-
-fn vault_for(pg: &PgCluster, init: &[&str]) -> Vault {
-    let mut v = Vault::local();
-    v.init_with(init);
-    v.extra_env = pg.libpq_env();
-    v.extra_env
-        .push(("PGVAULT_PG_BINDIR".into(), PG_BINDIR.into()));
-    v
-}
 
 /// Chunk object keys of a local repository (`chunks/xx/<id>`).
 fn chunk_keys(v: &Vault) -> BTreeSet<String> {
@@ -162,7 +151,7 @@ fn status_row<'a>(status: &'a Value, db: &str, kind: &str) -> &'a Value {
 fn check_names_the_snapshots_and_wal_files_hit_by_bad_chunks() {
     let pg = PgCluster::start();
     pg.create_footdash("footdash", 2);
-    let v = vault_for(&pg, SMALL_CHUNKS);
+    let v = Vault::for_pg(&pg, SMALL_CHUNKS);
     let tmp = tempfile::tempdir().unwrap();
 
     let first = import(
@@ -290,7 +279,7 @@ fn check_names_the_snapshots_and_wal_files_hit_by_bad_chunks() {
 fn read_data_subsets_cover_every_chunk_over_repeated_runs() {
     let pg = PgCluster::start();
     pg.create_footdash("footdash", 2);
-    let v = vault_for(&pg, SMALL_CHUNKS);
+    let v = Vault::for_pg(&pg, SMALL_CHUNKS);
     v.run(&["backup", "--db", "footdash"]).ok();
     let total = v.run(&["check", "--json"]).ok().json()["chunks_referenced"]
         .as_u64()
@@ -351,7 +340,7 @@ fn write_sql(dir: &Path, name: &str, text: &str) -> PathBuf {
 fn a_drill_restores_checks_and_cleans_up_and_fails_on_a_false_assertion() {
     let pg = PgCluster::start();
     pg.create_footdash("footdash", 1);
-    let v = vault_for(&pg, &[]);
+    let v = Vault::for_pg(&pg, &[]);
     let work = tempfile::tempdir().unwrap();
     let w = work.path().to_str().unwrap();
     v.run(&["backup", "--db", "footdash"]).ok();
@@ -452,7 +441,7 @@ fn a_drill_restores_checks_and_cleans_up_and_fails_on_a_false_assertion() {
 fn an_interrupted_drill_drops_its_database_and_directory() {
     let pg = PgCluster::start();
     pg.create_footdash("footdash", 1);
-    let v = vault_for(&pg, &[]);
+    let v = Vault::for_pg(&pg, &[]);
     let work = tempfile::tempdir().unwrap();
     v.run(&["backup", "--db", "footdash"]).ok();
     let slow = write_sql(
@@ -517,7 +506,7 @@ fn an_interrupted_drill_drops_its_database_and_directory() {
 fn failed_backups_show_in_status_and_metrics() {
     let pg = PgCluster::start();
     pg.create_footdash("footdash", 1);
-    let v = vault_for(&pg, &[]);
+    let v = Vault::for_pg(&pg, &[]);
     v.run(&["backup", "--db", "footdash"]).ok();
     v.run(&["backup", "--db", "footdash"]).ok();
     // A failing pg_dump.
@@ -631,7 +620,7 @@ fn a_size_anomaly_is_flagged_in_the_backup_status_and_metrics() {
     let pg = PgCluster::start();
     pg.create_footdash("small", 1);
     pg.create_footdash("big", 3);
-    let v = vault_for(&pg, &[]);
+    let v = Vault::for_pg(&pg, &[]);
     let tmp = tempfile::tempdir().unwrap();
     let small = dump(&pg, "small", tmp.path(), "small.dump");
     let big = dump(&pg, "big", tmp.path(), "big.dump");
@@ -687,35 +676,6 @@ fn a_size_anomaly_is_flagged_in_the_backup_status_and_metrics() {
     // Shrinking back is an anomaly too.
     let r = import(&v, "footdash", &small, "2026-11-04T02:00:00Z").ok();
     assert_eq!(r.json()["size_anomaly"], true);
-}
-
-/// A cluster archiving into a fresh vault through `pgvault wal-push`.
-fn archiving_cluster() -> (PgCluster, Vault) {
-    let mut v = Vault::for_server(PgCluster::server_user());
-    let archive = format!("archive_command = '{} wal-push %p'", v.shell_prefix());
-    let pg = PgCluster::start_with(&[
-        "wal_level = replica",
-        "archive_mode = on",
-        &archive,
-        "max_wal_senders = 4",
-    ]);
-    v.extra_env = pg.libpq_env();
-    v.extra_env
-        .push(("PGVAULT_PG_BINDIR".into(), PG_BINDIR.into()));
-    (pg, v)
-}
-
-fn switch_and_wait_archived(pg: &PgCluster) {
-    let seg = pg.psql("postgres", "SELECT pg_walfile_name(pg_switch_wal())");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while pg.psql(
-        "postgres",
-        &format!("SELECT coalesce(last_archived_wal >= '{seg}', false) FROM pg_stat_archiver"),
-    ) != "t"
-    {
-        assert!(Instant::now() < deadline, "segment {seg} not archived");
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 #[test]

@@ -10,47 +10,7 @@ use std::time::{Duration, Instant};
 use common::mount::Mount;
 use common::pg::PgCluster;
 use common::s3::S3Server;
-use common::vault::Vault;
-
-const PG_BINDIR: &str = "/usr/lib/postgresql/15/bin";
-
-/// A cluster archiving into a fresh vault through `pgvault wal-push`.
-fn archiving_cluster() -> (PgCluster, Vault) {
-    let mut v = Vault::for_server(PgCluster::server_user());
-    let archive = format!("archive_command = '{} wal-push %p'", v.shell_prefix());
-    let pg = PgCluster::start_with(&[
-        "wal_level = replica",
-        "archive_mode = on",
-        &archive,
-        "max_wal_senders = 4",
-    ]);
-    v.extra_env = pg.libpq_env();
-    v.extra_env
-        .push(("PGVAULT_PG_BINDIR".into(), PG_BINDIR.into()));
-    (pg, v)
-}
-
-/// Forces a segment switch and waits until the archiver has pushed it.
-fn switch_and_wait_archived(pg: &PgCluster) -> String {
-    let seg = pg.psql("postgres", "SELECT pg_walfile_name(pg_switch_wal())");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let done = pg.psql(
-            "postgres",
-            &format!("SELECT coalesce(last_archived_wal >= '{seg}', false) FROM pg_stat_archiver"),
-        );
-        if done == "t" {
-            return seg;
-        }
-        let failed = pg.psql("postgres", "SELECT failed_count FROM pg_stat_archiver");
-        assert!(
-            Instant::now() < deadline,
-            "segment {seg} not archived in 60 s (failed_count {failed}); log:\n{}",
-            pg.log()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
+use common::vault::{archiving_cluster, switch_and_wait_archived, Vault};
 
 fn server_time(pg: &PgCluster) -> String {
     pg.psql(
@@ -490,9 +450,7 @@ fn point_in_time_recovery_through_the_s3_server() {
         &archive,
         "max_wal_senders = 4",
     ]);
-    v.extra_env.extend(pg.libpq_env());
-    v.extra_env
-        .push(("PGVAULT_PG_BINDIR".into(), PG_BINDIR.into()));
+    v.use_pg(&pg);
     pg.create_footdash("footdash", 1);
     pg.psql("footdash", "CREATE TABLE marks (tag text)");
     v.run(&["backup", "--base"]).ok();

@@ -276,3 +276,61 @@ fn to_run(o: Output) -> Run {
         stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
     }
 }
+
+/// Where the tests find PostgreSQL 15's programs.
+pub const PG_BINDIR: &str = "/usr/lib/postgresql/15/bin";
+
+impl Vault {
+    /// Makes this vault's pgvault run pg_dump and pg_basebackup against `pg`.
+    pub fn use_pg(&mut self, pg: &super::pg::PgCluster) {
+        self.extra_env.extend(pg.libpq_env());
+        self.extra_env
+            .push(("PGVAULT_PG_BINDIR".into(), PG_BINDIR.into()));
+    }
+
+    /// A new local vault, initialised with extra `init` options, using `pg`.
+    pub fn for_pg(pg: &super::pg::PgCluster, init: &[&str]) -> Vault {
+        let mut v = Vault::local();
+        v.init_with(init);
+        v.use_pg(pg);
+        v
+    }
+}
+
+/// A cluster archiving into a fresh vault through `pgvault wal-push`; the vault's
+/// commands run as the server's user.
+pub fn archiving_cluster() -> (super::pg::PgCluster, Vault) {
+    use super::pg::PgCluster;
+    let mut v = Vault::for_server(PgCluster::server_user());
+    let archive = format!("archive_command = '{} wal-push %p'", v.shell_prefix());
+    let pg = PgCluster::start_with(&[
+        "wal_level = replica",
+        "archive_mode = on",
+        &archive,
+        "max_wal_senders = 4",
+    ]);
+    v.use_pg(&pg);
+    (pg, v)
+}
+
+/// Forces a segment switch, waits until the archiver has pushed it, and returns its name.
+pub fn switch_and_wait_archived(pg: &super::pg::PgCluster) -> String {
+    let seg = pg.psql("postgres", "SELECT pg_walfile_name(pg_switch_wal())");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let done = pg.psql(
+            "postgres",
+            &format!("SELECT coalesce(last_archived_wal >= '{seg}', false) FROM pg_stat_archiver"),
+        );
+        if done == "t" {
+            return seg;
+        }
+        let failed = pg.psql("postgres", "SELECT failed_count FROM pg_stat_archiver");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "segment {seg} not archived in 60 s (failed_count {failed}); log:\n{}",
+            pg.log()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}

@@ -64,12 +64,9 @@ impl Index {
     /// held it for longer than we are willing to wait.
     fn with_db<T>(&self, f: impl FnOnce(&sled::Db) -> sled::Result<T>) -> Result<Option<T>> {
         let deadline = Instant::now() + OPEN_PATIENCE;
-        loop {
+        let db = loop {
             match sled::Config::new().path(&self.path).open() {
-                Ok(db) => {
-                    let out = f(&db).and_then(|v| db.flush().map(|_| v));
-                    return out.map(Some).map_err(|e| index_error(&self.path, e));
-                }
+                Ok(db) => break db,
                 Err(sled::Error::Io(e)) if is_lock_conflict(&e) => {
                     if Instant::now() >= deadline {
                         tracing::info!(
@@ -100,12 +97,15 @@ impl Index {
                             })
                             .ok()
                     });
-                    let Some(db) = reopened else { return Ok(None) };
-                    let out = f(&db).and_then(|v| db.flush().map(|_| v));
-                    return out.map(Some).map_err(|e| index_error(&self.path, e));
+                    match reopened {
+                        Some(db) => break db,
+                        None => return Ok(None),
+                    }
                 }
             }
-        }
+        };
+        let out = f(&db).and_then(|v| db.flush().map(|_| v));
+        out.map(Some).map_err(|e| index_error(&self.path, e))
     }
 
     /// Deletes the index from disk.
@@ -119,27 +119,7 @@ impl Index {
         }
     }
 
-    /// The chunk ids the cache believes stored (empty when the index is busy).
-    ///
-    /// Errors: `Io` when the index is unreadable and cannot be recreated.
-    pub fn known_chunks(&self) -> Result<KnownChunks> {
-        let ids = self.with_db(|db| {
-            let tree = db.open_tree("chunks")?;
-            let mut ids = HashSet::with_capacity(tree.len());
-            for kv in tree.iter() {
-                let (k, _) = kv?;
-                if let Ok(arr) = <[u8; 32]>::try_from(&k[..]) {
-                    ids.insert(ChunkId(arr));
-                }
-            }
-            Ok(ids)
-        })?;
-        Ok(KnownChunks {
-            ids: ids.unwrap_or_default(),
-        })
-    }
-
-    /// Like [`Index::known_chunks`], but trusted only while the repository's prune
+    /// The chunk ids the cache believes stored, trusted only while the repository's prune
     /// generation (see `repo::prune`) is the one this cache last saw: a prune on
     /// another machine may have deleted chunks this cache still lists, and a backup
     /// that skipped uploading one of them would commit a snapshot with a hole in it.

@@ -511,18 +511,7 @@ impl Repository {
                 repo.decode_snapshot(&id, &sealed)
             })
             .await?;
-        let mut out = Vec::new();
-        for (key, r) in results {
-            match r {
-                Ok(m) => out.push(m),
-                Err(e) if e.kind() == ErrorKind::NotFound => {}
-                Err(e) if is_verdict(&e) => bad.push(BadManifest {
-                    key,
-                    error: e.to_string(),
-                }),
-                Err(e) => return Err(e),
-            }
-        }
+        let mut out = sort_out(results, bad)?;
         out.sort_by(|a, b| a.time.cmp(&b.time).then_with(|| a.id.cmp(&b.id)));
         Ok(out)
     }
@@ -554,18 +543,7 @@ impl Repository {
                 Ok(m)
             })
             .await?;
-        let mut out = Vec::new();
-        for (key, r) in results {
-            match r {
-                Ok(m) => out.push(m),
-                Err(e) if e.kind() == ErrorKind::NotFound => {}
-                Err(e) if is_verdict(&e) => bad.push(BadManifest {
-                    key,
-                    error: e.to_string(),
-                }),
-                Err(e) => return Err(e),
-            }
-        }
+        let mut out = sort_out(results, bad)?;
         out.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(out)
     }
@@ -690,6 +668,25 @@ fn dedup(mut v: Vec<String>) -> Vec<String> {
     v.sort();
     v.dedup();
     v
+}
+
+/// Splits fetched manifests into the decoded ones and the damaged ones (into `bad`):
+/// one deleted meanwhile is neither; an error that is no verdict on the repository
+/// (storage down) ends the check.
+fn sort_out<T>(results: Vec<(String, Result<T>)>, bad: &mut Vec<BadManifest>) -> Result<Vec<T>> {
+    let mut out = Vec::new();
+    for (key, r) in results {
+        match r {
+            Ok(m) => out.push(m),
+            Err(e) if e.kind() == ErrorKind::NotFound => {}
+            Err(e) if is_verdict(&e) => bad.push(BadManifest {
+                key,
+                error: e.to_string(),
+            }),
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(out)
 }
 
 #[cfg(test)]

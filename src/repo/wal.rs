@@ -45,6 +45,8 @@ pub fn wal_key(kind: &WalFileKind, name: &str) -> String {
 /// One archived file as a listing shows it (no manifest downloaded).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WalEntry {
+    /// The manifest's object key.
+    pub key: String,
     pub name: String,
     pub kind: WalFileKind,
 }
@@ -232,34 +234,11 @@ impl Repository {
     ///
     /// Errors: backend errors.
     pub async fn wal_catalog(&self) -> Result<WalCatalog> {
-        let listed = self.backend().list("wal/").await?;
-        let mut entries: Vec<WalEntry> = listed
-            .iter()
-            .filter_map(|o| {
-                let name = o.key.rsplit('/').next()?;
-                WalFileKind::parse(name).ok().map(|kind| WalEntry {
-                    name: name.to_string(),
-                    kind,
-                })
-            })
-            .collect();
-        entries.sort_by(|a, b| a.name.cmp(&b.name));
+        let entries = self.wal_entries().await?;
         let mut cat = WalCatalog {
-            segment_size: DEFAULT_SEGMENT_SIZE,
+            segment_size: self.wal_segment_size(&entries).await,
             ..Default::default()
         };
-        if let Some(seg) = entries
-            .iter()
-            .rev()
-            .find(|e| matches!(e.kind, WalFileKind::Segment { .. }))
-        {
-            // Clusters made with initdb --wal-segsize have other segment sizes.
-            if let Ok(m) = self.wal_manifest(&seg.name).await {
-                if m.size_bytes.is_power_of_two() && m.size_bytes >= 1 << 20 {
-                    cat.segment_size = m.size_bytes;
-                }
-            }
-        }
         for e in entries {
             let tl = cat.timelines.entry(e.kind.timeline()).or_default();
             match e.kind {
@@ -324,20 +303,56 @@ impl Repository {
 }
 
 impl Repository {
+    /// Every archived WAL file, from one listing of `wal/`, sorted by name; objects
+    /// not named like WAL files are left out.
+    ///
+    /// Errors: backend errors.
+    pub async fn wal_entries(&self) -> Result<Vec<WalEntry>> {
+        let mut entries: Vec<WalEntry> = self
+            .backend()
+            .list("wal/")
+            .await?
+            .into_iter()
+            .filter_map(|o| {
+                let name = o.key.rsplit('/').next()?.to_string();
+                let kind = WalFileKind::parse(&name).ok()?;
+                Some(WalEntry {
+                    key: o.key,
+                    name,
+                    kind,
+                })
+            })
+            .collect();
+        entries.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(entries)
+    }
+
+    /// The archive's segment size, read from the newest segment's manifest: clusters
+    /// made with initdb --wal-segsize have other sizes than the default.
+    async fn wal_segment_size(&self, entries: &[WalEntry]) -> u64 {
+        let newest = entries
+            .iter()
+            .rev()
+            .find(|e| matches!(e.kind, WalFileKind::Segment { .. }));
+        if let Some(seg) = newest {
+            if let Ok(m) = self.wal_manifest(&seg.name).await {
+                if m.size_bytes.is_power_of_two() && m.size_bytes >= 1 << 20 {
+                    return m.size_bytes;
+                }
+            }
+        }
+        DEFAULT_SEGMENT_SIZE
+    }
+
     /// The names of all archived WAL files with their timelines, from one listing.
     ///
     /// Errors: backend errors.
     pub async fn wal_names(&self) -> Result<BTreeMap<String, u32>> {
         Ok(self
-            .backend()
-            .list("wal/")
+            .wal_entries()
             .await?
-            .iter()
-            .filter_map(|o| {
-                let name = o.key.rsplit('/').next()?;
-                let kind = WalFileKind::parse(name).ok()?;
-                Some((name.to_string(), kind.timeline()))
-            })
+            .into_iter()
+            .map(|e| (e.name, e.kind.timeline()))
             .collect())
     }
 
@@ -350,19 +365,13 @@ impl Repository {
         &self,
         excluded: &std::collections::HashSet<String>,
     ) -> Result<std::collections::HashSet<ChunkId>> {
-        let listed = self.backend().list("wal/").await?;
         let mut tasks = JoinSet::new();
         let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(16));
-        for o in listed {
-            if excluded.contains(&o.key) {
+        for e in self.wal_entries().await? {
+            if excluded.contains(&e.key) {
                 continue;
             }
-            let Some(name) = o.key.rsplit('/').next().map(str::to_string) else {
-                continue;
-            };
-            if WalFileKind::parse(&name).is_err() {
-                continue;
-            }
+            let name = e.name;
             let repo = self.clone();
             let slots = slots.clone();
             tasks.spawn(async move {
@@ -401,30 +410,25 @@ impl Repository {
         else {
             return Ok(Vec::new());
         };
-        let catalog = self.wal_catalog().await?;
-        let first_needed = crate::wal_name::segno_of(oldest.start_lsn, catalog.segment_size);
-        let listed = self.backend().list("wal/").await?;
+        let entries = self.wal_entries().await?;
+        let segment_size = self.wal_segment_size(&entries).await;
+        let first_needed = crate::wal_name::segno_of(oldest.start_lsn, segment_size);
         let mut out = Vec::new();
-        for o in listed {
-            let Some(name) = o.key.rsplit('/').next() else {
-                continue;
-            };
-            let Ok(kind) = WalFileKind::parse(name) else {
-                continue;
-            };
-            let segment_of = |n: &str| {
-                WalFileKind::parse(&n[..24])
-                    .ok()
-                    .and_then(|k| k.segno(catalog.segment_size))
-            };
-            let segno = match kind {
+        for e in entries {
+            let segno = match e.kind {
                 WalFileKind::History { .. } => None,
-                WalFileKind::Segment { .. } => kind.segno(catalog.segment_size),
-                WalFileKind::Backup { .. } | WalFileKind::Partial { .. } => segment_of(name),
+                WalFileKind::Segment { .. } => e.kind.segno(segment_size),
+                // `<segment>.<offset>.backup` and `<segment>.partial` belong to the
+                // segment their name starts with.
+                WalFileKind::Backup { .. } | WalFileKind::Partial { .. } => {
+                    WalFileKind::parse(&e.name[..24])
+                        .ok()
+                        .and_then(|k| k.segno(segment_size))
+                }
             };
             if let Some(segno) = segno {
-                if kind.timeline() <= oldest.timeline && segno < first_needed {
-                    out.push(o.key);
+                if e.kind.timeline() <= oldest.timeline && segno < first_needed {
+                    out.push(e.key);
                 }
             }
         }

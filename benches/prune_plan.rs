@@ -79,14 +79,17 @@ fn synthetic(n: u64) -> (Vec<ObjectStat>, Vec<SnapshotManifest>) {
             file_name: "db.dump".into(),
             size_bytes: 0,
             chunks: (start..end)
+                // Every other chunk a delta on its neighbour, as in daily dumps.
                 .map(|i| ChunkRef {
                     id: id(i),
                     len: 262_144,
+                    base: (i % 2 == 1).then(|| id(i - 1)),
                 })
                 .collect(),
             stats: BackupStats::default(),
             dump_offsets_filled: false,
             base: None,
+            sketches: Vec::new(),
         });
         start += PER_MANIFEST / 2;
     }

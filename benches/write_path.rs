@@ -1,11 +1,14 @@
 //! The write path's stages, each with byte throughput: cutting (FastCDC), keyed
 //! hashing (blake3), compression (zstd), sealing (AES-256-GCM), and all of them as
 //! one chunk is stored. Input is dump-like text, so compression ratios are honest.
+//! The `delta` group measures what delta chunks add: the sketch of a new chunk, its
+//! delta on a base with 1% of its rows changed, and rebuilding it on read.
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use pgvault::chunker::ChunkerParams;
 use pgvault::crypto::MasterKey;
-use pgvault::repo::format::encode_chunk;
+use pgvault::repo::format::{delta_compress, delta_decompress, encode_chunk};
+use pgvault::sketch::Sketch;
 
 /// COPY-like rows: ids, dates, names and hex hashes, as a pg_dump data block holds.
 fn dump_like(len: usize) -> Vec<u8> {
@@ -60,5 +63,42 @@ fn stages(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, stages);
+fn delta(c: &mut Criterion) {
+    let base = dump_like(256 * 1024);
+    // Every hundredth 100-byte stretch rewritten: a day's scattered row updates.
+    let mut edited = base.clone();
+    for at in (0..edited.len() - 100).step_by(10_000) {
+        edited[at..at + 100].copy_from_slice(&dump_like(100 + at % 7)[at % 7..]);
+    }
+    let mut g = c.benchmark_group("delta");
+    g.sample_size(20);
+    g.throughput(Throughput::Bytes(edited.len() as u64));
+    g.bench_function("sketch_256KiB", |b| b.iter(|| Sketch::of(&edited)));
+    g.bench_function("delta_compress_256KiB", |b| {
+        b.iter(|| delta_compress(&edited, &base, 3).len())
+    });
+    g.bench_function("full_compress_256KiB", |b| {
+        b.iter(|| zstd::bulk::compress(&edited, 3).unwrap().len())
+    });
+    let d = delta_compress(&edited, &base, 3);
+    let full = zstd::bulk::compress(&edited, 3).unwrap();
+    g.bench_function("delta_decompress_256KiB", |b| {
+        b.iter(|| {
+            delta_decompress(&d, &base, edited.len(), "bench")
+                .unwrap()
+                .len()
+        })
+    });
+    g.bench_function("full_decompress_256KiB", |b| {
+        b.iter(|| zstd::bulk::decompress(&full, edited.len()).unwrap().len())
+    });
+    g.finish();
+    eprintln!(
+        "delta of a 256 KiB chunk with 1% of it changed: {} bytes; compressed in full: {} bytes",
+        d.len(),
+        full.len()
+    );
+}
+
+criterion_group!(benches, stages, delta);
 criterion_main!(benches);

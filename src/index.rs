@@ -9,12 +9,13 @@
 //! waiting a little if another process is in the middle of its own batch, and going
 //! without the cache if the wait runs out.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use crate::crypto::ChunkId;
 use crate::error::{Error, Result};
+use crate::sketch::Sketch;
 
 /// How long a command waits for another process's index batch before going without.
 const OPEN_PATIENCE: Duration = Duration::from_secs(5);
@@ -32,6 +33,18 @@ pub struct Index {
 #[derive(Debug, Default)]
 pub struct KnownChunks {
     pub ids: HashSet<ChunkId>,
+    /// The base of each known chunk that is stored as a delta.
+    pub bases: HashMap<ChunkId, ChunkId>,
+}
+
+/// One chunk object as the cache records it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CachedChunk {
+    pub id: ChunkId,
+    /// The object's stored size; 0 when the writer did not learn it.
+    pub size_bytes: u64,
+    /// The chunk its object is a delta on.
+    pub base: Option<ChunkId>,
 }
 
 /// The cache directory: `$PGVAULT_CACHE_DIR`, else `$XDG_CACHE_HOME/pgvault`, else
@@ -125,14 +138,16 @@ impl Index {
     /// that skipped uploading one of them would commit a snapshot with a hole in it.
     /// When the generation differs the chunk cache is dropped (the backup then asks
     /// the backend for each chunk) and the new generation is recorded, in the same
-    /// batch. Empty when the index is busy.
+    /// batch. Sketches stay: they are only hints, checked by reading the base. Empty
+    /// when the index is busy.
     ///
     /// Errors: `Io` when the index is unreadable and cannot be recreated.
     pub fn known_chunks_at(&self, generation: &str) -> Result<KnownChunks> {
-        let ids = self.with_db(|db| {
+        let known = self.with_db(|db| {
             let meta = db.open_tree("meta")?;
             let tree = db.open_tree("chunks")?;
             let seen = meta.get(PRUNE_GENERATION)?;
+            let mut known = KnownChunks::default();
             if seen.as_deref() != Some(generation.as_bytes()) {
                 if !tree.is_empty() {
                     tracing::info!(
@@ -142,49 +157,121 @@ impl Index {
                 }
                 tree.clear()?;
                 meta.insert(PRUNE_GENERATION, generation.as_bytes())?;
-                return Ok(HashSet::new());
+                return Ok(known);
             }
-            let mut ids = HashSet::with_capacity(tree.len());
+            known.ids.reserve(tree.len());
             for kv in tree.iter() {
-                let (k, _) = kv?;
-                if let Ok(arr) = <[u8; 32]>::try_from(&k[..]) {
-                    ids.insert(ChunkId(arr));
+                let (k, v) = kv?;
+                let Ok(arr) = <[u8; 32]>::try_from(&k[..]) else {
+                    continue;
+                };
+                known.ids.insert(ChunkId(arr));
+                if let Some(Ok(base)) = v.get(8..40).map(<[u8; 32]>::try_from) {
+                    known.bases.insert(ChunkId(arr), ChunkId(base));
                 }
             }
-            Ok(ids)
+            Ok(known)
         })?;
-        Ok(KnownChunks {
-            ids: ids.unwrap_or_default(),
-        })
+        Ok(known.unwrap_or_default())
     }
 
-    /// Records chunks as stored, with their stored sizes. Skipped when the index is busy.
+    /// Records the repository's prune generation that the chunk cache is about to
+    /// match (after a rebuild). Skipped when the index is busy.
     ///
     /// Errors: `Io` when the index is unwritable and cannot be recreated.
-    pub fn add_chunks(&self, chunks: &[(ChunkId, u64)]) -> Result<()> {
+    pub fn set_generation(&self, generation: &str) -> Result<()> {
+        self.with_db(|db| {
+            db.open_tree("meta")?
+                .insert(PRUNE_GENERATION, generation.as_bytes())
+                .map(|_| ())
+        })?;
+        Ok(())
+    }
+
+    /// Records chunks as stored, with their stored sizes and bases. Skipped when the
+    /// index is busy.
+    ///
+    /// Errors: `Io` when the index is unwritable and cannot be recreated.
+    pub fn add_chunks(&self, chunks: &[CachedChunk]) -> Result<()> {
         if chunks.is_empty() {
             return Ok(());
         }
         self.with_db(|db| {
             let tree = db.open_tree("chunks")?;
             let mut batch = sled::Batch::default();
-            for (id, size) in chunks {
-                batch.insert(&id.0[..], &size.to_be_bytes()[..]);
+            for c in chunks {
+                let mut v = c.size_bytes.to_be_bytes().to_vec();
+                if let Some(base) = c.base {
+                    v.extend_from_slice(&base.0);
+                }
+                batch.insert(&c.id.0[..], v);
             }
             tree.apply_batch(batch)
         })?;
         Ok(())
     }
 
-    /// Forgets chunks, so that a later backup checks the backend for them again.
+    /// Forgets chunks and their sketches, so that a later backup checks the backend
+    /// for them again and builds no delta on them. A prune that deleted exactly these
+    /// chunks passes the repository's prune generations before and after it: a cache
+    /// that was current before is current after (nothing else was deleted), and
+    /// keeping it spares the next backup a backend lookup per chunk.
     ///
     /// Errors: `Io` when the index is unwritable and cannot be recreated.
-    pub fn remove_chunks(&self, ids: &[ChunkId]) -> Result<()> {
+    pub fn remove_chunks(&self, ids: &[ChunkId], generations: Option<(&str, &str)>) -> Result<()> {
         self.with_db(|db| {
-            let tree = db.open_tree("chunks")?;
             let mut batch = sled::Batch::default();
             for id in ids {
                 batch.remove(&id.0[..]);
+            }
+            db.open_tree("chunks")?.apply_batch(batch.clone())?;
+            db.open_tree("sketches")?.apply_batch(batch)?;
+            if let Some((before, after)) = generations {
+                let meta = db.open_tree("meta")?;
+                if meta.get(PRUNE_GENERATION)?.as_deref() == Some(before.as_bytes()) {
+                    meta.insert(PRUNE_GENERATION, after.as_bytes())?;
+                }
+            }
+            Ok(())
+        })?;
+        Ok(())
+    }
+
+    /// Every recorded sketch of a full chunk (empty when the index is busy).
+    ///
+    /// Errors: `Io` when the index is unreadable and cannot be recreated.
+    pub fn sketches(&self) -> Result<Vec<(ChunkId, Sketch)>> {
+        let out = self.with_db(|db| {
+            let tree = db.open_tree("sketches")?;
+            let mut out = Vec::with_capacity(tree.len());
+            for kv in tree.iter() {
+                let (k, v) = kv?;
+                if let Ok(arr) = <[u8; 32]>::try_from(&k[..]) {
+                    let features = v
+                        .chunks_exact(8)
+                        .map(|b| u64::from_be_bytes(b.try_into().expect("8 bytes")))
+                        .collect();
+                    out.push((ChunkId(arr), Sketch(features)));
+                }
+            }
+            Ok(out)
+        })?;
+        Ok(out.unwrap_or_default())
+    }
+
+    /// Records sketches of full chunks. Skipped when the index is busy.
+    ///
+    /// Errors: `Io` when the index is unwritable and cannot be recreated.
+    pub fn add_sketches(&self, sketches: &[(ChunkId, Sketch)]) -> Result<()> {
+        if sketches.is_empty() {
+            return Ok(());
+        }
+        self.with_db(|db| {
+            let tree = db.open_tree("sketches")?;
+            let mut batch = sled::Batch::default();
+            for (id, s) in sketches {
+                let v: Vec<u8> = s.0.iter().flat_map(|f| f.to_be_bytes()).collect();
+                batch.insert(&id.0[..], v);
             }
             tree.apply_batch(batch)
         })?;

@@ -16,6 +16,7 @@ pub mod index;
 pub mod pg;
 pub mod pipe;
 pub mod repo;
+pub mod sketch;
 pub mod vfs;
 pub mod wal_name;
 

@@ -1174,6 +1174,7 @@ mod tests {
             stats: BackupStats::default(),
             dump_offsets_filled: false,
             base: None,
+            sketches: Vec::new(),
         })
     }
 

@@ -15,19 +15,9 @@ use std::time::{Duration, Instant, SystemTime};
 
 use common::mount::{is_mounted, signal, Mount};
 use common::pg::PgCluster;
-use common::vault::Vault;
+use common::vault::{Vault, SMALL_CHUNKS};
 
 const PG_BINDIR: &str = "/usr/lib/postgresql/15/bin";
-
-/// Small chunks, so that every file spans hundreds of them.
-const SMALL_CHUNKS: &[&str] = &[
-    "--chunk-min",
-    "4096",
-    "--chunk-avg",
-    "16384",
-    "--chunk-max",
-    "65536",
-];
 
 /// Two real custom-format dumps (FootDash at two sizes), made once per build and
 /// kept in Cargo's scratch directory, so that tests needing only dump bytes do not

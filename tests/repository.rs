@@ -7,7 +7,7 @@ use std::io::Write;
 use std::process::Stdio;
 
 use common::pg::PgCluster;
-use common::vault::Vault;
+use common::vault::{Vault, SMALL_CHUNKS};
 
 /// A vault whose pgvault runs pg_dump against `pg`.
 fn vault_for(pg: &PgCluster) -> Vault {
@@ -27,17 +27,7 @@ fn backups_deduplicate_and_cat_returns_the_dump_byte_for_byte() {
     let pg = PgCluster::start();
     pg.create_footdash("footdash", 6);
     // Small chunks, so that a day's scattered updates leave some chunks untouched.
-    let v = Vault::for_pg(
-        &pg,
-        &[
-            "--chunk-min",
-            "4096",
-            "--chunk-avg",
-            "16384",
-            "--chunk-max",
-            "65536",
-        ],
-    );
+    let v = Vault::for_pg(&pg, SMALL_CHUNKS);
     let tmp = tempfile::tempdir().unwrap();
 
     // Day 0 through stdin: cat must give back exactly the file.

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use common::pg::PgCluster;
 use common::s3::S3Server;
-use common::vault::Vault;
+use common::vault::{Vault, SMALL_CHUNKS};
 use serde_json::Value;
 
 /// Dumps made once per test run from a throwaway cluster.
@@ -500,14 +500,7 @@ fn a_backup_racing_a_prune_on_the_s3_server_loses_no_chunk() {
     let server = S3Server::start();
     let bucket = server.new_bucket("race");
     let v = Vault::s3(&server, &bucket, "repo");
-    v.init_with(&[
-        "--chunk-min",
-        "4096",
-        "--chunk-avg",
-        "16384",
-        "--chunk-max",
-        "65536",
-    ]);
+    v.init_with(SMALL_CHUNKS);
     let started = Instant::now();
     race_backup_and_prune(&v, [&d.days[0], &d.days[2]], 10);
     eprintln!("10 rounds on S3 in {:?}", started.elapsed());
@@ -532,7 +525,9 @@ fn kill_9_of_prune_at_any_moment_loses_nothing_and_the_next_prune_finishes() {
     v.run(&["forget", "--keep-last", "1"]).ok();
     let plan = v.run(&["prune", "--dry-run", "--json"]).ok().json();
     let to_free = plan["chunks_deleted"].as_u64().unwrap();
-    assert!(to_free > 1500, "{plan}");
+    // Fewer than the forgotten chunks: day 1's full chunks stay as the bases of the
+    // kept day's deltas. Still enough deletes for kills to land among them.
+    assert!(to_free > 1000, "{plan}");
     let total = v.objects("chunks").len() as u64;
 
     let mut next = rng();

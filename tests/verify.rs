@@ -14,18 +14,8 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use common::pg::PgCluster;
-use common::vault::{archiving_cluster, switch_and_wait_archived, Vault};
+use common::vault::{archiving_cluster, switch_and_wait_archived, Vault, SMALL_CHUNKS};
 use serde_json::Value;
-
-/// Small chunks, so that a small database makes many of them.
-const SMALL_CHUNKS: &[&str] = &[
-    "--chunk-min",
-    "4096",
-    "--chunk-avg",
-    "16384",
-    "--chunk-max",
-    "65536",
-];
 
 /// Chunk object keys of a local repository (`chunks/xx/<id>`).
 fn chunk_keys(v: &Vault) -> BTreeSet<String> {

@@ -170,6 +170,10 @@ pub struct InitArgs {
     /// zstd compression level for chunks
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(i32).range(1..=19))]
     pub zstd_level: i32,
+    /// Store a new chunk that resembles a stored one as a delta on it (changed rows in
+    /// daily dumps): "on" or "off"
+    #[arg(long, default_value = "on", value_name = "on|off", value_parser = parse_on_off, action = clap::ArgAction::Set)]
+    pub delta: bool,
     /// Memory for the argon2id passphrase hash, in KiB
     #[arg(long, default_value_t = 64 * 1024, value_name = "KIB", value_parser = clap::value_parser!(u32).range(8..))]
     pub kdf_memory_kib: u32,
@@ -286,6 +290,14 @@ pub(crate) fn parse_time(s: &str) -> std::result::Result<chrono::DateTime<chrono
         .map_err(|e| format!("{s:?} is not an RFC 3339 time such as 2026-11-01T02:00:00Z: {e}"))
 }
 
+fn parse_on_off(s: &str) -> std::result::Result<bool, String> {
+    match s {
+        "on" => Ok(true),
+        "off" => Ok(false),
+        _ => Err(format!("{s:?} is neither \"on\" nor \"off\"")),
+    }
+}
+
 /// Runs the command line and returns the process exit code.
 pub fn main() -> i32 {
     let cli = Cli::parse();
@@ -350,6 +362,7 @@ async fn run(cli: Cli) -> Result<()> {
                     max_size_bytes: a.chunk_max,
                 },
                 zstd_level: a.zstd_level,
+                delta: a.delta,
                 kdf: crate::crypto::KdfParams {
                     memory_kib: a.kdf_memory_kib,
                     iterations: a.kdf_iterations,

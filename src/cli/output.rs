@@ -118,6 +118,7 @@ pub fn backup_json(m: &SnapshotManifest) -> Value {
         "bytes_stored_new": s.bytes_stored_new,
         "chunks_total": s.chunks_total,
         "chunks_new": s.chunks_new,
+        "chunks_new_delta": s.chunks_new_delta,
         "chunks_reused": s.chunks_reused,
         "duration_ms": s.duration_ms,
         "dump_offsets_filled": m.dump_offsets_filled,
@@ -138,8 +139,13 @@ pub fn print_backup(m: &SnapshotManifest) {
         m.kind,
         m.time.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
     );
+    let deltas = if s.chunks_new_delta > 0 {
+        format!(", {} of them as deltas", s.chunks_new_delta)
+    } else {
+        String::new()
+    };
     println!(
-        "  read {}, stored {} new ({} of {} chunks new, {} reused) in {:.1} s",
+        "  read {}, stored {} new ({} of {} chunks new{deltas}, {} reused) in {:.1} s",
         HumanBytes(s.bytes_read),
         HumanBytes(s.bytes_stored_new),
         s.chunks_new,

@@ -7,9 +7,9 @@
 //!
 //! A problem is reported against the chunk, and then against every snapshot and WAL
 //! file that needs that chunk: a damaged chunk matters only through what it breaks.
-//! A chunk may need other chunk objects to be read ([`chunk_dependencies`]; a delta
-//! chunk names its base, see DESIGN.md): a bad base damages every chunk built on it,
-//! and through them their snapshots.
+//! A delta chunk needs its base to be read: the manifests name the base, so a missing
+//! or bad base is reported against every snapshot and WAL file whose deltas need it,
+//! and the data check marks each delta on a bad base bad too.
 //!
 //! Subsets (`--read-data-subset`):
 //! - `n/m` reads the chunks whose id falls in the n-th of m equal slices of the id
@@ -217,27 +217,6 @@ impl CheckReport {
     }
 }
 
-/// The chunk objects that reading the chunk stored in `object` needs besides itself.
-/// A full chunk needs none; a delta chunk (DESIGN.md) will name its base here, and the
-/// check then verifies the base too and blames the delta's users when it is bad.
-///
-/// Errors: `Corrupt` when the header is not a chunk header this build knows.
-pub fn chunk_dependencies(id: &ChunkId, object: &[u8]) -> Result<Vec<ChunkId>> {
-    if object.len() < 6 || &object[..4] != b"PGVC" || object[4] != 1 {
-        return Err(Error::Corrupt(format!(
-            "Chunk {} has an unknown header",
-            id.to_hex()
-        )));
-    }
-    match object[5] {
-        0 => Ok(Vec::new()),
-        t => Err(Error::Corrupt(format!(
-            "Chunk {} has unknown chunk type {t}",
-            id.to_hex()
-        ))),
-    }
-}
-
 fn cursor_path(repo: &Repository) -> PathBuf {
     crate::index::cache_dir()
         .join(&repo.config().repo_id)
@@ -301,11 +280,15 @@ impl Repository {
 
         let mut users: HashMap<ChunkId, Vec<User>> = HashMap::new();
         let mut lens: HashMap<ChunkId, u32> = HashMap::new();
+        // A delta's base is needed by whatever needs the delta: a missing or bad base
+        // names the same snapshots and WAL files.
         let mut note = |refs: &[ChunkRef], user: User| {
             for r in refs {
-                let u = users.entry(r.id).or_default();
-                if u.last() != Some(&user) {
-                    u.push(user);
+                for id in r.objects() {
+                    let u = users.entry(id).or_default();
+                    if u.last() != Some(&user) {
+                        u.push(user);
+                    }
                 }
                 lens.insert(r.id, r.len);
             }
@@ -621,8 +604,10 @@ impl Repository {
         Ok(out)
     }
 
-    /// Downloads one chunk object, verifies it and returns what it depends on and its
-    /// stored size.
+    /// Downloads one chunk object, verifies it and returns what it depends on (a
+    /// delta's base) and its stored size. A delta is rebuilt on its base and checked;
+    /// when the base itself cannot be read the delta is left to be marked bad through
+    /// its dependency, which the caller reads and reports on its own.
     async fn verify_chunk(&self, id: ChunkId, len: Option<usize>) -> Result<(Vec<ChunkId>, u64)> {
         let key = format::chunk_key(&id);
         let object = match self.backend().get(&key).await {
@@ -636,12 +621,25 @@ impl Repository {
             Err(e) => return Err(e),
         };
         let size = object.len() as u64;
-        let deps = chunk_dependencies(&id, &object)?;
         let master = self.key().clone();
-        let plain =
-            tokio::task::spawn_blocking(move || format::decode_chunk(&master, &id, &object, len))
-                .await
-                .map_err(|e| Error::io("Chunk decoding task failed", std::io::Error::other(e)))??;
+        let opened = tokio::task::spawn_blocking(move || format::open_chunk(&master, &id, &object))
+            .await
+            .map_err(|e| Error::io("Chunk decoding task failed", std::io::Error::other(e)))??;
+        let deps: Vec<ChunkId> = opened.base().into_iter().collect();
+        let base = match opened.base() {
+            None => None,
+            Some(b) => match self.load_base(&id, &b).await {
+                Ok(plain) => Some(plain),
+                Err(e) if is_verdict(&e) => return Ok((deps, size)),
+                Err(e) => return Err(e),
+            },
+        };
+        let master = self.key().clone();
+        let plain = tokio::task::spawn_blocking(move || {
+            format::finish_chunk(&master, &id, &opened, base.as_deref(), len)
+        })
+        .await
+        .map_err(|e| Error::io("Chunk decoding task failed", std::io::Error::other(e)))??;
         if let Some(len) = len {
             if plain.len() != len {
                 return Err(Error::Corrupt(format!(

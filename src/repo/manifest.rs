@@ -36,6 +36,27 @@ impl std::fmt::Display for SnapshotKind {
 pub struct ChunkRef {
     pub id: ChunkId,
     pub len: u32,
+    /// The chunk its object is a delta on, if it is one: reading this chunk needs
+    /// that object too, so whatever keeps this chunk alive keeps its base alive. Named
+    /// here so that prune, du and check need no chunk downloads to know it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base: Option<ChunkId>,
+}
+
+impl ChunkRef {
+    /// A reference to a chunk stored in full.
+    pub fn full(id: ChunkId, len: u32) -> Self {
+        ChunkRef {
+            id,
+            len,
+            base: None,
+        }
+    }
+
+    /// The chunk objects reading this chunk needs: itself, and its base if any.
+    pub fn objects(&self) -> impl Iterator<Item = ChunkId> {
+        std::iter::once(self.id).chain(self.base)
+    }
 }
 
 /// What a backup cost and did, with units in the field names.
@@ -48,6 +69,9 @@ pub struct BackupStats {
     pub chunks_new: u64,
     /// Chunks that were already stored, by this backup or an earlier one.
     pub chunks_reused: u64,
+    /// Of the new chunks, those stored as a delta on a similar stored chunk.
+    #[serde(default)]
+    pub chunks_new_delta: u64,
     pub duration_ms: u64,
 }
 
@@ -73,6 +97,11 @@ pub struct SnapshotManifest {
     /// For base backups: where in the WAL the backup starts and ends.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub base: Option<BaseBackupInfo>,
+    /// Similarity sketches of the full chunks this snapshot needs, as far as the
+    /// writer knew them: an index rebuild restores the sketch index from these, so
+    /// losing the cache costs no compression once rebuilt.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sketches: Vec<(ChunkId, crate::sketch::Sketch)>,
 }
 
 /// What PITR needs to know about a physical base backup.

@@ -20,7 +20,7 @@ use crate::backend::Backend;
 use crate::chunker::ChunkerParams;
 use crate::crypto::{ChunkId, KdfParams, KeyFile, MasterKey};
 use crate::error::{Error, ErrorKind, Result};
-use crate::index::Index;
+use crate::index::{CachedChunk, Index};
 use format::RepoConfig;
 pub use manifest::{BackupStats, ChunkRef, SnapshotKind, SnapshotManifest};
 
@@ -30,6 +30,8 @@ pub struct InitOptions {
     pub chunker: ChunkerParams,
     pub zstd_level: i32,
     pub kdf: KdfParams,
+    /// Store new chunks that resemble stored ones as deltas on them.
+    pub delta: bool,
 }
 
 impl Default for InitOptions {
@@ -38,6 +40,7 @@ impl Default for InitOptions {
             chunker: ChunkerParams::default(),
             zstd_level: 3,
             kdf: KdfParams::default(),
+            delta: true,
         }
     }
 }
@@ -119,7 +122,20 @@ impl Repository {
                 "The store under {location} does not honour conditional writes (If-None-Match: *): adding keys will be refused"
             );
         }
-        let config = RepoConfig::new(opts.chunker, opts.zstd_level, conditional_writes);
+        // A delta names its base, and prune keeps the base for it; that holds only if
+        // no writer can replace a chunk object with one built differently, which takes
+        // conditional creates.
+        if opts.delta && !conditional_writes {
+            tracing::warn!(
+                "The store under {location} does not honour conditional writes: delta chunks are off"
+            );
+        }
+        let config = RepoConfig::new(
+            opts.chunker,
+            opts.zstd_level,
+            conditional_writes,
+            opts.delta && conditional_writes,
+        );
         let key = MasterKey::generate();
         let kf = KeyFile::wrap(&key, passphrase, opts.kdf)?;
         let key_id = keys::new_key_id();
@@ -226,11 +242,66 @@ impl Repository {
         self.backend.location()
     }
 
-    /// Reads, authenticates, decompresses and verifies one chunk.
+    /// Reads, authenticates, decompresses and verifies one chunk; a delta chunk is
+    /// rebuilt on its base, read as well.
+    ///
+    /// Errors: `NotFound` naming the chunk when its object (or its base's) is missing;
+    /// `Corrupt` when it or its base fails authentication or verification; backend
+    /// errors otherwise.
+    pub async fn load_chunk(&self, id: &ChunkId, expected_len: Option<usize>) -> Result<Vec<u8>> {
+        let opened = self.open_chunk(id).await?;
+        let base = match opened.base() {
+            None => None,
+            Some(base_id) => Some(self.load_base(id, &base_id).await?),
+        };
+        let master = self.key.clone();
+        let id = *id;
+        tokio::task::spawn_blocking(move || {
+            format::finish_chunk(&master, &id, &opened, base.as_deref(), expected_len)
+        })
+        .await
+        .map_err(|e| Error::io("Chunk decoding task failed", std::io::Error::other(e)))?
+    }
+
+    /// Reads the base `base_id` of delta chunk `id`: a full chunk, since chains are
+    /// one link long.
+    ///
+    /// Errors: as [`Repository::load_chunk`], with messages that name both chunks;
+    /// `Corrupt` when the base is itself a delta.
+    pub async fn load_base(&self, id: &ChunkId, base_id: &ChunkId) -> Result<Vec<u8>> {
+        let context = |e: Error| match e {
+            Error::NotFound { what, location } => Error::NotFound {
+                what: format!("{what} (the base of chunk {})", id.to_hex()),
+                location,
+            },
+            Error::Corrupt(m) => Error::Corrupt(format!(
+                "Chunk {} cannot be rebuilt: {m} (it is its base)",
+                id.to_hex()
+            )),
+            other => other,
+        };
+        let opened = self.open_chunk(base_id).await.map_err(context)?;
+        if opened.base().is_some() {
+            return Err(context(Error::Corrupt(format!(
+                "Chunk {} is a delta itself",
+                base_id.to_hex()
+            ))));
+        }
+        let master = self.key.clone();
+        let base_id = *base_id;
+        tokio::task::spawn_blocking(move || {
+            format::finish_chunk(&master, &base_id, &opened, None, None)
+        })
+        .await
+        .map_err(|e| Error::io("Chunk decoding task failed", std::io::Error::other(e)))?
+        .map_err(context)
+    }
+
+    /// Downloads, authenticates and decrypts one chunk object.
     ///
     /// Errors: `NotFound` naming the chunk when its object is missing; `Corrupt` when
-    /// it fails authentication or verification; backend errors otherwise.
-    pub async fn load_chunk(&self, id: &ChunkId, expected_len: Option<usize>) -> Result<Vec<u8>> {
+    /// it fails authentication; backend errors otherwise.
+    pub async fn open_chunk(&self, id: &ChunkId) -> Result<format::OpenedChunk> {
         let key = format::chunk_key(id);
         let object = match self.backend.get(&key).await {
             Ok(o) => o,
@@ -244,11 +315,9 @@ impl Repository {
         };
         let master = self.key.clone();
         let id = *id;
-        tokio::task::spawn_blocking(move || {
-            format::decode_chunk(&master, &id, &object, expected_len)
-        })
-        .await
-        .map_err(|e| Error::io("Chunk decoding task failed", std::io::Error::other(e)))?
+        tokio::task::spawn_blocking(move || format::open_chunk(&master, &id, &object))
+            .await
+            .map_err(|e| Error::io("Chunk decoding task failed", std::io::Error::other(e)))?
     }
 
     async fn fetch_manifest(&self, id: &str) -> Result<Vec<u8>> {
@@ -394,22 +463,58 @@ impl Repository {
         Ok(())
     }
 
-    /// Recreates the local index from the backend: every chunk object and manifest.
-    /// Returns the number of chunks and snapshots indexed.
+    /// Recreates the local index from the backend: the chunk objects that manifests
+    /// reference (with the bases the manifests name), the sketches the manifests
+    /// carry, and the manifests. Returns the number of chunks and snapshots indexed.
+    ///
+    /// Chunk objects no manifest references are left out: nothing says whether they
+    /// are deltas, and a backup that met one in the cache would record no base for
+    /// it. A backup asks the backend about those.
     ///
     /// Errors: backend errors, `Corrupt` for a manifest that fails authentication, or
     /// `Io` when the index cannot be written.
     pub async fn rebuild_index(&self) -> Result<(usize, usize)> {
         self.index.remove()?;
-        let chunks: Vec<(ChunkId, u64)> = self
+        // Before the listing: a prune after this point leaves a newer generation,
+        // which makes the next backup drop what we record here.
+        let generation = self.prune_generation().await?;
+        let sizes: std::collections::HashMap<ChunkId, u64> = self
             .backend
             .list("chunks/")
             .await?
             .into_iter()
             .filter_map(|o| format::chunk_id_from_key(&o.key).map(|id| (id, o.size_bytes)))
             .collect();
-        self.index.add_chunks(&chunks)?;
         let snaps = self.snapshots().await?;
-        Ok((chunks.len(), snaps.len()))
+        let wal = self.wal_chunk_refs(&Default::default()).await?;
+        let mut refs: std::collections::HashMap<ChunkId, Option<ChunkId>> = Default::default();
+        for r in snaps.iter().flat_map(|m| &m.chunks).chain(&wal) {
+            refs.insert(r.id, r.base);
+        }
+        let chunks: Vec<CachedChunk> = refs
+            .into_iter()
+            .filter_map(|(id, base)| {
+                sizes.get(&id).map(|&size_bytes| CachedChunk {
+                    id,
+                    size_bytes,
+                    base,
+                })
+            })
+            .collect();
+        let sketches: Vec<(ChunkId, crate::sketch::Sketch)> = snaps
+            .iter()
+            .flat_map(|m| m.sketches.iter().cloned())
+            .filter(|(id, _)| sizes.contains_key(id))
+            .collect();
+        let index = self.index.clone();
+        let count = chunks.len();
+        tokio::task::spawn_blocking(move || {
+            index.set_generation(&generation)?;
+            index.add_chunks(&chunks)?;
+            index.add_sketches(&sketches)
+        })
+        .await
+        .map_err(|e| Error::io("Index task failed", std::io::Error::other(e)))??;
+        Ok((count, snaps.len()))
     }
 }

@@ -28,7 +28,7 @@ use tokio::task::JoinSet;
 
 use super::format;
 use super::lock::{oldest_uncertain_lock, LockGuard, LockKind, CLOCK_SKEW};
-use super::manifest::{SnapshotKind, SnapshotManifest};
+use super::manifest::{ChunkRef, SnapshotKind, SnapshotManifest};
 use super::Repository;
 use crate::backend::ObjectStat;
 use crate::crypto::ChunkId;
@@ -93,17 +93,15 @@ pub struct PrunePlan {
     pub chunks_missing: u64,
 }
 
-/// Every chunk the manifests reference.
-///
-/// When delta chunks land (DESIGN.md), a delta's base must count as referenced while
-/// the delta does; the manifests should then name each chunk's base so that this stays
-/// free of chunk downloads.
+/// Every chunk object the manifests need: the chunks they reference and, for the
+/// deltas among them, their bases, which the manifests name so that this needs no
+/// chunk downloads. A base stays as long as one delta on it does.
 pub fn referenced_chunks<'a>(
     manifests: impl IntoIterator<Item = &'a SnapshotManifest>,
 ) -> HashSet<ChunkId> {
     let mut out = HashSet::new();
     for m in manifests {
-        out.extend(m.chunks.iter().map(|c| c.id));
+        out.extend(m.chunks.iter().flat_map(ChunkRef::objects));
     }
     out
 }
@@ -144,9 +142,10 @@ pub struct DuEntry {
     pub kind: SnapshotKind,
     /// The file's size as read back.
     pub size_bytes: u64,
-    /// Stored bytes of the distinct chunks it references.
+    /// Stored bytes of the distinct chunk objects it needs: its chunks and the bases
+    /// of its delta chunks.
     pub stored_bytes: u64,
-    /// Stored bytes of the chunks no other backup point references: what forgetting
+    /// Stored bytes of the chunk objects no other backup point needs: what forgetting
     /// it (and pruning) would free.
     pub unique_bytes: u64,
     pub chunks: u64,
@@ -185,7 +184,7 @@ pub fn disk_usage(listing: &[ObjectStat], manifests: &[SnapshotManifest]) -> DuR
     let mut owners: HashMap<ChunkId, u32> = HashMap::new();
     let distinct: Vec<HashSet<ChunkId>> = manifests
         .iter()
-        .map(|m| m.chunks.iter().map(|c| c.id).collect())
+        .map(|m| m.chunks.iter().flat_map(ChunkRef::objects).collect())
         .collect();
     for set in &distinct {
         for id in set {
@@ -399,6 +398,7 @@ impl Repository {
         if !opts.dry_run && !plan.delete.is_empty() {
             let lock = lock.expect("a real prune holds the exclusive lock");
             lock.ensure_held().await?;
+            let generation_before = self.prune_generation().await?;
             let marker = self.write_prune_marker(start).await?;
             let mut deleted: Vec<ChunkId> = Vec::with_capacity(plan.delete.len());
             for batch in plan.delete.chunks(DELETE_BATCH) {
@@ -407,10 +407,6 @@ impl Repository {
                 self.delete_objects(keys).await?;
                 deleted.extend(batch.iter().map(|(id, _)| *id));
             }
-            let index = self.index().clone();
-            tokio::task::spawn_blocking(move || index.remove_chunks(&deleted))
-                .await
-                .map_err(|e| Error::io("Index task failed", std::io::Error::other(e)))??;
             let older: Vec<String> = self
                 .backend()
                 .list(MARKERS)
@@ -420,6 +416,14 @@ impl Repository {
                 .filter(|k| *k != marker)
                 .collect();
             self.delete_objects(older).await?;
+            // The exclusive lock kept any other prune out, so the generation now is
+            // this prune's marker alone.
+            let index = self.index().clone();
+            tokio::task::spawn_blocking(move || {
+                index.remove_chunks(&deleted, Some((&generation_before, &marker)))
+            })
+            .await
+            .map_err(|e| Error::io("Index task failed", std::io::Error::other(e)))??;
         }
         report.duration_ms = started.elapsed().as_millis() as u64;
         Ok(report)

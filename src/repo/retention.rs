@@ -617,6 +617,7 @@ mod tests {
             stats: BackupStats::default(),
             dump_offsets_filled: false,
             base: None,
+            sketches: Vec::new(),
         }
     }
 

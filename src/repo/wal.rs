@@ -116,18 +116,26 @@ impl Repository {
         for (off, len) in cuts {
             let piece = data[off..off + len].to_vec();
             let id = self.key().chunk_id(&piece);
-            chunks.push(ChunkRef {
-                id,
-                len: len as u32,
-            });
+            chunks.push(ChunkRef::full(id, len as u32));
             // A forced-switch segment is mostly zeros: one zero chunk, stored once.
             if seen.insert(id) {
                 let repo = self.clone();
-                tasks.spawn(async move { repo.put_chunk_if_missing(id, piece).await });
+                // WAL is stored whole: a segment is new data, seldom like an earlier one.
+                tasks.spawn(async move { repo.put_chunk_if_missing(id, piece, None).await });
             }
         }
+        let mut bases = std::collections::HashMap::new();
         while let Some(r) = tasks.join_next().await {
-            r.map_err(|e| Error::io("WAL chunk upload task failed", std::io::Error::other(e)))??;
+            let c = r.map_err(|e| {
+                Error::io("WAL chunk upload task failed", std::io::Error::other(e))
+            })??;
+            if let Some(b) = c.base {
+                bases.insert(c.id, b);
+            }
+        }
+        // A chunk stored earlier may be a delta: its manifest must name the base.
+        for c in &mut chunks {
+            c.base = bases.get(&c.id).copied();
         }
         let manifest = WalManifest {
             name: name.to_string(),
@@ -356,15 +364,14 @@ impl Repository {
             .collect())
     }
 
-    /// Every chunk that archived WAL files reference, except the files whose keys are
-    /// in `excluded` (planned for deletion by a dry run). Prune adds these to the
-    /// chunks that snapshots reference.
+    /// The chunks of every archived WAL file, except the files whose keys are in
+    /// `excluded` (planned for deletion by a dry run).
     ///
     /// Errors: `Corrupt` when a WAL manifest fails authentication; backend errors.
-    pub async fn wal_referenced_chunks(
+    pub async fn wal_chunk_refs(
         &self,
         excluded: &std::collections::HashSet<String>,
-    ) -> Result<std::collections::HashSet<ChunkId>> {
+    ) -> Result<Vec<ChunkRef>> {
         let mut tasks = JoinSet::new();
         let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(16));
         for e in self.wal_entries().await? {
@@ -377,20 +384,37 @@ impl Repository {
             tasks.spawn(async move {
                 let _slot = slots.acquire_owned().await.expect("never closed");
                 match repo.wal_manifest(&name).await {
-                    Ok(m) => Ok(m.chunks.iter().map(|c| c.id).collect::<Vec<_>>()),
+                    Ok(m) => Ok(m.chunks),
                     // Deleted by a WAL retention between our listing and our read.
                     Err(e) if e.kind() == ErrorKind::NotFound => Ok(Vec::new()),
                     Err(e) => Err(e),
                 }
             });
         }
-        let mut out = std::collections::HashSet::new();
+        let mut out = Vec::new();
         while let Some(r) = tasks.join_next().await {
-            let ids =
-                r.map_err(|e| Error::io("WAL manifest task failed", std::io::Error::other(e)))??;
-            out.extend(ids);
+            out.extend(
+                r.map_err(|e| Error::io("WAL manifest task failed", std::io::Error::other(e)))??,
+            );
         }
         Ok(out)
+    }
+
+    /// Every chunk object that archived WAL files need (chunks and their bases),
+    /// except for the files whose keys are in `excluded`. Prune adds these to the
+    /// chunks that snapshots reference.
+    ///
+    /// Errors: as [`Repository::wal_chunk_refs`].
+    pub async fn wal_referenced_chunks(
+        &self,
+        excluded: &std::collections::HashSet<String>,
+    ) -> Result<std::collections::HashSet<ChunkId>> {
+        Ok(self
+            .wal_chunk_refs(excluded)
+            .await?
+            .iter()
+            .flat_map(ChunkRef::objects)
+            .collect())
     }
 
     /// The keys of archived WAL files that no surviving base backup needs: segments,

@@ -5,7 +5,7 @@
 //! runs on the blocking pool and uploads on the runtime, with a bounded number of
 //! chunks in flight so memory stays flat however large the dump.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::io::Read;
 use std::sync::Arc;
 use std::time::Instant;
@@ -17,7 +17,9 @@ use super::format;
 use super::manifest::{BackupStats, BaseBackupInfo, ChunkRef, SnapshotKind, SnapshotManifest};
 use super::Repository;
 use crate::crypto::ChunkId;
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorKind, Result};
+use crate::index::CachedChunk;
+use crate::sketch::{Sketch, SketchIndex};
 
 /// Told how far a long operation has got, so the CLI can draw a bar.
 pub trait Progress: Send + Sync {
@@ -71,6 +73,18 @@ pub struct SnapshotMeta {
     pub file_name: String,
 }
 
+/// What storing one chunk found or did.
+#[derive(Debug, Clone)]
+pub struct StoredChunk {
+    pub id: ChunkId,
+    /// The size of the object this call wrote; `None` when one was already stored.
+    pub written_bytes: Option<u64>,
+    /// The chunk the stored object is a delta on.
+    pub base: Option<ChunkId>,
+    /// The sketch of a chunk this call wrote in full: a base for later deltas.
+    pub sketch: Option<Sketch>,
+}
+
 /// How many chunks may be sealed or uploaded at once.
 const CHUNKS_IN_FLIGHT: usize = 16;
 
@@ -87,7 +101,8 @@ enum Piece {
 pub struct PendingSnapshot {
     repo: Repository,
     manifest: SnapshotManifest,
-    new_chunks: Vec<(ChunkId, u64)>,
+    new_chunks: Vec<CachedChunk>,
+    new_sketches: Vec<(ChunkId, Sketch)>,
 }
 
 impl PendingSnapshot {
@@ -99,48 +114,193 @@ impl PendingSnapshot {
     /// Makes the snapshot visible by writing its manifest: every chunk it names is
     /// already durable.
     ///
-    /// Errors: `AlreadyExists` if the id is taken; backend errors otherwise.
+    /// Errors: `AlreadyExists` if the id is taken; backend errors.
     pub async fn commit(mut self) -> Result<SnapshotManifest> {
         self.manifest.finished = chrono::Utc::now();
         self.manifest.stats.duration_ms = (self.manifest.finished - self.manifest.started)
             .num_milliseconds()
             .max(0) as u64;
         self.repo.write_manifest(&self.manifest).await?;
-        let mut known: Vec<(ChunkId, u64)> = self.new_chunks;
-        let new: HashSet<ChunkId> = known.iter().map(|(id, _)| *id).collect();
+        let mut known = self.new_chunks;
+        let new: HashSet<ChunkId> = known.iter().map(|c| c.id).collect();
         known.extend(
             self.manifest
                 .chunks
                 .iter()
                 .filter(|c| !new.contains(&c.id))
-                .map(|c| (c.id, 0)),
+                .map(|c| CachedChunk {
+                    id: c.id,
+                    size_bytes: 0,
+                    base: c.base,
+                }),
         );
         let index = self.repo.index().clone();
+        let sketches = self.new_sketches;
         // The cache may be busy; the snapshot is committed either way.
-        let _ = tokio::task::spawn_blocking(move || index.add_chunks(&known)).await;
+        let _ = tokio::task::spawn_blocking(move || {
+            index.add_chunks(&known)?;
+            index.add_sketches(&sketches)
+        })
+        .await;
         Ok(self.manifest)
     }
 }
 
 impl Repository {
-    /// Stores a chunk unless an object for it already exists. Returns the stored
-    /// size when it wrote one.
+    /// Stores a chunk unless an object for it already exists. With `similar` (and
+    /// deltas on in the repository) a chunk that resembles a stored full chunk is
+    /// stored as a delta on it when that is smaller.
+    ///
+    /// Objects are created with put-if-absent: a chunk stored as a delta on one base
+    /// must never be replaced by one built on another, or the manifests naming the
+    /// first base would stop keeping the right one alive. Whoever loses a race reads
+    /// what the winner stored.
     ///
     /// Errors: backend errors.
-    pub async fn put_chunk_if_missing(&self, id: ChunkId, data: Vec<u8>) -> Result<Option<u64>> {
+    pub async fn put_chunk_if_missing(
+        &self,
+        id: ChunkId,
+        data: Vec<u8>,
+        similar: Option<Arc<SketchIndex>>,
+    ) -> Result<StoredChunk> {
         let key = format::chunk_key(&id);
+        let similar = similar.filter(|_| self.config().delta);
         if self.backend().exists(&key).await? {
-            return Ok(None);
+            return self.reuse_or_repair(id, data, similar.is_some()).await;
+        }
+        let (data, sketch, candidate) = match similar {
+            None => (data, None, None),
+            Some(idx) => {
+                blocking(move || {
+                    let sketch = Sketch::of(&data);
+                    let candidate = idx.most_similar(&sketch, &id);
+                    (data, Some(sketch), candidate)
+                })
+                .await?
+            }
+        };
+        let base = match candidate {
+            Some(c) => self.delta_base(&c).await?.map(|plain| (c, plain)),
+            None => None,
+        };
+        let master = self.key().clone();
+        let level = self.config().zstd_level;
+        let ((object, base), data) =
+            blocking(move || (encode_best(&master, &id, &data, base, level), data)).await?;
+        let size = object.len() as u64;
+        let created = if self.config().conditional_writes {
+            self.backend().put_if_absent(&key, object).await?
+        } else {
+            self.backend().put(&key, object).await?;
+            true
+        };
+        if !created {
+            return self.reuse_or_repair(id, data, sketch.is_some()).await;
+        }
+        Ok(StoredChunk {
+            id,
+            written_bytes: Some(size),
+            base,
+            sketch: sketch.filter(|_| base.is_none()),
+        })
+    }
+
+    /// The sketches of stored full chunks the local index knows: where a new chunk
+    /// looks for a base. Empty when the index is busy (no deltas, no harm).
+    ///
+    /// Errors: `Io` when the index is unusable and cannot be recreated.
+    pub async fn sketch_index(&self) -> Result<SketchIndex> {
+        let index = self.index().clone();
+        let pairs = tokio::task::spawn_blocking(move || index.sketches())
+            .await
+            .map_err(|e| Error::io("Index task failed", std::io::Error::other(e)))??;
+        Ok(SketchIndex::from_pairs(pairs))
+    }
+
+    /// Reuses the object someone else stored for a chunk, learning its base from it;
+    /// or, when it is a delta whose base is gone, replaces it with the chunk in full.
+    ///
+    /// A delta without its base is what a prune killed between deleting a base and
+    /// deleting its (equally unreferenced) deltas leaves behind. No committed manifest
+    /// can need that object as it is (a manifest naming the delta names its base, and
+    /// prune keeps that), and no prune runs while this writer holds its lock, so the
+    /// object can only be a leftover. Overwriting it with the full chunk is safe: the
+    /// content is the same, a full chunk needs nothing else, and another writer doing
+    /// the same repair writes the same full object.
+    ///
+    /// Errors: `Corrupt` when the stored object fails authentication; backend errors.
+    async fn reuse_or_repair(
+        &self,
+        id: ChunkId,
+        data: Vec<u8>,
+        sketched: bool,
+    ) -> Result<StoredChunk> {
+        let opened = self.open_chunk(&id).await?;
+        let base = opened.base();
+        match base {
+            Some(b) if !self.backend().exists(&format::chunk_key(&b)).await? => {
+                tracing::warn!(
+                    "Chunk {} is a delta on chunk {}, which is missing (an interrupted prune?): storing it in full",
+                    id.to_hex(),
+                    b.to_hex()
+                );
+            }
+            _ => {
+                return Ok(StoredChunk {
+                    id,
+                    written_bytes: None,
+                    base,
+                    sketch: None,
+                })
+            }
         }
         let master = self.key().clone();
         let level = self.config().zstd_level;
-        let object =
-            tokio::task::spawn_blocking(move || format::encode_chunk(&master, &id, &data, level))
-                .await
-                .map_err(|e| Error::io("Chunk sealing task failed", std::io::Error::other(e)))?;
+        let (object, sketch) = blocking(move || {
+            let sketch = sketched.then(|| Sketch::of(&data));
+            (format::encode_chunk(&master, &id, &data, level), sketch)
+        })
+        .await?;
         let size = object.len() as u64;
-        self.backend().put(&key, object).await?;
-        Ok(Some(size))
+        self.backend().put(&format::chunk_key(&id), object).await?;
+        Ok(StoredChunk {
+            id,
+            written_bytes: Some(size),
+            base: None,
+            sketch,
+        })
+    }
+
+    /// The plaintext of `candidate` if it can serve as a base: stored, intact and full.
+    /// The sketch index is only a hint, so a candidate that is gone or unusable means
+    /// no delta rather than an error.
+    ///
+    /// Errors: backend errors other than a missing object (an outage is no answer).
+    async fn delta_base(&self, candidate: &ChunkId) -> Result<Option<Vec<u8>>> {
+        let opened = match self.open_chunk(candidate).await {
+            Ok(o) if o.base().is_none() => o,
+            Ok(_) => return Ok(None),
+            Err(e) if matches!(e.kind(), ErrorKind::NotFound | ErrorKind::Corrupt) => {
+                tracing::debug!("No delta on chunk {}: {e}", candidate.to_hex());
+                return Ok(None);
+            }
+            Err(e) => return Err(e),
+        };
+        let master = self.key().clone();
+        let candidate = *candidate;
+        let plain =
+            blocking(move || format::finish_chunk(&master, &candidate, &opened, None, None))
+                .await?;
+        match plain {
+            Ok(p) => Ok(Some(p)),
+            Err(e) => {
+                tracing::warn!(
+                    "Chunk {} is damaged, no delta built on it: {e}",
+                    candidate.to_hex()
+                );
+                Ok(None)
+            }
+        }
     }
 
     /// Reads `source` to its end and stores it as chunks. Nothing becomes visible
@@ -161,6 +321,11 @@ impl Repository {
         let started_at = Instant::now();
         let started = chrono::Utc::now();
         let known = self.known_chunks().await?;
+        let similar = if self.config().delta {
+            Some(Arc::new(self.sketch_index().await?))
+        } else {
+            None
+        };
 
         let (tx, mut rx) = mpsc::channel::<Piece>(4);
         let chunker = self.config().chunker;
@@ -171,27 +336,39 @@ impl Repository {
         let mut body: Vec<ChunkRef> = Vec::new();
         let mut head: Vec<ChunkRef> = Vec::new();
         let mut seen: HashSet<ChunkId> = HashSet::new();
-        let mut new_chunks: Vec<(ChunkId, u64)> = Vec::new();
+        let mut bases: HashMap<ChunkId, ChunkId> = HashMap::new();
+        let mut new_chunks: Vec<CachedChunk> = Vec::new();
+        let mut new_sketches: HashMap<ChunkId, Sketch> = HashMap::new();
         let slots = Arc::new(Semaphore::new(CHUNKS_IN_FLIGHT));
-        let mut tasks: JoinSet<Result<(ChunkId, Option<u64>)>> = JoinSet::new();
+        let mut tasks: JoinSet<Result<StoredChunk>> = JoinSet::new();
 
-        let mut absorb =
-            |res: std::result::Result<Result<(ChunkId, Option<u64>)>, tokio::task::JoinError>,
-             stats: &mut BackupStats|
-             -> Result<()> {
-                let (id, stored) = res.map_err(|e| {
-                    Error::io("Chunk upload task failed", std::io::Error::other(e))
-                })??;
-                match stored {
-                    Some(size) => {
-                        stats.chunks_new += 1;
-                        stats.bytes_stored_new += size;
-                        new_chunks.push((id, size));
+        let mut absorb = |res: std::result::Result<Result<StoredChunk>, tokio::task::JoinError>,
+                          stats: &mut BackupStats,
+                          bases: &mut HashMap<ChunkId, ChunkId>|
+         -> Result<()> {
+            let c =
+                res.map_err(|e| Error::io("Chunk upload task failed", std::io::Error::other(e)))??;
+            if let Some(base) = c.base {
+                bases.insert(c.id, base);
+            }
+            match c.written_bytes {
+                Some(size) => {
+                    stats.chunks_new += 1;
+                    stats.bytes_stored_new += size;
+                    stats.chunks_new_delta += u64::from(c.base.is_some());
+                    new_chunks.push(CachedChunk {
+                        id: c.id,
+                        size_bytes: size,
+                        base: c.base,
+                    });
+                    if let Some(sketch) = c.sketch {
+                        new_sketches.insert(c.id, sketch);
                     }
-                    None => stats.chunks_reused += 1,
                 }
-                Ok(())
-            };
+                None => stats.chunks_reused += 1,
+            }
+            Ok(())
+        };
 
         while let Some(piece) = rx.recv().await {
             let (chunks, into_head) = match piece {
@@ -203,16 +380,16 @@ impl Repository {
                 progress.advance(len as u64);
                 stats.bytes_read += len as u64;
                 stats.chunks_total += 1;
-                let r = ChunkRef {
-                    id,
-                    len: len as u32,
-                };
+                let r = ChunkRef::full(id, len as u32);
                 if into_head {
                     head.push(r)
                 } else {
                     body.push(r)
                 }
                 if known.ids.contains(&id) || !seen.insert(id) {
+                    if let Some(base) = known.bases.get(&id) {
+                        bases.insert(id, *base);
+                    }
                     stats.chunks_reused += 1;
                     continue;
                 }
@@ -222,23 +399,28 @@ impl Repository {
                     .await
                     .expect("semaphore is never closed");
                 let repo = self.clone();
+                let similar = similar.clone();
                 tasks.spawn(async move {
                     let _permit = permit;
-                    repo.put_chunk_if_missing(id, data).await.map(|s| (id, s))
+                    repo.put_chunk_if_missing(id, data, similar).await
                 });
                 while let Some(res) = tasks.try_join_next() {
-                    absorb(res, &mut stats)?;
+                    absorb(res, &mut stats, &mut bases)?;
                 }
             }
         }
         while let Some(res) = tasks.join_next().await {
-            absorb(res, &mut stats)?;
+            absorb(res, &mut stats, &mut bases)?;
         }
         let inspected = producer
             .join()
             .map_err(|_| Error::io("Chunking thread panicked", std::io::Error::other("panic")))??;
 
         head.extend(body);
+        for r in &mut head {
+            r.base = bases.get(&r.id).copied();
+        }
+        let sketches = needed_sketches(&head, &new_sketches, similar.as_deref());
         // Whole seconds, as every listing, directory name and `at/<time>` lookup
         // shows them: a backup named 020000Z must be found at 02:00:00.
         let time = meta.time.unwrap_or(started);
@@ -259,11 +441,13 @@ impl Repository {
             dump_offsets_filled: meta.kind == SnapshotKind::Dump
                 && inspected.patched_head.is_some(),
             base: inspected.base,
+            sketches,
         };
         Ok(PendingSnapshot {
             repo: self.clone(),
             manifest,
             new_chunks,
+            new_sketches: new_sketches.into_iter().collect(),
         })
     }
 }
@@ -328,4 +512,64 @@ fn produce(
         .collect();
     let _ = tx.blocking_send(Piece::Head(head));
     Ok(inspected)
+}
+
+/// A delta under this share of the chunk's size is taken without also compressing the
+/// chunk in full: zstd seldom gets real data below a twentieth, and where it does the
+/// most a delta can lose is that twentieth. Saves a second compression of nearly every
+/// changed chunk.
+const DELTA_GOOD_ENOUGH_DIVISOR: usize = 20;
+
+/// Seals a chunk as a delta on `base` when that is smaller, else in full.
+fn encode_best(
+    master: &crate::crypto::MasterKey,
+    id: &ChunkId,
+    data: &[u8],
+    base: Option<(ChunkId, Vec<u8>)>,
+    level: i32,
+) -> (Vec<u8>, Option<ChunkId>) {
+    let Some((base_id, base)) = base else {
+        return (format::encode_chunk(master, id, data, level), None);
+    };
+    let delta = format::encode_delta_chunk(master, id, data, &base_id, &base, level);
+    if delta.len() <= data.len() / DELTA_GOOD_ENOUGH_DIVISOR {
+        return (delta, Some(base_id));
+    }
+    let full = format::encode_chunk(master, id, data, level);
+    if delta.len() < full.len() {
+        (delta, Some(base_id))
+    } else {
+        (full, None)
+    }
+}
+
+/// Runs CPU-bound work on the blocking pool.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Error::io("Chunk sealing task failed", std::io::Error::other(e)))
+}
+
+/// The sketches of the full chunks a snapshot needs (its full chunks and the bases
+/// of its deltas), where known: recorded in its manifest so that an index rebuild
+/// restores them.
+fn needed_sketches(
+    refs: &[ChunkRef],
+    new: &HashMap<ChunkId, Sketch>,
+    known: Option<&SketchIndex>,
+) -> Vec<(ChunkId, Sketch)> {
+    let mut done = HashSet::new();
+    let mut out = Vec::new();
+    for id in refs.iter().map(|r| r.base.unwrap_or(r.id)) {
+        if !done.insert(id) {
+            continue;
+        }
+        if let Some(s) = new
+            .get(&id)
+            .or_else(|| known.and_then(|k| k.sketch_of(&id)))
+        {
+            out.push((id, s.clone()));
+        }
+    }
+    out
 }

@@ -277,6 +277,18 @@ fn to_run(o: Output) -> Run {
     }
 }
 
+/// `init` options for small chunks (16 KiB on average), so that a small database
+/// makes many of them.
+#[allow(dead_code)]
+pub const SMALL_CHUNKS: &[&str] = &[
+    "--chunk-min",
+    "4096",
+    "--chunk-avg",
+    "16384",
+    "--chunk-max",
+    "65536",
+];
+
 /// Where the tests find PostgreSQL 15's programs.
 pub const PG_BINDIR: &str = "/usr/lib/postgresql/15/bin";
 

@@ -180,7 +180,7 @@ impl Repository {
             }
         };
         let base = match candidate {
-            Some(c) => self.delta_base(&c).await?.map(|plain| (c, plain)),
+            Some(c) => self.delta_base(&id, &c).await?.map(|plain| (c, plain)),
             None => None,
         };
         let master = self.key().clone();
@@ -276,30 +276,18 @@ impl Repository {
     /// no delta rather than an error.
     ///
     /// Errors: backend errors other than a missing object (an outage is no answer).
-    async fn delta_base(&self, candidate: &ChunkId) -> Result<Option<Vec<u8>>> {
-        let opened = match self.open_chunk(candidate).await {
-            Ok(o) if o.base().is_none() => o,
-            Ok(_) => return Ok(None),
-            Err(e) if matches!(e.kind(), ErrorKind::NotFound | ErrorKind::Corrupt) => {
-                tracing::debug!("No delta on chunk {}: {e}", candidate.to_hex());
-                return Ok(None);
-            }
-            Err(e) => return Err(e),
-        };
-        let master = self.key().clone();
-        let candidate = *candidate;
-        let plain =
-            blocking(move || format::finish_chunk(&master, &candidate, &opened, None, None))
-                .await?;
-        match plain {
-            Ok(p) => Ok(Some(p)),
-            Err(e) => {
-                tracing::warn!(
-                    "Chunk {} is damaged, no delta built on it: {e}",
-                    candidate.to_hex()
-                );
+    async fn delta_base(&self, id: &ChunkId, candidate: &ChunkId) -> Result<Option<Vec<u8>>> {
+        match self.load_base(id, candidate).await {
+            Ok(plain) => Ok(Some(plain)),
+            Err(e) if e.kind() == ErrorKind::NotFound => {
+                tracing::debug!("No delta for chunk {}: {e}", id.to_hex());
                 Ok(None)
             }
+            Err(e) if e.kind() == ErrorKind::Corrupt => {
+                tracing::warn!("No delta for chunk {}: {e}", id.to_hex());
+                Ok(None)
+            }
+            Err(e) => Err(e),
         }
     }
 

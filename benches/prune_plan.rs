@@ -12,9 +12,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use pgvault::backend::ObjectStat;
 use pgvault::crypto::ChunkId;
-use pgvault::repo::format::chunk_key;
-use pgvault::repo::manifest::{BackupStats, ChunkRef, SnapshotKind, SnapshotManifest};
-use pgvault::repo::prune::{plan_prune, referenced_chunks};
+use pgvault::ops::prune::{plan_prune, referenced_chunks};
+use pgvault::store::layout::chunk;
+use pgvault::store::manifest::{BackupStats, ChunkRef, SnapshotKind, SnapshotManifest};
 
 struct Counting;
 
@@ -58,7 +58,7 @@ fn synthetic(n: u64) -> (Vec<ObjectStat>, Vec<SnapshotManifest>) {
     let t = chrono::Utc::now();
     let listing = (0..n)
         .map(|i| ObjectStat {
-            key: chunk_key(&id(i)),
+            key: chunk(&id(i)),
             size_bytes: 100_000 + i % 1000,
             modified: Some(t),
         })

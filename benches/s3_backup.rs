@@ -1,6 +1,6 @@
 //! Backup throughput to a real S3 server (SeaweedFS on 127.0.0.1) against the local
 //! backend, in one run, on the same FootDash dump: `cargo bench --bench s3_backup`.
-//! Not part of CI. Needs PostgreSQL 15 and `weed` (scripts/install-test-deps.sh).
+//! Not part of CI. Needs PostgreSQL 15 and `weed` (scripts/install-deps.sh test).
 //!
 //! Each run backs the dump up into a fresh repository, so every chunk is new and
 //! uploaded (the cold case); then a second backup of the same dump with an empty
@@ -25,8 +25,8 @@ use pgvault::backend::local::LocalBackend;
 use pgvault::backend::s3::S3Backend;
 use pgvault::backend::Backend;
 use pgvault::crypto::KdfParams;
-use pgvault::repo::writer::{NoProgress, SnapshotMeta};
-use pgvault::repo::{InitOptions, Repository, SnapshotKind};
+use pgvault::store::writer::{NoProgress, SnapshotMeta};
+use pgvault::store::{InitOptions, Repository, SnapshotKind};
 
 fn env_or(name: &str, default: usize) -> usize {
     std::env::var(name)
@@ -62,7 +62,6 @@ fn main() {
     let scale = env_or("BENCH_SCALE", 20) as u32;
     let runs = env_or("BENCH_RUNS", 5);
     let cache = tempfile::tempdir().unwrap();
-    std::env::set_var("PGVAULT_CACHE_DIR", cache.path());
 
     eprintln!("Preparing a FootDash dump at scale {scale}...");
     let pg = common::pg::PgCluster::start();
@@ -107,11 +106,11 @@ fn main() {
                 }
             };
             rt.block_on(async {
-                let repo = Repository::init(backend, b"bench", opts.clone())
+                let repo = Repository::init(backend, b"bench", opts.clone(), cache.path())
                     .await
                     .unwrap();
                 cold.push(backup(&repo, &dump).await);
-                repo.index().remove().unwrap();
+                repo.index().remove().await.unwrap();
                 warm.push(backup(&repo, &dump).await);
             });
         }

@@ -7,8 +7,8 @@
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use pgvault::chunker::ChunkerParams;
 use pgvault::crypto::MasterKey;
-use pgvault::repo::format::{delta_compress, delta_decompress, encode_chunk};
 use pgvault::sketch::Sketch;
+use pgvault::store::format::{delta_compress, delta_decompress, encode_chunk};
 
 /// COPY-like rows: ids, dates, names and hex hashes, as a pg_dump data block holds.
 fn dump_like(len: usize) -> Vec<u8> {

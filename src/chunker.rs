@@ -28,7 +28,7 @@ impl ChunkerParams {
     /// Checks the bounds against what FastCDC accepts.
     ///
     /// Errors: `InvalidInput` naming the bound that is out of range.
-    pub fn validate(&self) -> crate::Result<()> {
+    pub fn validate(&self) -> crate::error::Result<()> {
         use fastcdc::v2020::{
             AVERAGE_MAX, AVERAGE_MIN, MAXIMUM_MAX, MAXIMUM_MIN, MINIMUM_MAX, MINIMUM_MIN,
         };
@@ -40,7 +40,7 @@ impl ChunkerParams {
         if ok {
             Ok(())
         } else {
-            Err(crate::Error::InvalidInput(format!(
+            Err(crate::error::Error::InvalidInput(format!(
                 "Chunk sizes min {} / avg {} / max {} are out of FastCDC's range \
                  (min {MINIMUM_MIN}..={MINIMUM_MAX}, avg {AVERAGE_MIN}..={AVERAGE_MAX}, \
                  max {MAXIMUM_MIN}..={MAXIMUM_MAX}, min <= avg <= max)",

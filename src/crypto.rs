@@ -216,7 +216,7 @@ impl KeyFile {
         let kek = derive(passphrase, &salt, params)?;
         Ok(KeyFile {
             created: chrono::Utc::now(),
-            hostname: crate::hostname(),
+            hostname: crate::host::hostname(),
             kdf: "argon2id".into(),
             kdf_params: params,
             salt: salt.to_vec(),
@@ -273,7 +273,7 @@ mod tests {
         flipped[20] ^= 1;
         assert_eq!(
             k.open(&flipped, b"ctx-a", "x").unwrap_err().kind(),
-            crate::ErrorKind::Corrupt
+            crate::error::ErrorKind::Corrupt
         );
     }
 

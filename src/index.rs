@@ -1,4 +1,5 @@
-//! The local sled index: a cache of which chunks exist and of snapshot manifests.
+//! The local sled index: a cache of which chunks exist, their sketches, and
+//! snapshot manifests.
 //!
 //! It is never the authority. Deleting it loses nothing, and a command that finds it
 //! missing, stale or held by another process carries on by asking the backend.
@@ -7,12 +8,14 @@
 //! the archiver and cron start other pgvault processes. So nobody keeps the index
 //! open: each command opens it for a short read or write batch and closes it again,
 //! waiting a little if another process is in the middle of its own batch, and going
-//! without the cache if the wait runs out.
+//! without the cache if the wait runs out. That wait sleeps, so every public method
+//! runs its batch on the blocking pool and is async.
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use crate::blocking::try_blocking;
 use crate::crypto::ChunkId;
 use crate::error::{Error, Result};
 use crate::sketch::Sketch;
@@ -47,25 +50,10 @@ pub struct CachedChunk {
     pub base: Option<ChunkId>,
 }
 
-/// The cache directory: `$PGVAULT_CACHE_DIR`, else `$XDG_CACHE_HOME/pgvault`, else
-/// `~/.cache/pgvault`.
-pub fn cache_dir() -> PathBuf {
-    if let Some(d) = std::env::var_os("PGVAULT_CACHE_DIR") {
-        return PathBuf::from(d);
-    }
-    if let Some(d) = std::env::var_os("XDG_CACHE_HOME") {
-        return PathBuf::from(d).join("pgvault");
-    }
-    let home = std::env::var_os("HOME").unwrap_or_else(|| "/tmp".into());
-    PathBuf::from(home).join(".cache/pgvault")
-}
-
 impl Index {
-    /// The index for the repository with id `repo_id`.
-    pub fn for_repo(repo_id: &str) -> Self {
-        Index {
-            path: cache_dir().join(repo_id).join("index"),
-        }
+    /// The index kept in directory `path` (created on first use).
+    pub fn at(path: PathBuf) -> Self {
+        Index { path }
     }
 
     /// Where the sled database lives.
@@ -73,8 +61,16 @@ impl Index {
         &self.path
     }
 
-    /// Runs `f` with the database open, or returns `Ok(None)` when another process
-    /// held it for longer than we are willing to wait.
+    /// Runs `f` with the database open, on the blocking pool, or returns `Ok(None)`
+    /// when another process held it for longer than we are willing to wait.
+    async fn batch<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&sled::Db) -> sled::Result<T> + Send + 'static,
+    ) -> Result<Option<T>> {
+        let me = self.clone();
+        try_blocking("index", move || me.with_db(f)).await
+    }
+
     fn with_db<T>(&self, f: impl FnOnce(&sled::Db) -> sled::Result<T>) -> Result<Option<T>> {
         let deadline = Instant::now() + OPEN_PATIENCE;
         let db = loop {
@@ -98,7 +94,7 @@ impl Index {
                         "Index {} cannot be opened ({e}): discarding it",
                         self.path.display()
                     );
-                    let reopened = self.remove().ok().and_then(|()| {
+                    let reopened = self.remove_now().ok().and_then(|()| {
                         sled::Config::new()
                             .path(&self.path)
                             .open()
@@ -121,10 +117,7 @@ impl Index {
         out.map(Some).map_err(|e| index_error(&self.path, e))
     }
 
-    /// Deletes the index from disk.
-    ///
-    /// Errors: `Io` when the directory exists but cannot be removed.
-    pub fn remove(&self) -> Result<()> {
+    fn remove_now(&self) -> Result<()> {
         match std::fs::remove_dir_all(&self.path) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
@@ -132,8 +125,16 @@ impl Index {
         }
     }
 
-    /// The chunk ids the cache believes stored, trusted only while the repository's prune
-    /// generation (see `repo::prune`) is the one this cache last saw: a prune on
+    /// Deletes the index from disk.
+    ///
+    /// Errors: `Io` when the directory exists but cannot be removed.
+    pub async fn remove(&self) -> Result<()> {
+        let me = self.clone();
+        try_blocking("index", move || me.remove_now()).await
+    }
+
+    /// The chunk ids the cache believes stored, trusted only while the repository's
+    /// prune generation (see `store::sync`) is the one this cache last saw: a prune on
     /// another machine may have deleted chunks this cache still lists, and a backup
     /// that skipped uploading one of them would commit a snapshot with a hole in it.
     /// When the generation differs the chunk cache is dropped (the backup then asks
@@ -142,72 +143,79 @@ impl Index {
     /// when the index is busy.
     ///
     /// Errors: `Io` when the index is unreadable and cannot be recreated.
-    pub fn known_chunks_at(&self, generation: &str) -> Result<KnownChunks> {
-        let known = self.with_db(|db| {
-            let meta = db.open_tree("meta")?;
-            let tree = db.open_tree("chunks")?;
-            let seen = meta.get(PRUNE_GENERATION)?;
-            let mut known = KnownChunks::default();
-            if seen.as_deref() != Some(generation.as_bytes()) {
-                if !tree.is_empty() {
-                    tracing::info!(
-                        "Repository was pruned since index {} was written: dropping its chunk cache",
-                        self.path.display()
-                    );
+    pub async fn known_chunks_at(&self, generation: String) -> Result<KnownChunks> {
+        let path = self.path.clone();
+        let known = self
+            .batch(move |db| {
+                let meta = db.open_tree("meta")?;
+                let tree = db.open_tree("chunks")?;
+                let seen = meta.get(PRUNE_GENERATION)?;
+                let mut known = KnownChunks::default();
+                if seen.as_deref() != Some(generation.as_bytes()) {
+                    if !tree.is_empty() {
+                        tracing::info!(
+                            "Repository was pruned since index {} was written: dropping its chunk cache",
+                            path.display()
+                        );
+                    }
+                    tree.clear()?;
+                    meta.insert(PRUNE_GENERATION, generation.as_bytes())?;
+                    return Ok(known);
                 }
-                tree.clear()?;
-                meta.insert(PRUNE_GENERATION, generation.as_bytes())?;
-                return Ok(known);
-            }
-            known.ids.reserve(tree.len());
-            for kv in tree.iter() {
-                let (k, v) = kv?;
-                let Ok(arr) = <[u8; 32]>::try_from(&k[..]) else {
-                    continue;
-                };
-                known.ids.insert(ChunkId(arr));
-                if let Some(Ok(base)) = v.get(8..40).map(<[u8; 32]>::try_from) {
-                    known.bases.insert(ChunkId(arr), ChunkId(base));
+                known.ids.reserve(tree.len());
+                for kv in tree.iter() {
+                    let (k, v) = kv?;
+                    let Ok(arr) = <[u8; 32]>::try_from(&k[..]) else {
+                        continue;
+                    };
+                    known.ids.insert(ChunkId(arr));
+                    if let Some(Ok(base)) = v.get(8..40).map(<[u8; 32]>::try_from) {
+                        known.bases.insert(ChunkId(arr), ChunkId(base));
+                    }
                 }
-            }
-            Ok(known)
-        })?;
+                Ok(known)
+            })
+            .await?;
         Ok(known.unwrap_or_default())
     }
 
-    /// Records the repository's prune generation that the chunk cache is about to
-    /// match (after a rebuild). Skipped when the index is busy.
-    ///
-    /// Errors: `Io` when the index is unwritable and cannot be recreated.
-    pub fn set_generation(&self, generation: &str) -> Result<()> {
-        self.with_db(|db| {
-            db.open_tree("meta")?
-                .insert(PRUNE_GENERATION, generation.as_bytes())
-                .map(|_| ())
-        })?;
-        Ok(())
-    }
-
-    /// Records chunks as stored, with their stored sizes and bases. Skipped when the
+    /// Records chunks as stored (with their stored sizes and bases) and sketches of
+    /// full chunks, in one batch; with `generation`, also the repository's prune
+    /// generation the chunk cache now matches (after a rebuild). Skipped when the
     /// index is busy.
     ///
     /// Errors: `Io` when the index is unwritable and cannot be recreated.
-    pub fn add_chunks(&self, chunks: &[CachedChunk]) -> Result<()> {
-        if chunks.is_empty() {
+    pub async fn record(
+        &self,
+        chunks: Vec<CachedChunk>,
+        sketches: Vec<(ChunkId, Sketch)>,
+        generation: Option<String>,
+    ) -> Result<()> {
+        if chunks.is_empty() && sketches.is_empty() && generation.is_none() {
             return Ok(());
         }
-        self.with_db(|db| {
-            let tree = db.open_tree("chunks")?;
+        self.batch(move |db| {
+            if let Some(g) = &generation {
+                db.open_tree("meta")?
+                    .insert(PRUNE_GENERATION, g.as_bytes())?;
+            }
             let mut batch = sled::Batch::default();
-            for c in chunks {
+            for c in &chunks {
                 let mut v = c.size_bytes.to_be_bytes().to_vec();
                 if let Some(base) = c.base {
                     v.extend_from_slice(&base.0);
                 }
                 batch.insert(&c.id.0[..], v);
             }
-            tree.apply_batch(batch)
-        })?;
+            db.open_tree("chunks")?.apply_batch(batch)?;
+            let mut batch = sled::Batch::default();
+            for (id, s) in &sketches {
+                let v: Vec<u8> = s.0.iter().flat_map(|f| f.to_be_bytes()).collect();
+                batch.insert(&id.0[..], v);
+            }
+            db.open_tree("sketches")?.apply_batch(batch)
+        })
+        .await?;
         Ok(())
     }
 
@@ -218,10 +226,14 @@ impl Index {
     /// keeping it spares the next backup a backend lookup per chunk.
     ///
     /// Errors: `Io` when the index is unwritable and cannot be recreated.
-    pub fn remove_chunks(&self, ids: &[ChunkId], generations: Option<(&str, &str)>) -> Result<()> {
-        self.with_db(|db| {
+    pub async fn forget_chunks(
+        &self,
+        ids: Vec<ChunkId>,
+        generations: Option<(String, String)>,
+    ) -> Result<()> {
+        self.batch(move |db| {
             let mut batch = sled::Batch::default();
-            for id in ids {
+            for id in &ids {
                 batch.remove(&id.0[..]);
             }
             db.open_tree("chunks")?.apply_batch(batch.clone())?;
@@ -233,95 +245,76 @@ impl Index {
                 }
             }
             Ok(())
-        })?;
+        })
+        .await?;
         Ok(())
     }
 
     /// Every recorded sketch of a full chunk (empty when the index is busy).
     ///
     /// Errors: `Io` when the index is unreadable and cannot be recreated.
-    pub fn sketches(&self) -> Result<Vec<(ChunkId, Sketch)>> {
-        let out = self.with_db(|db| {
-            let tree = db.open_tree("sketches")?;
-            let mut out = Vec::with_capacity(tree.len());
-            for kv in tree.iter() {
-                let (k, v) = kv?;
-                if let Ok(arr) = <[u8; 32]>::try_from(&k[..]) {
-                    let features = v
-                        .chunks_exact(8)
-                        .map(|b| u64::from_be_bytes(b.try_into().expect("8 bytes")))
-                        .collect();
-                    out.push((ChunkId(arr), Sketch(features)));
+    pub async fn sketches(&self) -> Result<Vec<(ChunkId, Sketch)>> {
+        let out = self
+            .batch(|db| {
+                let tree = db.open_tree("sketches")?;
+                let mut out = Vec::with_capacity(tree.len());
+                for kv in tree.iter() {
+                    let (k, v) = kv?;
+                    if let Ok(arr) = <[u8; 32]>::try_from(&k[..]) {
+                        let features = v
+                            .chunks_exact(8)
+                            .map(|b| u64::from_be_bytes(b.try_into().expect("8 bytes")))
+                            .collect();
+                        out.push((ChunkId(arr), Sketch(features)));
+                    }
                 }
-            }
-            Ok(out)
-        })?;
+                Ok(out)
+            })
+            .await?;
         Ok(out.unwrap_or_default())
-    }
-
-    /// Records sketches of full chunks. Skipped when the index is busy.
-    ///
-    /// Errors: `Io` when the index is unwritable and cannot be recreated.
-    pub fn add_sketches(&self, sketches: &[(ChunkId, Sketch)]) -> Result<()> {
-        if sketches.is_empty() {
-            return Ok(());
-        }
-        self.with_db(|db| {
-            let tree = db.open_tree("sketches")?;
-            let mut batch = sled::Batch::default();
-            for (id, s) in sketches {
-                let v: Vec<u8> = s.0.iter().flat_map(|f| f.to_be_bytes()).collect();
-                batch.insert(&id.0[..], v);
-            }
-            tree.apply_batch(batch)
-        })?;
-        Ok(())
     }
 
     /// Cached sealed manifests by snapshot id (empty when the index is busy).
     ///
     /// Errors: `Io` when the index is unreadable and cannot be recreated.
-    pub fn cached_manifests(&self) -> Result<Vec<(String, Vec<u8>)>> {
-        let out = self.with_db(|db| {
-            let tree = db.open_tree("snapshots")?;
-            tree.iter()
-                .map(|kv| kv.map(|(k, v)| (String::from_utf8_lossy(&k).into_owned(), v.to_vec())))
-                .collect::<sled::Result<Vec<_>>>()
-        })?;
+    pub async fn cached_manifests(&self) -> Result<Vec<(String, Vec<u8>)>> {
+        let out = self
+            .batch(|db| {
+                let tree = db.open_tree("snapshots")?;
+                tree.iter()
+                    .map(|kv| {
+                        kv.map(|(k, v)| (String::from_utf8_lossy(&k).into_owned(), v.to_vec()))
+                    })
+                    .collect::<sled::Result<Vec<_>>>()
+            })
+            .await?;
         Ok(out.unwrap_or_default())
     }
 
-    /// Replaces the manifest cache: adds `add` and drops `remove`. Skipped when busy.
+    /// Updates the manifest cache: adds `add` and drops `remove`. Skipped when busy.
     ///
     /// Errors: `Io` when the index is unwritable and cannot be recreated.
-    pub fn update_manifests(&self, add: &[(String, Vec<u8>)], remove: &[String]) -> Result<()> {
+    pub async fn update_manifests(
+        &self,
+        add: Vec<(String, Vec<u8>)>,
+        remove: Vec<String>,
+    ) -> Result<()> {
         if add.is_empty() && remove.is_empty() {
             return Ok(());
         }
-        self.with_db(|db| {
+        self.batch(move |db| {
             let tree = db.open_tree("snapshots")?;
             let mut batch = sled::Batch::default();
-            for (id, blob) in add {
+            for (id, blob) in &add {
                 batch.insert(id.as_bytes(), &blob[..]);
             }
-            for id in remove {
+            for id in &remove {
                 batch.remove(id.as_bytes());
             }
             tree.apply_batch(batch)
-        })?;
-        Ok(())
-    }
-
-    /// Counts of cached chunks and snapshots, or `None` when busy.
-    ///
-    /// Errors: `Io` when the index is unreadable and cannot be recreated.
-    pub fn counts(&self) -> Result<Option<(usize, usize)>> {
-        self.with_db(|db| {
-            Ok((
-                db.open_tree("chunks")?.len(),
-                db.open_tree("snapshots")?.len(),
-            ))
         })
+        .await?;
+        Ok(())
     }
 }
 

@@ -9,7 +9,7 @@
 //! /latest                                   -> by-date/…/<newest backup point>
 //! /by-date/YYYY/MM/DD/HHMMSSZ-<db>-<kind>/  <file_name>, manifest.json
 //! /by-db/<db>/<RFC3339>-<kind>/             the same; by-db/<db>/latest -> its newest
-//! /at/<RFC 3339 time>/<file_name>           per file name (one per database and kind),
+//! /at/<time>/<file_name>                    per file name (one per database and kind),
 //!                                           the newest backup point at or before the time
 //! /snapshots/<id>/                          every backup point by id
 //! ```
@@ -29,7 +29,7 @@
 //! - The list of backup points is reloaded when a directory is looked up or listed and
 //!   the last reload is older than [`VfsOptions::refresh_after`]; a reload first lists
 //!   the snapshot ids, which is one cheap listing, and fetches only new manifests.
-//! - Room is left for `/wal/` (the WAL archive, a later issue): another [`Node`] kind.
+//! - `/wal/` shows every archived WAL file, and a directory per timeline.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -39,9 +39,10 @@ use std::time::{Duration, Instant, SystemTime};
 use chrono::{DateTime, Datelike, SecondsFormat, Utc};
 
 use crate::error::{Error, ErrorKind, Result};
-use crate::repo::reader::{ChunkCache, FileReader};
-use crate::repo::wal::WalManifest;
-use crate::repo::{Repository, SnapshotManifest};
+use crate::store::reader::{ChunkCache, FileReader};
+use crate::store::wal::WalManifest;
+use crate::store::{Repository, SnapshotManifest};
+use crate::time::rfc3339;
 
 /// An inode number; [`ROOT`] is the mount's root directory.
 pub type Ino = u64;
@@ -199,10 +200,6 @@ fn safe_name(s: &str) -> String {
     }
 }
 
-fn rfc3339(t: &DateTime<Utc>) -> String {
-    t.to_rfc3339_opts(SecondsFormat::Secs, true)
-}
-
 impl Tree {
     fn build(manifests: Vec<Arc<SnapshotManifest>>, broken: HashSet<String>) -> Tree {
         let mut ms = manifests;
@@ -308,11 +305,9 @@ fn describe(node: &Node) -> String {
     }
 }
 
-/// Parses an `at/` name: any RFC 3339 time.
+/// Parses an `at/` name: any time `pgvault restore --target-time` takes.
 fn parse_at(name: &str) -> Option<DateTime<Utc>> {
-    DateTime::parse_from_rfc3339(name)
-        .ok()
-        .map(|t| t.with_timezone(&Utc))
+    crate::time::parse_time(name).ok()
 }
 
 /// Inode numbers for nodes, stable for the life of the mount.
@@ -425,10 +420,10 @@ struct ManifestView<'a> {
     size_bytes: u64,
     chunk_count: usize,
     dump_offsets_filled: bool,
-    stats: &'a crate::repo::BackupStats,
+    stats: &'a crate::store::BackupStats,
     /// Base backups: timeline, start and stop LSN, PostgreSQL version, system id.
     #[serde(skip_serializing_if = "Option::is_none")]
-    base: Option<&'a crate::repo::manifest::BaseBackupInfo>,
+    base: Option<&'a crate::store::manifest::BaseBackupInfo>,
 }
 
 /// The manifest.json of a snapshot: what the backup point is, for people and scripts.
@@ -938,7 +933,7 @@ impl Vfs {
             Node::At => {
                 let t = parse_at(name).ok_or_else(|| {
                     not_found(format!(
-                        "at/{name} (not an RFC 3339 time such as 2026-11-05T10:00:00Z)"
+                        "at/{name} (not a time with its zone, such as 2026-11-05T10:00:00Z)"
                     ))
                 })?;
                 if tree.at(t).is_empty() {
@@ -1154,7 +1149,7 @@ fn prefetch_ahead(reader: &FileReader, end: u64) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::repo::{BackupStats, SnapshotKind};
+    use crate::store::{BackupStats, SnapshotKind};
 
     fn manifest(id: &str, db: &str, time: &str) -> Arc<SnapshotManifest> {
         let time = DateTime::parse_from_rfc3339(time)

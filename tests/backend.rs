@@ -1,5 +1,6 @@
-//! The backend conformance suite: one set of cases, run against the local backend
-//! and against S3Backend on a real S3 server (SeaweedFS on 127.0.0.1, SigV4 enforced).
+//! The backend conformance suite: one set of cases, run against the local backend,
+//! the in-memory backend (which the fast unit tests stand on), and S3Backend on a
+//! real S3 server (SeaweedFS on 127.0.0.1, SigV4 enforced).
 //!
 //! Every case gets a fresh store: a new directory, or a new bucket (and a prefix inside
 //! it, so that prefix handling is exercised too) on a server of its own. The S3-only
@@ -14,6 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use pgvault::backend::local::LocalBackend;
+use pgvault::backend::memory::MemoryBackend;
 use pgvault::backend::s3::{S3Backend, S3Options};
 use pgvault::backend::Backend;
 use pgvault::ErrorKind;
@@ -36,6 +38,19 @@ where
 {
     let dir = tempfile::tempdir().unwrap();
     let backend: Arc<dyn Backend> = Arc::new(LocalBackend::new(dir.path().join("store")));
+    runtime().block_on(async {
+        backend.prepare_root().await.unwrap();
+        case(backend).await
+    });
+}
+
+/// Runs `case` on a fresh in-memory store.
+fn on_memory<F, Fut>(case: F)
+where
+    F: FnOnce(Arc<dyn Backend>) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    let backend: Arc<dyn Backend> = Arc::new(MemoryBackend::new("conformance"));
     runtime().block_on(async {
         backend.prepare_root().await.unwrap();
         case(backend).await
@@ -77,6 +92,9 @@ macro_rules! conformance {
     ($($case:ident),* $(,)?) => {
         mod local {
             $(#[test] fn $case() { super::on_local(super::cases::$case); })*
+        }
+        mod memory {
+            $(#[test] fn $case() { super::on_memory(super::cases::$case); })*
         }
         mod s3 {
             $(#[test] fn $case() { super::on_s3(stringify!($case), super::cases::$case); })*

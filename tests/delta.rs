@@ -14,28 +14,20 @@ use common::pg::PgCluster;
 use common::vault::{Vault, SMALL_CHUNKS};
 use pgvault::backend::local::LocalBackend;
 use pgvault::crypto::ChunkId;
-use pgvault::repo::{Repository, SnapshotManifest};
+use pgvault::store::{Repository, SnapshotManifest};
 use serde_json::Value;
 
 fn import(v: &Vault, file: &Path, time: &str) -> Value {
-    let data = std::fs::read(file).unwrap();
-    v.run_stdin(
-        &[
-            "backup", "--stdin", "--db", "footdash", "--time", time, "--json",
-        ],
-        &data,
-    )
-    .ok()
-    .json()
+    v.import("footdash", file, Some(time)).ok().json()
 }
 
 /// The repository's snapshot manifests, read through the library.
 fn manifests(v: &Vault) -> Vec<SnapshotManifest> {
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
-        std::env::set_var("PGVAULT_CACHE_DIR", v.dir.path().join("lib-cache"));
         let backend = Arc::new(LocalBackend::new(v.repo_path()));
-        let repo = Repository::open(backend, v.password.as_bytes())
+        let cache = v.dir.path().join("lib-cache");
+        let repo = Repository::open(backend, v.password.as_bytes(), &cache)
             .await
             .unwrap();
         repo.snapshots().await.unwrap()
@@ -295,8 +287,8 @@ mod property {
 
     use super::*;
     use pgvault::chunker::ChunkerParams;
-    use pgvault::repo::writer::{NoProgress, SnapshotMeta};
-    use pgvault::repo::{InitOptions, SnapshotKind};
+    use pgvault::store::writer::{NoProgress, SnapshotMeta};
+    use pgvault::store::{InitOptions, SnapshotKind};
     use proptest::prelude::*;
 
     fn edit() -> impl Strategy<Value = (u8, f64, Vec<u8>)> {
@@ -361,14 +353,13 @@ mod property {
         ) {
             let rt = tokio::runtime::Runtime::new().unwrap();
             let dir = tempfile::tempdir().unwrap();
-            std::env::set_var("PGVAULT_CACHE_DIR", dir.path().join("cache"));
             let opts = InitOptions {
                 chunker: ChunkerParams { min_size_bytes: 2048, avg_size_bytes: 8192, max_size_bytes: 32768 },
                 kdf: pgvault::crypto::KdfParams { memory_kib: 8, iterations: 1, parallelism: 1 },
                 ..InitOptions::default()
             };
             let backend = Arc::new(LocalBackend::new(dir.path().join("repo")));
-            let repo = rt.block_on(Repository::init(backend, b"pw", opts)).unwrap();
+            let repo = rt.block_on(Repository::init(backend, b"pw", opts, &dir.path().join("cache"))).unwrap();
             let original = rows(seed, len);
             let mut edited = original.clone();
             for (kind, at, bytes) in &edits {

@@ -10,46 +10,12 @@ use std::io::{ErrorKind, Read};
 use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::sync::OnceLock;
 use std::time::{Duration, Instant, SystemTime};
 
+use common::fixtures::{dumps, Rng};
 use common::mount::{is_mounted, signal, Mount};
 use common::pg::PgCluster;
 use common::vault::{Vault, SMALL_CHUNKS};
-
-const PG_BINDIR: &str = "/usr/lib/postgresql/15/bin";
-
-/// Two real custom-format dumps (FootDash at two sizes), made once per build and
-/// kept in Cargo's scratch directory, so that tests needing only dump bytes do not
-/// each start PostgreSQL.
-struct Dumps {
-    footdash: PathBuf,
-    other: PathBuf,
-}
-
-fn dumps() -> &'static Dumps {
-    static DUMPS: OnceLock<Dumps> = OnceLock::new();
-    DUMPS.get_or_init(|| {
-        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("mount-fixture-v1");
-        let d = Dumps {
-            footdash: dir.join("footdash.dump"),
-            other: dir.join("other.dump"),
-        };
-        if !(d.footdash.exists() && d.other.exists()) {
-            std::fs::create_dir_all(&dir).unwrap();
-            let pg = PgCluster::start();
-            pg.create_footdash("footdash", 4);
-            pg.create_footdash("other", 2);
-            for (db, path) in [("footdash", &d.footdash), ("other", &d.other)] {
-                // Written aside and renamed, so an interrupted run leaves no half file.
-                let tmp = path.with_extension("partial");
-                pg.pg_dump_file(db, &tmp);
-                std::fs::rename(&tmp, path).unwrap();
-            }
-        }
-        d
-    })
-}
 
 fn small_chunk_vault() -> Vault {
     let v = Vault::local();
@@ -59,15 +25,7 @@ fn small_chunk_vault() -> Vault {
 
 /// `backup --stdin` of a file as database `db` at `time`; returns the snapshot id.
 fn backup_at(v: &Vault, db: &str, file: &Path, time: &str) -> String {
-    let data = std::fs::read(file).unwrap();
-    let out = v
-        .run_stdin(
-            &["backup", "--stdin", "--db", db, "--time", time, "--json"],
-            &data,
-        )
-        .ok()
-        .json();
-    out["snapshot_id"].as_str().unwrap().to_string()
+    v.import_id(db, file, Some(time))
 }
 
 fn mountpoint(v: &Vault) -> PathBuf {
@@ -87,22 +45,6 @@ fn pread(f: &File, offset: u64, len: usize) -> std::io::Result<Vec<u8>> {
     }
     buf.truncate(got);
     Ok(buf)
-}
-
-/// A small deterministic pseudo-random generator (xorshift), so failures repeat.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
 }
 
 fn names(dir: &Path) -> BTreeSet<String> {
@@ -150,9 +92,7 @@ fn pg_restore_reads_dumps_straight_from_the_mount() {
     let pg = PgCluster::start();
     pg.create_footdash("footdash", 6);
     let mut v = small_chunk_vault();
-    v.extra_env = pg.libpq_env();
-    v.extra_env
-        .push(("PGVAULT_PG_BINDIR".into(), PG_BINDIR.into()));
+    v.use_pg(&pg);
     let tmp = tempfile::tempdir().unwrap();
     let file = tmp.path().join("file.dump");
     pg.pg_dump_file("footdash", &file);
@@ -231,7 +171,7 @@ fn random_offset_reads_are_byte_exact() {
         m.join(&format!("snapshots/{id}/footdash.dump")),
         m.join("at/2026-11-04T02:00:00Z/footdash.dump"),
     ];
-    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    let mut rng = Rng::seeded(0x9e37_79b9_7f4a_7c15);
     for round in 0..1500 {
         // A fresh descriptor now and then: each open is a new handle in pgvault.
         let f = File::open(&paths[round % paths.len()]).unwrap();
@@ -297,7 +237,7 @@ fn concurrent_readers_all_get_exact_bytes() {
                     return;
                 }
                 let f = File::open(path).unwrap();
-                let mut rng = Rng(t * 7919 + 1);
+                let mut rng = Rng::seeded(t * 7919 + 1);
                 let len = want.len() as u64;
                 for _ in 0..300 {
                     let offset = rng.below(len);
@@ -782,9 +722,7 @@ fn the_mount_helper_mounts_in_the_background() {
 fn a_base_backup_shows_as_base_tar() {
     let pg = PgCluster::start();
     let mut v = Vault::init_local();
-    v.extra_env = pg.libpq_env();
-    v.extra_env
-        .push(("PGVAULT_PG_BINDIR".into(), PG_BINDIR.into()));
+    v.use_pg(&pg);
     let b = v.run(&["backup", "--base", "--json"]).ok().json();
     let id = b["snapshot_id"].as_str().unwrap().to_string();
     let m = Mount::start(&v, &mountpoint(&v), &[]);

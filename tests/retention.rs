@@ -11,55 +11,13 @@ use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+use common::fixtures::{dumps, Rng};
 use common::pg::PgCluster;
 use common::s3::S3Server;
 use common::vault::{Vault, SMALL_CHUNKS};
 use serde_json::Value;
-
-/// Dumps made once per test run from a throwaway cluster.
-struct Dumps {
-    /// FootDash scale 2 after 0, 1, 2 and 3 days of traffic: neighbours share chunks.
-    days: Vec<PathBuf>,
-    /// A different database.
-    other: PathBuf,
-    /// A few kilobytes, for policy tests that import many backup points.
-    tiny: PathBuf,
-}
-
-fn dumps() -> &'static Dumps {
-    static DUMPS: OnceLock<Dumps> = OnceLock::new();
-    DUMPS.get_or_init(|| {
-        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("retention-dumps");
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let pg = PgCluster::start();
-        pg.create_footdash("footdash", 2);
-        let mut days = Vec::new();
-        for d in 0..4 {
-            if d > 0 {
-                pg.footdash_day("footdash", d);
-            }
-            let f = dir.join(format!("day{d}.dump"));
-            pg.pg_dump_file("footdash", &f);
-            days.push(f);
-        }
-        pg.create_footdash("other", 1);
-        let other = dir.join("other.dump");
-        pg.pg_dump_file("other", &other);
-        pg.create_db("tiny");
-        pg.psql(
-            "tiny",
-            "CREATE TABLE t (i int PRIMARY KEY, s text); \
-             INSERT INTO t SELECT g, md5(g::text) FROM generate_series(1, 200) g",
-        );
-        let tiny = dir.join("tiny.dump");
-        pg.pg_dump_file("tiny", &tiny);
-        Dumps { days, other, tiny }
-    })
-}
 
 /// A local vault with small chunks, so that neighbouring dumps share some but not all.
 fn vault() -> Vault {
@@ -79,18 +37,10 @@ fn vault_with_chunks(min: u32, avg: u32, max: u32) -> Vault {
     v
 }
 
-/// Imports `file` as a backup point of `db` at `time` (RFC 3339, or now when `None`)
-/// and returns its id.
+/// Imports `file` as a backup point of `db` at `time` (or now when `None`) and
+/// returns its id.
 fn import(v: &Vault, db: &str, file: &Path, time: Option<&str>) -> String {
-    let mut args = vec!["backup", "--stdin", "--db", db, "--json"];
-    if let Some(t) = time {
-        args.extend(["--time", t]);
-    }
-    let out = v
-        .run_stdin(&args, &std::fs::read(file).unwrap())
-        .ok()
-        .json();
-    out["snapshot_id"].as_str().unwrap().to_string()
+    v.import_id(db, file, time)
 }
 
 /// Checks every backup point of the repository: it must be one we know the original
@@ -152,29 +102,6 @@ fn finish(c: Child) -> (i32, String, String) {
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
-}
-
-/// A small xorshift generator, seeded from the clock and printed, so a failing run
-/// can be repeated with PGVAULT_TEST_SEED.
-fn rng() -> impl FnMut(u64) -> u64 {
-    let seed = std::env::var("PGVAULT_TEST_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos() as u64
-                | 1
-        });
-    eprintln!("random seed {seed} (set PGVAULT_TEST_SEED to repeat)");
-    let mut x = seed;
-    move |below| {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        x % below.max(1)
-    }
 }
 
 #[test]
@@ -449,7 +376,8 @@ fn a_prune_through_one_cache_is_noticed_by_a_backup_through_another() {
 /// times, so that prune sometimes frees the very chunks the backup is reusing; checks
 /// every backup point after every round. Works on any backend.
 fn race_backup_and_prune(v: &Vault, files: [&Path; 2], rounds: usize) {
-    let mut next = rng();
+    let mut rng = Rng::from_env_or_clock();
+    let mut next = |below| rng.below(below);
     let mut originals: HashMap<String, PathBuf> = HashMap::new();
     for i in 0..rounds {
         let (x, y) = (files[i % 2], files[(i + 1) % 2]);
@@ -530,7 +458,8 @@ fn kill_9_of_prune_at_any_moment_loses_nothing_and_the_next_prune_finishes() {
     assert!(to_free > 1000, "{plan}");
     let total = v.objects("chunks").len() as u64;
 
-    let mut next = rng();
+    let mut rng = Rng::from_env_or_clock();
+    let mut next = |below| rng.below(below);
     let mut killed_midway = 0;
     // Kills that land before the first delete push the next ones later, so a slow
     // machine still gets kills in the middle.

@@ -8,40 +8,19 @@ use std::io::Write;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+use common::fixtures::mask_timestamp;
 use common::pg::PgCluster;
 use common::s3::S3Server;
-use common::vault::{Run, Vault};
-
-const PG_BINDIR: &str = "/usr/lib/postgresql/15/bin";
-
-/// The bytes in which two dumps of unchanged data may differ: the creation time.
-const HEADER_TIMESTAMP: std::ops::Range<usize> = 16..51;
-
-fn mask_timestamp(mut d: Vec<u8>) -> Vec<u8> {
-    d[HEADER_TIMESTAMP].fill(0);
-    d
-}
+use common::vault::{Run, Vault, MEDIUM_CHUNKS};
 
 /// A vault on `s3://bucket/prefix` whose pgvault also reaches `pg`.
 fn s3_vault(server: &S3Server, bucket: &str, prefix: &str, pg: Option<&PgCluster>) -> Vault {
     let mut v = Vault::s3(server, bucket, prefix);
     if let Some(pg) = pg {
-        v.extra_env.extend(pg.libpq_env());
-        v.extra_env
-            .push(("PGVAULT_PG_BINDIR".into(), PG_BINDIR.into()));
+        v.use_pg(pg);
     }
     v
 }
-
-/// Small chunks, so that a few MB of dump make many objects.
-const SMALL_CHUNKS: [&str; 6] = [
-    "--chunk-min",
-    "16384",
-    "--chunk-avg",
-    "65536",
-    "--chunk-max",
-    "262144",
-];
 
 /// Asserts that a failed run said why in exactly one line, and returns it.
 fn one_line_failure(r: Run) -> String {
@@ -80,7 +59,7 @@ fn init_backup_snapshots_and_cat_are_byte_exact_on_s3() {
     // init creates the bucket, which does not exist yet.
     let bucket = "pgvault-e2e";
     let v = s3_vault(&server, bucket, "prod/postgresql", Some(&pg));
-    v.init_with(&SMALL_CHUNKS);
+    v.init_with(MEDIUM_CHUNKS);
     let keys = server.keys(bucket, "");
     assert!(
         keys.contains(&"prod/postgresql/config".to_string()),
@@ -159,7 +138,7 @@ fn two_concurrent_backups_into_one_bucket_both_succeed_and_share_chunks() {
     pg.create_footdash("footdash", 4);
     pg.create_footdash("other", 4);
     let v = s3_vault(&server, &bucket, "shared", Some(&pg));
-    v.init_with(&SMALL_CHUNKS);
+    v.init_with(MEDIUM_CHUNKS);
     let children: Vec<_> = ["footdash", "other"]
         .iter()
         .map(|db| {
@@ -216,7 +195,7 @@ fn a_server_outage_fails_the_backup_cleanly_and_the_next_backup_reuses_chunks() 
     pg.pg_dump_file("footdash", &file);
     let dump = std::fs::read(&file).unwrap();
     let v = s3_vault(&server, &bucket, "repo", None);
-    v.init_with(&SMALL_CHUNKS);
+    v.init_with(MEDIUM_CHUNKS);
 
     let mut child = v
         .command(&["backup", "--stdin", "--db", "footdash"])
@@ -299,7 +278,7 @@ fn misconfigurations_each_give_one_clear_line() {
     let empty = server.new_bucket("empty");
     let line = one_line_failure(s3_vault(&server, &empty, "", None).run(&["snapshots"]));
     assert!(
-        line.contains("No pgvault repository") && line.contains("pgvault init"),
+        line.contains("Repository config not found in") && line.contains("pgvault init"),
         "{line}"
     );
 
@@ -399,7 +378,7 @@ fn check_on_s3_names_the_snapshot_hit_by_a_corrupt_chunk() {
     pg.create_footdash("footdash", 1);
     let bucket = server.new_bucket("check");
     let v = s3_vault(&server, &bucket, "repo", Some(&pg));
-    v.init_with(&SMALL_CHUNKS);
+    v.init_with(MEDIUM_CHUNKS);
     let first = v.run(&["backup", "--db", "footdash", "--json"]).ok().json();
     v.run(&["check", "--read-data"]).ok();
 

@@ -56,11 +56,7 @@ fn dump(pg: &PgCluster, db: &str, dir: &Path, name: &str) -> PathBuf {
 }
 
 fn import(v: &Vault, db: &str, file: &Path, time: &str) -> common::vault::Run {
-    let data = std::fs::read(file).unwrap();
-    v.run_stdin(
-        &["backup", "--stdin", "--db", db, "--time", time, "--json"],
-        &data,
-    )
+    v.import(db, file, Some(time))
 }
 
 /// The databases whose name marks them as a drill's.
@@ -98,7 +94,7 @@ print(json.dumps(out))
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .expect("python3 with prometheus_client: run scripts/install-test-deps.sh");
+        .expect("python3 with prometheus_client: run scripts/install-deps.sh test");
     child
         .stdin
         .take()

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 
 use super::{Backend, ObjectInfo, ObjectStat};
+use crate::blocking::try_blocking;
 use crate::error::{Error, Result};
 
 /// Objects as files under a root directory.
@@ -41,9 +42,7 @@ impl LocalBackend {
         f: impl FnOnce(&Path) -> Result<T> + Send + 'static,
     ) -> Result<T> {
         let root = self.root.clone();
-        tokio::task::spawn_blocking(move || f(&root))
-            .await
-            .map_err(|e| Error::io("Storage task failed", std::io::Error::other(e)))?
+        try_blocking("local storage", move || f(&root)).await
     }
 }
 

@@ -3,13 +3,83 @@
 //! Keys are `/`-separated relative paths such as `chunks/3f/3fa1…`. Objects are
 //! immutable: the repository never overwrites one in place, so a backend needs no
 //! read-modify-write support, only put, put-if-absent, get, list and delete.
+//!
+//! Three backends: `local` (a directory), `s3` (aws-sdk-s3) and `memory` (for fast
+//! tests); one conformance suite (`tests/backend.rs`) runs on all three.
 
 pub mod local;
+pub mod memory;
 pub mod s3;
+
+use std::path::PathBuf;
+use std::sync::Arc;
 
 use async_trait::async_trait;
 
-use crate::error::Result;
+use crate::error::{Error, Result};
+
+/// Where a repository lives, as the user named it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Location {
+    /// A local directory (`/srv/backups/footdash`, `file:///srv/...`).
+    Local(PathBuf),
+    /// `s3://bucket/prefix`.
+    S3(String),
+}
+
+impl std::fmt::Display for Location {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Location::Local(p) => write!(f, "{}", p.display()),
+            Location::S3(url) => f.write_str(url),
+        }
+    }
+}
+
+impl Location {
+    /// Parses a repository location.
+    ///
+    /// Errors: `InvalidInput` for an empty location, an unknown scheme, or what looks
+    /// like a mistyped `s3://` URL (`s3:/bucket`, `S3://bucket`), which would
+    /// otherwise quietly become a local directory of that name.
+    pub fn parse(location: &str) -> Result<Location> {
+        if location.trim().is_empty() {
+            return Err(Error::InvalidInput(
+                "The repository location is empty: set PGVAULT_REPO or pass --repo".into(),
+            ));
+        }
+        if location.starts_with("s3://") {
+            s3::parse_location(location)?;
+            return Ok(Location::S3(location.to_string()));
+        }
+        if let Some(path) = location.strip_prefix("file://") {
+            return Ok(Location::Local(PathBuf::from(path)));
+        }
+        if let Some((scheme, _)) = location.split_once("://") {
+            return Err(Error::InvalidInput(format!(
+                "Repository {location}: unknown scheme {scheme}://; use a directory or s3://bucket/prefix"
+            )));
+        }
+        let lower = location.to_ascii_lowercase();
+        if lower.starts_with("s3:") || lower.starts_with("file:") {
+            return Err(Error::InvalidInput(format!(
+                "Repository {location:?} looks like a mistyped URL: write s3://bucket/prefix (or file:///path), or ./{location} for a local directory of that name"
+            )));
+        }
+        Ok(Location::Local(PathBuf::from(location)))
+    }
+
+    /// Opens the backend at this location. Nothing is read yet: a missing directory
+    /// or bucket shows at the first request.
+    ///
+    /// Errors: `InvalidInput` or `Unavailable` when the S3 client cannot be set up.
+    pub async fn connect(&self, s3_options: &s3::S3Options) -> Result<Arc<dyn Backend>> {
+        Ok(match self {
+            Location::Local(p) => Arc::new(local::LocalBackend::new(p.clone())),
+            Location::S3(url) => Arc::new(s3::S3Backend::connect(url, s3_options).await?),
+        })
+    }
+}
 
 /// One object as a listing reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -912,7 +912,7 @@ mod tests {
             assert!(s.contains(want), "{s}");
             assert!(!s.contains('\n') && !s.ends_with('.'), "{s}");
             assert!(s.chars().next().unwrap().is_uppercase(), "{s}");
-            assert_eq!(e.kind(), crate::ErrorKind::Unavailable);
+            assert_eq!(e.kind(), crate::error::ErrorKind::Unavailable);
         }
     }
 

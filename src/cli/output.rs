@@ -4,9 +4,9 @@ use indicatif::{HumanBytes, ProgressBar, ProgressStyle};
 use serde_json::{json, Value};
 
 use crate::error::Error;
-use crate::repo::keys::KeyInfo;
-use crate::repo::writer::Progress;
-use crate::repo::SnapshotManifest;
+use crate::store::keys::KeyInfo;
+use crate::store::writer::Progress;
+use crate::store::SnapshotManifest;
 
 /// A progress bar on stderr, drawn only when stderr is a terminal.
 pub struct Bar(ProgressBar);
@@ -89,7 +89,7 @@ fn snapshot_json(m: &SnapshotManifest) -> Value {
     v
 }
 
-fn base_json(m: &SnapshotManifest, b: &crate::repo::manifest::BaseBackupInfo) -> Value {
+fn base_json(m: &SnapshotManifest, b: &crate::store::manifest::BaseBackupInfo) -> Value {
     json!({
         "timeline": b.timeline,
         "start_lsn": b.start_lsn.to_string(),

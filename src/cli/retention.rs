@@ -1,5 +1,5 @@
 //! The retention commands: forget, prune, du, locks and unlock. Parsing and printing
-//! only; the decisions live in `repo::retention`, `repo::prune` and `repo::lock`.
+//! only; the work is in `ops::forget`, `ops::prune`, `ops::du` and `ops::locks`.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -8,12 +8,14 @@ use clap::{Args, Subcommand, ValueEnum};
 use indicatif::HumanBytes;
 use serde_json::{json, Value};
 
-use super::{open_repo, output, GlobalArgs};
+use super::{args, open_repo, output, GlobalArgs};
 use crate::error::Result;
-use crate::repo::lock::{FoundLock, Liveness, LockGuard};
-use crate::repo::prune::{PruneOptions, PruneReport};
-use crate::repo::retention::{self, Filter, ForgetOutcome, Policy};
-use crate::repo::SnapshotKind;
+use crate::ops::forget::{ForgetOptions, ForgetOutcome};
+use crate::ops::prune::{PruneOptions, PruneReport};
+use crate::ops::retention::{self, Filter, Policy};
+use crate::store::lock::{FoundLock, Liveness};
+use crate::store::SnapshotKind;
+use crate::time::rfc3339;
 
 /// Retention subcommands, flattened into the top-level command list.
 #[derive(Debug, Subcommand)]
@@ -61,10 +63,10 @@ pub struct ForgetArgs {
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     pub keep_yearly: Option<u32>,
     /// Keep every backup point newer than DURATION ago (e.g. 30d, 12h, 2w)
-    #[arg(long, value_name = "DURATION", value_parser = duration_arg)]
+    #[arg(long, value_name = "DURATION", value_parser = args::duration)]
     pub keep_within: Option<Duration>,
     /// Base backups: keep the newest one at least DURATION old and all newer ones
-    #[arg(long, value_name = "DURATION", value_parser = duration_arg)]
+    #[arg(long, value_name = "DURATION", value_parser = args::duration)]
     pub pitr_window: Option<Duration>,
     /// Only backup points of this database (repeatable)
     #[arg(long, value_name = "DBNAME")]
@@ -97,10 +99,10 @@ pub struct ForgetArgs {
 #[derive(Debug, Args)]
 pub struct PruneTuning {
     /// Also keep unreferenced chunks written less than DURATION before prune started
-    #[arg(long, value_name = "DURATION", default_value = "0s", value_parser = duration_arg)]
+    #[arg(long, value_name = "DURATION", default_value = "0s", value_parser = args::duration)]
     pub grace: Duration,
     /// How long to wait for running backups (or another prune) before giving up
-    #[arg(long, env = "PGVAULT_LOCK_WAIT", value_name = "DURATION", default_value = "10m", value_parser = duration_arg)]
+    #[arg(long, env = "PGVAULT_LOCK_WAIT", value_name = "DURATION", default_value = "10m", value_parser = args::duration)]
     pub lock_wait: Duration,
 }
 
@@ -136,19 +138,6 @@ pub struct UnlockArgs {
     pub json: bool,
 }
 
-/// Parses a duration option such as `30d` or `10m`.
-pub fn duration_arg(s: &str) -> std::result::Result<Duration, String> {
-    retention::parse_duration(s).map_err(|e| e.to_string())
-}
-
-/// Releases a lock after `result`, reporting the first error.
-///
-/// Errors: `result`'s error, else a backend error from removing the lock.
-pub async fn release<T>(lock: LockGuard, result: Result<T>) -> Result<T> {
-    let released = lock.release().await;
-    result.and_then(|v| released.map(|()| v))
-}
-
 /// Runs one retention subcommand.
 ///
 /// Errors: whatever the repository operation returns (`Locked`, `InvalidInput` for a
@@ -158,7 +147,8 @@ pub async fn run(g: &GlobalArgs, cmd: &RetentionCommand) -> Result<()> {
         RetentionCommand::Forget(a) => forget(g, a).await,
         RetentionCommand::Prune(a) => {
             let repo = open_repo(g).await?;
-            let report = repo.prune(&prune_options(&a.tuning, a.dry_run)).await?;
+            let report =
+                crate::ops::prune::prune(&repo, &prune_options(&a.tuning, a.dry_run)).await?;
             if a.json {
                 output::print_json(&prune_json(&report));
             } else {
@@ -168,7 +158,7 @@ pub async fn run(g: &GlobalArgs, cmd: &RetentionCommand) -> Result<()> {
         }
         RetentionCommand::Du(a) => {
             let repo = open_repo(g).await?;
-            let du = repo.du().await?;
+            let du = crate::ops::du::du(&repo).await?;
             if a.json {
                 let mut v = serde_json::to_value(&du).expect("du serialises");
                 for (e, s) in v["snapshots"]
@@ -220,7 +210,7 @@ pub async fn run(g: &GlobalArgs, cmd: &RetentionCommand) -> Result<()> {
         }
         RetentionCommand::Locks(a) => {
             let repo = open_repo(g).await?;
-            let locks = repo.locks().await?;
+            let locks = crate::ops::locks::list(&repo).await?;
             let now = chrono::Utc::now();
             if a.json {
                 output::print_json(&Value::Array(
@@ -236,17 +226,9 @@ pub async fn run(g: &GlobalArgs, cmd: &RetentionCommand) -> Result<()> {
         }
         RetentionCommand::Unlock(a) => {
             let repo = open_repo(g).await?;
-            let removed = repo.unlock(a.all).await?;
+            let done = crate::ops::locks::unlock(&repo, a.all).await?;
+            let (removed, live_left) = (done.removed, done.live);
             let now = chrono::Utc::now();
-            let live_left: Vec<FoundLock> = if a.all {
-                Vec::new()
-            } else {
-                repo.locks()
-                    .await?
-                    .into_iter()
-                    .filter(|l| l.is_live())
-                    .collect()
-            };
             if a.json {
                 output::print_json(&json!({
                     "removed": removed.iter().map(|l| lock_json(l, now)).collect::<Vec<_>>(),
@@ -311,26 +293,20 @@ async fn forget(g: &GlobalArgs, a: &ForgetArgs) -> Result<()> {
             .collect(),
     };
     let repo = open_repo(g).await?;
-    let prune = a.prune.then(|| prune_options(&a.prune_opts, a.dry_run));
-    let out = repo
-        .forget(
-            &policy,
-            &filter,
-            a.dry_run,
-            a.prune_opts.lock_wait,
-            prune.as_ref(),
-        )
-        .await?;
+    let opts = ForgetOptions {
+        policy,
+        filter,
+        dry_run: a.dry_run,
+        lock_wait: a.prune_opts.lock_wait,
+        prune: a.prune.then(|| prune_options(&a.prune_opts, a.dry_run)),
+    };
+    let out = crate::ops::forget::forget(&repo, &opts).await?;
     if a.json {
         output::print_json(&forget_json(&out, a.dry_run));
     } else {
         print_forget(&out, a.dry_run);
     }
     Ok(())
-}
-
-fn rfc3339(t: &chrono::DateTime<chrono::Utc>) -> String {
-    t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }
 
 fn forget_json(out: &ForgetOutcome, dry_run: bool) -> Value {

@@ -1,23 +1,23 @@
-//! The verification and monitoring commands: `check`, `drill`, `status`, `metrics`,
-//! and the recording of every backup attempt around `backup`.
+//! The verification and monitoring commands: `check`, `drill`, `status`, `metrics`.
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use clap::Args;
 use indicatif::HumanBytes;
 use serde_json::json;
 
-use super::{open_backend, open_repo, output, BackupArgs, GlobalArgs};
+use super::{args, open_repo, output, GlobalArgs};
 use crate::error::{Error, Result};
-use crate::pg::drill::{self, BaseDrill, DrillReport, DumpDrill};
+use crate::ops::check::{CheckReport, ReadData};
+use crate::ops::drill::{self, Drill, DrillOptions, DrillReport};
+use crate::ops::restore::RecoveryTarget;
+use crate::ops::status::StatusReport;
 use crate::pg::ConnectOptions;
-use crate::repo::check::{CheckReport, ReadData};
-use crate::repo::history::{self, size_change, BackupAttempt, CheckRecord, SizeChange};
-use crate::repo::restore::RecoveryTarget;
-use crate::repo::status::StatusReport;
-use crate::repo::{Repository, SnapshotKind, SnapshotManifest};
+use crate::store::records::CheckRecord;
+use crate::store::SnapshotKind;
+use crate::time::rfc3339;
 
 /// The size-change threshold, shared by `backup`, `status` and `metrics`.
 #[derive(Debug, Args, Clone)]
@@ -34,7 +34,8 @@ pub struct AnomalyArgs {
 }
 
 impl AnomalyArgs {
-    fn ratio(&self) -> f64 {
+    /// The threshold as a ratio: 0.5 for 50%.
+    pub fn ratio(&self) -> f64 {
         self.size_change_threshold / 100.0
     }
 }
@@ -93,8 +94,8 @@ pub struct DrillArgs {
     /// start a private postgres on it
     #[arg(long)]
     pub base: bool,
-    /// With --base: recover to this time (RFC 3339)
-    #[arg(long, value_name = "TIME", requires = "base", value_parser = super::parse_time)]
+    /// With --base: recover to this time, with its zone ('2026-11-29 20:38:42+00')
+    #[arg(long, value_name = "TIME", requires = "base", value_parser = args::time)]
     pub target_time: Option<chrono::DateTime<chrono::Utc>>,
     /// With --base: replay all archived WAL (the default)
     #[arg(long, requires = "base")]
@@ -130,122 +131,6 @@ pub struct DrillArgs {
     pub help: Option<bool>,
 }
 
-fn rfc3339(t: &chrono::DateTime<chrono::Utc>) -> String {
-    t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
-}
-
-/// `backup`, with the attempt recorded whatever happens and the size compared with
-/// the previous backup of the same db and kind.
-///
-/// Errors: whatever the backup itself fails with; recording never adds an error.
-pub async fn backup(g: &GlobalArgs, a: &BackupArgs) -> Result<()> {
-    let time = chrono::Utc::now();
-    let started = Instant::now();
-    let mut opened: Option<Repository> = None;
-    let result = super::take_backup(g, a, &mut opened).await;
-    // A call without a database names no backup to count: it is a usage error.
-    let Ok((kind, db)) = super::backup_target(a) else {
-        return result.map(|_| ());
-    };
-    let mut attempt = BackupAttempt {
-        time,
-        db,
-        kind,
-        ok: result.is_ok(),
-        error: result.as_ref().err().map(|e| e.to_string()),
-        snapshot_id: None,
-        size_bytes: 0,
-        bytes_stored_new: 0,
-        duration_seconds: started.elapsed().as_secs_f64(),
-        hostname: crate::hostname(),
-    };
-    if let Ok(m) = &result {
-        attempt.snapshot_id = Some(m.id.clone());
-        attempt.size_bytes = m.size_bytes;
-        attempt.bytes_stored_new = m.stats.bytes_stored_new;
-    }
-    match &opened {
-        Some(repo) => {
-            repo.record_or_spool(&attempt).await;
-            repo.flush_spool().await;
-        }
-        None => {
-            // The spool is keyed by the location as the backend spells it, so that the
-            // next command that opens the repository finds it.
-            let location = match open_backend(g).await {
-                Ok(b) => Some(b.location()),
-                Err(_) => g.repo.clone(),
-            };
-            match location.map(|l| history::spool(&l, &attempt)) {
-                Some(Ok(p)) => tracing::info!(
-                    "Backup attempt kept in {} for the next command",
-                    p.display()
-                ),
-                Some(Err(e)) => tracing::warn!("Cannot record the backup attempt: {e}"),
-                None => tracing::warn!("Cannot record the backup attempt: no repository given"),
-            }
-        }
-    }
-    let m = result?;
-    let repo = opened.expect("a successful backup opened the repository");
-    let change = previous_change(&repo, &m, a.anomaly.ratio()).await;
-    if let Some((prev, c)) = &change {
-        if c.anomaly {
-            eprintln!(
-                "pgvault: warning: size anomaly: {} {} is {} ({} against {} of {}), over the {}% threshold",
-                m.db,
-                m.kind,
-                HumanBytes(m.size_bytes),
-                percent(c.change_ratio),
-                HumanBytes(prev.size_bytes),
-                rfc3339(&prev.time),
-                a.anomaly.size_change_threshold
-            );
-        }
-    }
-    if a.json {
-        let mut v = output::backup_json(&m);
-        v["size_bytes"] = json!(m.size_bytes);
-        v["size_anomaly"] = json!(change.as_ref().is_some_and(|(_, c)| c.anomaly));
-        v["size_change_ratio"] = json!(change.as_ref().map(|(_, c)| c.change_ratio));
-        v["previous_size_bytes"] = json!(change.as_ref().map(|(p, _)| p.size_bytes));
-        v["previous_snapshot_id"] = json!(change.as_ref().map(|(p, _)| p.id.clone()));
-        output::print_json(&v);
-    } else {
-        output::print_backup(&m);
-    }
-    Ok(())
-}
-
-fn percent(ratio: f64) -> String {
-    if ratio.is_infinite() {
-        "new data where there was none".into()
-    } else {
-        format!("{:+.1}%", ratio * 100.0)
-    }
-}
-
-/// The previous backup point of the same db and kind, and how the size changed.
-async fn previous_change(
-    repo: &Repository,
-    m: &SnapshotManifest,
-    threshold: f64,
-) -> Option<(SnapshotManifest, SizeChange)> {
-    let snaps = match repo.snapshots().await {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::warn!("Cannot compare the backup's size with the previous one: {e}");
-            return None;
-        }
-    };
-    let prev = snaps
-        .into_iter()
-        .filter(|s| s.db == m.db && s.kind == m.kind && s.id != m.id && s.time <= m.time)
-        .max_by_key(|s| s.time)?;
-    let c = size_change(prev.size_bytes, m.size_bytes, threshold);
-    Some((prev, c))
-}
-
 /// `check`: prints the report and fails when it found a problem.
 ///
 /// Errors: `Corrupt` naming the count of problems; `InvalidInput` for a bad subset;
@@ -261,7 +146,7 @@ pub async fn check(g: &GlobalArgs, a: &CheckArgs) -> Result<()> {
     let time = chrono::Utc::now();
     let show = std::io::stderr().is_terminal() && read != ReadData::None && !a.json;
     let progress = super::progress_for(0, "check", show);
-    let report = repo.check(&read, progress).await?;
+    let report = crate::ops::check::check(&repo, &read, progress).await?;
     let record = CheckRecord {
         time,
         ok: report.ok(),
@@ -269,7 +154,7 @@ pub async fn check(g: &GlobalArgs, a: &CheckArgs) -> Result<()> {
         problems: report.problems(),
         chunks_read: report.chunks_read,
         duration_seconds: report.duration_seconds,
-        hostname: crate::hostname(),
+        hostname: crate::host::hostname(),
     };
     repo.record_or_spool(&record).await;
     if a.json {
@@ -342,7 +227,7 @@ fn print_check(r: &CheckReport) {
 pub async fn status(g: &GlobalArgs, a: &StatusArgs) -> Result<()> {
     let repo = open_repo(g).await?;
     repo.flush_spool().await;
-    let report = repo.status(a.anomaly.ratio()).await?;
+    let report = crate::ops::status::status(&repo, a.anomaly.ratio()).await?;
     if a.json {
         output::print_json(&serde_json::to_value(&report).expect("reports serialise"));
     } else {
@@ -459,8 +344,8 @@ fn print_status(r: &StatusReport) {
 pub async fn metrics(g: &GlobalArgs, a: &MetricsArgs) -> Result<()> {
     let repo = open_repo(g).await?;
     repo.flush_spool().await;
-    let report = repo.status(a.anomaly.ratio()).await?;
-    let text = crate::repo::status::render_prometheus(&report);
+    let report = crate::ops::status::status(&repo, a.anomaly.ratio()).await?;
+    let text = crate::ops::status::render_prometheus(&report);
     match &a.output {
         None => print!("{text}"),
         Some(path) => {
@@ -491,90 +376,43 @@ pub async fn drill(g: &GlobalArgs, a: &DrillArgs) -> Result<()> {
         ),
         None => Vec::new(),
     };
-    let work_dir = a.work_dir.clone().unwrap_or_else(std::env::temp_dir);
-    let repo = open_repo(g).await?;
-    repo.flush_spool().await;
-    let report = if a.base {
-        let target = match a.target_time {
+    let opts = DrillOptions {
+        db: a.db.clone(),
+        snapshot: a.snapshot.clone(),
+        pitr: a.base.then_some(match a.target_time {
             Some(t) => RecoveryTarget::Time(t),
             None => RecoveryTarget::Latest,
-        };
-        let plan = repo
-            .plan_restore(target.clone(), a.snapshot.as_deref())
-            .await?;
-        let (label, settings) = match &target {
-            RecoveryTarget::Time(t) => (
-                rfc3339(t),
-                vec![(
-                    "recovery_target_time",
-                    t.format("%Y-%m-%d %H:%M:%S%.6f+00").to_string(),
-                )],
-            ),
-            _ => ("latest".to_string(), vec![]),
-        };
-        eprintln!(
-            "Drill: restoring base backup {} ({}) to {label} into a temporary PGDATA under {}",
-            plan.base.short_id(),
-            rfc3339(&plan.base.time),
-            work_dir.display()
-        );
-        drill::base_drill(
-            &repo,
-            &BaseDrill {
-                plan,
-                target_label: label,
-                target: settings,
-                dbs: a.db.iter().cloned().collect(),
-                user: a.username.clone().unwrap_or_else(|| "postgres".into()),
-                assertions,
-                work_dir,
-                timeout: Duration::from_secs(a.timeout),
-            },
-        )
-        .await
-    } else {
-        let snapshot = match (&a.snapshot, &a.db) {
-            (Some(id), _) => repo.resolve_snapshot(id).await?,
-            (None, Some(db)) => repo
-                .snapshots()
-                .await?
-                .into_iter()
-                .filter(|s| &s.db == db && s.kind == SnapshotKind::Dump)
-                .max_by_key(|s| s.time)
-                .ok_or_else(|| Error::NotFound {
-                    what: format!("A dump of database {db}"),
-                    location: repo.location(),
-                })?,
-            (None, None) => {
-                return Err(Error::InvalidInput(
-                    "Name the database to drill with --db (or a snapshot with --snapshot), or use --base"
-                        .into(),
-                ))
-            }
-        };
-        eprintln!(
-            "Drill: restoring snapshot {} ({} {} at {}) into a temporary database",
-            snapshot.short_id(),
-            snapshot.db,
-            snapshot.kind,
-            rfc3339(&snapshot.time)
-        );
-        drill::dump_drill(
-            &repo,
-            &DumpDrill {
-                snapshot,
-                conn: ConnectOptions {
-                    host: a.host.clone(),
-                    port: a.port,
-                    user: a.username.clone(),
-                },
-                assertions,
-                work_dir,
-                jobs: a.jobs.max(1),
-            },
-        )
-        .await
+        }),
+        assertions,
+        conn: ConnectOptions {
+            host: a.host.clone(),
+            port: a.port,
+            user: a.username.clone(),
+        },
+        jobs: a.jobs,
+        work_dir: a.work_dir.clone().unwrap_or_else(std::env::temp_dir),
+        timeout: Duration::from_secs(a.timeout),
     };
+    let repo = open_repo(g).await?;
+    repo.flush_spool().await;
+    let prepared = drill::prepare(&repo, &opts).await?;
+    match &prepared {
+        Drill::Base(b) => eprintln!(
+            "Drill: restoring base backup {} ({}) to {} into a temporary PGDATA under {}",
+            b.plan.base.short_id(),
+            rfc3339(&b.plan.base.time),
+            b.target_label,
+            b.work_dir.display()
+        ),
+        Drill::Dump(d) => eprintln!(
+            "Drill: restoring snapshot {} ({} {} at {}) into a temporary database",
+            d.snapshot.short_id(),
+            d.snapshot.db,
+            d.snapshot.kind,
+            rfc3339(&d.snapshot.time)
+        ),
+    }
+    let report = drill::run(&repo, &prepared).await;
     for w in &report.cleanup_warnings {
         eprintln!("pgvault: warning: {w}");
     }

@@ -1,17 +1,17 @@
 //! The WAL commands: archive_command, restore_command, the archive listing, and
 //! restoring a base backup for point-in-time recovery.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use clap::{Args, Subcommand};
 use serde_json::json;
 
-use super::{open_repo, output, GlobalArgs};
+use super::{args, open_repo, output, GlobalArgs};
 use crate::error::{Error, ErrorKind, Result};
-use crate::pg::recovery::{self, RecoverySettings};
-use crate::repo::lock::LockKind;
-use crate::repo::restore::RecoveryTarget;
-use crate::repo::wal::WalPushOutcome;
+use crate::ops::restore::{RecoveryTarget, RestoreOptions};
+use crate::pg::recovery;
+use crate::store::wal::WalPushOutcome;
+use crate::time::rfc3339;
 use crate::wal_name::Lsn;
 
 /// `pgvault wal-push`.
@@ -21,7 +21,7 @@ pub struct WalPushArgs {
     pub path: PathBuf,
     /// How long to wait for a prune holding the repository (the archiver retries anyway)
     #[arg(long, env = "PGVAULT_LOCK_WAIT", value_name = "DURATION", default_value = "10m",
-          value_parser = super::retention::duration_arg)]
+          value_parser = args::duration)]
     pub lock_wait: std::time::Duration,
 }
 
@@ -57,8 +57,9 @@ pub struct RestoreArgs {
     /// The new data directory: must not exist or be empty
     #[arg(long, value_name = "DIR")]
     pub pgdata: PathBuf,
-    /// Recover to this time (RFC 3339, or 'YYYY-MM-DD HH:MM:SS UTC')
-    #[arg(long, value_name = "TIME", value_parser = parse_target_time)]
+    /// Recover to this time, with its zone: as PostgreSQL prints it
+    /// ('2026-11-29 20:38:42.421088+00', '2026-11-29 20:38:42 UTC') or RFC 3339
+    #[arg(long, value_name = "TIME", value_parser = args::time)]
     pub target_time: Option<chrono::DateTime<chrono::Utc>>,
     /// Recover to this LSN
     #[arg(long, value_name = "LSN", value_parser = parse_lsn)]
@@ -74,48 +75,18 @@ pub struct RestoreArgs {
     pub base: Option<String>,
 }
 
-fn parse_target_time(s: &str) -> std::result::Result<chrono::DateTime<chrono::Utc>, String> {
-    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(s) {
-        return Ok(t.with_timezone(&chrono::Utc));
-    }
-    let trimmed = s.trim();
-    let naive = trimmed
-        .strip_suffix(" UTC")
-        .or_else(|| trimmed.strip_suffix("Z"))
-        .unwrap_or(trimmed);
-    chrono::NaiveDateTime::parse_from_str(naive, "%Y-%m-%d %H:%M:%S")
-        .map(|t| t.and_utc())
-        .map_err(|_| {
-            format!("{s:?} is not a time such as 2026-11-05T10:00:00Z or '2026-11-05 10:00:00 UTC'")
-        })
-}
-
 fn parse_lsn(s: &str) -> std::result::Result<Lsn, String> {
     Lsn::parse(s).map_err(|e| e.to_string())
 }
 
 /// `wal-push`: exit 0 only once the file is durably archived.
 ///
-/// Errors: `InvalidInput` for a file that is not a WAL file; `AlreadyExists` for a
-/// different file under an archived name; I/O and backend errors.
+/// Errors: as [`crate::ops::wal::push`].
 pub async fn push(g: &GlobalArgs, a: &WalPushArgs) -> Result<()> {
-    let name = a
-        .path
-        .file_name()
-        .and_then(|n| n.to_str())
-        .ok_or_else(|| Error::InvalidInput(format!("{} names no file", a.path.display())))?
-        .to_string();
-    crate::wal_name::WalFileKind::parse(&name)?;
-    let data = std::fs::read(&a.path).map_err(|e| Error::io_path("read", &a.path, e))?;
+    // A bad path is refused before the repository is opened.
+    let name = crate::ops::wal::wal_file_name(&a.path)?;
     let repo = open_repo(g).await?;
-    // A prune must not delete a chunk this push found already stored and reused.
-    let lock = repo.lock(LockKind::Shared, "wal-push", a.lock_wait).await?;
-    let pushed = repo.wal_push(&name, data).await;
-    let pushed = match pushed {
-        Ok(p) => lock.ensure_held().await.map(|()| p),
-        Err(e) => Err(e),
-    };
-    match super::retention::release(lock, pushed).await? {
+    match crate::ops::wal::push(&repo, &a.path, a.lock_wait).await? {
         WalPushOutcome::Stored => tracing::info!("Archived {name}"),
         WalPushOutcome::AlreadyArchived => {
             tracing::info!("{name} was archived already with the same content")
@@ -124,38 +95,15 @@ pub async fn push(g: &GlobalArgs, a: &WalPushArgs) -> Result<()> {
     Ok(())
 }
 
-/// `wal-fetch`: writes the file through a temporary name, so PostgreSQL never sees
-/// a partial segment.
+/// `wal-fetch`.
 ///
 /// Errors: `NotFound` when the file is not archived; anything else means the answer
 /// is unknown.
 pub async fn fetch(g: &GlobalArgs, a: &WalFetchArgs) -> Result<()> {
-    // A missing repository is no answer about the file: it must not read as
-    // "not archived", which would end recovery early.
-    let repo = open_repo(g).await.map_err(|e| match e.kind() {
-        ErrorKind::NotFound => Error::Unavailable(format!("Cannot open the WAL archive: {e}")),
-        _ => e,
-    })?;
-    let data = if a.prefetch == 0 {
-        repo.wal_fetch(&a.name).await?
-    } else {
-        let spool = crate::index::cache_dir()
-            .join(&repo.config().repo_id)
-            .join("wal-spool");
-        repo.wal_fetch_spooled(&a.name, &spool, a.prefetch).await?
-    };
-    let dir = a
-        .dest
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let tmp = dir.join(format!(".pgvault-fetch-{}-{}", std::process::id(), a.name));
-    std::fs::write(&tmp, &data).map_err(|e| Error::io_path("write", &tmp, e))?;
-    std::fs::rename(&tmp, &a.dest).map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        Error::io_path("rename into", &a.dest, e)
-    })?;
-    Ok(())
+    let repo = open_repo(g)
+        .await
+        .map_err(crate::ops::wal::open_error_for_fetch)?;
+    crate::ops::wal::fetch(&repo, &a.name, &a.dest, a.prefetch).await
 }
 
 /// The exit code of a failed `wal-fetch`. "Not archived" is 1, said quietly:
@@ -177,7 +125,7 @@ pub fn fetch_exit_code(e: &Error) -> i32 {
 /// Errors: backend errors.
 pub async fn list(g: &GlobalArgs, json_out: bool) -> Result<()> {
     let repo = open_repo(g).await?;
-    let cat = repo.wal_catalog().await?;
+    let cat = crate::ops::wal::list(&repo).await?;
     let mut tls = Vec::new();
     for (tl, w) in &cat.timelines {
         let ranges = w.ranges();
@@ -272,8 +220,7 @@ fn restore_command(g: &GlobalArgs) -> Result<String> {
 
 /// `restore`: plan and check everything, then extract and configure.
 ///
-/// Errors: `InvalidInput` for a non-empty PGDATA or an unreachable target (nothing
-/// is written then); I/O and backend errors.
+/// Errors: as [`crate::ops::restore::restore`].
 pub async fn restore(g: &GlobalArgs, a: &RestoreArgs) -> Result<()> {
     recovery::check_empty_pgdata(&a.pgdata)?;
     let target = if let Some(t) = a.target_time {
@@ -286,51 +233,22 @@ pub async fn restore(g: &GlobalArgs, a: &RestoreArgs) -> Result<()> {
         RecoveryTarget::Latest
     };
     let repo = open_repo(g).await?;
-    let plan = repo.plan_restore(target.clone(), a.base.as_deref()).await?;
-    let settings = RecoverySettings {
+    let opts = RestoreOptions {
+        pgdata: a.pgdata.clone(),
+        target,
+        base: a.base.clone(),
         restore_command: restore_command(g)?,
-        target: match &target {
-            RecoveryTarget::Latest => vec![],
-            RecoveryTarget::Time(t) => vec![(
-                "recovery_target_time",
-                t.format("%Y-%m-%d %H:%M:%S%.6f+00").to_string(),
-            )],
-            RecoveryTarget::Lsn(l) => vec![("recovery_target_lsn", l.to_string())],
-            RecoveryTarget::Xid(x) => vec![("recovery_target_xid", x.to_string())],
-        },
     };
+    eprintln!("Restoring into {}", a.pgdata.display());
+    let plan = crate::ops::restore::restore(&repo, &opts).await?;
     let info = plan.base.base.clone().expect("planned from a base backup");
-    eprintln!(
-        "Restoring base backup {} ({}, timeline {}, LSN {}..{}) into {}",
+    println!(
+        "Restored base backup {} ({}, timeline {}, LSN {}..{}) into {}. WAL {}..{} is needed (archived up to {} without a gap).",
         plan.base.short_id(),
-        plan.base
-            .time
-            .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        rfc3339(&plan.base.time),
         info.timeline,
         info.start_lsn,
         info.stop_lsn,
-        a.pgdata.display()
-    );
-    let (mut writer, reader) = crate::pipe::pipe(8);
-    let pgdata = a.pgdata.clone();
-    let extractor = std::thread::spawn(move || recovery::extract_base(reader, &pgdata));
-    let copied = repo
-        .cat(
-            &plan.base,
-            &mut writer,
-            std::sync::Arc::new(crate::repo::writer::NoProgress),
-        )
-        .await;
-    drop(writer);
-    let extracted = extractor
-        .join()
-        .map_err(|_| Error::io("Extraction thread panicked", std::io::Error::other("panic")))?;
-    // The extractor's error explains a broken pipe on the copying side.
-    extracted?;
-    copied?;
-    recovery::write_recovery_config(&a.pgdata, &settings)?;
-    println!(
-        "Restored into {}. WAL {}..{} is needed (archived up to {} without a gap).",
         a.pgdata.display(),
         plan.wal_first,
         plan.wal_last_needed,

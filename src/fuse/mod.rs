@@ -19,6 +19,7 @@ use fuser::{
 };
 use tokio::runtime::Handle as Runtime;
 
+use crate::blocking::blocking;
 use crate::error::{Error, Result};
 use crate::vfs::{Attr, NodeKind, Vfs};
 
@@ -509,9 +510,8 @@ pub async fn mount(vfs: Vfs, mountpoint: &Path, opts: &MountOptions) -> Result<M
     // Requests are only dispatched on these threads; the work happens on the runtime.
     config.n_threads = Some(2);
     let mp = mountpoint.clone();
-    let mut session = tokio::task::spawn_blocking(move || fuser::Session::new(fs, &mp, &config))
-        .await
-        .map_err(|e| Error::io("Mount task failed", io::Error::other(e)))?
+    let mut session = blocking("mount", move || fuser::Session::new(fs, &mp, &config))
+        .await?
         .map_err(|e| {
             let hint = if e.kind() == io::ErrorKind::PermissionDenied && uid != 0 {
                 // fuser opens /dev/fuse itself before falling back to fusermount3.
@@ -572,6 +572,10 @@ impl Mounted {
                 _ = term.recv() => {}
                 _ = int.recv() => {}
             }
+            // Unmounted from outside just as the signal came: nothing left to do.
+            if self.ended.try_recv().is_ok() {
+                break;
+            }
             if asked {
                 tracing::warn!(
                     "Stopping now: files still open on {} will fail",
@@ -615,6 +619,10 @@ impl Mounted {
                         tracing::error!("Cannot detach {mp}: {e}");
                     }
                 }
+            }
+            // Someone unmounted it between our check and our call: done already.
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                tracing::info!("{mp} was unmounted already")
             }
             Err(e) => tracing::error!("Cannot unmount {mp}: {e}"),
         }

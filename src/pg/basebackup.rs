@@ -9,8 +9,8 @@ use std::thread::JoinHandle;
 use super::{ConnectOptions, PgProcess};
 use crate::error::{Error, Result};
 use crate::pipe::{pipe, PipeReader, PipeWriter};
-use crate::repo::manifest::BaseBackupInfo;
-use crate::repo::writer::{Inspected, StreamInspector};
+use crate::store::manifest::BaseBackupInfo;
+use crate::store::writer::{Inspected, StreamInspector};
 use crate::wal_name::Lsn;
 
 /// Starts `pg_basebackup` writing one tar stream to stdout. WAL is not included

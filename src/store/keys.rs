@@ -7,7 +7,9 @@
 
 use serde::Serialize;
 
-use super::{key_file_key, Repository};
+use super::layout;
+use super::Repository;
+use crate::blocking::blocking;
 use crate::crypto::{KdfParams, KeyFile};
 use crate::error::{Error, ErrorKind, Result};
 
@@ -62,8 +64,8 @@ impl Repository {
     /// Errors: `Corrupt` when a key file does not parse; backend errors otherwise.
     pub async fn keys(&self) -> Result<Vec<KeyInfo>> {
         let mut out = Vec::new();
-        for obj in self.backend.list("keys/").await? {
-            let Some(id) = obj.key.strip_prefix("keys/") else {
+        for obj in self.backend.list(layout::KEYS).await? {
+            let Some(id) = obj.key.strip_prefix(layout::KEYS) else {
                 continue;
             };
             let kf = match self.read_key_file(&obj.key).await {
@@ -98,21 +100,19 @@ impl Repository {
         let kdf = match kdf {
             Some(k) => k,
             None => {
-                self.read_key_file(&key_file_key(&self.key_id))
+                self.read_key_file(&layout::key_file(&self.key_id))
                     .await?
                     .kdf_params
             }
         };
         let master = self.key.clone();
         let pass = passphrase.to_vec();
-        let kf = tokio::task::spawn_blocking(move || KeyFile::wrap(&master, &pass, kdf))
-            .await
-            .map_err(|e| Error::io("Key derivation task failed", std::io::Error::other(e)))??;
+        let kf = blocking("key derivation", move || KeyFile::wrap(&master, &pass, kdf)).await??;
         let id = new_key_id();
         let bytes = serde_json::to_vec_pretty(&kf).expect("key file serialises");
         if !self
             .backend
-            .put_if_absent(&key_file_key(&id), bytes)
+            .put_if_absent(&layout::key_file(&id), bytes)
             .await?
         {
             return Err(Error::AlreadyExists {
@@ -127,8 +127,9 @@ impl Repository {
     /// one could open the repository again) and the key in use (`change_passphrase`
     /// replaces that one). Returns the full id removed.
     ///
-    /// Two concurrent removals of the last two keys are not prevented: that needs the
-    /// repository lock, which does not exist yet.
+    /// Two concurrent removals of the last two keys are not prevented: that would take
+    /// the exclusive repository lock, which waits for every running backup and WAL
+    /// push, for an operation an administrator runs by hand.
     ///
     /// Errors: `NotFound` when no key matches; `InvalidInput` when several match or
     /// the key may not be removed; backend errors otherwise.
@@ -165,7 +166,7 @@ impl Repository {
                 self.location()
             )));
         }
-        self.backend.delete(&key_file_key(&key.id)).await?;
+        self.backend.delete(&layout::key_file(&key.id)).await?;
         Ok(key.id.clone())
     }
 
@@ -177,7 +178,7 @@ impl Repository {
     pub async fn change_passphrase(&mut self, new_passphrase: &[u8]) -> Result<String> {
         let new_id = self.add_key(new_passphrase, None).await?;
         let old_id = std::mem::replace(&mut self.key_id, new_id.clone());
-        self.backend.delete(&key_file_key(&old_id)).await?;
+        self.backend.delete(&layout::key_file(&old_id)).await?;
         Ok(new_id)
     }
 }
@@ -191,7 +192,7 @@ mod tests {
     use super::*;
     use crate::backend::local::LocalBackend;
     use crate::backend::{Backend, ObjectInfo};
-    use crate::repo::InitOptions;
+    use crate::store::InitOptions;
 
     const FAST: KdfParams = KdfParams {
         memory_kib: 256,
@@ -239,7 +240,7 @@ mod tests {
     async fn keys_are_added_listed_removed_and_replaced() {
         let dir = tempfile::tempdir().unwrap();
         let backend: Arc<dyn Backend> = Arc::new(LocalBackend::new(dir.path().join("r")));
-        let repo = Repository::init(backend.clone(), b"one", opts())
+        let repo = Repository::init(backend.clone(), b"one", opts(), dir.path())
             .await
             .unwrap();
         assert!(repo.config().conditional_writes);
@@ -249,14 +250,18 @@ mod tests {
         assert_eq!(keys.iter().filter(|k| k.current).count(), 1);
         assert_eq!(keys[1].kdf_params, FAST, "new keys inherit the KDF costs");
 
-        let mut by_two = Repository::open(backend.clone(), b"two").await.unwrap();
+        let mut by_two = Repository::open(backend.clone(), b"two", dir.path())
+            .await
+            .unwrap();
         assert_eq!(by_two.key_id(), two);
         // The key in use cannot be removed, another one can.
         let e = by_two.remove_key(&two[..6]).await.unwrap_err();
         assert!(e.to_string().contains("opened"), "{e}");
         let one = repo.key_id().to_string();
         by_two.remove_key(&one).await.unwrap();
-        let e = Repository::open(backend.clone(), b"one").await.unwrap_err();
+        let e = Repository::open(backend.clone(), b"one", dir.path())
+            .await
+            .unwrap_err();
         assert_eq!(e.kind(), ErrorKind::WrongPassphrase);
         // The last key cannot be removed.
         let e = by_two.remove_key(&two).await.unwrap_err();
@@ -269,8 +274,12 @@ mod tests {
         let three = by_two.change_passphrase(b"three").await.unwrap();
         assert_eq!(by_two.key_id(), three);
         assert_eq!(by_two.keys().await.unwrap().len(), 1);
-        assert!(Repository::open(backend.clone(), b"two").await.is_err());
-        let reopened = Repository::open(backend, b"three").await.unwrap();
+        assert!(Repository::open(backend.clone(), b"two", dir.path())
+            .await
+            .is_err());
+        let reopened = Repository::open(backend, b"three", dir.path())
+            .await
+            .unwrap();
         assert_eq!(
             reopened.key().chunk_id(b"x"),
             repo.key().chunk_id(b"x"),
@@ -283,7 +292,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let backend: Arc<dyn Backend> =
             Arc::new(Overwriting(LocalBackend::new(dir.path().join("r"))));
-        let repo = Repository::init(backend.clone(), b"one", opts())
+        let repo = Repository::init(backend.clone(), b"one", opts(), dir.path())
             .await
             .unwrap();
         assert!(!repo.config().conditional_writes);
@@ -295,7 +304,7 @@ mod tests {
         assert_eq!(e.kind(), ErrorKind::InvalidInput);
         assert!(e.to_string().contains("conditional writes"), "{e}");
         // Reading and writing data still works.
-        let again = Repository::open(backend, b"one").await.unwrap();
+        let again = Repository::open(backend, b"one", dir.path()).await.unwrap();
         assert!(!again.config().conditional_writes);
     }
 }

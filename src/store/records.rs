@@ -17,9 +17,11 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use tokio::task::JoinSet;
 
-use super::format;
+use super::cache::{create_private_dir, record_spool};
+use super::layout;
 use super::manifest::SnapshotKind;
 use super::Repository;
+use crate::blocking::joined;
 use crate::error::{Error, ErrorKind, Result};
 
 /// The kinds of history record, each under its own prefix.
@@ -37,9 +39,9 @@ impl RecordKind {
     /// The key prefix, with its slash.
     pub fn prefix(&self) -> &'static str {
         match self {
-            RecordKind::Attempt => "attempts/",
-            RecordKind::Drill => "drills/",
-            RecordKind::Check => "checks/",
+            RecordKind::Attempt => layout::ATTEMPTS,
+            RecordKind::Drill => layout::DRILLS,
+            RecordKind::Check => layout::CHECKS,
         }
     }
 
@@ -176,22 +178,13 @@ fn record_key(kind: RecordKind, time: chrono::DateTime<chrono::Utc>) -> String {
     )
 }
 
-/// The spool directory for the repository at `location`: records that could not be
-/// written wait here. Keyed by the location, because a repository that cannot be
-/// reached cannot tell its id.
-pub fn spool_dir(location: &str) -> PathBuf {
-    let h = blake3::hash(location.as_bytes());
-    crate::index::cache_dir()
-        .join("spool")
-        .join(&h.to_hex().as_str()[..16])
-}
-
-/// Keeps a record locally until the repository at `location` can take it.
+/// Keeps a record under cache directory `cache_root` until the repository at
+/// `location` can take it.
 ///
 /// Errors: `Io` when the spool directory cannot be written.
-pub fn spool<R: Record>(location: &str, record: &R) -> Result<PathBuf> {
-    let dir = spool_dir(location);
-    std::fs::create_dir_all(&dir).map_err(|e| Error::io_path("create spool directory", &dir, e))?;
+pub fn spool<R: Record>(cache_root: &Path, location: &str, record: &R) -> Result<PathBuf> {
+    let dir = record_spool(cache_root, location);
+    create_private_dir(&dir)?;
     let key = record_key(R::KIND, record.time());
     let name = format!("{}.json", key.replacen('/', "--", 1));
     let path = dir.join(name);
@@ -203,10 +196,7 @@ pub fn spool<R: Record>(location: &str, record: &R) -> Result<PathBuf> {
 }
 
 fn cache_path(repo: &Repository, key: &str) -> PathBuf {
-    crate::index::cache_dir()
-        .join(&repo.config().repo_id)
-        .join("records")
-        .join(key)
+    repo.cache().records_dir().join(key)
 }
 
 impl Repository {
@@ -225,7 +215,7 @@ impl Repository {
         json: &[u8],
     ) -> Result<String> {
         let key = record_key(kind, time);
-        let sealed = format::encode_manifest(self.key(), &key, json);
+        let sealed = self.seal_json(&key, json);
         if !self.backend().put_if_absent(&key, sealed).await? {
             return Err(Error::AlreadyExists {
                 what: format!("Record {key}"),
@@ -239,7 +229,7 @@ impl Repository {
     /// Never fails the operation it describes: problems are logged.
     pub async fn record_or_spool<R: Record>(&self, record: &R) {
         if let Err(e) = self.write_record(record).await {
-            match spool(&self.location(), record) {
+            match spool(self.cache().root(), &self.location(), record) {
                 // Nothing is lost, and the failure that stopped the store is the
                 // command's own error: one line for the user, not two.
                 Ok(p) => tracing::info!(
@@ -260,7 +250,7 @@ impl Repository {
     ///
     /// Errors: none that stop the caller: an unreadable spool is logged and skipped.
     pub async fn flush_spool(&self) -> usize {
-        let dir = spool_dir(&self.location());
+        let dir = record_spool(self.cache().root(), &self.location());
         let Ok(entries) = std::fs::read_dir(&dir) else {
             return 0;
         };
@@ -315,8 +305,7 @@ impl Repository {
             });
         }
         while let Some(res) = tasks.join_next().await {
-            let (key, r) =
-                res.map_err(|e| Error::io("Record read task failed", std::io::Error::other(e)))?;
+            let (key, r) = joined("record read", res)?;
             match r {
                 Ok(Some(rec)) => out.push((key, rec)),
                 Ok(None) => {}
@@ -345,7 +334,7 @@ impl Repository {
                 b
             }
         };
-        let json = format::decode_manifest(self.key(), key, &sealed)?;
+        let json = super::format::decode_manifest(self.key(), key, &sealed)?;
         serde_json::from_slice(&json)
             .map(Some)
             .map_err(|e| Error::Corrupt(format!("Record {key} does not parse: {e}")))
@@ -355,7 +344,7 @@ impl Repository {
 /// Keeps a sealed record in the cache; a cache that cannot be written is no error.
 fn cache_sealed(path: &Path, sealed: &[u8]) {
     let Some(dir) = path.parent() else { return };
-    if std::fs::create_dir_all(dir).is_err() {
+    if create_private_dir(dir).is_err() {
         return;
     }
     let tmp = dir.join(format!(
@@ -368,48 +357,9 @@ fn cache_sealed(path: &Path, sealed: &[u8]) {
     }
 }
 
-/// How a backup's size compares with the previous one of the same db and kind.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
-pub struct SizeChange {
-    pub previous_size_bytes: u64,
-    /// `size / previous - 1`: 0.5 is 50% larger, -0.5 half the size.
-    pub change_ratio: f64,
-    /// Whether the change exceeds the threshold either way.
-    pub anomaly: bool,
-}
-
-/// Compares a size with the previous one; `threshold` is a ratio (0.5 for 50%).
-pub fn size_change(previous: u64, size: u64, threshold: f64) -> SizeChange {
-    let change_ratio = if previous == 0 {
-        if size == 0 {
-            0.0
-        } else {
-            f64::INFINITY
-        }
-    } else {
-        size as f64 / previous as f64 - 1.0
-    };
-    SizeChange {
-        previous_size_bytes: previous,
-        change_ratio,
-        anomaly: change_ratio.abs() > threshold,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn size_change_flags_both_directions() {
-        assert!(!size_change(100, 149, 0.5).anomaly);
-        assert!(size_change(100, 151, 0.5).anomaly);
-        assert!(size_change(100, 49, 0.5).anomaly);
-        assert!(!size_change(100, 51, 0.5).anomaly);
-        assert!(size_change(0, 1, 0.5).anomaly);
-        assert!(!size_change(0, 0, 0.5).anomaly);
-        assert!((size_change(200, 300, 0.5).change_ratio - 0.5).abs() < 1e-9);
-    }
 
     #[test]
     fn spool_names_round_trip() {

@@ -10,10 +10,10 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 
-use super::history::{size_change, BackupAttempt, CheckRecord, DrillRecord};
-use super::manifest::SnapshotKind;
-use super::Repository;
 use crate::error::Result;
+use crate::store::manifest::SnapshotKind;
+use crate::store::records::{BackupAttempt, CheckRecord, DrillRecord};
+use crate::store::Repository;
 
 /// How far back the success rate looks.
 pub const SUCCESS_WINDOW_DAYS: i64 = 30;
@@ -110,165 +110,191 @@ fn age(now: chrono::DateTime<chrono::Utc>, t: chrono::DateTime<chrono::Utc>) -> 
     (now - t).num_milliseconds() as f64 / 1000.0
 }
 
-impl Repository {
-    /// Gathers the status report; `threshold` is the size change (a ratio, 0.5 for
-    /// 50%) above which a backup is flagged.
-    ///
-    /// Errors: backend errors; `Corrupt` when a snapshot manifest fails authentication.
-    pub async fn status(&self, threshold: f64) -> Result<StatusReport> {
-        let now = chrono::Utc::now();
-        let snapshots = self.snapshots().await?;
-        let attempts: Vec<BackupAttempt> = self.records().await?;
-        let drills: Vec<DrillRecord> = self.records().await?;
-        let checks: Vec<CheckRecord> = self.records().await?;
-        let catalog = self.wal_catalog().await?;
-        let objects = self.backend().list("").await?;
+/// How a backup's size compares with the previous one of the same db and kind.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct SizeChange {
+    pub previous_size_bytes: u64,
+    /// `size / previous - 1`: 0.5 is 50% larger, -0.5 half the size.
+    pub change_ratio: f64,
+    /// Whether the change exceeds the threshold either way.
+    pub anomaly: bool,
+}
 
-        let mut rows: BTreeMap<(String, SnapshotKind), BackupStatus> = BTreeMap::new();
-        let mut row = |db: &str, kind: SnapshotKind| -> (String, SnapshotKind) {
-            let k = (db.to_string(), kind);
-            rows.entry(k.clone()).or_insert_with(|| BackupStatus {
-                db: db.to_string(),
-                kind,
-                snapshots: 0,
-                logical_bytes: 0,
-                last_success: None,
-                last_success_age_seconds: None,
-                last_snapshot_id: None,
-                size_bytes: None,
-                stored_bytes: None,
-                previous_size_bytes: None,
-                size_change_ratio: None,
-                size_anomaly: false,
-                last_attempt: None,
-                attempts_30d: 0,
-                successes_30d: 0,
-                failures_30d: 0,
-                success_rate_30d: None,
-                successes_total: 0,
-                failures_total: 0,
-                last_drill: None,
-            });
-            k
-        };
-        let mut keys = Vec::new();
-        for s in &snapshots {
-            keys.push(row(&s.db, s.kind));
+/// Compares a size with the previous one; `threshold` is a ratio (0.5 for 50%).
+pub fn size_change(previous: u64, size: u64, threshold: f64) -> SizeChange {
+    let change_ratio = if previous == 0 {
+        if size == 0 {
+            0.0
+        } else {
+            f64::INFINITY
         }
-        for a in &attempts {
-            row(&a.db, a.kind);
-        }
-        for d in &drills {
-            row(&d.db, d.kind);
-        }
-        // Snapshots come oldest first: the last two of a key are the newest and the one before.
-        for (s, k) in snapshots.iter().zip(keys) {
-            let r = rows.get_mut(&k).expect("row created above");
-            r.snapshots += 1;
-            r.logical_bytes += s.size_bytes;
-            if let Some(prev) = r.size_bytes {
-                let c = size_change(prev, s.size_bytes, threshold);
-                r.previous_size_bytes = Some(prev);
-                r.size_change_ratio = Some(c.change_ratio);
-                r.size_anomaly = c.anomaly;
-            }
-            r.size_bytes = Some(s.size_bytes);
-            r.stored_bytes = Some(s.stats.bytes_stored_new);
-            r.last_success = Some(s.time);
-            r.last_success_age_seconds = Some(age(now, s.time));
-            r.last_snapshot_id = Some(s.id.clone());
-        }
-        let window_start = now - chrono::Duration::days(SUCCESS_WINDOW_DAYS);
-        for a in &attempts {
-            let r = rows
-                .get_mut(&(a.db.clone(), a.kind))
-                .expect("row created above");
-            if a.ok {
-                r.successes_total += 1;
-            } else {
-                r.failures_total += 1;
-            }
-            if a.time >= window_start {
-                r.attempts_30d += 1;
-                if a.ok {
-                    r.successes_30d += 1;
-                } else {
-                    r.failures_30d += 1;
-                }
-            }
-            r.last_attempt = Some(AttemptSummary {
-                time: a.time,
-                ok: a.ok,
-                error: a.error.clone(),
-            });
-        }
-        for d in &drills {
-            let r = rows
-                .get_mut(&(d.db.clone(), d.kind))
-                .expect("row created above");
-            r.last_drill = Some(DrillSummary {
-                time: d.time,
-                ok: d.ok,
-                duration_seconds: d.duration_seconds,
-                restore_seconds: d.restore_seconds,
-                snapshot_id: d.snapshot_id.clone(),
-                error: d.error.clone(),
-            });
-        }
-        for r in rows.values_mut() {
-            if r.attempts_30d > 0 {
-                r.success_rate_30d = Some(r.successes_30d as f64 / r.attempts_30d as f64);
-            }
-        }
-
-        let mut wal = Vec::new();
-        let mut segments_total = 0u64;
-        for (tl, w) in &catalog.timelines {
-            segments_total += w.segments.len() as u64;
-            let newest_segment = w.segments.last().map(|s| catalog.name(*tl, *s));
-            let newest_archived = match &newest_segment {
-                Some(name) => Some(self.wal_manifest(name).await?.pushed),
-                None => None,
-            };
-            wal.push(WalStatus {
-                timeline: *tl,
-                segments: w.segments.len(),
-                newest_segment,
-                newest_archived,
-                lag_seconds: newest_archived.map(|t| age(now, t)),
-            });
-        }
-        // .partial files are whole segments too.
-        segments_total += catalog
-            .timelines
-            .values()
-            .map(|t| t.partial_files.len() as u64)
-            .sum::<u64>();
-        let stored_bytes = objects.iter().map(|o| o.size_bytes).sum();
-        let chunk_objects: Vec<_> = objects
-            .iter()
-            .filter(|o| o.key.starts_with("chunks/"))
-            .collect();
-        let chunk_bytes: u64 = chunk_objects.iter().map(|o| o.size_bytes).sum();
-        let logical_bytes = snapshots.iter().map(|s| s.size_bytes).sum::<u64>()
-            + segments_total * catalog.segment_size;
-        Ok(StatusReport {
-            generated: now,
-            location: self.location(),
-            size_change_threshold: threshold,
-            repository: RepoSize {
-                snapshots: snapshots.len(),
-                logical_bytes,
-                stored_bytes,
-                chunk_bytes,
-                chunks: chunk_objects.len(),
-                dedup_ratio: (chunk_bytes > 0).then(|| logical_bytes as f64 / chunk_bytes as f64),
-            },
-            backups: rows.into_values().collect(),
-            wal,
-            last_check: checks.last().cloned(),
-        })
+    } else {
+        size as f64 / previous as f64 - 1.0
+    };
+    SizeChange {
+        previous_size_bytes: previous,
+        change_ratio,
+        anomaly: change_ratio.abs() > threshold,
     }
+}
+
+/// Gathers the status report; `threshold` is the size change (a ratio, 0.5 for
+/// 50%) above which a backup is flagged.
+///
+/// Errors: backend errors; `Corrupt` when a snapshot manifest fails authentication.
+pub async fn status(repo: &Repository, threshold: f64) -> Result<StatusReport> {
+    let now = chrono::Utc::now();
+    let snapshots = repo.snapshots().await?;
+    let attempts: Vec<BackupAttempt> = repo.records().await?;
+    let drills: Vec<DrillRecord> = repo.records().await?;
+    let checks: Vec<CheckRecord> = repo.records().await?;
+    let catalog = repo.wal_catalog().await?;
+    let objects = repo.backend().list("").await?;
+
+    let mut rows: BTreeMap<(String, SnapshotKind), BackupStatus> = BTreeMap::new();
+    let mut row = |db: &str, kind: SnapshotKind| -> (String, SnapshotKind) {
+        let k = (db.to_string(), kind);
+        rows.entry(k.clone()).or_insert_with(|| BackupStatus {
+            db: db.to_string(),
+            kind,
+            snapshots: 0,
+            logical_bytes: 0,
+            last_success: None,
+            last_success_age_seconds: None,
+            last_snapshot_id: None,
+            size_bytes: None,
+            stored_bytes: None,
+            previous_size_bytes: None,
+            size_change_ratio: None,
+            size_anomaly: false,
+            last_attempt: None,
+            attempts_30d: 0,
+            successes_30d: 0,
+            failures_30d: 0,
+            success_rate_30d: None,
+            successes_total: 0,
+            failures_total: 0,
+            last_drill: None,
+        });
+        k
+    };
+    let mut keys = Vec::new();
+    for s in &snapshots {
+        keys.push(row(&s.db, s.kind));
+    }
+    for a in &attempts {
+        row(&a.db, a.kind);
+    }
+    for d in &drills {
+        row(&d.db, d.kind);
+    }
+    // Snapshots come oldest first: the last two of a key are the newest and the one before.
+    for (s, k) in snapshots.iter().zip(keys) {
+        let r = rows.get_mut(&k).expect("row created above");
+        r.snapshots += 1;
+        r.logical_bytes += s.size_bytes;
+        if let Some(prev) = r.size_bytes {
+            let c = size_change(prev, s.size_bytes, threshold);
+            r.previous_size_bytes = Some(prev);
+            r.size_change_ratio = Some(c.change_ratio);
+            r.size_anomaly = c.anomaly;
+        }
+        r.size_bytes = Some(s.size_bytes);
+        r.stored_bytes = Some(s.stats.bytes_stored_new);
+        r.last_success = Some(s.time);
+        r.last_success_age_seconds = Some(age(now, s.time));
+        r.last_snapshot_id = Some(s.id.clone());
+    }
+    let window_start = now - chrono::Duration::days(SUCCESS_WINDOW_DAYS);
+    for a in &attempts {
+        let r = rows
+            .get_mut(&(a.db.clone(), a.kind))
+            .expect("row created above");
+        if a.ok {
+            r.successes_total += 1;
+        } else {
+            r.failures_total += 1;
+        }
+        if a.time >= window_start {
+            r.attempts_30d += 1;
+            if a.ok {
+                r.successes_30d += 1;
+            } else {
+                r.failures_30d += 1;
+            }
+        }
+        r.last_attempt = Some(AttemptSummary {
+            time: a.time,
+            ok: a.ok,
+            error: a.error.clone(),
+        });
+    }
+    for d in &drills {
+        let r = rows
+            .get_mut(&(d.db.clone(), d.kind))
+            .expect("row created above");
+        r.last_drill = Some(DrillSummary {
+            time: d.time,
+            ok: d.ok,
+            duration_seconds: d.duration_seconds,
+            restore_seconds: d.restore_seconds,
+            snapshot_id: d.snapshot_id.clone(),
+            error: d.error.clone(),
+        });
+    }
+    for r in rows.values_mut() {
+        if r.attempts_30d > 0 {
+            r.success_rate_30d = Some(r.successes_30d as f64 / r.attempts_30d as f64);
+        }
+    }
+
+    let mut wal = Vec::new();
+    let mut segments_total = 0u64;
+    for (tl, w) in &catalog.timelines {
+        segments_total += w.segments.len() as u64;
+        let newest_segment = w.segments.last().map(|s| catalog.name(*tl, *s));
+        let newest_archived = match &newest_segment {
+            Some(name) => Some(repo.wal_manifest(name).await?.pushed),
+            None => None,
+        };
+        wal.push(WalStatus {
+            timeline: *tl,
+            segments: w.segments.len(),
+            newest_segment,
+            newest_archived,
+            lag_seconds: newest_archived.map(|t| age(now, t)),
+        });
+    }
+    // .partial files are whole segments too.
+    segments_total += catalog
+        .timelines
+        .values()
+        .map(|t| t.partial_files.len() as u64)
+        .sum::<u64>();
+    let stored_bytes = objects.iter().map(|o| o.size_bytes).sum();
+    let chunk_objects: Vec<_> = objects
+        .iter()
+        .filter(|o| o.key.starts_with("chunks/"))
+        .collect();
+    let chunk_bytes: u64 = chunk_objects.iter().map(|o| o.size_bytes).sum();
+    let logical_bytes =
+        snapshots.iter().map(|s| s.size_bytes).sum::<u64>() + segments_total * catalog.segment_size;
+    Ok(StatusReport {
+        generated: now,
+        location: repo.location(),
+        size_change_threshold: threshold,
+        repository: RepoSize {
+            snapshots: snapshots.len(),
+            logical_bytes,
+            stored_bytes,
+            chunk_bytes,
+            chunks: chunk_objects.len(),
+            dedup_ratio: (chunk_bytes > 0).then(|| logical_bytes as f64 / chunk_bytes as f64),
+        },
+        backups: rows.into_values().collect(),
+        wal,
+        last_check: checks.last().cloned(),
+    })
 }
 
 /// A number as the Prometheus text format spells it.
@@ -551,6 +577,17 @@ pub fn render_prometheus(r: &StatusReport) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn size_change_flags_both_directions() {
+        assert!(!size_change(100, 149, 0.5).anomaly);
+        assert!(size_change(100, 151, 0.5).anomaly);
+        assert!(size_change(100, 49, 0.5).anomaly);
+        assert!(!size_change(100, 51, 0.5).anomaly);
+        assert!(size_change(0, 1, 0.5).anomaly);
+        assert!(!size_change(0, 0, 0.5).anomaly);
+        assert!((size_change(200, 300, 0.5).change_ratio - 0.5).abs() < 1e-9);
+    }
 
     #[test]
     fn numbers_and_labels_are_spelled_for_prometheus() {

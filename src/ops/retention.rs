@@ -24,69 +24,12 @@ use std::time::Duration;
 use chrono::{DateTime, Datelike, Timelike, Utc};
 use serde::Deserialize;
 
-use super::lock::LockKind;
-use super::manifest::{SnapshotKind, SnapshotManifest};
-use super::prune::{PruneOptions, PruneReport};
-use super::Repository;
 use crate::error::{Error, Result};
+use crate::store::manifest::{SnapshotKind, SnapshotManifest};
+use crate::time::{format_duration, parse_duration};
 
 /// Where `forget` looks for a policy when given none on the command line.
 pub const DEFAULT_CONFIG: &str = "/etc/pgvault/retention.toml";
-
-/// Parses a duration such as `30d`, `12h`, `2w`, `90m`, `45s` or `1d12h`.
-///
-/// Errors: `InvalidInput` naming the text when it is not such a duration.
-pub fn parse_duration(s: &str) -> Result<Duration> {
-    let bad = |why: &str| {
-        Error::InvalidInput(format!(
-            "Duration {s:?} {why}: write a number and a unit (s, m, h, d, w), e.g. 30d, 12h, 2w, 1d12h"
-        ))
-    };
-    let text = s.trim();
-    if text.is_empty() {
-        return Err(bad("is empty"));
-    }
-    let mut total: u64 = 0;
-    let mut digits = String::new();
-    for c in text.chars() {
-        if c.is_ascii_digit() {
-            digits.push(c);
-            continue;
-        }
-        let unit: u64 = match c {
-            's' => 1,
-            'm' => 60,
-            'h' => 3600,
-            'd' => 86_400,
-            'w' => 7 * 86_400,
-            _ => return Err(bad(&format!("has unknown unit {c:?}"))),
-        };
-        let n: u64 = digits.parse().map_err(|_| bad("lacks a number"))?;
-        digits.clear();
-        total = n
-            .checked_mul(unit)
-            .and_then(|v| total.checked_add(v))
-            .ok_or_else(|| bad("is too long"))?;
-    }
-    if !digits.is_empty() {
-        return Err(bad("lacks a unit"));
-    }
-    Ok(Duration::from_secs(total))
-}
-
-/// A duration for people: `3d 4h`, `2h 3m`, `31m`, `5s`.
-pub fn format_duration(d: Duration) -> String {
-    let s = d.as_secs();
-    let (days, hours, mins, secs) = (s / 86_400, s / 3600 % 24, s / 60 % 60, s % 60);
-    match (days, hours, mins) {
-        (0, 0, 0) => format!("{secs}s"),
-        (0, 0, m) => format!("{m}m"),
-        (0, h, 0) => format!("{h}h"),
-        (0, h, m) => format!("{h}h {m}m"),
-        (d, 0, _) => format!("{d}d"),
-        (d, h, _) => format!("{d}d {h}h"),
-    }
-}
 
 /// A retention policy. Counts are at least 1; unset rules keep nothing.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -492,112 +435,10 @@ fn evaluate(
     reasons
 }
 
-/// What `forget` did.
-#[derive(Debug)]
-pub struct ForgetOutcome {
-    pub plan: ForgetPlan,
-    /// Backup points whose manifests were deleted (none on a dry run).
-    pub removed: usize,
-    /// The prune that followed, when asked for.
-    pub prune: Option<PruneReport>,
-    /// Archived WAL files no surviving base backup needs: deleted, or on a dry run
-    /// to be deleted.
-    pub wal_unneeded: Vec<String>,
-}
-
-impl Repository {
-    /// Applies a retention policy: deletes the manifests of the backup points it does
-    /// not keep, then, with `prune`, frees their chunks under the same exclusive lock.
-    /// A dry run takes no lock and changes nothing.
-    ///
-    /// Only manifests are deleted here; chunks go in prune, which decides from the
-    /// manifests that remain. So a crash at any moment leaves every remaining manifest
-    /// complete: nothing ever deletes a chunk before the last manifest naming it.
-    ///
-    /// Errors: as [`plan`]; `Locked` when the repository stays locked for
-    /// `lock_wait`; backend errors.
-    pub async fn forget(
-        &self,
-        policy: &Policy,
-        filter: &Filter,
-        dry_run: bool,
-        lock_wait: Duration,
-        prune: Option<&PruneOptions>,
-    ) -> Result<ForgetOutcome> {
-        let lock = if dry_run {
-            None
-        } else {
-            Some(self.lock(LockKind::Exclusive, "forget", lock_wait).await?)
-        };
-        let result = async {
-            let snaps = self.snapshots().await?;
-            let plan = plan(&snaps, policy, filter, chrono::Utc::now())?;
-            let mut removed = 0;
-            // WAL retention follows the base backups: what the oldest surviving one
-            // needs stays, everything before it goes.
-            let forgotten_ids: std::collections::HashSet<&str> =
-                plan.to_remove().map(|m| m.id.as_str()).collect();
-            let surviving_bases: Vec<&SnapshotManifest> = snaps
-                .iter()
-                .filter(|m| m.kind == SnapshotKind::Base && !forgotten_ids.contains(m.id.as_str()))
-                .collect();
-            let wal_unneeded = self.wal_unneeded(&surviving_bases).await?;
-            if let Some(lock) = &lock {
-                let ids: Vec<String> = plan.to_remove().map(|m| m.id.clone()).collect();
-                for id in &ids {
-                    lock.ensure_held().await?;
-                    self.backend()
-                        .delete(&super::format::snapshot_key(id))
-                        .await?;
-                    removed += 1;
-                }
-                self.index().update_manifests(&[], &ids)?;
-                for key in &wal_unneeded {
-                    lock.ensure_held().await?;
-                    self.backend().delete(key).await?;
-                }
-            }
-            let prune = match prune {
-                Some(opts) => {
-                    let opts = PruneOptions {
-                        dry_run,
-                        ..opts.clone()
-                    };
-                    // A dry run has deleted no manifest: count the planned ones out.
-                    let forgotten: std::collections::HashSet<String> = if dry_run {
-                        plan.to_remove()
-                            .map(|m| m.id.clone())
-                            .chain(wal_unneeded.iter().cloned())
-                            .collect()
-                    } else {
-                        Default::default()
-                    };
-                    Some(
-                        self.prune_excluding(&opts, lock.as_ref(), &forgotten)
-                            .await?,
-                    )
-                }
-                None => None,
-            };
-            Ok(ForgetOutcome {
-                plan,
-                removed,
-                prune,
-                wal_unneeded,
-            })
-        }
-        .await;
-        if let Some(lock) = lock {
-            lock.release().await?;
-        }
-        result
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::repo::manifest::BackupStats;
+    use crate::store::manifest::BackupStats;
 
     fn snap(db: &str, kind: SnapshotKind, time: &str) -> SnapshotManifest {
         let t = DateTime::parse_from_rfc3339(time)
@@ -644,26 +485,6 @@ mod tests {
         DateTime::parse_from_rfc3339("2024-09-01T00:00:00Z")
             .unwrap()
             .with_timezone(&Utc)
-    }
-
-    #[test]
-    fn durations_parse_and_print() {
-        assert_eq!(parse_duration("30d").unwrap().as_secs(), 30 * 86_400);
-        assert_eq!(parse_duration("12h").unwrap().as_secs(), 12 * 3600);
-        assert_eq!(parse_duration("2w").unwrap().as_secs(), 14 * 86_400);
-        assert_eq!(parse_duration("1d12h").unwrap().as_secs(), 36 * 3600);
-        assert_eq!(parse_duration("0s").unwrap().as_secs(), 0);
-        for bad in ["", "30", "d", "3y", "1.5h", "-1d"] {
-            let e = parse_duration(bad).unwrap_err().to_string();
-            assert!(e.starts_with("Duration"), "{e}");
-        }
-        assert_eq!(format_duration(Duration::from_secs(7380)), "2h 3m");
-        assert_eq!(
-            format_duration(Duration::from_secs(3 * 86_400 + 4 * 3600)),
-            "3d 4h"
-        );
-        assert_eq!(format_duration(Duration::from_secs(31 * 60)), "31m");
-        assert_eq!(format_duration(Duration::from_secs(5)), "5s");
     }
 
     #[test]

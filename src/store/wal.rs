@@ -7,9 +7,11 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use tokio::task::JoinSet;
 
-use super::format;
-use super::manifest::ChunkRef;
+use super::cache::create_private_dir;
+use super::layout;
+use super::manifest::{ChunkRef, SnapshotManifest};
 use super::Repository;
+use crate::blocking::joined;
 use crate::crypto::ChunkId;
 use crate::error::{Error, ErrorKind, Result};
 use crate::wal_name::{segment_name, WalFileKind, DEFAULT_SEGMENT_SIZE};
@@ -39,7 +41,7 @@ pub enum WalPushOutcome {
 
 /// The key of a WAL file's manifest.
 pub fn wal_key(kind: &WalFileKind, name: &str) -> String {
-    format!("wal/{:08X}/{name}", kind.timeline())
+    layout::wal(kind.timeline(), name)
 }
 
 /// One archived file as a listing shows it (no manifest downloaded).
@@ -79,11 +81,6 @@ impl TimelineWal {
             }
         }
         out
-    }
-
-    /// Whether every segment from `from` to `to` (inclusive) is archived.
-    pub fn has_all(&self, from: u64, to: u64) -> bool {
-        self.ranges().iter().any(|&(a, b)| a <= from && to <= b)
     }
 
     /// The first segment missing in `from..=to`, if any.
@@ -126,9 +123,7 @@ impl Repository {
         }
         let mut bases = std::collections::HashMap::new();
         while let Some(r) = tasks.join_next().await {
-            let c = r.map_err(|e| {
-                Error::io("WAL chunk upload task failed", std::io::Error::other(e))
-            })??;
+            let c = joined("WAL chunk upload", r)??;
             if let Some(b) = c.base {
                 bases.insert(c.id, b);
             }
@@ -144,10 +139,10 @@ impl Repository {
             content_id,
             chunks,
             pushed: chrono::Utc::now(),
-            hostname: crate::hostname(),
+            hostname: crate::host::hostname(),
         };
         let json = serde_json::to_vec(&manifest).expect("WAL manifest serialises");
-        let sealed = format::encode_manifest(self.key(), &key, &json);
+        let sealed = self.seal_json(&key, &json);
         if self.backend().put_if_absent(&key, sealed).await? {
             return Ok(WalPushOutcome::Stored);
         }
@@ -174,8 +169,8 @@ impl Repository {
     pub async fn wal_manifest(&self, name: &str) -> Result<WalManifest> {
         let kind = WalFileKind::parse(name)?;
         let key = wal_key(&kind, name);
-        let sealed = match self.backend().get(&key).await {
-            Ok(s) => s,
+        let json = match self.get_json(&key).await {
+            Ok(j) => j,
             Err(e) if e.kind() == ErrorKind::NotFound => {
                 return Err(Error::NotFound {
                     what: format!("WAL file {name}"),
@@ -184,7 +179,6 @@ impl Repository {
             }
             Err(e) => return Err(e),
         };
-        let json = format::decode_manifest(self.key(), &key, &sealed)?;
         let m: WalManifest = serde_json::from_slice(&json)
             .map_err(|e| Error::Corrupt(format!("Manifest {key} does not parse: {e}")))?;
         if m.name != name {
@@ -213,8 +207,7 @@ impl Repository {
         }
         let mut parts: Vec<Option<Vec<u8>>> = vec![None; m.chunks.len()];
         while let Some(r) = tasks.join_next().await {
-            let (i, data) =
-                r.map_err(|e| Error::io("WAL chunk read task failed", std::io::Error::other(e)))?;
+            let (i, data) = joined("WAL chunk read", r)?;
             let data = data.map_err(|e| match e {
                 // A chunk gone from an archived file is damage, not "not archived".
                 Error::NotFound { what, location } => Error::Corrupt(format!(
@@ -264,20 +257,17 @@ impl Repository {
         Ok(cat)
     }
 
-    /// Fetches a WAL file through a local spool: a segment prefetched by an earlier
-    /// call is taken from the spool; otherwise it is fetched, and the `ahead`
+    /// Fetches a WAL file through this machine's spool: a segment prefetched by an
+    /// earlier call is taken from the spool; otherwise it is fetched, and the `ahead`
     /// segments after it are fetched at the same time into the spool, so that
     /// recovery's next requests are answered from local disk. Returns the file's bytes.
     ///
     /// Errors: as [`Repository::wal_fetch`] for `name`; problems with the following
     /// segments are not errors (recovery asks for them again).
-    pub async fn wal_fetch_spooled(
-        &self,
-        name: &str,
-        spool: &std::path::Path,
-        ahead: usize,
-    ) -> Result<Vec<u8>> {
+    pub async fn wal_fetch_spooled(&self, name: &str, ahead: usize) -> Result<Vec<u8>> {
         let kind = WalFileKind::parse(name)?;
+        let spool_dir = self.cache().wal_spool();
+        let spool = spool_dir.as_path();
         let spooled = spool.join(name);
         if let Ok(data) = std::fs::read(&spooled) {
             let _ = std::fs::remove_file(&spooled);
@@ -285,7 +275,7 @@ impl Repository {
         }
         let mut next = JoinSet::new();
         if let WalFileKind::Segment { timeline, .. } = kind {
-            let _ = std::fs::create_dir_all(spool);
+            let _ = create_private_dir(spool);
             clean_spool(spool);
             // The segment size is only known once one is read; assume the default
             // for prefetching, which only costs a wasted guess on unusual clusters.
@@ -318,7 +308,7 @@ impl Repository {
     pub async fn wal_entries(&self) -> Result<Vec<WalEntry>> {
         let mut entries: Vec<WalEntry> = self
             .backend()
-            .list("wal/")
+            .list(layout::WAL)
             .await?
             .into_iter()
             .filter_map(|o| {
@@ -393,9 +383,7 @@ impl Repository {
         }
         let mut out = Vec::new();
         while let Some(r) = tasks.join_next().await {
-            out.extend(
-                r.map_err(|e| Error::io("WAL manifest task failed", std::io::Error::other(e)))??,
-            );
+            out.extend(joined("WAL manifest read", r)??);
         }
         Ok(out)
     }
@@ -423,10 +411,7 @@ impl Repository {
     /// backup nothing is unneeded: without one, pgvault cannot tell what the WAL is for.
     ///
     /// Errors: backend errors.
-    pub async fn wal_unneeded(
-        &self,
-        surviving_bases: &[&super::SnapshotManifest],
-    ) -> Result<Vec<String>> {
+    pub async fn wal_unneeded(&self, surviving_bases: &[&SnapshotManifest]) -> Result<Vec<String>> {
         let Some(oldest) = surviving_bases
             .iter()
             .filter_map(|m| m.base.as_ref())

@@ -32,17 +32,20 @@ use std::time::{Duration, Instant};
 use tokio::process::Command;
 use tokio::task::JoinSet;
 
-use super::recovery::{self, RecoverySettings};
-use super::{pg_program, ConnectOptions};
+use super::restore::{plan_restore, RecoveryTarget, RestorePlan};
 use crate::error::{Error, Result};
-use crate::repo::history::{AssertionResult, DrillRecord, TableRows};
-use crate::repo::manifest::{SnapshotKind, SnapshotManifest};
-use crate::repo::restore::RestorePlan;
-use crate::repo::writer::NoProgress;
-use crate::repo::Repository;
-
-/// The database a client connects to for CREATE and DROP DATABASE.
-pub const MAINTENANCE_DB: &str = "postgres";
+use crate::pg::client::{
+    client, drop_database, list_tables, psql, quote_ident, row_counts, table_data_entries, tail,
+    MAINTENANCE_DB,
+};
+use crate::pg::recovery::{self, RecoverySettings};
+use crate::pg::server::{chown_tree, server_user, stop_server};
+use crate::pg::{pg_program, ConnectOptions};
+use crate::store::manifest::{SnapshotKind, SnapshotManifest};
+use crate::store::records::{AssertionResult, DrillRecord, TableRows};
+use crate::store::writer::NoProgress;
+use crate::store::Repository;
+use crate::time::rfc3339;
 
 /// Parses an assertions file.
 ///
@@ -79,6 +82,94 @@ pub fn parse_assertions(text: &str) -> Vec<String> {
         out.push(rest);
     }
     out
+}
+
+/// What a drill is asked to do.
+#[derive(Debug, Clone)]
+pub struct DrillOptions {
+    /// A dump drill restores this database's newest dump; a PITR drill counts rows
+    /// in it and runs the assertions against it.
+    pub db: Option<String>,
+    /// Restore this snapshot (id or prefix) instead of the newest.
+    pub snapshot: Option<String>,
+    /// A PITR drill to this target, instead of a dump drill.
+    pub pitr: Option<RecoveryTarget>,
+    pub assertions: Vec<String>,
+    /// Where a dump is restored (a dump drill), or the role to connect as (`user`,
+    /// a PITR drill; default postgres).
+    pub conn: ConnectOptions,
+    /// pg_restore --jobs.
+    pub jobs: u32,
+    /// Where the temporary dump file or PGDATA goes.
+    pub work_dir: PathBuf,
+    /// How long recovery may take.
+    pub timeout: Duration,
+}
+
+/// A drill chosen and ready to run.
+#[derive(Debug, Clone)]
+pub enum Drill {
+    Dump(DumpDrill),
+    Base(BaseDrill),
+}
+
+/// Chooses what to restore: the snapshot for a dump drill, the checked restore plan
+/// for a PITR drill.
+///
+/// Errors: `InvalidInput` when neither a database nor a snapshot is named for a dump
+/// drill; `NotFound` when there is no dump of the database; as
+/// [`plan_restore`] for a PITR drill; backend errors.
+pub async fn prepare(repo: &Repository, o: &DrillOptions) -> Result<Drill> {
+    if let Some(target) = &o.pitr {
+        let plan = plan_restore(repo, target.clone(), o.snapshot.as_deref()).await?;
+        let target_label = match target {
+            RecoveryTarget::Time(t) => rfc3339(t),
+            _ => "latest".to_string(),
+        };
+        return Ok(Drill::Base(BaseDrill {
+            plan,
+            target_label,
+            target: target.settings(),
+            dbs: o.db.iter().cloned().collect(),
+            user: o.conn.user.clone().unwrap_or_else(|| "postgres".into()),
+            assertions: o.assertions.clone(),
+            work_dir: o.work_dir.clone(),
+            timeout: o.timeout,
+        }));
+    }
+    let snapshot = match (&o.snapshot, &o.db) {
+        (Some(id), _) => repo.resolve_snapshot(id).await?,
+        (None, Some(db)) => repo
+            .snapshots()
+            .await?
+            .into_iter()
+            .filter(|s| &s.db == db && s.kind == SnapshotKind::Dump)
+            .max_by_key(|s| s.time)
+            .ok_or_else(|| Error::NotFound {
+                what: format!("A dump of database {db}"),
+                location: repo.location(),
+            })?,
+        (None, None) => return Err(Error::InvalidInput(
+            "Name the database to drill with --db (or a snapshot with --snapshot), or use --base"
+                .into(),
+        )),
+    };
+    Ok(Drill::Dump(DumpDrill {
+        snapshot,
+        conn: o.conn.clone(),
+        assertions: o.assertions.clone(),
+        work_dir: o.work_dir.clone(),
+        jobs: o.jobs.max(1),
+    }))
+}
+
+/// Runs a prepared drill and records its result; a failure is a failed drill in the
+/// report, not an error.
+pub async fn run(repo: &Repository, drill: &Drill) -> DrillReport {
+    match drill {
+        Drill::Dump(d) => dump_drill(repo, d).await,
+        Drill::Base(d) => base_drill(repo, d).await,
+    }
 }
 
 /// What a drill found, beyond what its record keeps.
@@ -207,87 +298,6 @@ async fn interruptible<T>(fut: impl std::future::Future<Output = Result<T>>) -> 
     }
 }
 
-/// A PostgreSQL client program with the connection options.
-fn client(program: &str, conn: &ConnectOptions) -> Command {
-    let mut cmd = Command::new(pg_program(program));
-    cmd.arg("--no-password");
-    if let Some(h) = &conn.host {
-        cmd.args(["--host", h]);
-    }
-    if let Some(p) = conn.port {
-        cmd.args(["--port", &p.to_string()]);
-    }
-    if let Some(u) = &conn.user {
-        cmd.args(["--username", u]);
-    }
-    cmd.stdin(Stdio::null()).kill_on_drop(true);
-    cmd
-}
-
-fn tail(s: &[u8]) -> String {
-    let s = String::from_utf8_lossy(s);
-    let s = s.trim();
-    let lines: Vec<&str> = s.lines().collect();
-    lines[lines.len().saturating_sub(20)..].join("\n")
-}
-
-/// Runs one SQL statement with psql and returns its unaligned output.
-///
-/// Errors: `External` with psql's error output when it fails or cannot start.
-async fn psql(conn: &ConnectOptions, db: &str, sql: &str) -> Result<String> {
-    let out = client("psql", conn)
-        .args([
-            "-X",
-            "-q",
-            "-A",
-            "-t",
-            "-v",
-            "ON_ERROR_STOP=1",
-            "--dbname",
-            db,
-            "-c",
-            sql,
-        ])
-        .output()
-        .await
-        .map_err(|e| Error::External(format!("Cannot start psql: {e}")))?;
-    if !out.status.success() {
-        return Err(Error::External(format!(
-            "psql on database {db} failed ({}): {}",
-            out.status,
-            tail(&out.stderr)
-        )));
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).trim_end().to_string())
-}
-
-fn quote_ident(s: &str) -> String {
-    format!("\"{}\"", s.replace('"', "\"\""))
-}
-
-fn quote_literal(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "''"))
-}
-
-/// Drops a database, disconnecting whoever is still in it.
-///
-/// Errors: `External` when the server refuses or cannot be reached.
-async fn drop_database(conn: &ConnectOptions, name: &str) -> Result<()> {
-    let sql = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", quote_ident(name));
-    match psql(conn, MAINTENANCE_DB, &sql).await {
-        Ok(_) => Ok(()),
-        // Before PostgreSQL 13 there is no FORCE.
-        Err(e) if e.to_string().contains("syntax error") => psql(
-            conn,
-            MAINTENANCE_DB,
-            &format!("DROP DATABASE IF EXISTS {}", quote_ident(name)),
-        )
-        .await
-        .map(|_| ()),
-        Err(e) => Err(e),
-    }
-}
-
 /// A unique name for a drill's database: recognisable, and within 63 bytes.
 fn temp_db_name(db: &str) -> String {
     let clean: String = db
@@ -322,70 +332,11 @@ fn make_scratch_dir(parent: &Path) -> Result<PathBuf> {
     Ok(dir)
 }
 
-/// The TABLE DATA entries of a `pg_restore -l` listing, as (schema, table).
-///
-/// A listing line reads `dumpId; tableoid oid TABLE DATA schema table owner`.
-pub fn table_data_entries(listing: &str) -> Vec<(String, String)> {
-    listing
-        .lines()
-        .filter(|l| !l.trim_start().starts_with(';'))
-        .filter_map(|l| {
-            let (_, rest) = l.split_once("; ")?;
-            let rest = rest.split_once(" TABLE DATA ")?.1;
-            let (schema, rest) = rest.split_once(' ')?;
-            // The owner is the last word; a table name may hold spaces.
-            let table = rest.rsplit_once(' ').map(|(t, _)| t).unwrap_or(rest);
-            Some((schema.to_string(), table.to_string()))
-        })
-        .collect()
-}
-
-/// Ordinary and partitioned tables of a database, as (schema, table).
-async fn list_tables(conn: &ConnectOptions, db: &str) -> Result<Vec<(String, String)>> {
-    let json = psql(
-        conn,
-        db,
-        "SELECT coalesce(json_agg(json_build_array(n.nspname, c.relname) ORDER BY n.nspname, c.relname), '[]') \
-         FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
-         WHERE c.relkind IN ('r', 'p') AND n.nspname <> 'information_schema' \
-         AND n.nspname NOT LIKE 'pg\\_%'",
-    )
-    .await?;
-    let v: Vec<(String, String)> = serde_json::from_str(json.trim())
-        .map_err(|e| Error::External(format!("Unexpected table list from database {db}: {e}")))?;
-    Ok(v)
-}
-
-/// Exact row counts of `tables`.
-async fn row_counts(
-    conn: &ConnectOptions,
-    db: &str,
-    tables: &[(String, String)],
-) -> Result<Vec<TableRows>> {
-    if tables.is_empty() {
-        return Ok(Vec::new());
-    }
-    let parts: Vec<String> = tables
-        .iter()
-        .map(|(s, t)| {
-            format!(
-                "SELECT {} AS t, count(*) AS n FROM {}.{}",
-                quote_literal(&format!("{s}.{t}")),
-                quote_ident(s),
-                quote_ident(t)
-            )
-        })
-        .collect();
-    let sql = format!(
-        "SELECT json_agg(json_build_array(t, n) ORDER BY t) FROM ({}) s",
-        parts.join(" UNION ALL ")
-    );
-    let json = psql(conn, db, &sql).await?;
-    let v: Vec<(String, i64)> = serde_json::from_str(json.trim())
-        .map_err(|e| Error::External(format!("Unexpected row counts from database {db}: {e}")))?;
-    Ok(v.into_iter()
+fn table_rows(counts: Vec<(String, i64)>) -> Vec<TableRows> {
+    counts
+        .into_iter()
         .map(|(table, rows)| TableRows { table, rows })
-        .collect())
+        .collect()
 }
 
 /// Runs each assertion; a statement passes when it returns exactly one true.
@@ -495,7 +446,7 @@ fn new_record(db: &str, kind: SnapshotKind, snapshot_id: &str) -> DrillRecord {
         restore_seconds: None,
         tables: Vec::new(),
         assertions: Vec::new(),
-        hostname: crate::hostname(),
+        hostname: crate::host::hostname(),
     }
 }
 
@@ -589,79 +540,11 @@ async fn dump_body(
         .collect();
     Ok(Found {
         restore_seconds: Some(restore_seconds),
-        tables: row_counts(&d.conn, name, &tables).await?,
+        tables: table_rows(row_counts(&d.conn, name, &tables).await?),
         assertions: run_assertions(&d.conn, name, &d.assertions).await,
         toc_table_data: toc.len(),
         missing_tables,
     })
-}
-
-/// The uid and gid of the `postgres` OS user when we run as root (PostgreSQL refuses
-/// to run as root), `None` otherwise.
-///
-/// Errors: `InvalidInput` when running as root and there is no `postgres` user.
-pub fn server_user() -> Result<Option<(u32, u32)>> {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let euid = status
-        .lines()
-        .find_map(|l| l.strip_prefix("Uid:"))
-        .and_then(|r| r.split_whitespace().nth(1))
-        .and_then(|s| s.parse::<u32>().ok());
-    if euid != Some(0) {
-        return Ok(None);
-    }
-    let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
-    passwd
-        .lines()
-        .find_map(|l| {
-            let f: Vec<&str> = l.split(':').collect();
-            (f.len() > 3 && f[0] == "postgres")
-                .then(|| Some((f[2].parse().ok()?, f[3].parse().ok()?)))
-                .flatten()
-        })
-        .map(Some)
-        .ok_or_else(|| {
-            Error::InvalidInput(
-                "Running as root, and there is no postgres OS user to run the drill's server as"
-                    .into(),
-            )
-        })
-}
-
-fn chown_tree(path: &Path, uid: u32, gid: u32) -> Result<()> {
-    std::os::unix::fs::lchown(path, Some(uid), Some(gid))
-        .map_err(|e| Error::io_path("chown", path, e))?;
-    let meta = std::fs::symlink_metadata(path).map_err(|e| Error::io_path("stat", path, e))?;
-    if meta.is_dir() {
-        for e in std::fs::read_dir(path).map_err(|e| Error::io_path("list", path, e))? {
-            let e = e.map_err(|e| Error::io_path("list", path, e))?;
-            chown_tree(&e.path(), uid, gid)?;
-        }
-    }
-    Ok(())
-}
-
-/// `pg_ctl stop` of a drill's server, in the given mode; errors are not interesting
-/// because the directory is removed next.
-async fn stop_server(pgdata: &Path, run_as: Option<(u32, u32)>, mode: &str) {
-    if !pgdata.join("postmaster.pid").exists() {
-        return;
-    }
-    let mut cmd = Command::new(pg_program("pg_ctl"));
-    cmd.arg("stop")
-        .arg("-D")
-        .arg(pgdata)
-        .args(["-m", mode, "-w", "-t", "60"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    if let Some(parent) = pgdata.parent() {
-        cmd.current_dir(parent);
-    }
-    if let Some((uid, gid)) = run_as {
-        cmd.uid(uid).gid(gid);
-    }
-    let _ = cmd.status().await;
 }
 
 /// Runs a PITR drill and records its result; failures are failed drills, as for
@@ -819,7 +702,7 @@ async fn base_body(
     let mut tables = Vec::new();
     for db in &dbs {
         let list = list_tables(&conn, db).await?;
-        for mut t in row_counts(&conn, db, &list).await? {
+        for mut t in table_rows(row_counts(&conn, db, &list).await?) {
             if d.dbs.len() != 1 {
                 t.table = format!("{db}/{}", t.table);
             }
@@ -906,20 +789,6 @@ mod tests {
                 "SELECT true".to_string(),
                 "SELECT count(*) = 3\n  FROM t".to_string(),
                 "SELECT 'a;b' = 'a;b'".to_string()
-            ]
-        );
-    }
-
-    #[test]
-    fn table_data_lines_are_parsed() {
-        let l = ";\n; Archive created at 2026\n215; 1259 16390 TABLE public teams postgres\n\
-                 3383; 0 16390 TABLE DATA public teams postgres\n\
-                 3384; 0 16400 TABLE DATA public my table alice\n";
-        assert_eq!(
-            table_data_entries(l),
-            vec![
-                ("public".to_string(), "teams".to_string()),
-                ("public".to_string(), "my table".to_string())
             ]
         );
     }

@@ -4,101 +4,15 @@
 //! that is also bound into the AES-GCM tag together with the object's key, so an
 //! object moved to another key, or a header edited by hand, fails authentication.
 
-use serde::{Deserialize, Serialize};
-
-use crate::chunker::ChunkerParams;
+use super::layout;
 use crate::crypto::{ChunkId, MasterKey};
 use crate::error::{Error, Result};
-
-/// The repository format this build writes and reads.
-pub const FORMAT_VERSION: u32 = 1;
 
 const CHUNK_MAGIC: &[u8; 4] = b"PGVC";
 const MANIFEST_MAGIC: &[u8; 4] = b"PGVM";
 const ENVELOPE_VERSION: u8 = 1;
 const CHUNK_FULL: u8 = 0;
 const CHUNK_DELTA: u8 = 1;
-
-/// The plaintext `config` object: everything needed before a key is opened.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct RepoConfig {
-    /// Always "pgvault": tells a pgvault repository from any other JSON file.
-    pub kind: String,
-    pub format_version: u32,
-    pub repo_id: String,
-    pub created: chrono::DateTime<chrono::Utc>,
-    pub chunker: ChunkerParams,
-    pub zstd_level: i32,
-    /// Whether the store refused the second of two conditional creates of one key
-    /// when the repository was made. Where it did not, creating objects that must
-    /// not be overwritten (keys, locks) is unsafe and refused. Repositories made
-    /// before this was recorded were local, where `O_EXCL` always holds.
-    #[serde(default = "conditional_writes_default")]
-    pub conditional_writes: bool,
-    /// Whether a new chunk that resembles a stored one is stored as a delta on it.
-    /// Repositories made before deltas existed have none.
-    #[serde(default)]
-    pub delta: bool,
-}
-
-fn conditional_writes_default() -> bool {
-    true
-}
-
-impl RepoConfig {
-    /// A config for a new repository.
-    pub fn new(
-        chunker: ChunkerParams,
-        zstd_level: i32,
-        conditional_writes: bool,
-        delta: bool,
-    ) -> Self {
-        RepoConfig {
-            conditional_writes,
-            delta,
-            kind: "pgvault".into(),
-            format_version: FORMAT_VERSION,
-            repo_id: hex::encode(crate::crypto::random_bytes::<16>()),
-            created: chrono::Utc::now(),
-            chunker,
-            zstd_level,
-        }
-    }
-
-    /// Parses and checks a stored config.
-    ///
-    /// Errors: `InvalidInput` when the bytes are not a pgvault config, or name a
-    /// format version this build does not know.
-    pub fn parse(bytes: &[u8], location: &str) -> Result<Self> {
-        let cfg: RepoConfig = serde_json::from_slice(bytes)
-            .ok()
-            .filter(|c: &RepoConfig| c.kind == "pgvault")
-            .ok_or_else(|| {
-                Error::InvalidInput(format!(
-                    "{location} is not a pgvault repository: its config object is not pgvault's"
-                ))
-            })?;
-        if cfg.format_version != FORMAT_VERSION {
-            return Err(Error::InvalidInput(format!(
-                "Repository {location} has format version {}, this pgvault reads version {FORMAT_VERSION}",
-                cfg.format_version
-            )));
-        }
-        Ok(cfg)
-    }
-}
-
-/// The key of the object that stores a chunk: spread over 256 directories/prefixes.
-pub fn chunk_key(id: &ChunkId) -> String {
-    let h = id.to_hex();
-    format!("chunks/{}/{}", &h[..2], h)
-}
-
-/// The chunk id named by a chunk object's key, if it is one.
-pub fn chunk_id_from_key(key: &str) -> Option<ChunkId> {
-    let name = key.strip_prefix("chunks/")?.rsplit('/').next()?;
-    ChunkId::from_hex(name).ok()
-}
 
 fn aad(header: &[u8], key: &str) -> Vec<u8> {
     let mut v = header.to_vec();
@@ -123,7 +37,7 @@ fn seal_chunk(key: &MasterKey, id: &ChunkId, chunk_type: u8, payload: &[u8]) -> 
         ENVELOPE_VERSION,
         chunk_type,
     ];
-    let sealed = key.seal(payload, &aad(&header, &chunk_key(id)));
+    let sealed = key.seal(payload, &aad(&header, &layout::chunk(id)));
     let mut out = Vec::with_capacity(header.len() + sealed.len());
     out.extend_from_slice(&header);
     out.extend_from_slice(&sealed);
@@ -210,7 +124,7 @@ pub fn open_chunk(key: &MasterKey, id: &ChunkId, object: &[u8]) -> Result<Opened
             "{what} has unknown chunk type {chunk_type}"
         )));
     }
-    let mut payload = key.open(&object[6..], &aad(&object[..6], &chunk_key(id)), &what)?;
+    let mut payload = key.open(&object[6..], &aad(&object[..6], &layout::chunk(id)), &what)?;
     if chunk_type == CHUNK_FULL {
         return Ok(OpenedChunk::Full(payload));
     }
@@ -257,43 +171,6 @@ pub fn finish_chunk(
     Ok(plain)
 }
 
-/// Opens a stored chunk object and checks that its plaintext has the id it is stored under.
-///
-/// Errors: `Corrupt` when the object fails authentication, does not decompress, has an
-/// unknown header, or its plaintext hashes to another id.
-pub fn decode_chunk(
-    key: &MasterKey,
-    id: &ChunkId,
-    object: &[u8],
-    expected_len: Option<usize>,
-) -> Result<Vec<u8>> {
-    let what = format!("Chunk {}", id.to_hex());
-    if object.len() < 6 || &object[..4] != CHUNK_MAGIC || object[4] != ENVELOPE_VERSION {
-        return Err(Error::Corrupt(format!("{what} has an unknown header")));
-    }
-    if object[5] != CHUNK_FULL {
-        return Err(Error::Corrupt(format!(
-            "{what} has unknown chunk type {}",
-            object[5]
-        )));
-    }
-    let compressed = key.open(&object[6..], &aad(&object[..6], &chunk_key(id)), &what)?;
-    let capacity = expected_len.unwrap_or(16 << 20);
-    let plain = zstd::bulk::decompress(&compressed, capacity)
-        .map_err(|e| Error::Corrupt(format!("{what} does not decompress: {e}")))?;
-    if key.chunk_id(&plain) != *id {
-        return Err(Error::Corrupt(format!(
-            "{what} holds data whose id differs from its name"
-        )));
-    }
-    Ok(plain)
-}
-
-/// The key of a snapshot manifest.
-pub fn snapshot_key(id: &str) -> String {
-    format!("snapshots/{id}")
-}
-
 /// Compresses and seals a manifest (or any JSON document stored under `object_key`).
 pub fn encode_manifest(key: &MasterKey, object_key: &str, json: &[u8]) -> Vec<u8> {
     let compressed =
@@ -329,6 +206,12 @@ pub fn decode_manifest(key: &MasterKey, object_key: &str, object: &[u8]) -> Resu
 mod tests {
     use super::*;
 
+    /// The one decode path, `open_chunk` then `finish_chunk`, as every reader uses it.
+    fn decode(k: &MasterKey, id: &ChunkId, obj: &[u8]) -> Result<Vec<u8>> {
+        let opened = open_chunk(k, id, obj)?;
+        finish_chunk(k, id, &opened, None, None)
+    }
+
     #[test]
     fn chunk_round_trip_and_misplacement() {
         let k = MasterKey::generate();
@@ -336,10 +219,21 @@ mod tests {
         let id = k.chunk_id(&data);
         let obj = encode_chunk(&k, &id, &data, 3);
         assert!(obj.len() < data.len());
-        assert_eq!(decode_chunk(&k, &id, &obj, Some(data.len())).unwrap(), data);
+        assert_eq!(decode(&k, &id, &obj).unwrap(), data);
+        // Stored under another chunk's key: the key is bound into the tag.
         let other = k.chunk_id(b"other");
-        assert!(decode_chunk(&k, &other, &obj, None).is_err());
-        assert_eq!(chunk_id_from_key(&chunk_key(&id)), Some(id));
+        assert_eq!(
+            decode(&k, &other, &obj).unwrap_err().kind(),
+            crate::error::ErrorKind::Corrupt
+        );
+        // Another repository's key opens nothing.
+        assert!(decode(&MasterKey::generate(), &id, &obj).is_err());
+        // A flipped bit anywhere, header included, fails authentication.
+        for at in [0, 5, 6, obj.len() / 2, obj.len() - 1] {
+            let mut bad = obj.clone();
+            bad[at] ^= 1;
+            assert!(decode(&k, &id, &bad).is_err(), "flip at {at}");
+        }
     }
 
     /// One random edit: replace, insert or delete a run of bytes.

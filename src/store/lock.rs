@@ -1,5 +1,5 @@
-//! Repository locks: shared for writers (backup, later wal-push), exclusive for forget
-//! and prune, stored as sealed objects under `locks/<id>` and created with
+//! Repository locks: shared for writers (backup, wal-push), exclusive for forget and
+//! prune, stored as sealed objects under `locks/<id>` and created with
 //! put-if-absent (`O_EXCL`-style hard link locally, `If-None-Match: *` on S3).
 //!
 //! # What keeps prune from deleting a chunk a backup is about to reference
@@ -52,10 +52,11 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use super::format;
-use super::retention::format_duration;
+use super::layout;
 use super::Repository;
 use crate::error::{Error, ErrorKind, Result};
+use crate::host::{hostname, probe_process, ProcessProbe};
+use crate::time::format_duration;
 
 /// How often a holder rewrites its lock with a new `refreshed` time.
 pub const REFRESH_EVERY: Duration = Duration::from_secs(5 * 60);
@@ -104,17 +105,6 @@ pub struct LockInfo {
     pub refreshed: chrono::DateTime<chrono::Utc>,
 }
 
-/// What can be learnt about a process on this host.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ProcessProbe {
-    /// It does not run (or is a zombie).
-    Gone,
-    /// It runs; its start time, when known.
-    Running { start: Option<u64> },
-    /// This system cannot tell (no /proc).
-    Unknown,
-}
-
 /// Whether a lock still protects a running process.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Liveness {
@@ -136,7 +126,7 @@ impl LockInfo {
             id: hex::encode(crate::crypto::random_bytes::<16>()),
             kind,
             operation: operation.to_string(),
-            hostname: crate::hostname(),
+            hostname: hostname(),
             pid,
             pid_start: match probe_process(pid) {
                 ProcessProbe::Running { start } => start,
@@ -149,7 +139,7 @@ impl LockInfo {
 
     /// The object key of this lock.
     pub fn key(&self) -> String {
-        format!("locks/{}", self.id)
+        layout::lock(&self.id)
     }
 
     /// Whether the lock still stands for a running process, judged at `now` on host
@@ -240,35 +230,9 @@ impl FoundLock {
     }
 }
 
-/// What this system says about process `pid` (Linux /proc; `Unknown` elsewhere).
-pub fn probe_process(pid: u32) -> ProcessProbe {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => {
-            // Fields after the command name, which is in parentheses and may hold spaces.
-            let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-            let fields: Vec<&str> = rest.split_whitespace().collect();
-            if fields.first() == Some(&"Z") || fields.first() == Some(&"X") {
-                return ProcessProbe::Gone;
-            }
-            // starttime is field 22 of the line; the state (field 3) is fields[0].
-            ProcessProbe::Running {
-                start: fields.get(19).and_then(|s| s.parse().ok()),
-            }
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            if std::path::Path::new("/proc/self/stat").exists() {
-                ProcessProbe::Gone
-            } else {
-                ProcessProbe::Unknown
-            }
-        }
-        Err(_) => ProcessProbe::Unknown,
-    }
-}
-
 fn seal(repo: &Repository, info: &LockInfo) -> Vec<u8> {
     let json = serde_json::to_vec(info).expect("lock serialises");
-    format::encode_manifest(repo.key(), &info.key(), &json)
+    repo.seal_json(&info.key(), &json)
 }
 
 impl Repository {
@@ -277,19 +241,19 @@ impl Repository {
     /// Errors: backend errors (an unreadable lock is reported as stale, not an error).
     pub async fn locks(&self) -> Result<Vec<FoundLock>> {
         let now = chrono::Utc::now();
-        let host = crate::hostname();
+        let host = hostname();
         let mut out = Vec::new();
-        for obj in self.backend().list_stat("locks/").await? {
-            let sealed = match self.backend().get(&obj.key).await {
-                Ok(b) => b,
+        for obj in self.backend().list_stat(layout::LOCKS).await? {
+            let parsed = match self.get_json(&obj.key).await {
                 // Released between the listing and the read.
                 Err(e) if e.kind() == ErrorKind::NotFound => continue,
-                Err(e) => return Err(e),
+                Err(e) if e.kind() != ErrorKind::Corrupt => return Err(e),
+                sealed => sealed.and_then(|j| {
+                    serde_json::from_slice::<LockInfo>(&j).map_err(|e| {
+                        Error::Corrupt(format!("Lock {} does not parse: {e}", obj.key))
+                    })
+                }),
             };
-            let parsed = format::decode_manifest(self.key(), &obj.key, &sealed).and_then(|j| {
-                serde_json::from_slice::<LockInfo>(&j)
-                    .map_err(|e| Error::Corrupt(format!("Lock {} does not parse: {e}", obj.key)))
-            });
             let found = match parsed {
                 Ok(info) if info.key() == obj.key => FoundLock {
                     key: obj.key,
@@ -444,8 +408,9 @@ struct GuardState {
     lost: bool,
 }
 
-/// A held lock, refreshed in the background. Release it with [`LockGuard::release`];
-/// dropping it stops the refreshing and leaves the object, which then turns stale.
+/// A held lock, refreshed in the background. Release it with
+/// [`LockGuard::release_after`], the one way a lock is released; dropping it stops the
+/// refreshing and leaves the object, which then turns stale.
 #[derive(Debug)]
 pub struct LockGuard {
     repo: Repository,
@@ -530,12 +495,28 @@ impl LockGuard {
         Ok(())
     }
 
-    /// Stops refreshing and removes the lock object.
+    /// Releases the lock once the work it protected is done, and passes on that
+    /// work's `result`. When both the work and the release fail, the work's error is
+    /// the one returned (it is what the user must act on) and the release failure is
+    /// logged: the lock then turns stale, which blocks nobody for long.
     ///
-    /// Errors: backend errors (the lock is then left to turn stale).
-    pub async fn release(self) -> Result<()> {
+    /// Errors: `result`'s error; else a backend error from removing the lock.
+    pub async fn release_after<T>(self, result: Result<T>) -> Result<T> {
         self.refresher.abort();
-        self.repo.backend().delete(&self.info.key()).await
+        let released = self.repo.backend().delete(&self.info.key()).await;
+        match (result, released) {
+            (Ok(v), Ok(())) => Ok(v),
+            (Ok(_), Err(e)) => Err(e),
+            (Err(e), Ok(())) => Err(e),
+            (Err(e), Err(r)) => {
+                // Most often the outage behind `e` itself: `e` says what to fix.
+                tracing::info!(
+                    "Cannot release lock {} ({r}); it turns stale and `pgvault unlock` removes it",
+                    self.info.key()
+                );
+                Err(e)
+            }
+        }
     }
 }
 

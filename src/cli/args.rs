@@ -1,0 +1,66 @@
+//! Parsers for option values: sizes, durations, times, on/off. Each refuses with one
+//! line saying what to type instead, which clap prints with exit code 2.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+
+/// A byte count such as `256MiB`, `1GiB`, `64M`, `4096` (binary units; `B` optional).
+pub fn size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size such as 256MiB or 1GiB"))?;
+    let shift = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 0,
+        "k" | "kb" | "kib" => 10,
+        "m" | "mb" | "mib" => 20,
+        "g" | "gb" | "gib" => 30,
+        "t" | "tb" | "tib" => 40,
+        _ => {
+            return Err(format!(
+                "{s:?} has an unknown unit; use KiB, MiB, GiB or TiB"
+            ))
+        }
+    };
+    n.checked_mul(1u64 << shift)
+        .ok_or_else(|| format!("{s:?} is too large"))
+}
+
+/// A duration such as `30d` or `10m` (see [`crate::time::parse_duration`]).
+pub fn duration(s: &str) -> Result<Duration, String> {
+    crate::time::parse_duration(s).map_err(|e| e.to_string())
+}
+
+/// A point in time (see [`crate::time::parse_time`]).
+pub fn time(s: &str) -> Result<DateTime<Utc>, String> {
+    crate::time::parse_time(s).map_err(|e| e.to_string())
+}
+
+/// `on` or `off`.
+pub fn on_off(s: &str) -> Result<bool, String> {
+    match s {
+        "on" => Ok(true),
+        "off" => Ok(false),
+        _ => Err(format!("{s:?} is neither \"on\" nor \"off\"")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_take_binary_units() {
+        assert_eq!(size("256MiB"), Ok(256 << 20));
+        assert_eq!(size("1GiB"), Ok(1 << 30));
+        assert_eq!(size("64M"), Ok(64 << 20));
+        assert_eq!(size("4096"), Ok(4096));
+        assert_eq!(size("2 gb"), Ok(2 << 30));
+        assert!(size("lots").unwrap_err().contains("256MiB"));
+        assert!(size("5XB").unwrap_err().contains("unit"));
+        assert!(size("99999999999TiB").unwrap_err().contains("too large"));
+    }
+}

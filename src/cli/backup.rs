@@ -1,0 +1,128 @@
+//! `backup`.
+
+use std::io::IsTerminal;
+
+use clap::Args;
+use indicatif::HumanBytes;
+use serde_json::json;
+
+use super::{access, args, output, verify, GlobalArgs};
+use crate::error::{Error, Result};
+use crate::ops::backup::{BackupOptions, BackupSource};
+use crate::pg::ConnectOptions;
+use crate::store::SnapshotKind;
+use crate::time::rfc3339;
+
+/// `pgvault backup`.
+#[derive(Debug, Args)]
+#[command(disable_help_flag = true)]
+pub struct BackupArgs {
+    /// The database: dumped with pg_dump -Fc -Z0, or the name recorded for --stdin
+    /// (with --base, a label for the cluster; default "cluster")
+    #[arg(short = 'd', long, value_name = "DBNAME")]
+    pub db: Option<String>,
+    /// Take a physical base backup with pg_basebackup (for point-in-time recovery)
+    #[arg(long)]
+    pub base: bool,
+    /// Read the archive from standard input instead of running pg_dump (a custom-format
+    /// dump) or pg_basebackup (its tar stream, with --base)
+    #[arg(long)]
+    pub stdin: bool,
+    /// The backup point's time, for importing older dumps (e.g. '2026-11-01 02:00:00+00'); default now
+    #[arg(long, value_name = "TIME", value_parser = args::time)]
+    pub time: Option<chrono::DateTime<chrono::Utc>>,
+    /// Database server host or socket directory (as pg_dump -h)
+    #[arg(short = 'h', long, value_name = "HOST")]
+    pub host: Option<String>,
+    /// Database server port (as pg_dump -p)
+    #[arg(short = 'p', long, value_name = "PORT")]
+    pub port: Option<u16>,
+    /// Database user (as pg_dump -U)
+    #[arg(short = 'U', long, value_name = "USER")]
+    pub username: Option<String>,
+    /// Print the result as JSON
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub anomaly: verify::AnomalyArgs,
+    /// How long to wait for a prune holding the repository before giving up
+    #[arg(long, env = "PGVAULT_LOCK_WAIT", value_name = "DURATION", default_value = "10m", value_parser = args::duration)]
+    pub lock_wait: std::time::Duration,
+    /// Print help
+    #[arg(long, action = clap::ArgAction::Help)]
+    pub help: Option<bool>,
+}
+
+/// `backup`: prints what was stored, and warns about a size anomaly.
+///
+/// Errors: as [`crate::ops::backup::backup`]; `InvalidInput` when neither --db nor
+/// --base is given.
+pub async fn run(g: &GlobalArgs, a: &BackupArgs) -> Result<()> {
+    let (kind, db) = match (&a.db, a.base) {
+        (Some(db), true) => (SnapshotKind::Base, db.clone()),
+        (Some(db), false) => (SnapshotKind::Dump, db.clone()),
+        (None, true) => (SnapshotKind::Base, "cluster".to_string()),
+        (None, false) => {
+            return Err(Error::InvalidInput(
+                "Name the database to dump with --db, or take a base backup with --base".into(),
+            ))
+        }
+    };
+    let source = if a.stdin {
+        BackupSource::Stream(Box::new(std::io::stdin()))
+    } else {
+        BackupSource::Run(ConnectOptions {
+            host: a.host.clone(),
+            port: a.port,
+            user: a.username.clone(),
+        })
+    };
+    let label = if a.stdin { "backup" } else { kind.as_str() };
+    let tty = std::io::stderr().is_terminal() && std::io::stdout().is_terminal();
+    let opts = BackupOptions {
+        kind,
+        db,
+        source,
+        time: a.time,
+        lock_wait: a.lock_wait,
+        size_change_threshold: a.anomaly.ratio(),
+    };
+    let out =
+        crate::ops::backup::backup(&access(g)?, opts, super::progress_for(0, label, tty)).await?;
+    let m = &out.manifest;
+    if let Some((prev, c)) = &out.previous {
+        if c.anomaly {
+            eprintln!(
+                "pgvault: warning: size anomaly: {} {} is {} ({} against {} of {}), over the {}% threshold",
+                m.db,
+                m.kind,
+                HumanBytes(m.size_bytes),
+                percent(c.change_ratio),
+                HumanBytes(prev.size_bytes),
+                rfc3339(&prev.time),
+                a.anomaly.size_change_threshold
+            );
+        }
+    }
+    if a.json {
+        let change = &out.previous;
+        let mut v = output::backup_json(m);
+        v["size_bytes"] = json!(m.size_bytes);
+        v["size_anomaly"] = json!(change.as_ref().is_some_and(|(_, c)| c.anomaly));
+        v["size_change_ratio"] = json!(change.as_ref().map(|(_, c)| c.change_ratio));
+        v["previous_size_bytes"] = json!(change.as_ref().map(|(p, _)| p.size_bytes));
+        v["previous_snapshot_id"] = json!(change.as_ref().map(|(p, _)| p.id.clone()));
+        output::print_json(&v);
+    } else {
+        output::print_backup(m);
+    }
+    Ok(())
+}
+
+fn percent(ratio: f64) -> String {
+    if ratio.is_infinite() {
+        "new data where there was none".into()
+    } else {
+        format!("{:+.1}%", ratio * 100.0)
+    }
+}

@@ -1,0 +1,55 @@
+//! `mount`: the backup history as a read-only filesystem, served until unmounted.
+
+use std::path::PathBuf;
+
+use clap::Args;
+
+use super::{args, open_repo, GlobalArgs};
+use crate::error::Result;
+use crate::fuse::MountOptions;
+use crate::vfs::{Vfs, VfsOptions};
+
+/// `pgvault mount`.
+#[derive(Debug, Args)]
+pub struct MountArgs {
+    /// An existing directory to mount on
+    pub mountpoint: PathBuf,
+    /// Memory for decoded chunks shared by all readers, e.g. 512MiB or 2GiB
+    #[arg(long, default_value = "256MiB", value_name = "SIZE", value_parser = args::size)]
+    pub cache_size: u64,
+    /// Let other users read the mount (a non-root user needs user_allow_other in /etc/fuse.conf)
+    #[arg(long)]
+    pub allow_other: bool,
+}
+
+/// `mount`: mounts, serves until unmounted or signalled, then unmounts.
+///
+/// Errors: `InvalidInput` for a bad mountpoint (before a passphrase is asked for);
+/// as [`crate::fuse::mount`].
+pub async fn run(g: &GlobalArgs, a: &MountArgs) -> Result<()> {
+    crate::fuse::check_mountpoint(&a.mountpoint)?;
+    let repo = open_repo(g).await?;
+    let location = repo.location();
+    let opts = VfsOptions {
+        cache_bytes: usize::try_from(a.cache_size).unwrap_or(usize::MAX),
+        ..VfsOptions::default()
+    };
+    let vfs = Vfs::open(repo, opts).await?;
+    let points = vfs.point_count();
+    let mounted = crate::fuse::mount(
+        vfs,
+        &a.mountpoint,
+        &MountOptions {
+            allow_other: a.allow_other,
+            fsname: format!("pgvault:{location}"),
+        },
+    )
+    .await?;
+    let mp = mounted.mountpoint().display().to_string();
+    println!(
+        "Mounted {location} on {mp} ({points} backup points); Ctrl-C or `umount {mp}` unmounts"
+    );
+    mounted.serve_until_signal().await?;
+    println!("Unmounted {mp}");
+    Ok(())
+}

@@ -1,0 +1,90 @@
+//! The `config` object: the parameters fixed when a repository is created.
+
+use serde::{Deserialize, Serialize};
+
+use crate::chunker::ChunkerParams;
+use crate::error::{Error, Result};
+
+/// The repository format this build writes and reads.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// The plaintext `config` object: everything needed before a key is opened.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RepoConfig {
+    /// Always "pgvault": tells a pgvault repository from any other JSON file.
+    pub kind: String,
+    pub format_version: u32,
+    pub repo_id: String,
+    pub created: chrono::DateTime<chrono::Utc>,
+    pub chunker: ChunkerParams,
+    pub zstd_level: i32,
+    /// Whether the store refused the second of two conditional creates of one key
+    /// when the repository was made. Where it did not, creating objects that must
+    /// not be overwritten (keys, locks) is unsafe and refused. Repositories made
+    /// before this was recorded were local, where `O_EXCL` always holds.
+    #[serde(default = "conditional_writes_default")]
+    pub conditional_writes: bool,
+    /// Whether a new chunk that resembles a stored one is stored as a delta on it.
+    /// Repositories made before deltas existed have none.
+    #[serde(default)]
+    pub delta: bool,
+}
+
+fn conditional_writes_default() -> bool {
+    true
+}
+
+impl RepoConfig {
+    /// A config for a new repository.
+    pub fn new(
+        chunker: ChunkerParams,
+        zstd_level: i32,
+        conditional_writes: bool,
+        delta: bool,
+    ) -> Self {
+        RepoConfig {
+            conditional_writes,
+            delta,
+            kind: "pgvault".into(),
+            format_version: FORMAT_VERSION,
+            repo_id: hex::encode(crate::crypto::random_bytes::<16>()),
+            created: chrono::Utc::now(),
+            chunker,
+            zstd_level,
+        }
+    }
+
+    /// Parses and checks a stored config.
+    ///
+    /// Errors: `InvalidInput` when the bytes are not a pgvault config, or name a
+    /// format version this build does not know.
+    pub fn parse(bytes: &[u8], location: &str) -> Result<Self> {
+        let cfg: RepoConfig = serde_json::from_slice(bytes)
+            .ok()
+            .filter(|c: &RepoConfig| c.kind == "pgvault")
+            .ok_or_else(|| {
+                Error::InvalidInput(format!(
+                    "{location} is not a pgvault repository: its config object is not pgvault's"
+                ))
+            })?;
+        if !is_repo_id(&cfg.repo_id) {
+            return Err(Error::Corrupt(format!(
+                "Repository {location} has a config whose repo_id {:?} is not 32 hex digits: it was edited, or it is not pgvault's",
+                cfg.repo_id
+            )));
+        }
+        if cfg.format_version != FORMAT_VERSION {
+            return Err(Error::InvalidInput(format!(
+                "Repository {location} has format version {}, this pgvault reads version {FORMAT_VERSION}",
+                cfg.format_version
+            )));
+        }
+        Ok(cfg)
+    }
+}
+
+/// Whether `id` has the form every repository id has: 32 lowercase hex digits. The
+/// id names this machine's cache directory, so nothing else may reach a path.
+pub fn is_repo_id(id: &str) -> bool {
+    id.len() == 32 && id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}

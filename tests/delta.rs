@@ -128,16 +128,13 @@ fn daily_dumps_are_stored_as_deltas_and_read_back_byte_for_byte() {
     let rel = format!("snapshots/{id2}/footdash.dump");
     assert!(std::fs::read(mount.join(&rel)).unwrap() == std::fs::read(&d2).unwrap());
     pg.create_db("restored");
-    let out = pg
-        .command("pg_restore")
-        .args(["-d", "restored"])
-        .arg(mount.join(&rel))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    common::succeeded(
+        pg.command("pg_restore")
+            .args(["-d", "restored"])
+            .arg(mount.join(&rel))
+            .output()
+            .unwrap(),
+        "pg_restore from the mount",
     );
     assert_eq!(pg.row_counts("restored"), pg.row_counts("footdash"));
     drop(mount);

@@ -19,15 +19,12 @@ fn key_life_cycle(v: &Vault) {
     assert!(e.contains("last key"), "{e}");
 
     // Add a second passphrase from the environment; both open the repository.
-    let out = v
-        .command(&["key", "add"])
-        .env("PGVAULT_NEW_PASSWORD", "second passphrase")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    common::succeeded(
+        v.command(&["key", "add"])
+            .env("PGVAULT_NEW_PASSWORD", "second passphrase")
+            .output()
+            .unwrap(),
+        "key add",
     );
     let keys = v.run(&["key", "list", "--json"]).ok().json();
     let keys = keys.as_array().unwrap().clone();
@@ -83,8 +80,10 @@ fn key_life_cycle(v: &Vault) {
     assert_eq!(as_second(&["snapshots"]).status.code(), Some(3));
     let mut third = v.command(&["key", "list", "--json"]);
     third.env("PGVAULT_PASSWORD", "third passphrase");
-    let o = third.output().unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = common::succeeded(
+        third.output().unwrap(),
+        "key list with the third passphrase",
+    );
     let listed: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(listed.as_array().unwrap().len(), 1);
 

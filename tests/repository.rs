@@ -289,16 +289,13 @@ fn missing_foreign_and_occupied_locations_are_refused() {
     // A passphrase file works and an empty one is refused.
     let pf = ok.dir.path().join("pass");
     std::fs::write(&pf, format!("{}\n", ok.password)).unwrap();
-    let out = ok
-        .command(&["snapshots"])
-        .env_remove("PGVAULT_PASSWORD")
-        .env("PGVAULT_PASSWORD_FILE", &pf)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    common::succeeded(
+        ok.command(&["snapshots"])
+            .env_remove("PGVAULT_PASSWORD")
+            .env("PGVAULT_PASSWORD_FILE", &pf)
+            .output()
+            .unwrap(),
+        "snapshots with PGVAULT_PASSWORD_FILE",
     );
     std::fs::write(&pf, "").unwrap();
     let out = ok
@@ -366,12 +363,7 @@ fn concurrent_backups_into_one_repository_both_succeed() {
         })
         .collect();
     for c in children {
-        let out = c.wait_with_output().unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        common::succeeded(c.wait_with_output().unwrap(), "a concurrent backup");
     }
     let snaps = v.snapshots();
     assert_eq!(snaps.len(), 3);

@@ -62,15 +62,13 @@ fn verify_all(v: &Vault, originals: &HashMap<String, PathBuf>) -> usize {
         );
         let f = tmp.path().join("x.dump");
         std::fs::write(&f, &got.stdout).unwrap();
-        let out = std::process::Command::new(PgCluster::bin("pg_restore"))
-            .arg("-l")
-            .arg(&f)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "pg_restore -l of {id}: {}",
-            String::from_utf8_lossy(&out.stderr)
+        common::succeeded(
+            std::process::Command::new(PgCluster::bin("pg_restore"))
+                .arg("-l")
+                .arg(&f)
+                .output()
+                .unwrap(),
+            &format!("pg_restore -l of {id}"),
         );
     }
     snaps.len()
@@ -311,15 +309,12 @@ fn policies_follow_the_imported_times_and_refuse_to_empty_a_group() {
     // A policy from a config file, as cron would run it.
     let cfg = v.dir.path().join("retention.toml");
     std::fs::write(&cfg, "[retention]\nkeep-daily = 3\nkeep-weekly = 2\n").unwrap();
-    let out = v
-        .command(&["forget", "--db", "footdash"])
-        .env("PGVAULT_CONFIG", &cfg)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = common::succeeded(
+        v.command(&["forget", "--db", "footdash"])
+            .env("PGVAULT_CONFIG", &cfg)
+            .output()
+            .unwrap(),
+        "forget with PGVAULT_CONFIG",
     );
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("Removed 28 of 32 backup points"), "{text}");

@@ -151,12 +151,7 @@ fn two_concurrent_backups_into_one_bucket_both_succeed_and_share_chunks() {
         .collect();
     let mut results = Vec::new();
     for c in children {
-        let out = c.wait_with_output().unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let out = common::succeeded(c.wait_with_output().unwrap(), "a concurrent backup");
         results.push(serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap());
     }
     let total: u64 = results
@@ -197,13 +192,7 @@ fn a_server_outage_fails_the_backup_cleanly_and_the_next_backup_reuses_chunks() 
     let v = s3_vault(&server, &bucket, "repo", None);
     v.init_with(MEDIUM_CHUNKS);
 
-    let mut child = v
-        .command(&["backup", "--stdin", "--db", "footdash"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = v.spawn_piped(&["backup", "--stdin", "--db", "footdash"]);
     let mut stdin = child.stdin.take().unwrap();
     let half = dump.len() / 2;
     stdin.write_all(&dump[..half]).unwrap();
@@ -358,15 +347,12 @@ fn path_style_is_automatic_for_localhost_and_can_be_forced() {
     v.run(&["snapshots"]).ok();
     v.run(&["--s3-path-style", "snapshots"]).ok();
     for value in ["1", "0", "true", "off"] {
-        let o = v
-            .command(&["snapshots"])
-            .env("PGVAULT_S3_PATH_STYLE", value)
-            .output()
-            .unwrap();
-        assert!(
-            o.status.success(),
-            "{value}: {}",
-            String::from_utf8_lossy(&o.stderr)
+        common::succeeded(
+            v.command(&["snapshots"])
+                .env("PGVAULT_S3_PATH_STYLE", value)
+                .output()
+                .unwrap(),
+            &format!("snapshots with PGVAULT_S3_PATH_STYLE={value}"),
         );
     }
 }

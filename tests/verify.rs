@@ -124,6 +124,11 @@ fn sample(families: &[Value], name: &str, db: &str, kind: &str) -> Option<f64> {
     })
 }
 
+/// A metric's value for FootDash's dumps.
+fn footdash_dump(families: &[Value], name: &str) -> Option<f64> {
+    sample(families, name, "footdash", "dump")
+}
+
 fn status_row<'a>(status: &'a Value, db: &str, kind: &str) -> &'a Value {
     status["backups"]
         .as_array()
@@ -404,19 +409,10 @@ fn a_drill_restores_checks_and_cleans_up_and_fails_on_a_false_assertion() {
     assert_eq!(row["last_drill"]["ok"], false, "{row}");
     let fams = parse_prometheus(&v.run(&["metrics"]).ok().out());
     assert_eq!(
-        sample(&fams, "pgvault_drill_last_success", "footdash", "dump"),
+        footdash_dump(&fams, "pgvault_drill_last_success"),
         Some(0.0)
     );
-    assert!(
-        sample(
-            &fams,
-            "pgvault_drill_last_duration_seconds",
-            "footdash",
-            "dump"
-        )
-        .unwrap()
-            > 0.0
-    );
+    assert!(footdash_dump(&fams, "pgvault_drill_last_duration_seconds").unwrap() > 0.0);
 
     // Nothing to drill.
     let e = v.run(&["drill", "--db", "nonesuch"]).fails();
@@ -638,19 +634,10 @@ fn a_size_anomaly_is_flagged_in_the_backup_status_and_metrics() {
     assert!(text.contains("YES"), "{text}");
     let fams = parse_prometheus(&v.run(&["metrics"]).ok().out());
     assert_eq!(
-        sample(&fams, "pgvault_backup_size_anomaly", "footdash", "dump"),
+        footdash_dump(&fams, "pgvault_backup_size_anomaly"),
         Some(1.0)
     );
-    assert!(
-        sample(
-            &fams,
-            "pgvault_backup_size_change_ratio",
-            "footdash",
-            "dump"
-        )
-        .unwrap()
-            > 1.0
-    );
+    assert!(footdash_dump(&fams, "pgvault_backup_size_change_ratio").unwrap() > 1.0);
 
     // The threshold is settable.
     let st = v

@@ -443,14 +443,7 @@ fn point_in_time_recovery_through_the_s3_server() {
         .map(|(k, val)| format!("{k}={val}"))
         .collect::<Vec<_>>()
         .join(" ");
-    let archive = format!("archive_command = '{aws} {} wal-push %p'", v.shell_prefix());
-    let pg = PgCluster::start_with(&[
-        "wal_level = replica",
-        "archive_mode = on",
-        &archive,
-        "max_wal_senders = 4",
-    ]);
-    v.use_pg(&pg);
+    let (pg, v) = common::vault::archiving_into(v, &aws);
     pg.create_footdash("footdash", 1);
     pg.psql("footdash", "CREATE TABLE marks (tag text)");
     v.run(&["backup", "--base"]).ok();

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
-use super::{Backend, ObjectInfo, ObjectStat};
+use super::{Backend, ObjectStat};
 use crate::blocking::try_blocking;
 use crate::error::{Error, Result};
 
@@ -176,18 +176,6 @@ impl Backend for LocalBackend {
             Err(e) => Err(Error::io_path("stat", &path, e)),
         })
         .await
-    }
-
-    async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>> {
-        Ok(self
-            .list_stat(prefix)
-            .await?
-            .into_iter()
-            .map(|o| ObjectInfo {
-                key: o.key,
-                size_bytes: o.size_bytes,
-            })
-            .collect())
     }
 
     async fn list_stat(&self, prefix: &str) -> Result<Vec<ObjectStat>> {

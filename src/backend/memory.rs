@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 
-use super::{Backend, ObjectInfo, ObjectStat};
+use super::{Backend, ObjectStat};
 use crate::error::{Error, Result};
 
 /// Objects in a map; clones share it, so a test can hold one clone and hand another
@@ -109,18 +109,6 @@ impl Backend for MemoryBackend {
             .lock()
             .expect("memory store lock")
             .contains_key(key))
-    }
-
-    async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>> {
-        Ok(self
-            .list_stat(prefix)
-            .await?
-            .into_iter()
-            .map(|o| ObjectInfo {
-                key: o.key,
-                size_bytes: o.size_bytes,
-            })
-            .collect())
     }
 
     async fn list_stat(&self, prefix: &str) -> Result<Vec<ObjectStat>> {

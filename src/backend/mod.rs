@@ -103,6 +103,15 @@ pub struct ObjectStat {
     pub modified: Option<chrono::DateTime<chrono::Utc>>,
 }
 
+impl From<ObjectStat> for ObjectInfo {
+    fn from(o: ObjectStat) -> Self {
+        ObjectInfo {
+            key: o.key,
+            size_bytes: o.size_bytes,
+        }
+    }
+}
+
 /// The object store under a repository.
 #[async_trait]
 pub trait Backend: Send + Sync + std::fmt::Debug {
@@ -145,26 +154,24 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     /// Errors: `Unavailable` or `Io` when the store cannot be asked.
     async fn exists(&self, key: &str) -> Result<bool>;
 
-    /// Every object whose key starts with `prefix`, in no particular order.
+    /// Every object whose key starts with `prefix`, in no particular order, with its
+    /// size and last-modified time (a file's mtime, S3's `LastModified`). All of them
+    /// or an error: a partial listing must never pass for a whole one, or prune would
+    /// delete chunks it did not see referenced.
     ///
-    /// Errors: `Unavailable` or `Io` when the store cannot be listed.
-    async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>>;
+    /// Errors: `Unavailable` or `Io` when the store cannot be listed; `Corrupt` when
+    /// the store's answer cannot be a whole listing.
+    async fn list_stat(&self, prefix: &str) -> Result<Vec<ObjectStat>>;
 
-    /// Like [`Backend::list`], with each object's last-modified time where the store
-    /// knows it. The default knows none; backends that can tell (a file's mtime, S3's
-    /// `LastModified`) override it.
+    /// [`Backend::list_stat`] without the times.
     ///
-    /// Errors: `Unavailable` or `Io` when the store cannot be listed.
-    async fn list_stat(&self, prefix: &str) -> Result<Vec<ObjectStat>> {
+    /// Errors: as [`Backend::list_stat`].
+    async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>> {
         Ok(self
-            .list(prefix)
+            .list_stat(prefix)
             .await?
             .into_iter()
-            .map(|o| ObjectStat {
-                key: o.key,
-                size_bytes: o.size_bytes,
-                modified: None,
-            })
+            .map(ObjectInfo::from)
             .collect())
     }
 

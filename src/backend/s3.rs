@@ -24,7 +24,7 @@ use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::Client;
 use aws_smithy_http_client::tls;
 
-use super::{Backend, ObjectInfo};
+use super::{Backend, ObjectStat};
 use crate::error::{Error, Result};
 
 /// Attempts per request (the first one included) once the endpoint has answered,
@@ -61,7 +61,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// Idle connections kept open to the endpoint. The write path keeps at most 16 chunks
-/// in flight (`repo::writer`), each using one connection at a time, and readers
+/// in flight (`store::writer`), each using one connection at a time, and readers
 /// prefetch a few chunks ahead: keeping this many idle lets a steady backup reuse
 /// its connections instead of opening (and TLS-handshaking) new ones per chunk.
 /// The number of open connections is bounded by those callers, not by the pool.
@@ -764,7 +764,7 @@ impl Backend for S3Backend {
         }
     }
 
-    async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>> {
+    async fn list_stat(&self, prefix: &str) -> Result<Vec<ObjectStat>> {
         let mut out = Vec::new();
         let mut token: Option<String> = None;
         loop {
@@ -782,16 +782,29 @@ impl Backend for S3Backend {
                 let Some(key) = obj.key().and_then(|k| k.strip_prefix(&self.prefix)) else {
                     continue;
                 };
-                out.push(ObjectInfo {
+                out.push(ObjectStat {
                     key: key.to_string(),
                     size_bytes: obj.size().unwrap_or(0).max(0) as u64,
+                    modified: obj
+                        .last_modified()
+                        .and_then(|t| chrono::DateTime::from_timestamp(t.secs(), t.subsec_nanos())),
                 });
             }
-            match page.next_continuation_token() {
-                Some(t) if page.is_truncated() == Some(true) && !t.is_empty() => {
-                    token = Some(t.to_string())
+            if page.is_truncated() != Some(true) {
+                return Ok(out);
+            }
+            match page.next_continuation_token().filter(|t| !t.is_empty()) {
+                Some(t) => token = Some(t.to_string()),
+                // A store that says "there is more" but not where it continues: a
+                // short list here would let prune delete chunks it never saw.
+                None => {
+                    return Err(Error::Corrupt(format!(
+                        "S3 endpoint {} answered a listing of {} as truncated without a continuation token after {} keys: refusing a partial listing",
+                        self.endpoint,
+                        self.target(&format!("{prefix}*")),
+                        out.len()
+                    )))
                 }
-                _ => return Ok(out),
             }
         }
     }

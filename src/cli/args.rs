@@ -4,6 +4,35 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use clap::Args;
+
+use crate::pg::ConnectOptions;
+
+/// Where the PostgreSQL server is, as pg_dump takes it; what is not given comes from
+/// libpq's environment (PGHOST, PGPORT, PGUSER).
+#[derive(Debug, Args, Clone)]
+pub struct ConnArgs {
+    /// Database server host or socket directory (as pg_dump -h)
+    #[arg(short = 'h', long, value_name = "HOST")]
+    pub host: Option<String>,
+    /// Database server port (as pg_dump -p)
+    #[arg(short = 'p', long, value_name = "PORT")]
+    pub port: Option<u16>,
+    /// Database user (as pg_dump -U)
+    #[arg(short = 'U', long, value_name = "USER")]
+    pub username: Option<String>,
+}
+
+impl ConnArgs {
+    /// The settings as `pg` takes them.
+    pub fn options(&self) -> ConnectOptions {
+        ConnectOptions {
+            host: self.host.clone(),
+            port: self.port,
+            user: self.username.clone(),
+        }
+    }
+}
 
 /// A byte count such as `256MiB`, `1GiB`, `64M`, `4096` (binary units; `B` optional).
 pub fn size(s: &str) -> Result<u64, String> {

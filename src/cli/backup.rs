@@ -9,7 +9,6 @@ use serde_json::json;
 use super::{access, args, output, verify, GlobalArgs};
 use crate::error::{Error, Result};
 use crate::ops::backup::{BackupOptions, BackupSource};
-use crate::pg::ConnectOptions;
 use crate::store::SnapshotKind;
 use crate::time::rfc3339;
 
@@ -31,15 +30,8 @@ pub struct BackupArgs {
     /// The backup point's time, for importing older dumps (e.g. '2026-11-01 02:00:00+00'); default now
     #[arg(long, value_name = "TIME", value_parser = args::time)]
     pub time: Option<chrono::DateTime<chrono::Utc>>,
-    /// Database server host or socket directory (as pg_dump -h)
-    #[arg(short = 'h', long, value_name = "HOST")]
-    pub host: Option<String>,
-    /// Database server port (as pg_dump -p)
-    #[arg(short = 'p', long, value_name = "PORT")]
-    pub port: Option<u16>,
-    /// Database user (as pg_dump -U)
-    #[arg(short = 'U', long, value_name = "USER")]
-    pub username: Option<String>,
+    #[command(flatten)]
+    pub conn: args::ConnArgs,
     /// Print the result as JSON
     #[arg(long)]
     pub json: bool,
@@ -71,11 +63,7 @@ pub async fn run(g: &GlobalArgs, a: &BackupArgs) -> Result<()> {
     let source = if a.stdin {
         BackupSource::Stream(Box::new(std::io::stdin()))
     } else {
-        BackupSource::Run(ConnectOptions {
-            host: a.host.clone(),
-            port: a.port,
-            user: a.username.clone(),
-        })
+        BackupSource::Run(a.conn.options())
     };
     let label = if a.stdin { "backup" } else { kind.as_str() };
     let tty = std::io::stderr().is_terminal() && std::io::stdout().is_terminal();

@@ -14,7 +14,6 @@ use crate::ops::check::{CheckReport, ReadData};
 use crate::ops::drill::{self, Drill, DrillOptions, DrillReport};
 use crate::ops::restore::RecoveryTarget;
 use crate::ops::status::StatusReport;
-use crate::pg::ConnectOptions;
 use crate::store::records::CheckRecord;
 use crate::store::SnapshotKind;
 use crate::time::rfc3339;
@@ -104,16 +103,10 @@ pub struct DrillArgs {
     /// returning a single true ('--' comment lines allowed)
     #[arg(long, value_name = "FILE")]
     pub sql: Option<PathBuf>,
-    /// Server to restore a dump on: host or socket directory (as pg_dump -h)
-    #[arg(short = 'h', long, value_name = "HOST")]
-    pub host: Option<String>,
-    /// Server port (as pg_dump -p)
-    #[arg(short = 'p', long, value_name = "PORT")]
-    pub port: Option<u16>,
-    /// Database user (as pg_dump -U); with --base, the role to connect to the restored
-    /// cluster as (default postgres)
-    #[arg(short = 'U', long, value_name = "USER")]
-    pub username: Option<String>,
+    /// The server a dump is restored on; with --base, -U is the role to connect to the
+    /// restored cluster as (default postgres)
+    #[command(flatten)]
+    pub conn: args::ConnArgs,
     /// pg_restore --jobs for a dump drill
     #[arg(short = 'j', long, default_value_t = 1, value_name = "N")]
     pub jobs: u32,
@@ -384,11 +377,7 @@ pub async fn drill(g: &GlobalArgs, a: &DrillArgs) -> Result<()> {
             None => RecoveryTarget::Latest,
         }),
         assertions,
-        conn: ConnectOptions {
-            host: a.host.clone(),
-            port: a.port,
-            user: a.username.clone(),
-        },
+        conn: a.conn.options(),
         jobs: a.jobs,
         work_dir: a.work_dir.clone().unwrap_or_else(std::env::temp_dir),
         timeout: Duration::from_secs(a.timeout),

@@ -51,18 +51,23 @@ impl Policy {
         *self == Policy::default()
     }
 
-    /// Checks that every count is at least 1.
-    ///
-    /// Errors: `InvalidInput` naming the rule set to 0.
-    pub fn validate(&self) -> Result<()> {
-        for (name, v) in [
+    /// The count rules by their option names.
+    fn counts(&self) -> [(&'static str, Option<u32>); 6] {
+        [
             ("keep-last", self.keep_last),
             ("keep-hourly", self.keep_hourly),
             ("keep-daily", self.keep_daily),
             ("keep-weekly", self.keep_weekly),
             ("keep-monthly", self.keep_monthly),
             ("keep-yearly", self.keep_yearly),
-        ] {
+        ]
+    }
+
+    /// Checks that every count is at least 1.
+    ///
+    /// Errors: `InvalidInput` naming the rule set to 0.
+    pub fn validate(&self) -> Result<()> {
+        for (name, v) in self.counts() {
             if v == Some(0) {
                 return Err(Error::InvalidInput(format!(
                     "Retention rule {name} is 0, which keeps nothing: leave it out instead"
@@ -84,14 +89,7 @@ impl Policy {
     /// The policy as `--keep-…` options, for messages.
     pub fn describe(&self) -> String {
         let mut parts = Vec::new();
-        for (name, v) in [
-            ("keep-last", self.keep_last),
-            ("keep-hourly", self.keep_hourly),
-            ("keep-daily", self.keep_daily),
-            ("keep-weekly", self.keep_weekly),
-            ("keep-monthly", self.keep_monthly),
-            ("keep-yearly", self.keep_yearly),
-        ] {
+        for (name, v) in self.counts() {
             if let Some(n) = v {
                 parts.push(format!("--{name} {n}"));
             }

@@ -14,20 +14,12 @@ pub const MAINTENANCE_DB: &str = "postgres";
 /// A PostgreSQL client program with the connection options.
 pub fn client(program: &str, conn: &ConnectOptions) -> Command {
     let mut cmd = Command::new(pg_program(program));
-    cmd.arg("--no-password");
-    if let Some(h) = &conn.host {
-        cmd.args(["--host", h]);
-    }
-    if let Some(p) = conn.port {
-        cmd.args(["--port", &p.to_string()]);
-    }
-    if let Some(u) = &conn.user {
-        cmd.args(["--username", u]);
-    }
+    cmd.args(conn.client_args());
     cmd.stdin(Stdio::null()).kill_on_drop(true);
     cmd
 }
 
+/// The last 20 lines of a program's output, for an error message.
 pub fn tail(s: &[u8]) -> String {
     let s = String::from_utf8_lossy(s);
     let s = s.trim();

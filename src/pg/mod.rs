@@ -57,6 +57,24 @@ pub struct ConnectOptions {
     pub user: Option<String>,
 }
 
+impl ConnectOptions {
+    /// The command-line options every PostgreSQL client program takes for these
+    /// settings, and `--no-password`: a backup job has nobody to type one.
+    pub fn client_args(&self) -> Vec<String> {
+        let mut args = vec!["--no-password".to_string()];
+        if let Some(h) = &self.host {
+            args.extend(["--host".into(), h.clone()]);
+        }
+        if let Some(p) = self.port {
+            args.extend(["--port".into(), p.to_string()]);
+        }
+        if let Some(u) = &self.user {
+            args.extend(["--username".into(), u.clone()]);
+        }
+        args
+    }
+}
+
 /// A running PostgreSQL program whose standard output is read as it is produced.
 pub struct PgProcess {
     child: Child,
@@ -76,16 +94,7 @@ impl PgProcess {
     ) -> Result<(Self, ChildStdout)> {
         let path = pg_program(program);
         let mut cmd = Command::new(&path);
-        cmd.args(args).arg("--no-password");
-        if let Some(h) = &conn.host {
-            cmd.args(["--host", h]);
-        }
-        if let Some(p) = conn.port {
-            cmd.args(["--port", &p.to_string()]);
-        }
-        if let Some(u) = &conn.user {
-            cmd.args(["--username", u]);
-        }
+        cmd.args(args).args(conn.client_args());
         cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());

@@ -190,15 +190,11 @@ mod tests {
     use async_trait::async_trait;
 
     use super::*;
-    use crate::backend::local::LocalBackend;
-    use crate::backend::{Backend, ObjectInfo};
+    use crate::backend::memory::MemoryBackend;
+    use crate::backend::{Backend, ObjectStat};
     use crate::store::InitOptions;
 
-    const FAST: KdfParams = KdfParams {
-        memory_kib: 256,
-        iterations: 1,
-        parallelism: 1,
-    };
+    const FAST: KdfParams = crate::crypto::TEST_KDF;
 
     fn opts() -> InitOptions {
         InitOptions {
@@ -209,7 +205,7 @@ mod tests {
 
     /// A store that ignores `If-None-Match`: every conditional create overwrites.
     #[derive(Debug)]
-    struct Overwriting(LocalBackend);
+    struct Overwriting(MemoryBackend);
 
     #[async_trait]
     impl Backend for Overwriting {
@@ -228,8 +224,8 @@ mod tests {
         async fn exists(&self, key: &str) -> Result<bool> {
             self.0.exists(key).await
         }
-        async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>> {
-            self.0.list(prefix).await
+        async fn list_stat(&self, prefix: &str) -> Result<Vec<ObjectStat>> {
+            self.0.list_stat(prefix).await
         }
         async fn delete(&self, key: &str) -> Result<()> {
             self.0.delete(key).await
@@ -239,7 +235,7 @@ mod tests {
     #[tokio::test]
     async fn keys_are_added_listed_removed_and_replaced() {
         let dir = tempfile::tempdir().unwrap();
-        let backend: Arc<dyn Backend> = Arc::new(LocalBackend::new(dir.path().join("r")));
+        let backend: Arc<dyn Backend> = Arc::new(MemoryBackend::new("keys"));
         let repo = Repository::init(backend.clone(), b"one", opts(), dir.path())
             .await
             .unwrap();
@@ -290,8 +286,7 @@ mod tests {
     #[tokio::test]
     async fn a_store_without_conditional_writes_is_detected_and_keys_are_refused() {
         let dir = tempfile::tempdir().unwrap();
-        let backend: Arc<dyn Backend> =
-            Arc::new(Overwriting(LocalBackend::new(dir.path().join("r"))));
+        let backend: Arc<dyn Backend> = Arc::new(Overwriting(MemoryBackend::new("overwriting")));
         let repo = Repository::init(backend.clone(), b"one", opts(), dir.path())
             .await
             .unwrap();

@@ -9,7 +9,6 @@ use super::{layout, InitOptions, Repository, SnapshotKind, SnapshotManifest};
 use crate::backend::memory::MemoryBackend;
 use crate::backend::Backend;
 use crate::chunker::ChunkerParams;
-use crate::crypto::KdfParams;
 use crate::error::ErrorKind;
 
 /// A repository in memory with small chunks and a cheap KDF; the cache lives in
@@ -22,11 +21,7 @@ pub(crate) async fn memory_repo(cache: &tempfile::TempDir) -> (Repository, Memor
             avg_size_bytes: 8192,
             max_size_bytes: 32768,
         },
-        kdf: KdfParams {
-            memory_kib: 8,
-            iterations: 1,
-            parallelism: 1,
-        },
+        kdf: crate::crypto::TEST_KDF,
         ..InitOptions::default()
     };
     let backend: Arc<dyn Backend> = Arc::new(store.clone());

@@ -6,3 +6,15 @@ pub mod mount;
 pub mod pg;
 pub mod s3;
 pub mod vault;
+
+/// Panics, with what it printed, unless a program succeeded; returns its output.
+pub fn succeeded(out: std::process::Output, what: &str) -> std::process::Output {
+    assert!(
+        out.status.success(),
+        "{what} failed ({}):\n--- stderr ---\n{}\n--- stdout ---\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
+    );
+    out
+}

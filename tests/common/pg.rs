@@ -514,14 +514,7 @@ fn scrub_pg_env(cmd: &mut Command) {
 }
 
 fn check_output(out: &Output, what: &str) {
-    if !out.status.success() {
-        panic!(
-            "{what} failed ({}):\n--- stderr ---\n{}\n--- stdout ---\n{}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr),
-            String::from_utf8_lossy(&out.stdout)
-        );
-    }
+    super::succeeded(out.clone(), what);
 }
 
 fn abbreviate(s: &str) -> String {

@@ -196,16 +196,20 @@ impl Vault {
         to_run(self.command(args).output().unwrap())
     }
 
-    /// Runs pgvault with `input` on stdin.
-    pub fn run_stdin(&self, args: &[&str], input: &[u8]) -> Run {
-        use std::io::Write;
-        let mut child = self
-            .command(args)
+    /// Starts pgvault with stdin, stdout and stderr piped.
+    pub fn spawn_piped(&self, args: &[&str]) -> std::process::Child {
+        self.command(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .unwrap();
+            .unwrap()
+    }
+
+    /// Runs pgvault with `input` on stdin.
+    pub fn run_stdin(&self, args: &[&str], input: &[u8]) -> Run {
+        use std::io::Write;
+        let mut child = self.spawn_piped(args);
         let mut stdin = child.stdin.take().unwrap();
         let data = input.to_vec();
         // Feed on another thread: pgvault may stop reading early and exit.
@@ -335,8 +339,14 @@ impl Vault {
 /// commands run as the server's user.
 pub fn archiving_cluster() -> (super::pg::PgCluster, Vault) {
     use super::pg::PgCluster;
-    let mut v = Vault::for_server(PgCluster::server_user());
-    let archive = format!("archive_command = '{} wal-push %p'", v.shell_prefix());
+    archiving_into(Vault::for_server(PgCluster::server_user()), "")
+}
+
+/// A cluster archiving into `v` (which runs as the server's user) through `pgvault
+/// wal-push`, with `env` (`NAME=value ...`) in front of the archive command.
+pub fn archiving_into(mut v: Vault, env: &str) -> (super::pg::PgCluster, Vault) {
+    use super::pg::PgCluster;
+    let archive = format!("archive_command = '{env} {} wal-push %p'", v.shell_prefix());
     let pg = PgCluster::start_with(&[
         "wal_level = replica",
         "archive_mode = on",

@@ -13,8 +13,9 @@ use std::process::Stdio;
 use std::time::{Duration, Instant, SystemTime};
 
 use common::fixtures::{dumps, Rng};
-use common::mount::{is_mounted, signal, Mount};
+use common::mount::{is_mounted, Mount};
 use common::pg::PgCluster;
+use common::signal;
 use common::vault::{Vault, SMALL_CHUNKS};
 
 fn small_chunk_vault() -> Vault {

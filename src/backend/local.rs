@@ -1,4 +1,11 @@
 //! The local-directory backend: one file per object, written atomically and durably.
+//!
+//! The directory may be on NFS or a FUSE file system that stops answering. A blocked
+//! system call cannot be cancelled, so each step runs on its own blocking thread
+//! under a deadline ([`super::deadline`]): at the deadline the call fails with a
+//! clear line and the thread is left to finish whenever the kernel lets it. At most
+//! [`STUCK_THREADS_MAX`] steps run at once, so a hung mount cannot take every thread
+//! of the blocking pool.
 
 use std::fs;
 use std::io::Write;
@@ -7,24 +14,41 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use tokio::sync::Semaphore;
 
+use super::deadline::{Breaker, IoTimeouts};
 use super::{Backend, ObjectStat};
-use crate::blocking::try_blocking;
+use crate::blocking::joined;
 use crate::error::{Error, Result};
+
+/// Steps that may be running (or stuck) at once.
+const STUCK_THREADS_MAX: usize = 32;
 
 /// Objects as files under a root directory.
 #[derive(Debug, Clone)]
 pub struct LocalBackend {
     root: Arc<PathBuf>,
+    timeouts: IoTimeouts,
+    slots: Arc<Semaphore>,
+    breaker: Breaker,
 }
 
 static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 
 impl LocalBackend {
-    /// A backend rooted at `root`; the directory need not exist yet (`init` creates it).
+    /// A backend rooted at `root`, with the default deadlines; the directory need not
+    /// exist yet (`init` creates it).
     pub fn new(root: impl Into<PathBuf>) -> Self {
+        Self::with_timeouts(root, IoTimeouts::default())
+    }
+
+    /// A backend rooted at `root` whose steps end at `timeouts.local_step()`.
+    pub fn with_timeouts(root: impl Into<PathBuf>, timeouts: IoTimeouts) -> Self {
         LocalBackend {
             root: Arc::new(root.into()),
+            timeouts,
+            slots: Arc::new(Semaphore::new(STUCK_THREADS_MAX)),
+            breaker: Breaker::new(timeouts.down_for()),
         }
     }
 
@@ -37,13 +61,95 @@ impl LocalBackend {
         self.root.join(key)
     }
 
+    /// Runs one step on a blocking thread under the step deadline.
+    ///
+    /// Errors: `f`'s own; `Unavailable` naming the step when the file system did not
+    /// answer in time (or did not, a moment ago).
     async fn blocking<T: Send + 'static>(
         &self,
+        what: &str,
         f: impl FnOnce(&Path) -> Result<T> + Send + 'static,
     ) -> Result<T> {
+        self.breaker
+            .check(&format!("to {what} in {}", self.root.display()))?;
+        let deadline = tokio::time::Instant::now() + self.timeouts.local_step();
+        let hung = || {
+            let e = Error::Unavailable(format!(
+                "Local repository {} did not answer within {:?} to {what}: is it on a hung NFS or FUSE mount? (--io-timeout {:?})",
+                self.root.display(),
+                self.timeouts.local_step(),
+                self.timeouts.first_byte()
+            ));
+            self.breaker.trip(&e.to_string());
+            e
+        };
+        let permit =
+            match tokio::time::timeout_at(deadline, self.slots.clone().acquire_owned()).await {
+                Ok(Ok(p)) => p,
+                _ => return Err(hung()),
+            };
         let root = self.root.clone();
-        try_blocking("local storage", move || f(&root)).await
+        // The slot is given back only when the system call returns.
+        let task = tokio::task::spawn_blocking(move || {
+            let _slot = permit;
+            f(&root)
+        });
+        match tokio::time::timeout_at(deadline, task).await {
+            Ok(r) => {
+                let r = joined("local storage", r)?;
+                self.breaker.close();
+                r
+            }
+            Err(_) => Err(hung()),
+        }
     }
+}
+
+impl LocalBackend {
+    /// Whether the root directory exists, asked under the step deadline (the
+    /// directory may be on a hung mount).
+    ///
+    /// Errors: `Unavailable` when the file system does not answer in time.
+    pub async fn root_exists(&self) -> Result<bool> {
+        self.blocking(
+            "look for the repository directory",
+            |root| Ok(root.is_dir()),
+        )
+        .await
+    }
+}
+
+/// Creates `dir` and its missing parents, fsyncing each new directory's parent, so
+/// that the new names survive a crash on any file system (an acknowledged wal-push
+/// must not vanish with the directory it was put in).
+fn create_dir_durably(dir: &Path) -> Result<()> {
+    let mut missing = Vec::new();
+    let mut cur = dir;
+    while !cur.is_dir() {
+        missing.push(cur);
+        match cur.parent() {
+            Some(p) => cur = p,
+            None => break,
+        }
+    }
+    for d in missing.iter().rev() {
+        match fs::create_dir(d) {
+            Ok(()) => {}
+            // Another writer made it meanwhile; its parent is fsynced below all the same.
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(Error::io_path("create directory", d, e)),
+        }
+        if let Some(parent) = d.parent().filter(|p| !p.as_os_str().is_empty()) {
+            fsync_dir(parent)?;
+        }
+    }
+    Ok(())
+}
+
+fn fsync_dir(dir: &Path) -> Result<()> {
+    fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| Error::io_path("fsync directory", dir, e))
 }
 
 /// Writes `data` to a temporary file beside `dest`, fsyncs it, then either renames
@@ -51,7 +157,7 @@ impl LocalBackend {
 /// exclusive), and fsyncs the directory so the new name survives a crash.
 fn write_durably(dest: &Path, data: &[u8], exclusive: bool) -> Result<bool> {
     let dir = dest.parent().expect("object keys have a parent directory");
-    fs::create_dir_all(dir).map_err(|e| Error::io_path("create directory", dir, e))?;
+    create_dir_durably(dir)?;
     let tmp = dir.join(format!(
         ".tmp-{}-{}-{}",
         std::process::id(),
@@ -79,9 +185,7 @@ fn write_durably(dest: &Path, data: &[u8], exclusive: bool) -> Result<bool> {
             fs::rename(&tmp, dest).map_err(|e| Error::io_path("rename into", dest, e))?;
             true
         };
-        fs::File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(|e| Error::io_path("fsync directory", dir, e))?;
+        fsync_dir(dir)?;
         Ok(created)
     })();
     // After a rename the temp name is gone already; after a link or a failure it is not.
@@ -89,10 +193,13 @@ fn write_durably(dest: &Path, data: &[u8], exclusive: bool) -> Result<bool> {
     result
 }
 
-fn walk(dir: &Path, rel: &str, out: &mut Vec<ObjectStat>) -> Result<()> {
+/// One directory's files (as objects) and subdirectories (as key prefixes).
+fn read_one_dir(dir: &Path, rel: &str) -> Result<(Vec<ObjectStat>, Vec<String>)> {
+    let mut files = Vec::new();
+    let mut subdirs = Vec::new();
     let entries = match fs::read_dir(dir) {
         Ok(e) => e,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((files, subdirs)),
         Err(e) => return Err(Error::io_path("list", dir, e)),
     };
     for entry in entries {
@@ -114,9 +221,9 @@ fn walk(dir: &Path, rel: &str, out: &mut Vec<ObjectStat>) -> Result<()> {
             Err(e) => return Err(Error::io_path("stat", &entry.path(), e)),
         };
         if meta.is_dir() {
-            walk(&entry.path(), &key, out)?;
+            subdirs.push(key);
         } else {
-            out.push(ObjectStat {
+            files.push(ObjectStat {
                 key,
                 size_bytes: meta.len(),
                 modified: meta
@@ -126,7 +233,7 @@ fn walk(dir: &Path, rel: &str, out: &mut Vec<ObjectStat>) -> Result<()> {
             });
         }
     }
-    Ok(())
+    Ok((files, subdirs))
 }
 
 #[async_trait]
@@ -136,28 +243,30 @@ impl Backend for LocalBackend {
     }
 
     async fn prepare_root(&self) -> Result<()> {
-        self.blocking(|root| {
-            fs::create_dir_all(root).map_err(|e| Error::io_path("create directory", root, e))
-        })
-        .await
+        self.blocking("create the repository directory", create_dir_durably)
+            .await
     }
 
     async fn put(&self, key: &str, data: Vec<u8>) -> Result<()> {
         let dest = self.path(key);
-        self.blocking(move |_| write_durably(&dest, &data, false).map(|_| ()))
-            .await
+        self.blocking(&format!("write {key}"), move |_| {
+            write_durably(&dest, &data, false).map(|_| ())
+        })
+        .await
     }
 
     async fn put_if_absent(&self, key: &str, data: Vec<u8>) -> Result<bool> {
         let dest = self.path(key);
-        self.blocking(move |_| write_durably(&dest, &data, true))
-            .await
+        self.blocking(&format!("create {key}"), move |_| {
+            write_durably(&dest, &data, true)
+        })
+        .await
     }
 
     async fn get(&self, key: &str) -> Result<Vec<u8>> {
         let path = self.path(key);
         let key = key.to_string();
-        self.blocking(move |root| match fs::read(&path) {
+        self.blocking(&format!("read {key}"), move |root| match fs::read(&path) {
             Ok(d) => Ok(d),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(Error::NotFound {
                 what: format!("Object {key}"),
@@ -170,10 +279,12 @@ impl Backend for LocalBackend {
 
     async fn exists(&self, key: &str) -> Result<bool> {
         let path = self.path(key);
-        self.blocking(move |_| match fs::metadata(&path) {
-            Ok(_) => Ok(true),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
-            Err(e) => Err(Error::io_path("stat", &path, e)),
+        self.blocking(&format!("check {key}"), move |_| {
+            match fs::metadata(&path) {
+                Ok(_) => Ok(true),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+                Err(e) => Err(Error::io_path("stat", &path, e)),
+            }
         })
         .await
     }
@@ -186,22 +297,31 @@ impl Backend for LocalBackend {
             None => "",
         }
         .to_string();
-        let prefix = prefix.to_string();
-        self.blocking(move |root| {
-            let mut out = Vec::new();
-            walk(&root.join(&dir_part), &dir_part, &mut out)?;
-            out.retain(|o| o.key.starts_with(&prefix));
-            Ok(out)
-        })
-        .await
+        // One step per directory, each under its own deadline: listing a million
+        // chunks on NFS may take minutes, and a hung mount stops at its first step.
+        let mut out = Vec::new();
+        let mut todo = vec![dir_part];
+        while let Some(rel) = todo.pop() {
+            let r = rel.clone();
+            let (files, subdirs) = self
+                .blocking(&format!("list {rel}/"), move |root| {
+                    read_one_dir(&root.join(&r), &r)
+                })
+                .await?;
+            out.extend(files.into_iter().filter(|o| o.key.starts_with(prefix)));
+            todo.extend(subdirs);
+        }
+        Ok(out)
     }
 
     async fn delete(&self, key: &str) -> Result<()> {
         let path = self.path(key);
-        self.blocking(move |_| match fs::remove_file(&path) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(Error::io_path("delete", &path, e)),
+        self.blocking(&format!("delete {key}"), move |_| {
+            match fs::remove_file(&path) {
+                Ok(()) => Ok(()),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                Err(e) => Err(Error::io_path("delete", &path, e)),
+            }
         })
         .await
     }

@@ -7,6 +7,7 @@
 //! Three backends: `local` (a directory), `s3` (aws-sdk-s3) and `memory` (for fast
 //! tests); one conformance suite (`tests/backend.rs`) runs on all three.
 
+pub mod deadline;
 pub mod local;
 pub mod memory;
 pub mod s3;
@@ -69,14 +70,24 @@ impl Location {
         Ok(Location::Local(PathBuf::from(location)))
     }
 
-    /// Opens the backend at this location. Nothing is read yet: a missing directory
-    /// or bucket shows at the first request.
+    /// Opens the backend at this location, every request under `timeouts`. Nothing
+    /// is read yet: a missing directory or bucket shows at the first request.
     ///
     /// Errors: `InvalidInput` or `Unavailable` when the S3 client cannot be set up.
-    pub async fn connect(&self, s3_options: &s3::S3Options) -> Result<Arc<dyn Backend>> {
+    pub async fn connect(
+        &self,
+        s3_options: &s3::S3Options,
+        timeouts: deadline::IoTimeouts,
+    ) -> Result<Arc<dyn Backend>> {
         Ok(match self {
-            Location::Local(p) => Arc::new(local::LocalBackend::new(p.clone())),
-            Location::S3(url) => Arc::new(s3::S3Backend::connect(url, s3_options).await?),
+            Location::Local(p) => Arc::new(local::LocalBackend::with_timeouts(p.clone(), timeouts)),
+            Location::S3(url) => {
+                let opts = s3::S3Options {
+                    timeouts,
+                    ..s3_options.clone()
+                };
+                Arc::new(s3::S3Backend::connect(url, &opts).await?)
+            }
         })
     }
 }

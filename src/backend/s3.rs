@@ -16,22 +16,24 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use aws_config::BehaviorVersion;
-use aws_sdk_s3::config::retry::{RetryConfig, RetryPartition, TokenBucket};
+use aws_sdk_s3::config::retry::{ReconnectMode, RetryConfig, RetryPartition, TokenBucket};
 use aws_sdk_s3::config::timeout::TimeoutConfig;
-use aws_sdk_s3::config::Region;
+use aws_sdk_s3::config::{Region, StalledStreamProtectionConfig};
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::Client;
 use aws_smithy_http_client::tls;
 
+use super::deadline::{Breaker, IoTimeouts};
 use super::{Backend, ObjectStat};
 use crate::error::{Error, Result};
 
 /// Attempts per request (the first one included) once the endpoint has answered,
 /// unless AWS_MAX_ATTEMPTS says otherwise. The SDK's default of 3 gives up within a
 /// second of a connection reset; a backup that has run for an hour should ride out a
-/// restart of the store or a load balancer. With [`INITIAL_BACKOFF`] doubling per
-/// attempt and full jitter, 8 attempts wait up to ~32 s (~16 s on average).
+/// restart of the store or a load balancer. The backoff doubles per attempt from
+/// T/120 with full jitter, and all attempts together stay within the operation
+/// deadline (see [`super::deadline`]).
 const MAX_ATTEMPTS: u32 = 8;
 
 /// Attempts per request before the endpoint has answered anything. An endpoint that
@@ -39,26 +41,12 @@ const MAX_ATTEMPTS: u32 = 8;
 /// person who typed it should hear so in a second, not after half a minute.
 const FIRST_CONTACT_ATTEMPTS: u32 = 3;
 
-/// The first retry waits up to this long; each further one up to twice as long.
-const INITIAL_BACKOFF: Duration = Duration::from_millis(250);
-
-/// No single retry waits longer than this.
-const MAX_BACKOFF: Duration = Duration::from_secs(20);
-
 /// Retry tokens for this process. The SDK spends 14 per retry from a shared bucket of
 /// 500 and stops retrying when it is empty, a circuit breaker sized for a few requests
 /// at a time: with 16 chunks in flight all failing at once, 500 tokens last one round
 /// of retries. This many let every request in flight use all its attempts, while a
 /// long outage still empties the bucket and fails fast from then on.
 const RETRY_TOKENS: usize = 5000;
-
-/// How long to wait for a TCP (and TLS) connection before counting the attempt failed.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// How long one attempt at one request may take. Objects are at most a few MiB
-/// (chunks are ≤ 1 MiB before compression, manifests are small), so two minutes means
-/// a stalled connection, not a slow upload.
-const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// Idle connections kept open to the endpoint. The write path keeps at most 16 chunks
 /// in flight (`store::writer`), each using one connection at a time, and readers
@@ -81,6 +69,8 @@ pub struct S3Options {
     pub region: Option<String>,
     /// An access key id and secret key, instead of the credential chain.
     pub static_credentials: Option<(String, String)>,
+    /// The deadlines of every request.
+    pub timeouts: IoTimeouts,
 }
 
 /// A repository in `s3://bucket/prefix`.
@@ -97,6 +87,9 @@ pub struct S3Backend {
     max_attempts: u32,
     /// Whether the endpoint has answered anything yet (see [`FIRST_CONTACT_ATTEMPTS`]).
     reached: Arc<AtomicBool>,
+    timeouts: IoTimeouts,
+    /// Open for a moment after the endpoint stopped answering.
+    breaker: Breaker,
 }
 
 /// Splits `s3://bucket/optional/prefix` into the bucket and the prefix (empty, or
@@ -171,6 +164,22 @@ fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
     last.to_string()
 }
 
+/// Which deadline fired, as the SDK words it ("HTTP read timeout occurred after
+/// 30s"), rather than its innermost "timed out".
+fn timeout_cause(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut found = None;
+    let mut cur: Option<&dyn std::error::Error> = Some(e);
+    while let Some(c) = cur {
+        let text = c.to_string();
+        if text.contains("timeout occurred after") || text.contains("minimum throughput") {
+            found = Some(text);
+        }
+        cur = c.source();
+    }
+    let why = found.unwrap_or_else(|| "timed out".into());
+    format!("{why} (gave up after retrying)")
+}
+
 fn chain_mentions(e: &(dyn std::error::Error + 'static), needle: &str) -> bool {
     let mut cur: Option<&dyn std::error::Error> = Some(e);
     while let Some(c) = cur {
@@ -210,6 +219,11 @@ where
                         .get("x-amz-bucket-region")
                         .map(str::to_string),
                 }
+            } else if chain_mentions(err, "minimum throughput") {
+                Failure::Transport {
+                    timeout: true,
+                    cause: "the answer stopped coming (no byte within the stall limit)".into(),
+                }
             } else {
                 Failure::Transport {
                     timeout: false,
@@ -219,7 +233,7 @@ where
         }
         SdkError::TimeoutError(_) => Failure::Transport {
             timeout: true,
-            cause: "timed out".into(),
+            cause: timeout_cause(err),
         },
         SdkError::DispatchFailure(d) => {
             if chain_mentions(err, "credential") {
@@ -227,9 +241,14 @@ where
                     credentials: true,
                     cause: root_cause(err),
                 }
+            } else if d.is_timeout() {
+                Failure::Transport {
+                    timeout: true,
+                    cause: timeout_cause(err),
+                }
             } else {
                 Failure::Transport {
-                    timeout: d.is_timeout(),
+                    timeout: false,
                     cause: root_cause(err),
                 }
             }
@@ -309,10 +328,8 @@ fn describe(f: &Failure, c: &Ctx) -> Error {
         }
         Failure::Transport {
             timeout: true,
-            ..
-        } => format!(
-            "S3 endpoint {endpoint} did not answer in time to {action} {target} (gave up after retrying)"
-        ),
+            cause,
+        } => format!("S3 endpoint {endpoint} did not answer to {action} {target}: {cause}"),
         Failure::Transport { cause, .. } => format!(
             "Cannot reach S3 endpoint {endpoint} to {action} {target}: {cause} (gave up after retrying)"
         ),
@@ -387,11 +404,12 @@ fn describe(f: &Failure, c: &Ctx) -> Error {
 }
 
 /// A retry delay with full jitter, as the SDK's standard mode computes it: up to
-/// `INITIAL_BACKOFF * 2^(attempt-1)`, capped at [`MAX_BACKOFF`].
-fn backoff(attempt: u32) -> Duration {
-    let cap = INITIAL_BACKOFF
+/// `initial * 2^(attempt-1)`, capped at `max`.
+fn backoff(t: &IoTimeouts, attempt: u32) -> Duration {
+    let cap = t
+        .initial_backoff()
         .saturating_mul(1 << attempt.saturating_sub(1).min(16))
-        .min(MAX_BACKOFF);
+        .min(t.max_backoff());
     let r = u64::from_le_bytes(crate::crypto::random_bytes::<8>());
     cap.mul_f64((r >> 11) as f64 / (1u64 << 53) as f64)
 }
@@ -412,7 +430,7 @@ macro_rules! send {
             &res,
             Ok(_) | Err(SdkError::ServiceError(_)) | Err(SdkError::ResponseError(_))
         ) {
-            $self.reached.store(true, Ordering::Relaxed);
+            $self.answered();
         }
         res
     }};
@@ -463,19 +481,26 @@ impl S3Backend {
             }
         };
         let path_style = opts.path_style || endpoint_url.as_deref().is_some_and(needs_path_style);
+        let t = opts.timeouts;
         let mut retry = sdk
             .retry_config()
             .cloned()
             .unwrap_or_else(RetryConfig::standard)
-            .with_initial_backoff(INITIAL_BACKOFF)
-            .with_max_backoff(MAX_BACKOFF);
+            .with_initial_backoff(t.initial_backoff())
+            .with_max_backoff(t.max_backoff())
+            .with_reconnect_mode(ReconnectMode::ReconnectOnTransientError);
         if std::env::var_os("AWS_MAX_ATTEMPTS").is_none() {
             retry = retry.with_max_attempts(MAX_ATTEMPTS);
         }
         let max_attempts = retry.max_attempts().max(1);
+        // Connect covers DNS, TCP and TLS; read, the request going out and the first
+        // byte of the answer; stalled-stream protection, silence inside a download
+        // (which no other SDK timeout covers once send() has returned).
         let timeouts = TimeoutConfig::builder()
-            .connect_timeout(CONNECT_TIMEOUT)
-            .operation_attempt_timeout(ATTEMPT_TIMEOUT)
+            .connect_timeout(t.connect())
+            .read_timeout(t.first_byte())
+            .operation_attempt_timeout(t.attempt())
+            .operation_timeout(t.operation())
             .build();
         let mut conf = aws_sdk_s3::config::Builder::from(&sdk)
             .region(Region::new(region.clone()))
@@ -486,7 +511,12 @@ impl S3Backend {
                     .token_bucket(TokenBucket::builder().capacity(RETRY_TOKENS).build())
                     .build(),
             )
-            .timeout_config(timeouts);
+            .timeout_config(timeouts)
+            .stalled_stream_protection(
+                StalledStreamProtectionConfig::enabled()
+                    .grace_period(t.stall())
+                    .build(),
+            );
         if let Some(url) = &endpoint_url {
             conf = conf.endpoint_url(url);
         }
@@ -499,7 +529,42 @@ impl S3Backend {
             region,
             max_attempts,
             reached: Arc::new(AtomicBool::new(false)),
+            timeouts: t,
+            breaker: Breaker::new(t.down_for()),
         })
+    }
+
+    /// The endpoint answered (if only with an error): it is reachable.
+    fn answered(&self) {
+        self.reached.store(true, Ordering::Relaxed);
+        self.breaker.close();
+    }
+
+    /// Runs one call under the call deadline, refusing it at once while the endpoint
+    /// counts as down.
+    async fn bounded<T>(
+        &self,
+        action: &str,
+        key: &str,
+        call: impl std::future::Future<Output = Result<T>>,
+    ) -> Result<T> {
+        self.breaker
+            .check(&format!("to {action} {}", self.target(key)))?;
+        match tokio::time::timeout(self.timeouts.call(), call).await {
+            Ok(r) => r,
+            Err(_) => Err(self.describe(
+                action,
+                key,
+                &Failure::Transport {
+                    timeout: true,
+                    cause: format!(
+                        "no complete answer within {:?} (--io-timeout {:?})",
+                        self.timeouts.call(),
+                        self.timeouts.first_byte()
+                    ),
+                },
+            )),
+        }
     }
 
     /// The retry settings for requests before the endpoint has first answered.
@@ -507,8 +572,8 @@ impl S3Backend {
         aws_sdk_s3::config::Builder::default().retry_config(
             RetryConfig::standard()
                 .with_max_attempts(FIRST_CONTACT_ATTEMPTS.min(self.max_attempts))
-                .with_initial_backoff(INITIAL_BACKOFF)
-                .with_max_backoff(MAX_BACKOFF),
+                .with_initial_backoff(self.timeouts.initial_backoff())
+                .with_max_backoff(self.timeouts.max_backoff()),
         )
     }
 
@@ -552,7 +617,27 @@ impl S3Backend {
     }
 
     fn describe(&self, action: &str, key: &str, f: &Failure) -> Error {
-        describe(
+        // Silence is reported with the deadline that ended it, so the operator can
+        // tell a dead store from a tight --io-timeout.
+        let with_deadline;
+        let f = match f {
+            Failure::Transport {
+                timeout: true,
+                cause,
+            } if !cause.contains("--io-timeout") => {
+                with_deadline = Failure::Transport {
+                    timeout: true,
+                    cause: format!(
+                        "no answer within {:?} (--io-timeout {:?}): {cause}",
+                        self.timeouts.operation(),
+                        self.timeouts.first_byte()
+                    ),
+                };
+                &with_deadline
+            }
+            other => other,
+        };
+        let e = describe(
             f,
             &Ctx {
                 endpoint: &self.endpoint,
@@ -561,7 +646,11 @@ impl S3Backend {
                 action,
                 target: self.target(key),
             },
-        )
+        );
+        if matches!(f, Failure::Transport { .. }) {
+            self.breaker.trip(&e.to_string());
+        }
+        e
     }
 
     fn not_found(&self, key: &str) -> Error {
@@ -607,16 +696,9 @@ impl S3Backend {
     }
 }
 
-#[async_trait]
-impl Backend for S3Backend {
-    fn location(&self) -> String {
-        format!("s3://{}/{}", self.bucket, self.prefix.trim_end_matches('/'))
-            .trim_end_matches('/')
-            .to_string()
-    }
-
-    /// Creates the bucket when it does not exist yet.
-    async fn prepare_root(&self) -> Result<()> {
+impl S3Backend {
+    /// Creates the bucket when it does not exist yet (no deadline of its own).
+    async fn prepare_root_now(&self) -> Result<()> {
         let head = send!(self, self.client.head_bucket().bucket(&self.bucket));
         let f = match head {
             Ok(_) => return Ok(()),
@@ -656,7 +738,7 @@ impl Backend for S3Backend {
         }
     }
 
-    async fn put(&self, key: &str, data: Vec<u8>) -> Result<()> {
+    async fn put_now(&self, key: &str, data: Vec<u8>) -> Result<()> {
         send!(
             self,
             self.client
@@ -675,7 +757,7 @@ impl Backend for S3Backend {
     /// someone else had been first. So after an ambiguous failure a refusal is checked
     /// against the stored bytes, which are unique per caller (they carry random ids,
     /// salts or nonces).
-    async fn put_if_absent(&self, key: &str, data: Vec<u8>) -> Result<bool> {
+    async fn put_if_absent_now(&self, key: &str, data: Vec<u8>) -> Result<bool> {
         let single_attempt =
             aws_sdk_s3::config::Builder::default().retry_config(RetryConfig::disabled());
         let mut maybe_stored = false;
@@ -713,7 +795,7 @@ impl Backend for S3Backend {
                 // AWS: another conditional write to this key is in progress; ours did
                 // not happen, and asking again gets a definite answer.
                 (Some(409), "ConditionalRequestConflict") if attempt < self.attempts_allowed() => {
-                    tokio::time::sleep(backoff(attempt)).await;
+                    tokio::time::sleep(backoff(&self.timeouts, attempt)).await;
                     continue;
                 }
                 (Some(501), _) | (_, "NotImplemented") => {
@@ -731,18 +813,14 @@ impl Backend for S3Backend {
                     &f,
                     Failure::Transport { cause, .. } if cause.contains("refused")
                 );
-                tokio::time::sleep(backoff(attempt)).await;
+                tokio::time::sleep(backoff(&self.timeouts, attempt)).await;
                 continue;
             }
             return Err(self.describe("create", key, &f));
         }
     }
 
-    async fn get(&self, key: &str) -> Result<Vec<u8>> {
-        self.get_opt(key).await?.ok_or_else(|| self.not_found(key))
-    }
-
-    async fn exists(&self, key: &str) -> Result<bool> {
+    async fn exists_now(&self, key: &str) -> Result<bool> {
         match send!(
             self,
             self.client
@@ -764,20 +842,72 @@ impl Backend for S3Backend {
         }
     }
 
+    async fn delete_now(&self, key: &str) -> Result<()> {
+        send!(
+            self,
+            self.client
+                .delete_object()
+                .bucket(&self.bucket)
+                .key(self.full_key(key))
+        )
+        .map(|_| ())
+        .map_err(|e| self.fail("delete", key, &e))
+    }
+}
+
+#[async_trait]
+impl Backend for S3Backend {
+    fn location(&self) -> String {
+        format!("s3://{}/{}", self.bucket, self.prefix.trim_end_matches('/'))
+            .trim_end_matches('/')
+            .to_string()
+    }
+
+    /// Creates the bucket when it does not exist yet.
+    async fn prepare_root(&self) -> Result<()> {
+        self.bounded("check bucket", "", self.prepare_root_now())
+            .await
+    }
+
+    async fn put(&self, key: &str, data: Vec<u8>) -> Result<()> {
+        self.bounded("write", key, self.put_now(key, data)).await
+    }
+
+    async fn put_if_absent(&self, key: &str, data: Vec<u8>) -> Result<bool> {
+        self.bounded("create", key, self.put_if_absent_now(key, data))
+            .await
+    }
+
+    async fn get(&self, key: &str) -> Result<Vec<u8>> {
+        self.bounded("read", key, self.get_opt(key))
+            .await?
+            .ok_or_else(|| self.not_found(key))
+    }
+
+    async fn exists(&self, key: &str) -> Result<bool> {
+        self.bounded("check", key, self.exists_now(key)).await
+    }
     async fn list_stat(&self, prefix: &str) -> Result<Vec<ObjectStat>> {
         let mut out = Vec::new();
         let mut token: Option<String> = None;
         loop {
             // One page holds up to 1000 keys; the token continues where it ended.
-            let page = send!(
-                self,
-                self.client
-                    .list_objects_v2()
-                    .bucket(&self.bucket)
-                    .prefix(self.full_key(prefix))
-                    .set_continuation_token(token.clone())
-            )
-            .map_err(|e| self.fail("list", &format!("{prefix}*"), &e))?;
+            // Each page under its own deadline: a listing of a million keys takes
+            // minutes on a healthy store, and one page is all a frozen one gets.
+            let what = format!("{prefix}*");
+            let page = self
+                .bounded("list", &what, async {
+                    send!(
+                        self,
+                        self.client
+                            .list_objects_v2()
+                            .bucket(&self.bucket)
+                            .prefix(self.full_key(prefix))
+                            .set_continuation_token(token.clone())
+                    )
+                    .map_err(|e| self.fail("list", &what, &e))
+                })
+                .await?;
             for obj in page.contents() {
                 let Some(key) = obj.key().and_then(|k| k.strip_prefix(&self.prefix)) else {
                     continue;
@@ -810,15 +940,7 @@ impl Backend for S3Backend {
     }
 
     async fn delete(&self, key: &str) -> Result<()> {
-        send!(
-            self,
-            self.client
-                .delete_object()
-                .bucket(&self.bucket)
-                .key(self.full_key(key))
-        )
-        .map(|_| ())
-        .map_err(|e| self.fail("delete", key, &e))
+        self.bounded("delete", key, self.delete_now(key)).await
     }
 }
 
@@ -918,6 +1040,13 @@ mod tests {
                 },
                 "No usable S3 credentials",
             ),
+            (
+                Failure::Transport {
+                    timeout: true,
+                    cause: "HTTP read timeout occurred after 30s (gave up after retrying)".into(),
+                },
+                "S3 endpoint https://s3.us-east-1.amazonaws.com did not answer to read s3://bk/p/config: HTTP read timeout occurred after 30s",
+            ),
         ];
         for (f, want) in cases {
             let e = describe(&f, &ctx());
@@ -931,11 +1060,12 @@ mod tests {
 
     #[test]
     fn backoff_grows_and_is_capped() {
+        let t = IoTimeouts::default();
         for a in 1..40 {
-            let d = backoff(a);
-            assert!(d <= MAX_BACKOFF, "{d:?}");
+            let d = backoff(&t, a);
+            assert!(d <= t.max_backoff(), "{d:?}");
         }
-        assert!(backoff(1) <= INITIAL_BACKOFF);
-        assert!(backoff(2) <= INITIAL_BACKOFF * 2);
+        assert!(backoff(&t, 1) <= t.initial_backoff());
+        assert!(backoff(&t, 2) <= t.initial_backoff() * 2);
     }
 }

@@ -6,6 +6,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use clap::Args;
 
+use crate::backend::deadline::IoTimeouts;
 use crate::pg::ConnectOptions;
 
 /// Where the PostgreSQL server is, as pg_dump takes it; what is not given comes from
@@ -61,6 +62,12 @@ pub fn size(s: &str) -> Result<u64, String> {
 /// A duration such as `30d` or `10m` (see [`crate::time::parse_duration`]).
 pub fn duration(s: &str) -> Result<Duration, String> {
     crate::time::parse_duration(s).map_err(|e| e.to_string())
+}
+
+/// The `--io-timeout` setting: a duration in range.
+pub fn io_timeout(s: &str) -> Result<IoTimeouts, String> {
+    let d = crate::time::parse_duration(s).map_err(|e| e.to_string())?;
+    IoTimeouts::new(d).map_err(|e| e.to_string())
 }
 
 /// A point in time (see [`crate::time::parse_time`]).

@@ -28,6 +28,7 @@ use std::sync::Arc;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::backend::deadline::IoTimeouts;
 use crate::backend::s3::S3Options;
 use crate::backend::Location;
 use crate::error::{Error, ErrorKind, Result};
@@ -77,6 +78,19 @@ pub struct GlobalArgs {
         value_parser = clap::builder::BoolishValueParser::new()
     )]
     pub s3_path_style: bool,
+
+    /// How long to wait for the store's first byte before counting a request failed;
+    /// connect, stall, retry and call deadlines scale from it (see the README). With the
+    /// default 30s no command waits more than 2 minutes on a store that does not answer
+    #[arg(
+        long,
+        env = "PGVAULT_IO_TIMEOUT",
+        global = true,
+        value_name = "DURATION",
+        default_value = "30s",
+        value_parser = args::io_timeout
+    )]
+    pub io_timeout: IoTimeouts,
 
     /// More log output on stderr (repeat for more)
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
@@ -245,6 +259,7 @@ fn access_with(g: &GlobalArgs, passphrase: String) -> Result<RepoAccess> {
     Ok(RepoAccess {
         location: location(g)?,
         s3: s3_options(g),
+        timeouts: g.io_timeout,
         passphrase,
         cache_root: crate::store::cache::default_root()?,
     })
@@ -264,7 +279,7 @@ pub(crate) fn access(g: &GlobalArgs) -> Result<RepoAccess> {
 ///
 /// Errors: as [`access`] and [`RepoAccess::open`].
 pub(crate) async fn open_repo(g: &GlobalArgs) -> Result<Repository> {
-    crate::ops::require_repository_dir(&location(g)?)?;
+    crate::ops::require_repository_dir(&location(g)?, g.io_timeout).await?;
     access(g)?.open().await
 }
 

@@ -306,6 +306,16 @@ fn print_status(r: &StatusReport) {
             _ => println!("WAL timeline {}: no segments", w.timeline),
         }
     }
+    let a = &r.wal_archiving;
+    if let Some(f) = &a.last_failure {
+        println!(
+            "WAL archiving {}: wal-push of {} failed at {}: {}",
+            if a.failing { "FAILING" } else { "recovered" },
+            f.name,
+            rfc3339(&f.time),
+            f.error
+        );
+    }
     if let Some(c) = &r.last_check {
         println!(
             "Last check ({}) at {}: {}",

@@ -85,8 +85,7 @@ fn parse_lsn(s: &str) -> std::result::Result<Lsn, String> {
 pub async fn push(g: &GlobalArgs, a: &WalPushArgs) -> Result<()> {
     // A bad path is refused before the repository is opened.
     let name = crate::ops::wal::wal_file_name(&a.path)?;
-    let repo = open_repo(g).await?;
-    match crate::ops::wal::push(&repo, &a.path, a.lock_wait).await? {
+    match crate::ops::wal::push(&super::access(g)?, &a.path, a.lock_wait).await? {
         WalPushOutcome::Stored => tracing::info!("Archived {name}"),
         WalPushOutcome::AlreadyArchived => {
             tracing::info!("{name} was archived already with the same content")

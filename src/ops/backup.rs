@@ -16,7 +16,7 @@ use crate::pg::basebackup::{pg_basebackup, BaseTarInspector};
 use crate::pg::{pg_dump, ConnectOptions, DumpStreamInspector};
 use crate::store::lock::{LockGuard, LockKind};
 use crate::store::manifest::{SnapshotKind, SnapshotManifest};
-use crate::store::records::{spool, BackupAttempt};
+use crate::store::records::BackupAttempt;
 use crate::store::writer::{Progress, SnapshotMeta, StreamInspector};
 use crate::store::Repository;
 
@@ -97,27 +97,7 @@ pub async fn backup(
         attempt.size_bytes = m.size_bytes;
         attempt.bytes_stored_new = m.stats.bytes_stored_new;
     }
-    match &opened {
-        Some(repo) => {
-            repo.record_or_spool(&attempt).await;
-            repo.flush_spool().await;
-        }
-        None => {
-            // Keyed by the location as the backend spells it, so that the next
-            // command that opens the repository finds it.
-            let location = match access.backend().await {
-                Ok(b) => b.location(),
-                Err(_) => access.location.to_string(),
-            };
-            match spool(&access.cache_root, &location, &attempt) {
-                Ok(p) => tracing::info!(
-                    "Backup attempt kept in {} for the next command",
-                    p.display()
-                ),
-                Err(e) => tracing::warn!("Cannot record the backup attempt: {e}"),
-            }
-        }
-    }
+    super::record_or_spool(access, opened.as_ref(), &attempt).await;
     let manifest = result?;
     let repo = opened.expect("a successful backup opened the repository");
     let previous = previous_change(&repo, &manifest, threshold).await;

@@ -28,9 +28,12 @@ pub mod wal;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use crate::backend::deadline::IoTimeouts;
+use crate::backend::local::LocalBackend;
 use crate::backend::s3::S3Options;
 use crate::backend::{Backend, Location};
 use crate::error::{Error, Result};
+use crate::store::records::{spool, Record};
 use crate::store::{InitOptions, Repository};
 
 /// Everything needed to reach a repository: where it is, how to talk to S3, the
@@ -39,6 +42,8 @@ use crate::store::{InitOptions, Repository};
 pub struct RepoAccess {
     pub location: Location,
     pub s3: S3Options,
+    /// The deadlines of every request to the store.
+    pub timeouts: IoTimeouts,
     pub passphrase: String,
     pub cache_root: PathBuf,
 }
@@ -48,7 +53,7 @@ impl RepoAccess {
     ///
     /// Errors: as [`Location::connect`].
     pub async fn backend(&self) -> Result<Arc<dyn Backend>> {
-        self.location.connect(&self.s3).await
+        self.location.connect(&self.s3, self.timeouts).await
     }
 
     /// Opens the repository.
@@ -56,7 +61,7 @@ impl RepoAccess {
     /// Errors: `NotFound` when there is no repository there (a local directory that
     /// does not exist is named as such); otherwise as [`Repository::open`].
     pub async fn open(&self) -> Result<Repository> {
-        require_repository_dir(&self.location)?;
+        require_repository_dir(&self.location, self.timeouts).await?;
         let backend = self.backend().await?;
         Repository::open(backend, self.passphrase.as_bytes(), &self.cache_root).await
     }
@@ -70,18 +75,53 @@ impl RepoAccess {
     }
 }
 
+/// Keeps `record` in the repository when it is open, else in this machine's spool for
+/// the next command that reaches the repository. Never fails: a record describes an
+/// outcome and must not change it.
+pub(crate) async fn record_or_spool<R: Record>(
+    access: &RepoAccess,
+    repo: Option<&Repository>,
+    record: &R,
+) {
+    match repo {
+        Some(repo) => {
+            repo.record_or_spool(record).await;
+            repo.flush_spool().await;
+        }
+        None => {
+            // Keyed by the location as the backend spells it, so that the next
+            // command that opens the repository finds it.
+            let location = match access.backend().await {
+                Ok(b) => b.location(),
+                Err(_) => access.location.to_string(),
+            };
+            match spool(&access.cache_root, &location, record) {
+                Ok(p) => tracing::info!("Record kept in {} for the next command", p.display()),
+                Err(e) => tracing::warn!("Cannot record the outcome: {e}"),
+            }
+        }
+    }
+}
+
 /// Refuses a local repository directory that does not exist, before anything else
 /// (a passphrase prompt, say) is asked for.
 ///
-/// Errors: `NotFound` naming the directory.
-pub fn require_repository_dir(location: &Location) -> Result<()> {
-    match location {
-        Location::Local(root) if !root.exists() => Err(Error::NotFound {
-            what: "Repository directory".into(),
-            location: format!("{}; run `pgvault init` to create one", root.display()),
-        }),
-        _ => Ok(()),
+/// Errors: `NotFound` naming the directory; `Unavailable` when its file system does
+/// not answer within the deadline.
+pub async fn require_repository_dir(location: &Location, timeouts: IoTimeouts) -> Result<()> {
+    let Location::Local(root) = location else {
+        return Ok(());
+    };
+    if LocalBackend::with_timeouts(root.clone(), timeouts)
+        .root_exists()
+        .await?
+    {
+        return Ok(());
     }
+    Err(Error::NotFound {
+        what: "Repository directory".into(),
+        location: format!("{}; run `pgvault init` to create one", root.display()),
+    })
 }
 
 #[cfg(test)]

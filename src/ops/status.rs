@@ -12,7 +12,7 @@ use serde::Serialize;
 
 use crate::error::Result;
 use crate::store::manifest::SnapshotKind;
-use crate::store::records::{BackupAttempt, CheckRecord, DrillRecord};
+use crate::store::records::{BackupAttempt, CheckRecord, DrillRecord, WalPushFailure};
 use crate::store::Repository;
 
 /// How far back the success rate looks.
@@ -79,6 +79,17 @@ pub struct WalStatus {
     pub lag_seconds: Option<f64>,
 }
 
+/// Whether WAL archiving works: failed pushes against the newest archived file.
+#[derive(Debug, Clone, Serialize)]
+pub struct WalArchiving {
+    /// The newest failed `wal-push`, if any.
+    pub last_failure: Option<WalPushFailure>,
+    /// Failed pushes ever recorded.
+    pub failures_total: usize,
+    /// Whether the newest push failed: no WAL file was archived after it.
+    pub failing: bool,
+}
+
 /// The repository as a whole.
 #[derive(Debug, Clone, Serialize)]
 pub struct RepoSize {
@@ -103,6 +114,7 @@ pub struct StatusReport {
     pub repository: RepoSize,
     pub backups: Vec<BackupStatus>,
     pub wal: Vec<WalStatus>,
+    pub wal_archiving: WalArchiving,
     pub last_check: Option<CheckRecord>,
 }
 
@@ -148,6 +160,7 @@ pub async fn status(repo: &Repository, threshold: f64) -> Result<StatusReport> {
     let attempts: Vec<BackupAttempt> = repo.records().await?;
     let drills: Vec<DrillRecord> = repo.records().await?;
     let checks: Vec<CheckRecord> = repo.records().await?;
+    let wal_failures: Vec<WalPushFailure> = repo.records().await?;
     let catalog = repo.wal_catalog().await?;
     let objects = repo.backend().list("").await?;
 
@@ -292,6 +305,15 @@ pub async fn status(repo: &Repository, threshold: f64) -> Result<StatusReport> {
             dedup_ratio: (chunk_bytes > 0).then(|| logical_bytes as f64 / chunk_bytes as f64),
         },
         backups: rows.into_values().collect(),
+        wal_archiving: WalArchiving {
+            failing: wal_failures.last().is_some_and(|f| {
+                wal.iter()
+                    .filter_map(|w| w.newest_archived)
+                    .all(|t| t < f.time)
+            }),
+            failures_total: wal_failures.len(),
+            last_failure: wal_failures.last().cloned(),
+        },
         wal,
         last_check: checks.last().cloned(),
     })
@@ -539,6 +561,32 @@ pub fn render_prometheus(r: &StatusReport) -> String {
         for w in &r.wal {
             let tl = format!("{:08X}", w.timeline);
             f.sample(name, &[("timeline", &tl)], w.segments as f64);
+        }
+    }
+    let a = &r.wal_archiving;
+    if let Some(f) = &a.last_failure {
+        let wal: &[(&str, &str, &str, f64)] = &[
+            (
+                "pgvault_wal_push_failing",
+                "gauge",
+                "1 if the newest wal-push failed and no WAL file was archived since",
+                f64::from(u8::from(a.failing)),
+            ),
+            (
+                "pgvault_wal_push_last_failure_timestamp_seconds",
+                "gauge",
+                "When the newest failed wal-push ran, in seconds since the epoch",
+                ts(&f.time),
+            ),
+            (
+                "pgvault_wal_push_failures_total",
+                "counter",
+                "Failed wal-push runs recorded in the repository",
+                a.failures_total as f64,
+            ),
+        ];
+        for (name, kind, help, v) in wal {
+            Family::new(&mut out, name, kind, help).sample(name, &[], *v);
         }
     }
     if let Some(c) = &r.last_check {

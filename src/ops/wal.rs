@@ -4,24 +4,61 @@
 use std::path::Path;
 use std::time::Duration;
 
+use super::RepoAccess;
 use crate::error::{Error, ErrorKind, Result};
 use crate::store::lock::LockKind;
+use crate::store::records::WalPushFailure;
 use crate::store::wal::{WalCatalog, WalPushOutcome};
 use crate::store::Repository;
 use crate::wal_name::WalFileKind;
 
 /// Archives the WAL file at `path` under its own file name. Returns only once the
-/// file and its manifest are durable.
+/// file and its manifest are durable. A failure is recorded (in the repository, or
+/// spooled here while it cannot be reached), so that `status` and `metrics` show
+/// archiving as failing, with the cause.
 ///
 /// Errors: `InvalidInput` for a file that is not a WAL file; `AlreadyExists` for a
 /// different file under an archived name; `Locked` when a prune holds the repository
 /// past `lock_wait`; I/O and backend errors.
-pub async fn push(repo: &Repository, path: &Path, lock_wait: Duration) -> Result<WalPushOutcome> {
+pub async fn push(access: &RepoAccess, path: &Path, lock_wait: Duration) -> Result<WalPushOutcome> {
     let name = wal_file_name(path)?;
+    let time = chrono::Utc::now();
+    let mut opened = None;
+    let result = async {
+        let repo = access.open().await?;
+        opened = Some(repo.clone());
+        push_opened(&repo, path, &name, lock_wait).await
+    }
+    .await;
+    match &result {
+        Ok(_) => {
+            if let Some(repo) = &opened {
+                repo.flush_spool().await;
+            }
+        }
+        Err(e) => {
+            let failure = WalPushFailure {
+                time,
+                name,
+                error: e.to_string(),
+                hostname: crate::host::hostname(),
+            };
+            super::record_or_spool(access, opened.as_ref(), &failure).await;
+        }
+    }
+    result
+}
+
+async fn push_opened(
+    repo: &Repository,
+    path: &Path,
+    name: &str,
+    lock_wait: Duration,
+) -> Result<WalPushOutcome> {
     let data = std::fs::read(path).map_err(|e| Error::io_path("read", path, e))?;
     // A prune must not delete a chunk this push found already stored and reused.
     let lock = repo.lock(LockKind::Shared, "wal-push", lock_wait).await?;
-    let pushed = match repo.wal_push(&name, data).await {
+    let pushed = match repo.wal_push(name, data).await {
         Ok(p) => lock.ensure_held().await.map(|()| p),
         Err(e) => Err(e),
     };

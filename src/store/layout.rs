@@ -9,7 +9,8 @@
 //! wal/<timeline>/<name>       one archived WAL file's manifest
 //! locks/<id>                  a shared or exclusive lock
 //! prunes/<time>-<random>      left by prune before it deletes (see `sync`)
-//! attempts/, drills/, checks/ history records (see `records`)
+//! attempts/, drills/, checks/, wal-failures/
+//!                             history records (see `records`)
 //! ```
 
 use crate::crypto::ChunkId;
@@ -34,6 +35,8 @@ pub const ATTEMPTS: &str = "attempts/";
 pub const DRILLS: &str = "drills/";
 /// Data check records.
 pub const CHECKS: &str = "checks/";
+/// Records of failed WAL pushes.
+pub const WAL_FAILURES: &str = "wal-failures/";
 /// The short-lived object `init` writes twice to learn whether the store honours
 /// conditional creates.
 pub const CONDITIONAL_WRITE_PROBE: &str = "probe-conditional-write-";

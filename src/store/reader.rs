@@ -208,7 +208,7 @@ impl FileReader {
             .repo
             .load_chunk(&r.id, Some(r.len as usize))
             .await
-            .map_err(|e| name_owner(&self.what, e))?;
+            .map_err(|e| name_owner(&self.what, &r.id, e))?;
         if data.len() != r.len as usize {
             return Err(Error::Corrupt(format!(
                 "Chunk {} of {} has {} bytes, its manifest says {}",
@@ -279,13 +279,16 @@ impl FileReader {
 
 /// Adds the file a chunk belongs to (a snapshot, a WAL file) to a chunk error, so
 /// the reader learns which backup is hit.
-fn name_owner(owner: &str, e: Error) -> Error {
+fn name_owner(owner: &str, id: &ChunkId, e: Error) -> Error {
     match e {
         Error::Corrupt(m) => Error::Corrupt(format!("{m} (in {owner})")),
         Error::NotFound { what, location } => Error::NotFound {
             what: format!("{what} of {owner}"),
             location,
         },
+        Error::Unavailable(m) => {
+            Error::Unavailable(format!("{m} (reading chunk {} of {owner})", id.to_hex()))
+        }
         other => other,
     }
 }
@@ -314,7 +317,7 @@ impl Repository {
                 pending.push_back(tokio::spawn(async move {
                     repo.load_chunk(&r.id, Some(r.len as usize))
                         .await
-                        .map_err(|e| name_owner(&format!("snapshot {snap}"), e))
+                        .map_err(|e| name_owner(&format!("snapshot {snap}"), &r.id, e))
                 }));
                 next += 1;
             }

@@ -33,6 +33,8 @@ pub enum RecordKind {
     Drill,
     /// A repository check: `checks/`.
     Check,
+    /// A failed `wal-push`: `wal-failures/`. Successes are the archive itself.
+    WalFailure,
 }
 
 impl RecordKind {
@@ -42,19 +44,25 @@ impl RecordKind {
             RecordKind::Attempt => layout::ATTEMPTS,
             RecordKind::Drill => layout::DRILLS,
             RecordKind::Check => layout::CHECKS,
+            RecordKind::WalFailure => layout::WAL_FAILURES,
         }
     }
 
     fn from_spool_name(name: &str) -> Option<(RecordKind, &str)> {
-        [RecordKind::Attempt, RecordKind::Drill, RecordKind::Check]
-            .into_iter()
-            .find_map(|k| {
-                let p = k.prefix().trim_end_matches('/');
-                name.strip_prefix(p)?
-                    .strip_prefix("--")
-                    .and_then(|rest| rest.strip_suffix(".json"))
-                    .map(|rest| (k, rest))
-            })
+        [
+            RecordKind::Attempt,
+            RecordKind::Drill,
+            RecordKind::Check,
+            RecordKind::WalFailure,
+        ]
+        .into_iter()
+        .find_map(|k| {
+            let p = k.prefix().trim_end_matches('/');
+            name.strip_prefix(p)?
+                .strip_prefix("--")
+                .and_then(|rest| rest.strip_suffix(".json"))
+                .map(|rest| (k, rest))
+        })
     }
 }
 
@@ -159,6 +167,24 @@ pub struct CheckRecord {
     pub chunks_read: u64,
     pub duration_seconds: f64,
     pub hostname: String,
+}
+
+/// One `wal-push` that failed: PostgreSQL retries it, and until a retry succeeds the
+/// archive falls behind, which `status` and `metrics` must tell.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct WalPushFailure {
+    pub time: chrono::DateTime<chrono::Utc>,
+    /// The WAL file's name.
+    pub name: String,
+    pub error: String,
+    pub hostname: String,
+}
+
+impl Record for WalPushFailure {
+    const KIND: RecordKind = RecordKind::WalFailure;
+    fn time(&self) -> chrono::DateTime<chrono::Utc> {
+        self.time
+    }
 }
 
 impl Record for CheckRecord {

@@ -18,3 +18,12 @@ pub fn succeeded(out: std::process::Output, what: &str) -> std::process::Output 
     );
     out
 }
+
+/// Sends a signal to a process with kill(1) (tests stay free of unsafe code too);
+/// returns whether it was delivered.
+pub fn signal(pid: u32, sig: &str) -> bool {
+    std::process::Command::new("kill")
+        .args([&format!("-{sig}"), &pid.to_string()])
+        .status()
+        .is_ok_and(|s| s.success())
+}

@@ -29,13 +29,6 @@ fn fusermount(args: &[&str], path: &Path) {
         .status();
 }
 
-/// Sends a signal to a process with kill(1) (tests stay free of unsafe code too).
-pub fn signal(pid: u32, sig: &str) {
-    let _ = std::process::Command::new("kill")
-        .args([&format!("-{sig}"), &pid.to_string()])
-        .status();
-}
-
 /// A running `pgvault mount`. Dropping it unmounts (fusermount3 -u, then -uz) and
 /// kills the process.
 pub struct Mount {

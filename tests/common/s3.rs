@@ -179,6 +179,7 @@ impl S3Server {
             endpoint_url: Some(self.endpoint()),
             region: Some(REGION.to_string()),
             static_credentials: Some((ACCESS_KEY.to_string(), SECRET_KEY.to_string())),
+            timeouts: Default::default(),
         }
     }
 
@@ -260,6 +261,30 @@ impl S3Server {
     pub fn is_running(&self) -> bool {
         let mut guard = self.child.lock().unwrap_or_else(|e| e.into_inner());
         matches!(guard.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
+    }
+
+    /// The server's process id, from this fixture's own child (never looked up by
+    /// name: other servers may be running).
+    pub fn pid(&self) -> u32 {
+        let guard = self.child.lock().unwrap_or_else(|e| e.into_inner());
+        guard.as_ref().expect("the server is running").id()
+    }
+
+    /// Freezes the server (SIGSTOP): the kernel still accepts connections, and
+    /// nothing ever answers them, as in a network partition or a hung load balancer.
+    pub fn freeze(&self) {
+        assert!(
+            super::signal(self.pid(), "STOP"),
+            "cannot stop the S3 server"
+        );
+    }
+
+    /// Resumes a frozen server (SIGCONT).
+    pub fn thaw(&self) {
+        assert!(
+            super::signal(self.pid(), "CONT"),
+            "cannot resume the S3 server"
+        );
     }
 
     /// Kills the server at once (SIGKILL), as a crash or a pulled cable would.

@@ -8,6 +8,8 @@ use aes_gcm::aead::{Aead, KeyInit, Payload};
 use aes_gcm::{Aes256Gcm, Nonce};
 use serde::{Deserialize, Serialize};
 
+use zeroize::Zeroizing;
+
 use crate::error::{Error, Result};
 
 const NONCE_LEN: usize = 12;
@@ -71,8 +73,9 @@ pub fn random_bytes<const N: usize>() -> [u8; N] {
     b
 }
 
-/// The repository's secrets: one key for sealing, one for chunk ids.
-#[derive(Clone)]
+/// The repository's secrets: one key for sealing, one for chunk ids. Wiped from
+/// memory when dropped.
+#[derive(Clone, zeroize::Zeroize, zeroize::ZeroizeOnDrop)]
 pub struct MasterKey {
     seal_key: [u8; 32],
     id_key: [u8; 32],
@@ -115,8 +118,28 @@ impl MasterKey {
         })
     }
 
-    fn to_bytes(&self) -> Vec<u8> {
-        let mut v = self.seal_key.to_vec();
+    /// A key for one purpose, derived from the master key (blake3's KDF mode), so
+    /// that no two uses share a key.
+    fn derived(&self, purpose: &str) -> Zeroizing<[u8; 32]> {
+        Zeroizing::new(blake3::derive_key(purpose, &self.to_bytes()))
+    }
+
+    /// The tag that authenticates the repository's config object.
+    pub fn config_tag(&self, config: &[u8]) -> blake3::Hash {
+        blake3::keyed_hash(
+            &self.derived("pgvault 2026-11 config authentication"),
+            config,
+        )
+    }
+
+    /// The key that maps similarity-sketch features, so that the local index (which
+    /// holds them in the clear) says nothing about content to whoever reads it.
+    pub fn sketch_key(&self) -> Zeroizing<[u8; 32]> {
+        self.derived("pgvault 2026-11 similarity sketch features")
+    }
+
+    fn to_bytes(&self) -> Zeroizing<Vec<u8>> {
+        let mut v = Zeroizing::new(self.seal_key.to_vec());
         v.extend_from_slice(&self.id_key);
         v
     }
@@ -170,6 +193,39 @@ pub struct KdfParams {
     pub parallelism: u32,
 }
 
+impl KdfParams {
+    /// The largest costs a key file may ask for: a hostile key file must not make
+    /// opening the repository take all memory (4 GiB) or hours.
+    pub const MAX_MEMORY_KIB: u32 = 4 << 20;
+    /// See [`KdfParams::MAX_MEMORY_KIB`].
+    pub const MAX_ITERATIONS: u32 = 64;
+    /// See [`KdfParams::MAX_MEMORY_KIB`].
+    pub const MAX_PARALLELISM: u32 = 64;
+
+    /// Checks the costs against argon2's minimums and pgvault's maximums.
+    ///
+    /// Errors: `Corrupt` naming the parameter out of range.
+    pub fn check(&self) -> Result<()> {
+        let ok = (8..=Self::MAX_MEMORY_KIB).contains(&self.memory_kib)
+            && (1..=Self::MAX_ITERATIONS).contains(&self.iterations)
+            && (1..=Self::MAX_PARALLELISM).contains(&self.parallelism)
+            && self.memory_kib >= 8 * self.parallelism;
+        if ok {
+            Ok(())
+        } else {
+            Err(Error::Corrupt(format!(
+                "Key derivation costs {} KiB, {} passes, {} lanes are out of range (at most {} KiB, {} passes, {} lanes)",
+                self.memory_kib,
+                self.iterations,
+                self.parallelism,
+                Self::MAX_MEMORY_KIB,
+                Self::MAX_ITERATIONS,
+                Self::MAX_PARALLELISM
+            )))
+        }
+    }
+}
+
 impl Default for KdfParams {
     /// 64 MiB and 3 passes: about half a second here, which is paid once per command.
     fn default() -> Self {
@@ -196,13 +252,14 @@ pub struct KeyFile {
 
 const KEYFILE_AAD: &[u8] = b"pgvault keyfile v1";
 
-fn derive(passphrase: &[u8], salt: &[u8], p: KdfParams) -> Result<[u8; 32]> {
+fn derive(passphrase: &[u8], salt: &[u8], p: KdfParams) -> Result<Zeroizing<[u8; 32]>> {
+    p.check()?;
     let params = argon2::Params::new(p.memory_kib, p.iterations, p.parallelism, Some(32))
         .map_err(|e| Error::Corrupt(format!("Invalid key derivation parameters: {e}")))?;
     let argon = argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params);
-    let mut out = [0u8; 32];
+    let mut out = Zeroizing::new([0u8; 32]);
     argon
-        .hash_password_into(passphrase, salt, &mut out)
+        .hash_password_into(passphrase, salt, out.as_mut())
         .map_err(|e| Error::Corrupt(format!("Key derivation failed: {e}")))?;
     Ok(out)
 }
@@ -236,6 +293,7 @@ impl KeyFile {
         }
         let kek = derive(passphrase, &self.salt, self.kdf_params)?;
         Ok(open_with(&kek, &self.sealed_master_key, KEYFILE_AAD)
+            .map(Zeroizing::new)
             .and_then(|b| MasterKey::from_bytes(&b)))
     }
 }

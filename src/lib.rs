@@ -28,6 +28,8 @@ pub mod cli;
 pub mod crypto;
 pub mod error;
 pub mod fuse;
+#[doc(hidden)]
+pub mod fuzz;
 pub mod host;
 pub mod index;
 pub mod ops;

@@ -49,6 +49,22 @@ const fn splitmix64(x: u64) -> u64 {
 pub struct Sketch(pub Vec<u64>);
 
 impl Sketch {
+    /// The sketch with each feature mapped through a keyed hash: equal features stay
+    /// equal, so similar chunks still find each other, but without `key` nobody can
+    /// tell from a sketch whether a chunk holds some guessed content.
+    pub fn keyed(self, key: &[u8; 32]) -> Sketch {
+        let mut out: Vec<u64> = self
+            .0
+            .iter()
+            .map(|f| {
+                let h = blake3::keyed_hash(key, &f.to_le_bytes());
+                u64::from_le_bytes(h.as_bytes()[..8].try_into().expect("8 bytes"))
+            })
+            .collect();
+        out.sort_unstable();
+        Sketch(out)
+    }
+
     /// Sketches a chunk's plaintext.
     pub fn of(data: &[u8]) -> Sketch {
         let mut best = [u64::MAX; FEATURES];

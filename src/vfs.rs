@@ -43,6 +43,7 @@ use crate::store::reader::{ChunkCache, FileReader};
 use crate::store::wal::WalManifest;
 use crate::store::{Repository, SnapshotManifest};
 use crate::time::rfc3339;
+use crate::wal_name::WalFileKind;
 
 /// An inode number; [`ROOT`] is the mount's root directory.
 pub type Ino = u64;
@@ -67,6 +68,14 @@ const PREFETCH_BYTES: u64 = 8 << 20;
 /// they may arrive slightly out of order.
 const SEQUENTIAL_SLACK: u64 = 2 << 20;
 
+/// Every file's permission bits: read for the owner and group the mount gives
+/// (`--uid`, `--gid`, e.g. postgres), nothing for anyone else. Backups hold every row
+/// of every table.
+pub const FILE_MODE: u16 = 0o440;
+
+/// Every directory's permission bits; see [`FILE_MODE`].
+pub const DIR_MODE: u16 = 0o550;
+
 /// The name of every backup point's manifest file.
 pub const MANIFEST_FILE: &str = "manifest.json";
 
@@ -85,7 +94,7 @@ pub struct Attr {
     pub kind: NodeKind,
     pub size_bytes: u64,
     pub mtime: SystemTime,
-    /// Permission bits: 0555 for directories, 0444 for files, 0777 for symlinks.
+    /// Permission bits: [`DIR_MODE`], [`FILE_MODE`], 0777 for symlinks.
     pub perm: u16,
     /// How long the kernel may cache these attributes.
     pub ttl: Duration,
@@ -305,6 +314,11 @@ fn describe(node: &Node) -> String {
     }
 }
 
+/// Whether a name is a whole snapshot id (64 hex digits).
+fn is_full_id(name: &str) -> bool {
+    name.len() == 64 && name.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
 /// Parses an `at/` name: any time `pgvault restore --target-time` takes.
 fn parse_at(name: &str) -> Option<DateTime<Utc>> {
     crate::time::parse_time(name).ok()
@@ -400,7 +414,7 @@ fn dir_attr(ino: Ino, mtime: SystemTime, ttl: Duration) -> Attr {
         kind: NodeKind::Dir,
         size_bytes: 0,
         mtime,
-        perm: 0o555,
+        perm: DIR_MODE,
         ttl,
     }
 }
@@ -553,6 +567,18 @@ impl Vfs {
                 self.inner.repo.location()
             );
             *self.inner.last_refresh.lock().expect("refresh lock") = Instant::now();
+        }
+        self.tree()
+    }
+
+    /// The tree reloaded now, whatever its age (a failed reload keeps the old one).
+    async fn reloaded_tree(&self) -> Arc<Tree> {
+        let _one_at_a_time = self.inner.refresh_lock.lock().await;
+        if let Err(e) = self.reload().await {
+            tracing::warn!(
+                "Cannot reload the list of backup points from {}: {e}",
+                self.inner.repo.location()
+            );
         }
         self.tree()
     }
@@ -723,7 +749,7 @@ impl Vfs {
                     kind: NodeKind::File,
                     size_bytes: m.size_bytes,
                     mtime: SystemTime::from(m.time),
-                    perm: 0o444,
+                    perm: FILE_MODE,
                     ttl: LONG_TTL,
                 }
             }
@@ -734,7 +760,7 @@ impl Vfs {
                     kind: NodeKind::File,
                     size_bytes: manifest_json(&m).len() as u64,
                     mtime: SystemTime::from(m.time),
-                    perm: 0o444,
+                    perm: FILE_MODE,
                     ttl: LONG_TTL,
                 }
             }
@@ -748,11 +774,7 @@ impl Vfs {
                     kind: NodeKind::File,
                     size_bytes: m.size_bytes,
                     mtime: SystemTime::from(m.pushed),
-                    // `cp` gives its copy the source's mode, and PostgreSQL cannot
-                    // use a restored segment it may not write: 0644 makes
-                    // `restore_command = 'cp …/wal/%f %p'` work. The mount stays
-                    // read-only either way (writes get EROFS).
-                    perm: 0o644,
+                    perm: FILE_MODE,
                     ttl: LONG_TTL,
                 }
             }
@@ -943,12 +965,37 @@ impl Vfs {
                 }
                 Node::AtTime(name.to_string())
             }
-            _ => self
-                .children(&tree, &parent_node)?
-                .into_iter()
-                .find(|(n, _)| n == name)
-                .map(|(_, node)| node)
-                .ok_or_else(|| not_found(name.to_string()))?,
+            // A WAL file is looked up by its manifest, not in the last listing: it
+            // may have been archived since, and the listing may be stale because the
+            // store did not answer. The manifest is the definitive answer: not there
+            // is ENOENT, a store that cannot say is EIO, never a stale ENOENT that a
+            // restore_command would take for the end of the archive.
+            Node::Wal | Node::WalTimeline(_) if WalFileKind::parse(name).is_ok() => {
+                let timeline = WalFileKind::parse(name)?.timeline();
+                if matches!(parent_node, Node::WalTimeline(t) if t != timeline) {
+                    return Err(not_found(format!("WAL file {name} on this timeline")));
+                }
+                Node::WalFile(name.to_string())
+            }
+            _ => {
+                let find = |tree: &Tree| -> Result<Option<Node>> {
+                    Ok(self
+                        .children(tree, &parent_node)?
+                        .into_iter()
+                        .find(|(n, _)| n == name)
+                        .map(|(_, node)| node))
+                };
+                match find(&tree)? {
+                    Some(node) => node,
+                    // A backup point asked for by its full id may have been committed
+                    // since the last reload: look again now rather than in a moment.
+                    None if parent_node == Node::Snapshots && is_full_id(name) => {
+                        let tree = self.reloaded_tree().await;
+                        find(&tree)?.ok_or_else(|| not_found(name.to_string()))?
+                    }
+                    None => return Err(not_found(name.to_string())),
+                }
+            }
         };
         if let Node::WalFile(name) = &child {
             self.wal_manifest(name).await?;

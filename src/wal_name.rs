@@ -81,7 +81,9 @@ impl WalFileKind {
                 .ok_or_else(bad);
         }
         let seg_of = |s: &str| -> Option<(u32, u32, u32)> {
-            if s.len() != 24 {
+            // ASCII first: slicing a name of 24 bytes with a multi-byte character in
+            // it would split the character (found by fuzzing).
+            if s.len() != 24 || !s.is_ascii() {
                 return None;
             }
             Some((hex8(&s[..8])?, hex8(&s[8..16])?, hex8(&s[16..])?))
@@ -148,6 +150,16 @@ pub fn segment_name(timeline: u32, segno: u64, segment_size: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn names_that_are_not_ascii_are_refused_not_a_panic() {
+        for name in [
+            "0\r\u{a0}\r\u{a0}\u{a0}\u{a0}\u{a0}\u{a0}600702./y",
+            "00000001000000000000000\u{e9}",
+        ] {
+            assert!(WalFileKind::parse(name).is_err(), "{name:?}");
+        }
+    }
 
     #[test]
     fn names_and_lsns() {

@@ -430,3 +430,46 @@ fn s3_outage_fails_requests_and_recovery_needs_no_new_client() {
         assert!(b.put_if_absent("b", b"b".to_vec()).await.unwrap());
     });
 }
+
+/// A stand-in for a store that says a listing is truncated but not where it goes
+/// on: a few lines of HTTP on a local port, answering every request alike.
+fn truncating_store() -> String {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut s) = stream else { continue };
+            let mut buf = [0u8; 8192];
+            let _ = s.read(&mut buf);
+            let body = r#"<?xml version="1.0" encoding="UTF-8"?>
+<ListBucketResult xmlns="http://s3.amazonaws.com/doc/2006-03-01/"><Name>bucket</Name><Prefix>p/chunks/</Prefix><KeyCount>1</KeyCount><MaxKeys>1000</MaxKeys><IsTruncated>true</IsTruncated><Contents><Key>p/chunks/aa/aaaa</Key><Size>3</Size><LastModified>2026-11-29T00:00:00.000Z</LastModified></Contents></ListBucketResult>"#;
+            let _ = write!(
+                s,
+                "HTTP/1.1 200 OK\r\nContent-Type: application/xml\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    format!("http://127.0.0.1:{port}")
+}
+
+#[test]
+fn a_truncated_listing_without_a_continuation_token_is_an_error_not_a_short_list() {
+    let opts = S3Options {
+        endpoint_url: Some(truncating_store()),
+        region: Some("us-east-1".into()),
+        static_credentials: Some(("a".into(), "b".into())),
+        path_style: true,
+        timeouts: Default::default(),
+    };
+    runtime().block_on(async {
+        let b = s3_backend("s3://bucket/p", &opts).await;
+        let e = b.list_stat("chunks/").await.unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Corrupt, "{e}");
+        assert!(
+            e.to_string().contains("without a continuation token"),
+            "{e}"
+        );
+    });
+}

@@ -309,13 +309,13 @@ fn the_tree_shows_every_backup_point_read_only() {
     let file = point_a.join("footdash.dump");
     let md = std::fs::metadata(&file).unwrap();
     assert_eq!(md.len(), std::fs::metadata(&d.footdash).unwrap().len());
-    assert_eq!(md.permissions().mode() & 0o7777, 0o444);
+    assert_eq!(md.permissions().mode() & 0o7777, 0o440);
     assert_eq!(md.modified().unwrap(), system_time("2026-11-04T02:00:00Z"));
     let me = std::fs::metadata("/proc/self").unwrap();
     assert_eq!((md.uid(), md.gid()), (me.uid(), me.gid()));
     let dir = std::fs::metadata(&point_a).unwrap();
     assert!(dir.is_dir());
-    assert_eq!(dir.permissions().mode() & 0o7777, 0o555);
+    assert_eq!(dir.permissions().mode() & 0o7777, 0o550);
 
     let manifest: serde_json::Value =
         serde_json::from_slice(&std::fs::read(point_a.join("manifest.json")).unwrap()).unwrap();
@@ -530,7 +530,8 @@ fn an_unreadable_manifest_leaves_only_its_snapshot_out() {
     );
     let log = m.log();
     assert!(
-        log.lines().any(|l| l.contains("ERROR") && l.contains(&bad)),
+        log.lines()
+            .any(|l| l.contains("Leaving out snapshot") && l.contains(&bad)),
         "the log must name the unreadable snapshot:\n{log}"
     );
 }
@@ -618,7 +619,7 @@ fn os_user(name: &str) -> Option<(u32, u32)> {
 }
 
 #[test]
-fn only_allow_other_lets_other_users_in() {
+fn only_the_owner_given_reads_and_only_with_allow_other_another_user_enters() {
     use std::os::unix::process::CommandExt;
     if std::fs::metadata("/proc/self").unwrap().uid() != 0 {
         eprintln!("skipped: needs root to act as another user");
@@ -630,7 +631,7 @@ fn only_allow_other_lets_other_users_in() {
     backup_at(&v, "footdash", &d.footdash, "2026-11-04T02:00:00Z");
     // The other user must be able to reach the mountpoint at all.
     std::fs::set_permissions(v.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    let read_as_other = |path: &Path| {
+    let read_as = |(uid, gid): (u32, u32), path: &Path| {
         std::process::Command::new("head")
             .args(["-c", "5"])
             .arg(path)
@@ -641,14 +642,25 @@ fn only_allow_other_lets_other_users_in() {
             .output()
             .unwrap()
     };
-    let private = Mount::start(&v, &mountpoint(&v), &[]);
-    let out = read_as_other(&private.join("latest/footdash.dump"));
+    let uid_s = uid.to_string();
+    // Owned by postgres, but without allow_other nobody but the mounting user enters.
+    let private = Mount::start(&v, &mountpoint(&v), &["--uid", &uid_s]);
+    let md = std::fs::metadata(private.join("latest/footdash.dump")).unwrap();
+    assert_eq!((md.uid(), md.gid(), md.mode() & 0o777), (uid, gid, 0o440));
+    let out = read_as((uid, gid), &private.join("latest/footdash.dump"));
     assert!(!out.status.success(), "{out:?}");
     drop(private);
-    let shared = Mount::start(&v, &mountpoint(&v), &["--allow-other"]);
-    let out = read_as_other(&shared.join("latest/footdash.dump"));
+    // With allow_other the owner reads, and a third user still does not (0440).
+    let shared = Mount::start(&v, &mountpoint(&v), &["--allow-other", "--uid", "postgres"]);
+    let out = read_as((uid, gid), &shared.join("latest/footdash.dump"));
     assert!(out.status.success(), "{out:?}");
     assert_eq!(out.stdout, b"PGDMP");
+    let nobody = os_user("nobody").expect("a nobody OS user");
+    let out = read_as(nobody, &shared.join("latest/footdash.dump"));
+    assert!(
+        !out.status.success(),
+        "nobody must not read backups: {out:?}"
+    );
 }
 
 #[test]

@@ -449,8 +449,15 @@ fn an_index_another_user_owns_is_done_without() {
         .to_string();
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(v.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    // The cache was made by root; the other user can read the repository but not
-    // write, lock or replace the index.
+    // The repository is handed to the other user; the cache stays root's, and the
+    // other user can neither read, write, lock nor replace the index.
+    for p in [v.repo_path().to_path_buf()]
+        .into_iter()
+        .chain(common::walk_files(v.repo_path()))
+        .chain(common::walk_dirs(v.repo_path()))
+    {
+        std::os::unix::fs::lchown(&p, Some(other.0), Some(other.1)).unwrap();
+    }
     v.run_as = Some(other);
     assert_eq!(v.snapshots().len(), 1);
     assert_eq!(v.cat(&id), std::fs::read(&f).unwrap());

@@ -356,9 +356,14 @@ fn the_mount_serves_wal_to_restore_command_while_archiving_and_backups_go_on() {
     pg.psql("footdash", "CREATE TABLE marks (tag text)");
     v.run(&["backup", "--base"]).ok();
 
-    // Mounted by root (FUSE needs /dev/fuse), open to the server's user.
+    // Mounted by root (FUSE needs /dev/fuse), owned by the server's user.
     let server_user = v.run_as.take();
-    let mnt = Mount::start(&v, &v.dir.path().join("mnt"), &["--allow-other"]);
+    let owner = server_user.map_or(0, |(uid, _)| uid).to_string();
+    let mnt = Mount::start(
+        &v,
+        &v.dir.path().join("mnt"),
+        &["--allow-other", "--uid", &owner],
+    );
     v.run_as = server_user;
 
     // A long-running mount, the archiver and a cron-style dump, all at once.
@@ -401,23 +406,25 @@ fn the_mount_serves_wal_to_restore_command_while_archiving_and_backups_go_on() {
     );
     for d in &dumps {
         let id = d["snapshot_id"].as_str().unwrap();
-        let mounted = std::fs::read(mnt.join("snapshots").join(id).join("footdash.dump")).unwrap();
+        let mounted = std::fs::read(mnt.join("snapshots").join(id).join("footdash.dump"))
+            .unwrap_or_else(|e| panic!("dump {id} through the mount: {e}\n{}", mnt.log()));
         assert!(
             mounted == v.cat(id),
             "dump {id} reads differently through the mount"
         );
     }
 
-    // restore_command = 'cp <mount>/wal/%f %p' recovers as well as wal-fetch does.
-    let wal_dir = mnt.join("wal");
+    // restore_command = 'pgvault wal-fetch --from-mount <mount> %f %p' recovers as
+    // well as wal-fetch from the repository does, with no passphrase.
     let populate = |dir: &Path| {
         v.run(&["restore", "--pgdata", dir.to_str().unwrap(), "--latest"])
             .ok();
         let conf = dir.join("postgresql.auto.conf");
         let mut text = std::fs::read_to_string(&conf).unwrap();
         text.push_str(&format!(
-            "restore_command = 'cp {}/%f %p'\n",
-            wal_dir.display()
+            "restore_command = '{} wal-fetch --from-mount {} %f %p'\n",
+            common::vault::bin().display(),
+            mnt.path.display()
         ));
         std::fs::write(&conf, text).unwrap();
     };
@@ -493,4 +500,52 @@ fn point_in_time_recovery_through_the_s3_server() {
     ]);
     assert!(r.code > 125, "exit {} with S3 down: {}", r.code, r.stderr);
     assert!(r.stderr.contains("127.0.0.1"), "{}", r.stderr);
+}
+
+#[test]
+fn every_time_format_postgresql_prints_recovers_to_the_right_side_of_two_commits_in_one_second() {
+    let (pg, v) = archiving_cluster();
+    pg.create_db("footdash");
+    pg.psql("footdash", "CREATE TABLE marks (tag text)");
+    v.run(&["backup", "--base"]).ok();
+    // A, a timestamp as PostgreSQL prints it, then B, all within one second: only
+    // the fraction of the second tells the target apart from either commit.
+    let printed = loop {
+        pg.psql("footdash", "INSERT INTO marks VALUES ('A')");
+        let t = pg.psql("footdash", "SELECT clock_timestamp()::text");
+        pg.psql("footdash", "INSERT INTO marks VALUES ('B')");
+        let same_second = pg.psql(
+            "footdash",
+            &format!(
+                "SELECT date_trunc('second', '{t}'::timestamptz) = date_trunc('second', clock_timestamp())"
+            ),
+        );
+        if same_second == "t" {
+            break t;
+        }
+        pg.psql("footdash", "TRUNCATE marks");
+    };
+    switch_and_wait_archived(&pg);
+    // The same instant, spelled as psql, a server log, RFC 3339 and another zone print it.
+    let utc = pg.psql(
+        "postgres",
+        &format!("SELECT to_char('{printed}'::timestamptz AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US')"),
+    );
+    let kolkata = pg.psql(
+        "postgres",
+        &format!(
+            "SELECT to_char('{printed}'::timestamptz AT TIME ZONE 'Asia/Kolkata', 'YYYY-MM-DD HH24:MI:SS.US')"
+        ),
+    );
+    for spelled in [
+        printed.clone(),
+        format!("{utc} UTC"),
+        format!("{}Z", utc.replace(' ', "T")),
+        format!("{kolkata}+05:30"),
+        format!("{kolkata}+0530"),
+    ] {
+        eprintln!("target {spelled}");
+        let restored = restore_and_start(&v, &["--target-time", &spelled]);
+        assert_eq!(tags(&restored), "A", "target {spelled}");
+    }
 }

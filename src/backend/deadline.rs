@@ -141,14 +141,15 @@ impl Breaker {
     /// Refuses a call (described by `call`, e.g. "to read s3://b/config") while the
     /// store counts as down.
     ///
-    /// Errors: `Unavailable` naming the call and repeating why the store was given up on.
+    /// Errors: `Unavailable` repeating why the store was given up on, then naming the
+    /// call refused.
     pub fn check(&self, call: &str) -> Result<()> {
         let state = self.state.lock().expect("breaker lock");
         match &*state {
             Some(t) if t.at.elapsed() < self.window => Err(Error::Unavailable(format!(
-                "Not trying {call} for another {:.1?}: {}",
-                self.window.saturating_sub(t.at.elapsed()),
-                t.why
+                "{} (so not trying {call} for another {:.1?})",
+                t.why,
+                self.window.saturating_sub(t.at.elapsed())
             ))),
             _ => Ok(()),
         }
@@ -199,11 +200,9 @@ mod tests {
         assert_eq!(e.kind(), crate::error::ErrorKind::Unavailable);
         let msg = e.to_string();
         assert!(
-            msg.starts_with("Not trying to write y for another "),
-            "{msg}"
-        );
-        assert!(
-            msg.ends_with(": S3 endpoint http://x did not answer to read x"),
+            msg.starts_with(
+                "S3 endpoint http://x did not answer to read x (so not trying to write y for another "
+            ),
             "{msg}"
         );
         std::thread::sleep(Duration::from_millis(250));

@@ -1,4 +1,6 @@
-//! The local-directory backend: one file per object, written atomically and durably.
+//! The local-directory backend: one file per object, written atomically and durably,
+//! readable by its owner only (files 0600, directories 0700): key files and WAL are in
+//! there.
 //!
 //! The directory may be on NFS or a FUSE file system that stops answering. A blocked
 //! system call cannot be cancelled, so each step runs on its own blocking thread
@@ -123,6 +125,32 @@ impl LocalBackend {
 /// that the new names survive a crash on any file system (an acknowledged wal-push
 /// must not vanish with the directory it was put in).
 fn create_dir_durably(dir: &Path) -> Result<()> {
+    create_dir_owned(dir, None)
+}
+
+/// The owner new objects get: root writing into a repository that belongs to
+/// another user (a drill or a cron job run as root on the postgres user's repository)
+/// hands what it creates to that user, or the owner could no longer read the private
+/// (0600/0700) objects of its own repository.
+fn adopted_owner(root: &Path) -> Option<(u32, u32)> {
+    use std::os::unix::fs::MetadataExt;
+    if !nix::unistd::geteuid().is_root() {
+        return None;
+    }
+    let m = fs::metadata(root).ok()?;
+    (m.uid() != 0).then_some((m.uid(), m.gid()))
+}
+
+fn give_to(path: &Path, owner: Option<(u32, u32)>) -> Result<()> {
+    match owner {
+        Some((uid, gid)) => std::os::unix::fs::lchown(path, Some(uid), Some(gid))
+            .map_err(|e| Error::io_path("chown", path, e)),
+        None => Ok(()),
+    }
+}
+
+/// [`create_dir_durably`], each new directory given to `owner`.
+fn create_dir_owned(dir: &Path, owner: Option<(u32, u32)>) -> Result<()> {
     let mut missing = Vec::new();
     let mut cur = dir;
     while !cur.is_dir() {
@@ -133,8 +161,9 @@ fn create_dir_durably(dir: &Path) -> Result<()> {
         }
     }
     for d in missing.iter().rev() {
-        match fs::create_dir(d) {
-            Ok(()) => {}
+        use std::os::unix::fs::DirBuilderExt;
+        match fs::DirBuilder::new().mode(0o700).create(d) {
+            Ok(()) => give_to(d, owner)?,
             // Another writer made it meanwhile; its parent is fsynced below all the same.
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
             Err(e) => return Err(Error::io_path("create directory", d, e)),
@@ -155,9 +184,14 @@ fn fsync_dir(dir: &Path) -> Result<()> {
 /// Writes `data` to a temporary file beside `dest`, fsyncs it, then either renames
 /// it over `dest` or hard-links it (which fails if `dest` exists, making the create
 /// exclusive), and fsyncs the directory so the new name survives a crash.
-fn write_durably(dest: &Path, data: &[u8], exclusive: bool) -> Result<bool> {
+fn write_durably(
+    dest: &Path,
+    data: &[u8],
+    exclusive: bool,
+    owner: Option<(u32, u32)>,
+) -> Result<bool> {
     let dir = dest.parent().expect("object keys have a parent directory");
-    create_dir_durably(dir)?;
+    create_dir_owned(dir, owner)?;
     let tmp = dir.join(format!(
         ".tmp-{}-{}-{}",
         std::process::id(),
@@ -167,14 +201,17 @@ fn write_durably(dest: &Path, data: &[u8], exclusive: bool) -> Result<bool> {
             .unwrap_or("object")
     ));
     let result = (|| {
+        use std::os::unix::fs::OpenOptionsExt;
         let mut f = fs::OpenOptions::new()
             .write(true)
             .create_new(true)
+            .mode(0o600)
             .open(&tmp)
             .map_err(|e| Error::io_path("create", &tmp, e))?;
         f.write_all(data)
             .map_err(|e| Error::io_path("write", &tmp, e))?;
         f.sync_all().map_err(|e| Error::io_path("fsync", &tmp, e))?;
+        give_to(&tmp, owner)?;
         let created = if exclusive {
             match fs::hard_link(&tmp, dest) {
                 Ok(()) => true,
@@ -249,16 +286,16 @@ impl Backend for LocalBackend {
 
     async fn put(&self, key: &str, data: Vec<u8>) -> Result<()> {
         let dest = self.path(key);
-        self.blocking(&format!("write {key}"), move |_| {
-            write_durably(&dest, &data, false).map(|_| ())
+        self.blocking(&format!("write {key}"), move |root| {
+            write_durably(&dest, &data, false, adopted_owner(root)).map(|_| ())
         })
         .await
     }
 
     async fn put_if_absent(&self, key: &str, data: Vec<u8>) -> Result<bool> {
         let dest = self.path(key);
-        self.blocking(&format!("create {key}"), move |_| {
-            write_durably(&dest, &data, true)
+        self.blocking(&format!("create {key}"), move |root| {
+            write_durably(&dest, &data, true, adopted_owner(root))
         })
         .await
     }

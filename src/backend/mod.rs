@@ -10,7 +10,9 @@
 pub mod deadline;
 pub mod local;
 pub mod memory;
+#[cfg(feature = "s3")]
 pub mod s3;
+pub mod s3_location;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -50,7 +52,7 @@ impl Location {
             ));
         }
         if location.starts_with("s3://") {
-            s3::parse_location(location)?;
+            s3_location::parse_location(location)?;
             return Ok(Location::S3(location.to_string()));
         }
         if let Some(path) = location.strip_prefix("file://") {
@@ -76,17 +78,25 @@ impl Location {
     /// Errors: `InvalidInput` or `Unavailable` when the S3 client cannot be set up.
     pub async fn connect(
         &self,
-        s3_options: &s3::S3Options,
+        s3_options: &s3_location::S3Options,
         timeouts: deadline::IoTimeouts,
     ) -> Result<Arc<dyn Backend>> {
         Ok(match self {
             Location::Local(p) => Arc::new(local::LocalBackend::with_timeouts(p.clone(), timeouts)),
+            #[cfg(feature = "s3")]
             Location::S3(url) => {
-                let opts = s3::S3Options {
+                let opts = s3_location::S3Options {
                     timeouts,
                     ..s3_options.clone()
                 };
                 Arc::new(s3::S3Backend::connect(url, &opts).await?)
+            }
+            #[cfg(not(feature = "s3"))]
+            Location::S3(url) => {
+                let _ = (s3_options, timeouts);
+                return Err(Error::InvalidInput(format!(
+                    "Repository {url}: this pgvault was built without S3 support (cargo feature s3)"
+                )));
             }
         })
     }

@@ -25,6 +25,7 @@ use aws_sdk_s3::Client;
 use aws_smithy_http_client::tls;
 
 use super::deadline::{Breaker, IoTimeouts};
+pub use super::s3_location::{parse_location, S3Options};
 use super::{Backend, ObjectStat};
 use crate::error::{Error, Result};
 
@@ -55,24 +56,6 @@ const RETRY_TOKENS: usize = 5000;
 /// The number of open connections is bounded by those callers, not by the pool.
 const IDLE_CONNECTIONS_KEPT: usize = 32;
 
-/// How the S3 client is set up beyond what the AWS chain says. The overrides let a
-/// program talk to several stores at once, which process-wide variables cannot.
-#[derive(Debug, Clone, Default)]
-pub struct S3Options {
-    /// Address buckets as `endpoint/bucket/key` instead of `bucket.endpoint/key`.
-    /// Path style is used anyway when the endpoint is an IP address or localhost,
-    /// where virtual-host names cannot resolve.
-    pub path_style: bool,
-    /// The endpoint URL, instead of AWS_ENDPOINT_URL or the profile's.
-    pub endpoint_url: Option<String>,
-    /// The region, instead of AWS_REGION or the profile's.
-    pub region: Option<String>,
-    /// An access key id and secret key, instead of the credential chain.
-    pub static_credentials: Option<(String, String)>,
-    /// The deadlines of every request.
-    pub timeouts: IoTimeouts,
-}
-
 /// A repository in `s3://bucket/prefix`.
 #[derive(Debug, Clone)]
 pub struct S3Backend {
@@ -90,35 +73,6 @@ pub struct S3Backend {
     timeouts: IoTimeouts,
     /// Open for a moment after the endpoint stopped answering.
     breaker: Breaker,
-}
-
-/// Splits `s3://bucket/optional/prefix` into the bucket and the prefix (empty, or
-/// ending in `/`).
-///
-/// Errors: `InvalidInput` when the location is not an `s3://` URL with a bucket name.
-pub fn parse_location(location: &str) -> Result<(String, String)> {
-    let rest = location.strip_prefix("s3://").ok_or_else(|| {
-        Error::InvalidInput(format!(
-            "Repository location {location:?} is not an s3://bucket/prefix URL"
-        ))
-    })?;
-    let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
-    let valid_bucket = !bucket.is_empty()
-        && bucket
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "-._".contains(c));
-    if !valid_bucket {
-        return Err(Error::InvalidInput(format!(
-            "Repository location {location:?} has no valid bucket name: expected s3://bucket/prefix with a bucket of lowercase letters, digits, '.' and '-'"
-        )));
-    }
-    let parts: Vec<&str> = prefix.split('/').filter(|p| !p.is_empty()).collect();
-    let prefix = if parts.is_empty() {
-        String::new()
-    } else {
-        format!("{}/", parts.join("/"))
-    };
-    Ok((bucket.to_string(), prefix))
 }
 
 /// Whether an endpoint URL's host is an IP address or localhost, where only

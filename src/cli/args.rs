@@ -7,6 +7,7 @@ use chrono::{DateTime, Utc};
 use clap::Args;
 
 use crate::backend::deadline::IoTimeouts;
+use crate::backend::Location;
 use crate::pg::ConnectOptions;
 
 /// Where the PostgreSQL server is, as pg_dump takes it; what is not given comes from
@@ -31,6 +32,7 @@ impl ConnArgs {
             host: self.host.clone(),
             port: self.port,
             user: self.username.clone(),
+            conninfo: None,
         }
     }
 }
@@ -68,6 +70,29 @@ pub fn duration(s: &str) -> Result<Duration, String> {
 pub fn io_timeout(s: &str) -> Result<IoTimeouts, String> {
     let d = crate::time::parse_duration(s).map_err(|e| e.to_string())?;
     IoTimeouts::new(d).map_err(|e| e.to_string())
+}
+
+/// A percentage: a finite number, at least 0.
+pub fn percent(s: &str) -> Result<f64, String> {
+    match s.trim().trim_end_matches('%').parse::<f64>() {
+        Ok(p) if p.is_finite() && p >= 0.0 => Ok(p),
+        _ => Err(format!("{s:?} is not a percentage such as 50")),
+    }
+}
+
+/// A repository location (see [`Location::parse`]).
+pub fn location(s: &str) -> Result<Location, String> {
+    Location::parse(s).map_err(|e| e.to_string())
+}
+
+/// A user by name or uid: its uid and primary gid.
+pub fn user(s: &str) -> Result<(u32, u32), String> {
+    crate::host::user_ids(s).map_err(|e| e.to_string())
+}
+
+/// A group by name or gid.
+pub fn group(s: &str) -> Result<u32, String> {
+    crate::host::group_id(s).map_err(|e| e.to_string())
 }
 
 /// A point in time (see [`crate::time::parse_time`]).

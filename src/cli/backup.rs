@@ -17,7 +17,8 @@ use crate::time::rfc3339;
 #[command(disable_help_flag = true)]
 pub struct BackupArgs {
     /// The database: dumped with pg_dump -Fc -Z0, or the name recorded for --stdin
-    /// (with --base, a label for the cluster; default "cluster")
+    /// (with --base, a label for the cluster; default "cluster"). A libpq connection
+    /// string works too; only the database name in it is recorded
     #[arg(short = 'd', long, value_name = "DBNAME")]
     pub db: Option<String>,
     /// Take a physical base backup with pg_basebackup (for point-in-time recovery)
@@ -50,9 +51,14 @@ pub struct BackupArgs {
 /// Errors: as [`crate::ops::backup::backup`]; `InvalidInput` when neither --db nor
 /// --base is given.
 pub async fn run(g: &GlobalArgs, a: &BackupArgs) -> Result<()> {
-    let (kind, db) = match (&a.db, a.base) {
-        (Some(db), true) => (SnapshotKind::Base, db.clone()),
-        (Some(db), false) => (SnapshotKind::Dump, db.clone()),
+    // A connection string is for pg_dump; only the database name is recorded.
+    let target =
+        a.db.as_deref()
+            .map(crate::pg::conninfo::parse)
+            .transpose()?;
+    let (kind, db) = match (&target, a.base) {
+        (Some(t), true) => (SnapshotKind::Base, t.name.clone()),
+        (Some(t), false) => (SnapshotKind::Dump, t.name.clone()),
         (None, true) => (SnapshotKind::Base, "cluster".to_string()),
         (None, false) => {
             return Err(Error::InvalidInput(
@@ -63,7 +69,10 @@ pub async fn run(g: &GlobalArgs, a: &BackupArgs) -> Result<()> {
     let source = if a.stdin {
         BackupSource::Stream(Box::new(std::io::stdin()))
     } else {
-        BackupSource::Run(a.conn.options())
+        BackupSource::Run(crate::pg::ConnectOptions {
+            conninfo: target.and_then(|t| t.conninfo),
+            ..a.conn.options()
+        })
     };
     let label = if a.stdin { "backup" } else { kind.as_str() };
     let tty = std::io::stderr().is_terminal() && std::io::stdout().is_terminal();

@@ -29,7 +29,7 @@ use std::sync::Arc;
 use clap::{Args, Parser, Subcommand};
 
 use crate::backend::deadline::IoTimeouts;
-use crate::backend::s3::S3Options;
+use crate::backend::s3_location::S3Options;
 use crate::backend::Location;
 use crate::error::{Error, ErrorKind, Result};
 use crate::ops::RepoAccess;
@@ -57,9 +57,10 @@ pub struct GlobalArgs {
         long,
         env = "PGVAULT_REPO",
         global = true,
-        value_name = "LOCATION"
+        value_name = "LOCATION",
+        value_parser = args::location
     )]
-    pub repo: Option<String>,
+    pub repo: Option<Location>,
 
     /// Read the passphrase from this file (first line); else PGVAULT_PASSWORD, else a prompt
     #[arg(
@@ -148,7 +149,10 @@ pub enum Command {
 
 /// Runs the command line and returns the process exit code.
 pub fn main() -> i32 {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return usage_error(e),
+    };
     init_logging(cli.global.verbose);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -176,11 +180,33 @@ pub fn main() -> i32 {
     }
 }
 
-/// The exit code for an error: 1 in general, 3 for a wrong passphrase, so scripts can
-/// tell "the key is wrong" from "the backup failed".
+/// Reports a command line clap refused. A bad value (a mistyped location, a time
+/// without a zone, a size with an odd unit) gets one line, as every other error does;
+/// help, version and missing arguments keep clap's own output with its usage.
+fn usage_error(e: clap::Error) -> i32 {
+    use clap::error::ErrorKind as K;
+    if !matches!(e.kind(), K::ValueValidation | K::InvalidValue) {
+        e.exit();
+    }
+    let text = e.to_string();
+    let first = text.lines().next().unwrap_or("").trim();
+    let first = first.strip_prefix("error: ").unwrap_or(first);
+    let mut chars = first.chars();
+    let line: String = match chars.next() {
+        Some(c) => c.to_uppercase().chain(chars).collect(),
+        None => String::new(),
+    };
+    eprintln!("pgvault: {}", line.trim_end_matches('.'));
+    2
+}
+
+/// The exit code for an error: 1 in general, 2 for a request that cannot be done as
+/// asked (as clap's own usage errors), 3 for a wrong passphrase, so scripts can tell
+/// "the key is wrong" or "the command is wrong" from "the backup failed".
 pub fn exit_code(e: &Error) -> i32 {
     match e.kind() {
         ErrorKind::WrongPassphrase => 3,
+        ErrorKind::InvalidInput => 2,
         _ => 1,
     }
 }
@@ -239,10 +265,9 @@ pub(crate) fn progress_for(total: u64, label: &str, show: bool) -> Arc<dyn Progr
 ///
 /// Errors: `InvalidInput` when neither is given or the location does not parse.
 fn location(g: &GlobalArgs) -> Result<Location> {
-    let loc = g.repo.as_deref().ok_or_else(|| {
+    g.repo.clone().ok_or_else(|| {
         Error::InvalidInput("No repository given: set PGVAULT_REPO or pass --repo".into())
-    })?;
-    Location::parse(loc)
+    })
 }
 
 fn s3_options(g: &GlobalArgs) -> S3Options {
@@ -256,6 +281,7 @@ fn s3_options(g: &GlobalArgs) -> S3Options {
 ///
 /// Errors: `InvalidInput` for a missing or bad location, or no cache directory.
 fn access_with(g: &GlobalArgs, passphrase: String) -> Result<RepoAccess> {
+    let passphrase = zeroize::Zeroizing::new(passphrase);
     Ok(RepoAccess {
         location: location(g)?,
         s3: s3_options(g),

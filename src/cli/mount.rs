@@ -17,7 +17,17 @@ pub struct MountArgs {
     /// Memory for decoded chunks shared by all readers, e.g. 512MiB or 2GiB
     #[arg(long, default_value = "256MiB", value_name = "SIZE", value_parser = args::size)]
     pub cache_size: u64,
-    /// Let other users read the mount (a non-root user needs user_allow_other in /etc/fuse.conf)
+    /// The owner of every file and directory (a name or uid, e.g. postgres); files are
+    /// 0440 and directories 0550 for the owner and group. Default: the mounting user
+    #[arg(long, value_name = "USER", value_parser = args::user)]
+    pub uid: Option<(u32, u32)>,
+    /// The group of every file and directory (a name or gid); default: the --uid
+    /// user's group, else the mounting user's
+    #[arg(long, value_name = "GROUP", value_parser = args::group)]
+    pub gid: Option<u32>,
+    /// Let users other than the mounting one in at all; the --uid/--gid owner and the
+    /// modes still decide who reads (a non-root user needs user_allow_other in
+    /// /etc/fuse.conf)
     #[arg(long)]
     pub allow_other: bool,
 }
@@ -42,6 +52,8 @@ pub async fn run(g: &GlobalArgs, a: &MountArgs) -> Result<()> {
         &MountOptions {
             allow_other: a.allow_other,
             fsname: format!("pgvault:{location}"),
+            uid: a.uid.map(|(uid, _)| uid),
+            gid: a.gid.or(a.uid.map(|(_, gid)| gid)),
         },
     )
     .await?;

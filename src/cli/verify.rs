@@ -27,7 +27,8 @@ pub struct AnomalyArgs {
         long,
         env = "PGVAULT_SIZE_CHANGE_THRESHOLD",
         default_value_t = 50.0,
-        value_name = "PERCENT"
+        value_name = "PERCENT",
+        value_parser = args::percent
     )]
     pub size_change_threshold: f64,
 }
@@ -108,13 +109,13 @@ pub struct DrillArgs {
     #[command(flatten)]
     pub conn: args::ConnArgs,
     /// pg_restore --jobs for a dump drill
-    #[arg(short = 'j', long, default_value_t = 1, value_name = "N")]
+    #[arg(short = 'j', long, default_value_t = 1, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=64))]
     pub jobs: u32,
     /// Where the temporary dump file or PGDATA goes (default: the system temp directory)
     #[arg(long, value_name = "DIR")]
     pub work_dir: Option<PathBuf>,
     /// With --base: how long recovery may take, in seconds
-    #[arg(long, default_value_t = 3600, value_name = "SECONDS")]
+    #[arg(long, default_value_t = 3600, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..=604_800))]
     pub timeout: u64,
     /// Print the result as JSON
     #[arg(long)]

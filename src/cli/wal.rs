@@ -34,8 +34,13 @@ pub struct WalFetchArgs {
     pub dest: PathBuf,
     /// Also fetch this many following segments into a local spool (in the cache
     /// directory, outside PGDATA), so recovery's next requests are answered locally
-    #[arg(long, default_value_t = 4, value_name = "N")]
-    pub prefetch: usize,
+    #[arg(long, default_value_t = 4, value_name = "N", value_parser = clap::value_parser!(u16).range(0..=64))]
+    pub prefetch: u16,
+    /// Read the file from this pgvault mount instead of the repository: needs no
+    /// passphrase, only read access to the mount; a dead or missing mount exits above
+    /// 125, never 1
+    #[arg(long, value_name = "MOUNTPOINT")]
+    pub from_mount: Option<PathBuf>,
 }
 
 /// `pgvault wal ...`.
@@ -99,10 +104,13 @@ pub async fn push(g: &GlobalArgs, a: &WalPushArgs) -> Result<()> {
 /// Errors: `NotFound` when the file is not archived; anything else means the answer
 /// is unknown.
 pub async fn fetch(g: &GlobalArgs, a: &WalFetchArgs) -> Result<()> {
+    if let Some(mount) = &a.from_mount {
+        return crate::ops::wal::fetch_from_mount(mount, &a.name, &a.dest);
+    }
     let repo = open_repo(g)
         .await
         .map_err(crate::ops::wal::open_error_for_fetch)?;
-    crate::ops::wal::fetch(&repo, &a.name, &a.dest, a.prefetch).await
+    crate::ops::wal::fetch(&repo, &a.name, &a.dest, usize::from(a.prefetch)).await
 }
 
 /// The exit code of a failed `wal-fetch`. "Not archived" is 1, said quietly:
@@ -186,10 +194,12 @@ pub async fn list(g: &GlobalArgs, json_out: bool) -> Result<()> {
 fn restore_command(g: &GlobalArgs) -> Result<String> {
     let exe =
         std::env::current_exe().map_err(|e| Error::io("Cannot find the pgvault binary", e))?;
-    let repo = g.repo.as_deref().expect("open_repo checked it");
-    let repo = match (repo.contains("://"), std::path::absolute(repo)) {
-        (false, Ok(p)) => p.display().to_string(),
-        _ => repo.to_string(),
+    let repo = match g.repo.as_ref().expect("open_repo checked it") {
+        crate::backend::Location::Local(p) => std::path::absolute(p)
+            .unwrap_or_else(|_| p.clone())
+            .display()
+            .to_string(),
+        s3 => s3.to_string(),
     };
     let mut cmd = String::new();
     if let Some(cache) = std::env::var_os("PGVAULT_CACHE_DIR") {

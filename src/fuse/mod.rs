@@ -41,6 +41,10 @@ pub struct MountOptions {
     pub allow_other: bool,
     /// What `mount` and /proc/mounts show as the source, e.g. the repository location.
     pub fsname: String,
+    /// The owner of every node; `None` is the mounting user.
+    pub uid: Option<u32>,
+    /// The group of every node; `None` is the mounting user's group.
+    pub gid: Option<u32>,
 }
 
 /// The uid and gid that own every node: the mounting user's. Read from /proc/self,
@@ -362,46 +366,6 @@ impl Filesystem for PgvaultFs {
     }
 }
 
-/// Unescapes a path field of /proc/self/mountinfo (`\040` for a space and so on).
-fn unescape_mountinfo(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\'
-            && i + 3 < b.len()
-            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
-        {
-            let v = (b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0');
-            out.push(v);
-            i += 4;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-/// What is mounted at `path` (its filesystem type and source), if anything.
-fn mounted_at(path: &Path) -> Option<(String, String)> {
-    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
-    let want = path.to_string_lossy();
-    // The last mount listed at a path is the one on top.
-    info.lines().rev().find_map(|line| {
-        let fields: Vec<&str> = line.split(' ').collect();
-        let mount_point = unescape_mountinfo(fields.get(4)?);
-        if mount_point != want {
-            return None;
-        }
-        let sep = fields.iter().position(|f| *f == "-")?;
-        Some((
-            fields.get(sep + 1)?.to_string(),
-            unescape_mountinfo(fields.get(sep + 2)?),
-        ))
-    })
-}
-
 fn stale(path: &Path) -> Error {
     let shown = path.display();
     Error::InvalidInput(format!(
@@ -437,7 +401,7 @@ pub fn check_mountpoint(path: &Path) -> Result<PathBuf> {
     let abs = path
         .canonicalize()
         .map_err(|e| Error::io_path("resolve mountpoint", path, e))?;
-    if let Some((fstype, source)) = mounted_at(&abs) {
+    if let Some((fstype, source)) = crate::host::mounted_at(&abs) {
         // stat may still be answered from attributes the kernel cached before the
         // FUSE process died; listing the directory has to ask it.
         if fstype.starts_with("fuse") {
@@ -483,7 +447,8 @@ impl std::fmt::Debug for Mounted {
 /// `user_allow_other` in /etc/fuse.conf).
 pub async fn mount(vfs: Vfs, mountpoint: &Path, opts: &MountOptions) -> Result<Mounted> {
     let mountpoint = check_mountpoint(mountpoint)?;
-    let (uid, gid) = owner();
+    let (own_uid, own_gid) = owner();
+    let (uid, gid) = (opts.uid.unwrap_or(own_uid), opts.gid.unwrap_or(own_gid));
     let fs = PgvaultFs {
         vfs,
         rt: Runtime::current(),
@@ -497,8 +462,8 @@ pub async fn mount(vfs: Vfs, mountpoint: &Path, opts: &MountOptions) -> Result<M
         MountOption::NoAtime,
         MountOption::FSName(opts.fsname.replace([',', ' '], "_")),
         MountOption::Subtype("pgvault".into()),
-        // Let the kernel enforce the modes: with allow_other, 0444/0555 is what keeps
-        // others from anything but reading.
+        // Let the kernel enforce the modes: with allow_other, 0440/0550 for the
+        // --uid/--gid owner is what keeps everyone else out.
         MountOption::DefaultPermissions,
         MountOption::CUSTOM(format!("max_read={MAX_READ_BYTES}")),
     ];
@@ -513,7 +478,7 @@ pub async fn mount(vfs: Vfs, mountpoint: &Path, opts: &MountOptions) -> Result<M
     let mut session = blocking("mount", move || fuser::Session::new(fs, &mp, &config))
         .await?
         .map_err(|e| {
-            let hint = if e.kind() == io::ErrorKind::PermissionDenied && uid != 0 {
+            let hint = if e.kind() == io::ErrorKind::PermissionDenied && own_uid != 0 {
                 // fuser opens /dev/fuse itself before falling back to fusermount3.
                 " (as a non-root user this needs read-write access to /dev/fuse, and \
                  --allow-other needs user_allow_other in /etc/fuse.conf)"
@@ -632,13 +597,6 @@ impl Mounted {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn mountinfo_escapes_are_undone() {
-        assert_eq!(unescape_mountinfo(r"/mnt/with\040space"), "/mnt/with space");
-        assert_eq!(unescape_mountinfo(r"/plain"), "/plain");
-        assert_eq!(unescape_mountinfo(r"/a\134b"), r"/a\b");
-    }
 
     #[test]
     fn missing_and_non_directory_mountpoints_are_named() {

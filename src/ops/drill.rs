@@ -658,6 +658,7 @@ async fn base_body(
         host: Some(sock.display().to_string()),
         port: Some(DRILL_SOCKET_PORT.parse().expect("a port")),
         user: Some(d.user.clone()),
+        conninfo: None,
     };
     let deadline = Instant::now() + d.timeout;
     loop {

@@ -64,7 +64,7 @@ async fn forget_locked(
     opts: &ForgetOptions,
     lock: Option<&LockGuard>,
 ) -> Result<ForgetOutcome> {
-    let snaps = repo.snapshots().await?;
+    let snaps = repo.snapshots_all().await?;
     let plan = plan(&snaps, &opts.policy, &opts.filter, chrono::Utc::now())?;
     // WAL retention follows the base backups: what the oldest surviving one needs
     // stays, everything before it goes.

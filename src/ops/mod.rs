@@ -30,7 +30,7 @@ use std::sync::Arc;
 
 use crate::backend::deadline::IoTimeouts;
 use crate::backend::local::LocalBackend;
-use crate::backend::s3::S3Options;
+use crate::backend::s3_location::S3Options;
 use crate::backend::{Backend, Location};
 use crate::error::{Error, Result};
 use crate::store::records::{spool, Record};
@@ -44,7 +44,8 @@ pub struct RepoAccess {
     pub s3: S3Options,
     /// The deadlines of every request to the store.
     pub timeouts: IoTimeouts,
-    pub passphrase: String,
+    /// Wiped from memory when dropped.
+    pub passphrase: zeroize::Zeroizing<String>,
     pub cache_root: PathBuf,
 }
 

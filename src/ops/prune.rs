@@ -195,7 +195,7 @@ pub(super) async fn prune_locked(
 
     // Chunks first, then manifests: see the module documentation.
     let listing = repo.backend().list_stat(layout::CHUNKS).await?;
-    let mut snaps = repo.snapshots().await?;
+    let mut snaps = repo.snapshots_all().await?;
     snaps.retain(|m| !excluded.snapshots.contains(&m.id));
     let mut referenced = referenced_chunks(&snaps);
     // WAL files reference chunks through their own manifests.

@@ -90,16 +90,90 @@ pub async fn fetch(repo: &Repository, name: &str, dest: &Path, prefetch: usize) 
     } else {
         repo.wal_fetch_spooled(name, prefetch).await?
     };
+    hand_over(name, &data, dest)
+}
+
+/// Writes a fetched WAL file to `dest` through a temporary name beside it, so that
+/// PostgreSQL never sees a partial file.
+fn hand_over(name: &str, data: &[u8], dest: &Path) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
     let dir = dest
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
     let tmp = dir.join(format!(".pgvault-fetch-{}-{name}", std::process::id()));
-    std::fs::write(&tmp, &data).map_err(|e| Error::io_path("write", &tmp, e))?;
+    let written = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .and_then(|mut f| f.write_all(data));
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(Error::io_path("write", &tmp, e));
+    }
     std::fs::rename(&tmp, dest).map_err(|e| {
         let _ = std::fs::remove_file(&tmp);
         Error::io_path("rename into", dest, e)
     })
+}
+
+/// Fetches WAL file `name` from a pgvault mount at `mount` into `dest`: a
+/// restore_command that needs neither the passphrase nor the repository, only read
+/// access to the mount (`mount --uid postgres`).
+///
+/// A plain `cp` from the mount cannot serve: it exits 1 both when the file is not
+/// archived and when the mount is dead or the store did not answer, and PostgreSQL
+/// takes 1 for the end of the archive and promotes. Here "not archived" is said only
+/// by a live pgvault mount (whose `wal/` looks the file up by its manifest);
+/// anything else is "could not find out".
+///
+/// Errors: `NotFound` when the live mount says the file is not archived;
+/// `Unavailable` when `mount` is no pgvault mount (not mounted, another file system),
+/// is dead, or the read fails; `InvalidInput` for a name that is not a WAL file name.
+pub fn fetch_from_mount(mount: &Path, name: &str, dest: &Path) -> Result<()> {
+    WalFileKind::parse(name)?;
+    let shown = mount.display();
+    let cannot_tell = |why: String| {
+        Error::Unavailable(format!(
+            "Cannot tell whether WAL file {name} is archived: {why}"
+        ))
+    };
+    let abs = mount
+        .canonicalize()
+        .map_err(|e| cannot_tell(format!("{shown}: {e}")))?;
+    match crate::host::mounted_at(&abs) {
+        // The subtype shows only when the kernel or fusermount passes it on; the
+        // source, "pgvault:<repository>", always does.
+        Some((fstype, source))
+            if fstype == "fuse.pgvault"
+                || (fstype.starts_with("fuse") && source.starts_with("pgvault:")) => {}
+        Some((fstype, source)) => {
+            return Err(cannot_tell(format!(
+                "{shown} holds {source} ({fstype}), not a pgvault mount"
+            )))
+        }
+        None => return Err(cannot_tell(format!("nothing is mounted on {shown}"))),
+    }
+    let path = abs.join("wal").join(name);
+    let data = match std::fs::read(&path) {
+        Ok(d) => d,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(Error::NotFound {
+                what: format!("WAL file {name}"),
+                location: format!("the pgvault mount on {shown}"),
+            })
+        }
+        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {
+            return Err(cannot_tell(format!(
+                "the pgvault mount on {shown} is dead (its process is gone)"
+            )))
+        }
+        Err(e) => return Err(cannot_tell(format!("reading {}: {e}", path.display()))),
+    };
+    hand_over(name, &data, dest)
 }
 
 /// A `wal-fetch` error as PostgreSQL must see it: "not archived" stays `NotFound`;

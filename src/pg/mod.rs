@@ -5,6 +5,7 @@
 
 pub mod basebackup;
 pub mod client;
+pub mod conninfo;
 pub mod custom_format;
 pub mod recovery;
 pub mod server;
@@ -55,6 +56,9 @@ pub struct ConnectOptions {
     pub host: Option<String>,
     pub port: Option<u16>,
     pub user: Option<String>,
+    /// A libpq connection string for pg_dump's database, instead of its name: it may
+    /// hold a password, so it goes to pg_dump and nowhere else (see [`conninfo`]).
+    pub conninfo: Option<String>,
 }
 
 impl ConnectOptions {
@@ -158,9 +162,10 @@ impl PgProcess {
 ///
 /// Errors: `External` when pg_dump cannot be started.
 pub fn pg_dump(db: &str, conn: &ConnectOptions) -> Result<(PgProcess, ChildStdout)> {
+    let dbname = conn.conninfo.as_deref().unwrap_or(db);
     PgProcess::start(
         "pg_dump",
-        &["--format=custom", "--compress=0", "--dbname", db],
+        &["--format=custom", "--compress=0", "--dbname", dbname],
         conn,
         format!("pg_dump of database {db}"),
     )

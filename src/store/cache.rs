@@ -60,6 +60,15 @@ impl RepoCache {
         }
     }
 
+    /// Creates this repository's cache directory (and the cache root), private to
+    /// this user, so that the index sled creates inside inherits the protection. A
+    /// cache that cannot be made is done without, with a warning.
+    pub fn prepare(&self) {
+        if let Err(e) = create_private_dir(&self.dir) {
+            tracing::warn!("Cannot create the local cache: {e}; going without it");
+        }
+    }
+
     /// The cache directory all repositories share.
     pub fn root(&self) -> &Path {
         &self.root

@@ -48,8 +48,9 @@ impl Repository {
         let (data, sketch, candidate) = match similar {
             None => (data, None, None),
             Some(idx) => {
+                let sketch_key = self.key().sketch_key();
                 blocking("chunk sealing", move || {
-                    let sketch = Sketch::of(&data);
+                    let sketch = Sketch::of(&data).keyed(&sketch_key);
                     let candidate = idx.most_similar(&sketch, &id);
                     (data, Some(sketch), candidate)
                 })
@@ -124,7 +125,7 @@ impl Repository {
         let master = self.key().clone();
         let level = self.config().zstd_level;
         let (object, sketch) = blocking("chunk sealing", move || {
-            let sketch = sketched.then(|| Sketch::of(&data));
+            let sketch = sketched.then(|| Sketch::of(&data).keyed(&master.sketch_key()));
             (format::encode_chunk(&master, &id, &data, level), sketch)
         })
         .await?;

@@ -1,8 +1,15 @@
 //! The `config` object: the parameters fixed when a repository is created.
+//!
+//! It is read before any key is opened (it says what the repository is), so it is
+//! stored as plain JSON, but it carries a tag keyed from the master key: once a key
+//! opens, a config whose chunk sizes, zstd level, id or flags were edited in the
+//! bucket is refused. Values that could do harm before the tag can be checked (an id
+//! that becomes a local path, chunk sizes FastCDC asserts on) are checked on parse.
 
 use serde::{Deserialize, Serialize};
 
 use crate::chunker::ChunkerParams;
+use crate::crypto::MasterKey;
 use crate::error::{Error, Result};
 
 /// The repository format this build writes and reads.
@@ -28,6 +35,9 @@ pub struct RepoConfig {
     /// Repositories made before deltas existed have none.
     #[serde(default)]
     pub delta: bool,
+    /// The authentication tag of every other field (hex), keyed from the master key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tag: Option<String>,
 }
 
 fn conditional_writes_default() -> bool {
@@ -51,6 +61,42 @@ impl RepoConfig {
             created: chrono::Utc::now(),
             chunker,
             zstd_level,
+            tag: None,
+        }
+    }
+
+    /// The bytes the tag covers: every field but the tag, as stored.
+    fn tagged_bytes(&self) -> Vec<u8> {
+        let untagged = RepoConfig {
+            tag: None,
+            ..self.clone()
+        };
+        serde_json::to_vec(&untagged).expect("config serialises")
+    }
+
+    /// Sets the tag under `key`.
+    pub fn sign(&mut self, key: &MasterKey) {
+        self.tag = Some(key.config_tag(&self.tagged_bytes()).to_hex().to_string());
+    }
+
+    /// Checks the tag under `key`, once a key has opened.
+    ///
+    /// Errors: `Corrupt` when the tag is missing or does not match: the config was
+    /// edited (or made by a pgvault from before configs were authenticated).
+    pub fn verify(&self, key: &MasterKey, location: &str) -> Result<()> {
+        let want = key.config_tag(&self.tagged_bytes());
+        let ok = self
+            .tag
+            .as_deref()
+            .and_then(|t| blake3::Hash::from_hex(t).ok())
+            // blake3's Hash compares in constant time.
+            .is_some_and(|t| t == want);
+        if ok {
+            Ok(())
+        } else {
+            Err(Error::Corrupt(format!(
+                "Repository {location} has a config object that fails authentication: it was edited (chunk sizes, zstd level, id or flags), or written by a pgvault older than 0.1 that did not sign it"
+            )))
         }
     }
 
@@ -71,6 +117,17 @@ impl RepoConfig {
             return Err(Error::Corrupt(format!(
                 "Repository {location} has a config whose repo_id {:?} is not 32 hex digits: it was edited, or it is not pgvault's",
                 cfg.repo_id
+            )));
+        }
+        if let Err(e) = cfg.chunker.validate() {
+            return Err(Error::Corrupt(format!(
+                "Repository {location} has a config with impossible chunk sizes: {e}"
+            )));
+        }
+        if !(-7..=22).contains(&cfg.zstd_level) {
+            return Err(Error::Corrupt(format!(
+                "Repository {location} has a config with zstd level {}, outside -7..=22",
+                cfg.zstd_level
             )));
         }
         if cfg.format_version != FORMAT_VERSION {

@@ -59,9 +59,10 @@ impl Repository {
         })
     }
 
-    /// Every key file of the repository, oldest first.
+    /// Every key file of the repository, oldest first; one that does not parse is
+    /// left out with a warning.
     ///
-    /// Errors: `Corrupt` when a key file does not parse; backend errors otherwise.
+    /// Errors: backend errors.
     pub async fn keys(&self) -> Result<Vec<KeyInfo>> {
         let mut out = Vec::new();
         for obj in self.backend.list(layout::KEYS).await? {
@@ -72,6 +73,11 @@ impl Repository {
                 Ok(kf) => kf,
                 // Removed between the listing and the read.
                 Err(e) if e.kind() == ErrorKind::NotFound => continue,
+                // A damaged key file opens nothing; the others are still listed.
+                Err(e) if e.kind() == ErrorKind::Corrupt => {
+                    tracing::warn!("{e}");
+                    continue;
+                }
                 Err(e) => return Err(e),
             };
             out.push(KeyInfo {

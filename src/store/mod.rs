@@ -44,6 +44,7 @@ use crate::index::Index;
 use cache::RepoCache;
 use config::RepoConfig;
 pub use manifest::{BackupStats, ChunkRef, SnapshotKind, SnapshotManifest};
+use zeroize::Zeroizing;
 
 /// Choices fixed when a repository is created.
 #[derive(Debug, Clone)]
@@ -142,13 +143,14 @@ impl Repository {
         // A delta names its base, and prune keeps the base for it; that holds only if
         // no writer can replace a chunk object with one built differently, which takes
         // conditional creates.
-        let config = RepoConfig::new(
+        let mut config = RepoConfig::new(
             opts.chunker,
             opts.zstd_level,
             conditional_writes,
             opts.delta && conditional_writes,
         );
         let key = MasterKey::generate();
+        config.sign(&key);
         let kf = KeyFile::wrap(&key, passphrase, opts.kdf)?;
         let key_id = keys::new_key_id();
         let kf_bytes = serde_json::to_vec_pretty(&kf).expect("key file serialises");
@@ -173,6 +175,7 @@ impl Repository {
             });
         }
         let cache = RepoCache::new(cache_root, &config.repo_id);
+        cache.prepare();
         Ok(Repository {
             backend,
             config,
@@ -208,26 +211,48 @@ impl Repository {
         let mut keys = backend.list(layout::KEYS).await?;
         keys.sort_by(|a, b| a.key.cmp(&b.key));
         for obj in &keys {
-            let bytes = backend.get(&obj.key).await?;
-            let kf: KeyFile = serde_json::from_slice(&bytes).map_err(|e| {
-                Error::Corrupt(format!(
-                    "Key file {} in {location} does not parse: {e}",
-                    obj.key
-                ))
-            })?;
-            let pass = passphrase.to_vec();
-            let opened = blocking("key derivation", move || kf.unwrap_key(&pass)).await??;
-            if let Some(key) = opened {
-                let cache = RepoCache::new(cache_root, &config.repo_id);
-                let key_id = obj.key.trim_start_matches(layout::KEYS).to_string();
-                return Ok(Repository {
-                    backend,
-                    config,
-                    key,
-                    key_id,
-                    cache,
-                });
+            let bytes = match backend.get(&obj.key).await {
+                Ok(b) => b,
+                // Removed (key remove) between the listing and the read.
+                Err(e) if e.kind() == ErrorKind::NotFound => continue,
+                Err(e) => return Err(e),
+            };
+            // One damaged or hostile key file must not lock everyone out: skip it
+            // and try the others.
+            let kf: KeyFile = match serde_json::from_slice(&bytes) {
+                Ok(kf) => kf,
+                Err(e) => {
+                    tracing::warn!(
+                        "Skipping key file {} in {location}: it does not parse: {e}",
+                        obj.key
+                    );
+                    continue;
+                }
+            };
+            if let Err(e) = kf.kdf_params.check() {
+                tracing::warn!("Skipping key file {} in {location}: {e}", obj.key);
+                continue;
             }
+            let pass = Zeroizing::new(passphrase.to_vec());
+            let key = match blocking("key derivation", move || kf.unwrap_key(&pass)).await? {
+                Ok(Some(key)) => key,
+                Ok(None) => continue,
+                Err(e) => {
+                    tracing::warn!("Skipping key file {} in {location}: {e}", obj.key);
+                    continue;
+                }
+            };
+            config.verify(&key, &location)?;
+            let cache = RepoCache::new(cache_root, &config.repo_id);
+            cache.prepare();
+            let key_id = obj.key.trim_start_matches(layout::KEYS).to_string();
+            return Ok(Repository {
+                backend,
+                config,
+                key,
+                key_id,
+                cache,
+            });
         }
         Err(Error::WrongPassphrase(location))
     }

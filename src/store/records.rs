@@ -216,7 +216,18 @@ pub fn spool<R: Record>(cache_root: &Path, location: &str, record: &R) -> Result
     let path = dir.join(name);
     let tmp = dir.join(format!(".tmp-{}", std::process::id()));
     let json = serde_json::to_vec_pretty(record).expect("records serialise");
-    std::fs::write(&tmp, json).map_err(|e| Error::io_path("write", &tmp, e))?;
+    {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .and_then(|mut f| f.write_all(&json))
+            .map_err(|e| Error::io_path("write", &tmp, e))?;
+    }
     std::fs::rename(&tmp, &path).map_err(|e| Error::io_path("rename into", &path, e))?;
     Ok(path)
 }

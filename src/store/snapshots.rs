@@ -7,6 +7,13 @@ use super::manifest::SnapshotManifest;
 use super::Repository;
 use crate::error::{Error, ErrorKind, Result};
 
+/// Every manifest listed, sorted into those that read and those that do not.
+#[derive(Debug, Default)]
+struct SnapshotListing {
+    manifests: Vec<SnapshotManifest>,
+    unreadable: Vec<(String, Error)>,
+}
+
 impl Repository {
     async fn fetch_manifest(&self, id: &str) -> Result<Vec<u8>> {
         self.backend().get(&layout::snapshot(id)).await
@@ -26,13 +33,44 @@ impl Repository {
         Ok(m)
     }
 
-    /// Every snapshot in the repository, oldest first.
+    /// Every readable snapshot in the repository, oldest first. A manifest that
+    /// fails authentication or does not parse is left out with a warning: one damaged
+    /// backup point must not stop the others from being listed, read or restored.
+    /// Decisions that delete ([`Repository::snapshots_all`]) refuse instead.
     ///
-    /// The backend's listing decides which snapshots exist; the index only saves
-    /// downloading manifests already seen.
-    ///
-    /// Errors: `Corrupt` when a manifest fails authentication; backend errors otherwise.
+    /// Errors: backend errors.
     pub async fn snapshots(&self) -> Result<Vec<SnapshotManifest>> {
+        let listing = self.snapshot_listing().await?;
+        for (id, e) in &listing.unreadable {
+            tracing::warn!("Leaving out snapshot {id}: {e}");
+        }
+        Ok(listing.manifests)
+    }
+
+    /// Every snapshot in the repository, oldest first, or an error if any manifest
+    /// cannot be read: what prune and forget decide from, since the chunks of a
+    /// manifest they cannot read must not be freed.
+    ///
+    /// Errors: `Corrupt` naming the first unreadable manifest (and how many there
+    /// are); backend errors.
+    pub async fn snapshots_all(&self) -> Result<Vec<SnapshotManifest>> {
+        let mut listing = self.snapshot_listing().await?;
+        match listing.unreadable.len() {
+            0 => Ok(listing.manifests),
+            n => {
+                let (id, e) = listing.unreadable.swap_remove(0);
+                Err(Error::Corrupt(format!(
+                    "{n} snapshot manifests in {} cannot be read, e.g. {id}: {e}; refusing to decide what to delete (run `pgvault check`)",
+                    self.location()
+                )))
+            }
+        }
+    }
+
+    /// The manifests, readable and not. The backend's listing decides which
+    /// snapshots exist; the index only saves downloading manifests already seen, and
+    /// a cached copy that does not decode is fetched again.
+    async fn snapshot_listing(&self) -> Result<SnapshotListing> {
         let listed: Vec<String> = self
             .backend
             .list(layout::SNAPSHOTS)
@@ -43,31 +81,46 @@ impl Repository {
         let cached: std::collections::HashMap<String, Vec<u8>> =
             self.index().cached_manifests().await?.into_iter().collect();
         let listed_set: std::collections::HashSet<&String> = listed.iter().collect();
-        let stale: Vec<String> = cached
+        let mut stale: Vec<String> = cached
             .keys()
             .filter(|k| !listed_set.contains(k))
             .cloned()
             .collect();
         let mut fresh = Vec::new();
-        let mut out = Vec::with_capacity(listed.len());
+        let mut out = SnapshotListing::default();
         for id in &listed {
-            let sealed = match cached.get(id) {
-                Some(b) => b.clone(),
+            let from_cache = cached
+                .get(id)
+                .and_then(|b| self.decode_snapshot(id, b).ok());
+            let m = match from_cache {
+                Some(m) => Ok(m),
                 None => {
+                    if cached.contains_key(id) {
+                        stale.push(id.clone());
+                    }
                     let b = match self.fetch_manifest(id).await {
                         Ok(b) => b,
                         // Forgotten between our listing and our read.
                         Err(e) if e.kind() == ErrorKind::NotFound => continue,
                         Err(e) => return Err(e),
                     };
-                    fresh.push((id.clone(), b.clone()));
-                    b
+                    let m = self.decode_snapshot(id, &b);
+                    if m.is_ok() {
+                        fresh.push((id.clone(), b));
+                    }
+                    m
                 }
             };
-            out.push(self.decode_snapshot(id, &sealed)?);
+            match m {
+                Ok(m) => out.manifests.push(m),
+                Err(e) => out.unreadable.push((id.clone(), e)),
+            }
         }
+        // Stale entries are removed before fresh ones are added, in one batch.
+        stale.retain(|id| !fresh.iter().any(|(f, _)| f == id));
         self.index().update_manifests(fresh, stale).await?;
-        out.sort_by(|a, b| a.time.cmp(&b.time).then_with(|| a.id.cmp(&b.id)));
+        out.manifests
+            .sort_by(|a, b| a.time.cmp(&b.time).then_with(|| a.id.cmp(&b.id)));
         Ok(out)
     }
 

@@ -198,3 +198,96 @@ async fn a_prune_elsewhere_makes_this_machine_forget_its_chunk_cache() {
     assert_eq!(snaps, 1);
     assert_eq!(repo.known_chunks().await.unwrap().ids.len(), chunks);
 }
+
+#[tokio::test]
+async fn a_corrupt_manifest_in_the_local_cache_is_fetched_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let (repo, _) = memory_repo(&dir).await;
+    let data = rows(7, 3_000);
+    let m = backup(&repo, "db", &data).await;
+    repo.index()
+        .update_manifests(vec![(m.id.clone(), b"garbage".to_vec())], Vec::new())
+        .await
+        .unwrap();
+    let listed = repo.snapshots().await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].id, m.id);
+    // And the cache holds the good copy again.
+    let cached = repo.index().cached_manifests().await.unwrap();
+    assert!(cached.iter().any(|(id, b)| id == &m.id && b != b"garbage"));
+}
+
+#[tokio::test]
+async fn a_store_that_ignores_conditional_writes_never_gets_an_archived_segment_replaced() {
+    use crate::backend::ObjectStat;
+    use async_trait::async_trait;
+    /// Overwrites on every conditional create, as some S3 look-alikes do.
+    #[derive(Debug)]
+    struct Overwriting(MemoryBackend);
+    #[async_trait]
+    impl Backend for Overwriting {
+        fn location(&self) -> String {
+            self.0.location()
+        }
+        async fn put(&self, key: &str, data: Vec<u8>) -> crate::error::Result<()> {
+            self.0.put(key, data).await
+        }
+        async fn put_if_absent(&self, key: &str, data: Vec<u8>) -> crate::error::Result<bool> {
+            self.0.put(key, data).await.map(|()| true)
+        }
+        async fn get(&self, key: &str) -> crate::error::Result<Vec<u8>> {
+            self.0.get(key).await
+        }
+        async fn exists(&self, key: &str) -> crate::error::Result<bool> {
+            self.0.exists(key).await
+        }
+        async fn list_stat(&self, prefix: &str) -> crate::error::Result<Vec<ObjectStat>> {
+            self.0.list_stat(prefix).await
+        }
+        async fn delete(&self, key: &str) -> crate::error::Result<()> {
+            self.0.delete(key).await
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let backend: Arc<dyn Backend> = Arc::new(Overwriting(MemoryBackend::new("overwriting")));
+    let opts = InitOptions {
+        kdf: crate::crypto::TEST_KDF,
+        ..InitOptions::default()
+    };
+    let repo = Repository::init(backend, b"pw", opts, dir.path())
+        .await
+        .unwrap();
+    assert!(!repo.config().conditional_writes);
+    let name = "000000010000000000000002";
+    let first = rows(8, 2_000);
+    repo.wal_push(name, first.clone()).await.unwrap();
+    assert_eq!(
+        repo.wal_push(name, first.clone()).await.unwrap(),
+        super::wal::WalPushOutcome::AlreadyArchived
+    );
+    let e = repo.wal_push(name, rows(9, 2_000)).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::AlreadyExists, "{e}");
+    assert_eq!(repo.wal_fetch(name).await.unwrap(), first);
+}
+
+#[test]
+fn sketches_are_keyed_so_the_index_says_nothing_without_the_key() {
+    use crate::crypto::MasterKey;
+    use crate::sketch::Sketch;
+    let data = rows(10, 3_000);
+    let (a, b) = (MasterKey::generate(), MasterKey::generate());
+    let plain = Sketch::of(&data);
+    let ka = Sketch::of(&data).keyed(&a.sketch_key());
+    assert_eq!(
+        ka,
+        Sketch::of(&data).keyed(&a.sketch_key()),
+        "stable per key"
+    );
+    assert_ne!(ka, Sketch::of(&data).keyed(&b.sketch_key()));
+    assert!(ka.0.iter().all(|f| !plain.0.contains(f)));
+    // Similar data still shares features under one key.
+    let mut edited = data.clone();
+    edited[10] ^= 1;
+    let ke = Sketch::of(&edited).keyed(&a.sketch_key());
+    assert!(ke.0.iter().any(|f| ka.0.contains(f)));
+}

@@ -143,10 +143,28 @@ impl Repository {
         };
         let json = serde_json::to_vec(&manifest).expect("WAL manifest serialises");
         let sealed = self.seal_json(&key, &json);
-        if self.backend().put_if_absent(&key, sealed).await? {
-            return Ok(WalPushOutcome::Stored);
-        }
-        let existing = self.wal_manifest(name).await?;
+        // A store that ignores conditional creates would let a second push replace an
+        // archived segment: there, what is archived is read and compared first (a
+        // race between two pushes of one name remains; see the README's threat model).
+        let already = if self.config().conditional_writes {
+            if self.backend().put_if_absent(&key, sealed).await? {
+                return Ok(WalPushOutcome::Stored);
+            }
+            None
+        } else {
+            match self.wal_manifest(name).await {
+                Ok(m) => Some(m),
+                Err(e) if e.kind() == ErrorKind::NotFound => {
+                    self.backend().put(&key, sealed).await?;
+                    return Ok(WalPushOutcome::Stored);
+                }
+                Err(e) => return Err(e),
+            }
+        };
+        let existing = match already {
+            Some(m) => m,
+            None => self.wal_manifest(name).await?,
+        };
         if existing.content_id == content_id {
             Ok(WalPushOutcome::AlreadyArchived)
         } else {
@@ -271,7 +289,16 @@ impl Repository {
         let spooled = spool.join(name);
         if let Ok(data) = std::fs::read(&spooled) {
             let _ = std::fs::remove_file(&spooled);
-            return Ok(data);
+            // Checked against what was archived before it is handed to PostgreSQL:
+            // the spool is only a local copy, and one small manifest read is cheap.
+            let m = self.wal_manifest(name).await?;
+            if data.len() as u64 == m.size_bytes && self.key().chunk_id(&data) == m.content_id {
+                return Ok(data);
+            }
+            tracing::warn!(
+                "Spooled copy of WAL file {name} in {} differs from the archived one: fetching it again",
+                spool.display()
+            );
         }
         let mut next = JoinSet::new();
         if let WalFileKind::Segment { timeline, .. } = kind {
@@ -287,7 +314,7 @@ impl Repository {
                 next.spawn(async move {
                     if let Ok(data) = repo.wal_fetch(&next_name).await {
                         let tmp = spool.join(format!(".{next_name}.{}", std::process::id()));
-                        if std::fs::write(&tmp, &data).is_ok() {
+                        if write_private(&tmp, &data).is_ok() {
                             let _ = std::fs::rename(&tmp, spool.join(&next_name));
                         }
                     }
@@ -444,6 +471,19 @@ impl Repository {
         out.sort();
         Ok(out)
     }
+}
+
+/// Writes a file only its owner can read: spooled WAL holds every row written.
+fn write_private(path: &std::path::Path, data: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?
+        .write_all(data)
 }
 
 /// Drops spooled segments nobody asked for within an hour (a recovery that stopped

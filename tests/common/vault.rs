@@ -258,8 +258,7 @@ impl Vault {
 
     /// Every object file under a local repository, relative paths.
     pub fn objects(&self, prefix: &str) -> Vec<PathBuf> {
-        let mut out = Vec::new();
-        walk(&self.repo_path().join(prefix), &mut out);
+        let mut out = super::walk_files(&self.repo_path().join(prefix));
         out.retain(|p| {
             !p.file_name()
                 .unwrap()
@@ -269,19 +268,6 @@ impl Vault {
         });
         out.sort();
         out
-    }
-}
-
-fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
-    let Ok(rd) = std::fs::read_dir(dir) else {
-        return;
-    };
-    for e in rd.flatten() {
-        if e.file_type().unwrap().is_dir() {
-            walk(&e.path(), out);
-        } else {
-            out.push(e.path());
-        }
     }
 }
 

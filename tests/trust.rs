@@ -1,0 +1,360 @@
+//! The trust boundary: a repository whose objects were edited by someone with write
+//! access to the store, a hostile or sloppy command line, and the files pgvault
+//! leaves on this machine. Each must meet a clear line and a safe refusal, never a
+//! panic, a wrong answer, or a file written where it should not be.
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::fixtures::dumps;
+use common::mount::Mount;
+use common::vault::{Run, Vault};
+use serde_json::Value;
+
+fn one_line(r: &Run) -> String {
+    let lines: Vec<&str> = r.stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(
+        lines.len(),
+        1,
+        "expected one line on stderr, got:\n{}",
+        r.stderr
+    );
+    lines[0].to_string()
+}
+
+fn edit_config(v: &Vault, f: impl FnOnce(&mut Value)) {
+    let path = v.repo_path().join("config");
+    let mut cfg: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    f(&mut cfg);
+    std::fs::write(&path, serde_json::to_vec_pretty(&cfg).unwrap()).unwrap();
+}
+
+#[test]
+fn an_edited_config_is_refused_at_open_with_one_line() {
+    let v = Vault::init_local();
+    let original = std::fs::read(v.repo_path().join("config")).unwrap();
+    type Edit = Box<dyn Fn(&mut Value)>;
+    let cases: Vec<(&str, Edit, &str)> = vec![
+        (
+            "zstd level",
+            Box::new(|c| c["zstd_level"] = 19.into()),
+            "fails authentication",
+        ),
+        (
+            "delta flag",
+            Box::new(|c| c["delta"] = false.into()),
+            "fails authentication",
+        ),
+        (
+            "chunk sizes of 1 and 3 bytes",
+            Box::new(|c| {
+                c["chunker"]["min_size_bytes"] = 1.into();
+                c["chunker"]["avg_size_bytes"] = 3.into();
+            }),
+            "impossible chunk sizes",
+        ),
+        (
+            "a repo id that walks out of the cache",
+            Box::new(|c| c["repo_id"] = "../../../../tmp/pgvault-escape".into()),
+            "is not 32 hex digits",
+        ),
+        (
+            "no tag",
+            Box::new(|c| {
+                c.as_object_mut()
+                    .unwrap()
+                    .remove("tag")
+                    .map(|_| ())
+                    .unwrap()
+            }),
+            "fails authentication",
+        ),
+    ];
+    for (what, edit, want) in cases {
+        std::fs::write(v.repo_path().join("config"), &original).unwrap();
+        edit_config(&v, |c| edit(c));
+        let r = v.run(&["snapshots"]);
+        assert_ne!(r.code, 0, "{what}: {r:?}");
+        let line = one_line(&r);
+        assert!(line.contains(want), "{what}: {line}");
+        assert!(!line.contains("panicked"), "{what}: {line}");
+    }
+    assert!(!Path::new("/tmp/pgvault-escape").exists());
+    std::fs::write(v.repo_path().join("config"), &original).unwrap();
+    v.run(&["snapshots"]).ok();
+}
+
+#[test]
+fn a_bad_key_file_beside_a_good_one_locks_nobody_out() {
+    let v = Vault::init_local();
+    let keys = v.repo_path().join("keys");
+    // Sorted before the good key: garbage, and costs that would take all memory.
+    std::fs::write(keys.join("0000-garbage"), b"{not json").unwrap();
+    let good = std::fs::read_dir(&keys)
+        .unwrap()
+        .flatten()
+        .find(|e| !e.file_name().to_string_lossy().starts_with("0000"))
+        .unwrap()
+        .path();
+    let mut hostile: Value = serde_json::from_slice(&std::fs::read(&good).unwrap()).unwrap();
+    hostile["kdf_params"]["memory_kib"] = 4_000_000_000u32.into();
+    std::fs::write(
+        keys.join("0001-hostile"),
+        serde_json::to_vec(&hostile).unwrap(),
+    )
+    .unwrap();
+    let started = Instant::now();
+    let r = v.run(&["snapshots"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(
+        r.stderr.contains("0000-garbage") && r.stderr.contains("0001-hostile"),
+        "{}",
+        r.stderr
+    );
+    // The garbage is left out of the list; the hostile one shows, to be removed.
+    let listed = v.run(&["key", "list", "--json"]).ok().json();
+    assert_eq!(listed.as_array().unwrap().len(), 2, "{listed}");
+    v.run(&["key", "remove", "0001-hostile"]).ok();
+}
+
+#[test]
+fn one_corrupt_manifest_does_not_stop_the_others_but_stops_prune() {
+    let d = dumps();
+    let v = Vault::init_local();
+    let good = v.import_id("footdash", &d.tiny, Some("2026-11-01T02:00:00Z"));
+    let bad = v.import_id("footdash", &d.other, Some("2026-11-02T02:00:00Z"));
+    let path = v.repo_path().join("snapshots").join(&bad);
+    let mut bytes = std::fs::read(&path).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 1;
+    std::fs::write(&path, bytes).unwrap();
+    // The index still holds the intact copy; drop it so the store decides.
+    std::fs::remove_dir_all(&v.cache).unwrap();
+
+    let r = v.run(&["snapshots", "--json"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    let ids: Vec<String> = r
+        .json()
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(ids, vec![good.clone()]);
+    assert!(
+        r.stderr.contains(&bad),
+        "the unreadable one is named: {}",
+        r.stderr
+    );
+    assert!(v.cat(&good) == std::fs::read(&d.tiny).unwrap());
+    let mnt = Mount::start(&v, &v.dir.path().join("mnt"), &[]);
+    assert!(
+        std::fs::read(mnt.join(&format!("snapshots/{good}/footdash.dump"))).unwrap()
+            == std::fs::read(&d.tiny).unwrap()
+    );
+    drop(mnt);
+    // Deciding what to delete from a partial view could free a live chunk: refused.
+    let r = v.run(&["prune"]);
+    assert_ne!(r.code, 0);
+    assert!(
+        one_line(&r).contains("refusing to decide what to delete"),
+        "{r:?}"
+    );
+    let r = v.run(&["forget", "--keep-last", "1"]);
+    assert_ne!(r.code, 0);
+}
+
+#[test]
+fn a_dead_or_missing_mount_is_no_answer_for_restore_command() {
+    let d = dumps();
+    let v = Vault::init_local();
+    v.import_id("footdash", &d.tiny, None);
+    let tmp = tempfile::tempdir().unwrap();
+    let seg = tmp.path().join("000000010000000000000002");
+    std::fs::write(&seg, vec![7u8; 1 << 20]).unwrap();
+    v.run(&["wal-push", seg.to_str().unwrap()]).ok();
+    let mp = v.dir.path().join("mnt");
+    let mut mnt = Mount::start(&v, &mp, &[]);
+    let dest = tmp.path().join("restored");
+    let fetch = |name: &str| {
+        let mut c = v.command(&[
+            "wal-fetch",
+            "--from-mount",
+            mp.to_str().unwrap(),
+            name,
+            dest.to_str().unwrap(),
+        ]);
+        // It needs neither the repository nor the passphrase.
+        c.env_remove("PGVAULT_REPO").env_remove("PGVAULT_PASSWORD");
+        let o = c.output().unwrap();
+        Run {
+            code: o.status.code().unwrap_or(-1),
+            stdout: o.stdout,
+            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+        }
+    };
+    // Archived: copied, byte for byte, readable by the server only.
+    let r = fetch("000000010000000000000002");
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(std::fs::read(&dest).unwrap() == std::fs::read(&seg).unwrap());
+    assert_eq!(
+        std::fs::metadata(&dest).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    // Archived a moment ago, after the mount last listed wal/: there, not ENOENT.
+    let seg3 = tmp.path().join("000000010000000000000003");
+    std::fs::write(&seg3, vec![9u8; 1 << 20]).unwrap();
+    v.run(&["wal-push", seg3.to_str().unwrap()]).ok();
+    assert_eq!(fetch("000000010000000000000003").code, 0);
+    // Not archived, the mount alive: 1, quietly.
+    let r = fetch("000000010000000000000009");
+    assert_eq!((r.code, r.stderr.trim()), (1, ""), "{r:?}");
+
+    // The mount's process dies: cp would say 1 here, which PostgreSQL takes for the
+    // end of the archive; wal-fetch says it cannot tell.
+    common::signal(mnt.pid(), "KILL");
+    mnt.wait_exit(Duration::from_secs(10));
+    let cp = std::process::Command::new("cp")
+        .arg(mp.join("wal/000000010000000000000009"))
+        .arg(&dest)
+        .output()
+        .unwrap();
+    assert_eq!(
+        cp.status.code(),
+        Some(1),
+        "this is why cp is no restore_command"
+    );
+    let r = fetch("000000010000000000000009");
+    assert!(r.code > 125, "{r:?}");
+    assert!(one_line(&r).contains("is dead"), "{r:?}");
+    drop(mnt);
+    // Nothing mounted at all.
+    let r = fetch("000000010000000000000002");
+    assert!(r.code > 125, "{r:?}");
+    assert!(one_line(&r).contains("nothing is mounted"), "{r:?}");
+}
+
+#[test]
+fn a_connection_string_password_lands_nowhere() {
+    let d = dumps();
+    let v = Vault::init_local();
+    let secret = "s3cr3tPW";
+    let db = format!("postgresql://alice:{secret}@db.example/footdash");
+    let r = v.run_stdin(
+        &["backup", "--stdin", "--db", &db, "--json"],
+        &std::fs::read(&d.tiny).unwrap(),
+    );
+    let b = r.ok().json();
+    assert_eq!(b["db"], "footdash");
+    // A failing run records its attempt (spooled: the repository is moved away).
+    let moved = v.dir.path().join("moved");
+    std::fs::rename(v.repo_path(), &moved).unwrap();
+    v.run_stdin(&["backup", "--stdin", "--db", &db], b"not a dump")
+        .fails();
+    std::fs::rename(&moved, v.repo_path()).unwrap();
+    let mut shown = String::new();
+    for args in [
+        &["snapshots", "--json"][..],
+        &["status", "--json"],
+        &["metrics"],
+        &["du", "--json"],
+    ] {
+        shown.push_str(&v.run(args).ok().out());
+    }
+    assert!(shown.contains("footdash"));
+    assert!(!shown.contains(secret), "{shown}");
+    let mnt = Mount::start(&v, &v.dir.path().join("mnt"), &[]);
+    let listing = format!("{:?}", common::walk_names(&mnt.join("by-db")));
+    assert!(!listing.contains(secret), "{listing}");
+    drop(mnt);
+    for f in common::walk_files(v.dir.path()) {
+        let bytes = std::fs::read(&f).unwrap_or_default();
+        assert!(
+            !bytes.windows(secret.len()).any(|w| w == secret.as_bytes()),
+            "{} holds the password",
+            f.display()
+        );
+    }
+}
+
+#[test]
+fn local_files_are_private_and_a_missing_home_is_refused() {
+    let d = dumps();
+    let v = Vault::init_local();
+    v.import_id("footdash", &d.tiny, None);
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&v.cache), 0o700);
+    for dir in std::fs::read_dir(&v.cache).unwrap().flatten() {
+        if dir.path().is_dir() {
+            assert_eq!(mode(&dir.path()), 0o700, "{}", dir.path().display());
+        }
+    }
+    for f in common::walk_files(&v.repo_path().join("keys")) {
+        assert_eq!(mode(&f), 0o600, "{}", f.display());
+    }
+    assert_eq!(mode(&v.repo_path().join("chunks")), 0o700);
+
+    let r = {
+        let mut c = v.command(&["snapshots"]);
+        c.env_remove("HOME")
+            .env_remove("XDG_CACHE_HOME")
+            .env_remove("PGVAULT_CACHE_DIR");
+        let o = c.output().unwrap();
+        Run {
+            code: o.status.code().unwrap_or(-1),
+            stdout: o.stdout,
+            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+        }
+    };
+    assert_eq!(r.code, 2, "{r:?}");
+    assert!(one_line(&r).contains("No cache directory"), "{r:?}");
+}
+
+#[test]
+fn sloppy_command_lines_get_one_line_and_exit_2_never_a_panic() {
+    let v = Vault::init_local();
+    let cases: &[&[&str]] = &[
+        &["--repo", "s3:/bucket", "snapshots"],
+        &["--repo", "S3://bucket", "snapshots"],
+        &["backup", "--db", "x", "--lock-wait", "99999999999d"],
+        &["prune", "--grace", "1.5h"],
+        &[
+            "wal-fetch",
+            "000000010000000000000001",
+            "/tmp/x",
+            "--prefetch",
+            "1000000",
+        ],
+        &["mount", "/tmp", "--cache-size", "5XB"],
+        &["--io-timeout", "0s", "snapshots"],
+        &[
+            "restore",
+            "--pgdata",
+            "/tmp/nowhere",
+            "--target-time",
+            "2026-11-29 20:38:42",
+        ],
+        &["drill", "--db", "x", "--timeout", "99999999999"],
+        &["drill", "--db", "x", "--jobs", "0"],
+        &["backup", "--db", "x", "--size-change-threshold", "NaN"],
+        &["init", "--kdf-memory-kib", "4294967295"],
+        &["mount", "/tmp", "--uid", "no-such-user-here"],
+        &["backup", "--db", "host=db password=x"],
+        &["check", "--read-data-subset", "0/0"],
+    ];
+    for args in cases {
+        let r = v.run(args);
+        assert_eq!(r.code, 2, "{args:?}: {r:?}");
+        assert!(!r.stderr.contains("panicked"), "{args:?}: {r:?}");
+        let first = r.stderr.lines().next().unwrap_or("");
+        assert!(!first.is_empty(), "{args:?}");
+    }
+}

@@ -23,6 +23,11 @@ use crate::sketch::Sketch;
 /// How long a command waits for another process's index batch before going without.
 const OPEN_PATIENCE: Duration = Duration::from_secs(5);
 
+/// The tree of sketches: chunk id → (when it was recorded, as a sequence number; the
+/// features). The sequence lets the newest full chunk win a shared feature, so that a
+/// chunk stored in full to rebase its deltas becomes the base of its next versions.
+const SKETCHES: &str = "sketches-by-age";
+
 /// Key in the `meta` tree: the repository's prune generation the chunk cache belongs to.
 const PRUNE_GENERATION: &[u8] = b"prune_generation";
 
@@ -208,12 +213,16 @@ impl Index {
                 batch.insert(&c.id.0[..], v);
             }
             db.open_tree("chunks")?.apply_batch(batch)?;
+            // Sequence numbers after every one recorded so far, in the order given: a
+            // batch number from sled's monotonic counter, then the place in the batch.
+            let first = db.generate_id()? << 32;
             let mut batch = sled::Batch::default();
-            for (id, s) in &sketches {
-                let v: Vec<u8> = s.0.iter().flat_map(|f| f.to_be_bytes()).collect();
+            for (i, (id, s)) in sketches.iter().enumerate() {
+                let mut v = (first + i as u64).to_be_bytes().to_vec();
+                v.extend(s.0.iter().flat_map(|f| f.to_be_bytes()));
                 batch.insert(&id.0[..], v);
             }
-            db.open_tree("sketches")?.apply_batch(batch)
+            db.open_tree(SKETCHES)?.apply_batch(batch)
         })
         .await?;
         Ok(())
@@ -237,7 +246,7 @@ impl Index {
                 batch.remove(&id.0[..]);
             }
             db.open_tree("chunks")?.apply_batch(batch.clone())?;
-            db.open_tree("sketches")?.apply_batch(batch)?;
+            db.open_tree(SKETCHES)?.apply_batch(batch)?;
             if let Some((before, after)) = generations {
                 let meta = db.open_tree("meta")?;
                 if meta.get(PRUNE_GENERATION)?.as_deref() == Some(before.as_bytes()) {
@@ -250,24 +259,34 @@ impl Index {
         Ok(())
     }
 
-    /// Every recorded sketch of a full chunk (empty when the index is busy).
+    /// Every recorded sketch of a full chunk, oldest first (empty when the index is
+    /// busy).
     ///
     /// Errors: `Io` when the index is unreadable and cannot be recreated.
     pub async fn sketches(&self) -> Result<Vec<(ChunkId, Sketch)>> {
         let out = self
             .batch(|db| {
-                let tree = db.open_tree("sketches")?;
+                // The tree of an older layout, without ages: dropped, it is only hints.
+                let _ = db.drop_tree("sketches");
+                let tree = db.open_tree(SKETCHES)?;
                 let mut out = Vec::with_capacity(tree.len());
                 for kv in tree.iter() {
                     let (k, v) = kv?;
-                    if let Ok(arr) = <[u8; 32]>::try_from(&k[..]) {
-                        let features = v
-                            .chunks_exact(8)
-                            .map(|b| u64::from_be_bytes(b.try_into().expect("8 bytes")))
-                            .collect();
-                        out.push((ChunkId(arr), Sketch(features)));
-                    }
+                    let Ok(arr) = <[u8; 32]>::try_from(&k[..]) else {
+                        continue;
+                    };
+                    let Some((seq, features)) = v.split_first_chunk::<8>() else {
+                        continue;
+                    };
+                    let features = features
+                        .chunks_exact(8)
+                        .map(|b| u64::from_be_bytes(b.try_into().expect("8 bytes")))
+                        .collect();
+                    out.push((u64::from_be_bytes(*seq), ChunkId(arr), Sketch(features)));
                 }
+                out.sort_unstable_by_key(|(seq, _, _)| *seq);
+                let out: Vec<(ChunkId, Sketch)> =
+                    out.into_iter().map(|(_, id, s)| (id, s)).collect();
                 Ok(out)
             })
             .await?;

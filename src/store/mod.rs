@@ -76,7 +76,12 @@ pub struct Repository {
     /// The id of the key file that opened this repository.
     key_id: String,
     cache: RepoCache,
+    /// Base chunks read lately, shared by clones (one process, one cache).
+    bases: chunks::BaseCache,
 }
+
+/// Memory for base chunks kept by [`chunks::BaseCache`]: a few hundred 256 KiB bases.
+const BASE_CACHE_BYTES: usize = 64 << 20;
 
 /// Whether the store honours conditional creates: of two `put_if_absent` calls on one
 /// fresh key, the second must be refused. A store that ignores `If-None-Match`
@@ -182,6 +187,7 @@ impl Repository {
             key,
             key_id,
             cache,
+            bases: chunks::BaseCache::new(BASE_CACHE_BYTES),
         })
     }
 
@@ -252,6 +258,7 @@ impl Repository {
                 key,
                 key_id,
                 cache,
+                bases: chunks::BaseCache::new(BASE_CACHE_BYTES),
             });
         }
         Err(Error::WrongPassphrase(location))
@@ -270,6 +277,11 @@ impl Repository {
     /// This machine's files for the repository.
     pub fn cache(&self) -> &RepoCache {
         &self.cache
+    }
+
+    /// Base chunks read lately.
+    pub(crate) fn bases(&self) -> &chunks::BaseCache {
+        &self.bases
     }
 
     /// The local index cache of this repository.

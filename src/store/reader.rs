@@ -206,7 +206,7 @@ impl FileReader {
         let r = self.chunks[i];
         let data = self
             .repo
-            .load_chunk(&r.id, Some(r.len as usize))
+            .load_ref(&r)
             .await
             .map_err(|e| name_owner(&self.what, &r.id, e))?;
         if data.len() != r.len as usize {
@@ -315,7 +315,7 @@ impl Repository {
                 let repo = self.clone();
                 let snap = snap.clone();
                 pending.push_back(tokio::spawn(async move {
-                    repo.load_chunk(&r.id, Some(r.len as usize))
+                    repo.load_ref(&r)
                         .await
                         .map_err(|e| name_owner(&format!("snapshot {snap}"), &r.id, e))
                 }));

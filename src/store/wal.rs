@@ -219,7 +219,7 @@ impl Repository {
             let repo = self.clone();
             let c = *c;
             tasks.spawn(async move {
-                let data = repo.load_chunk(&c.id, Some(c.len as usize)).await;
+                let data = repo.load_ref(&c).await;
                 (i, data)
             });
         }

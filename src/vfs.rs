@@ -1165,7 +1165,15 @@ impl Vfs {
                     "Read of {} at offset {offset}, {size} bytes, failed: {e}",
                     reader.what()
                 );
-                Err(e)
+                // A missing chunk of a file that is open is damage: "no such file"
+                // would tell `cp` or a restore_command the file was never there.
+                Err(match e {
+                    Error::NotFound { what, location } => Error::Corrupt(format!(
+                        "{what} of {} is missing from {location}",
+                        reader.what()
+                    )),
+                    e => e,
+                })
             }
         }
     }

@@ -186,6 +186,8 @@ fn a_dead_or_missing_mount_is_no_answer_for_restore_command() {
     let dest = tmp.path().join("restored");
     let fetch = |name: &str| {
         let mut c = v.command(&[
+            "--io-timeout",
+            "3s",
             "wal-fetch",
             "--from-mount",
             mp.to_str().unwrap(),
@@ -217,6 +219,37 @@ fn a_dead_or_missing_mount_is_no_answer_for_restore_command() {
     // Not archived, the mount alive: 1, quietly.
     let r = fetch("000000010000000000000009");
     assert_eq!((r.code, r.stderr.trim()), (1, ""), "{r:?}");
+
+    // Archived, but a chunk of it is gone: the file opens and its read fails. That is
+    // damage, never "not archived" (1 would end recovery at the segment before).
+    let chunks_before = common::walk_files(&v.repo_path().join("chunks"));
+    let seg4 = tmp.path().join("000000010000000000000004");
+    let mut rng = common::fixtures::Rng::seeded(4);
+    let noise: Vec<u8> = (0..(1 << 20) / 8)
+        .flat_map(|_| rng.next().to_le_bytes())
+        .collect();
+    std::fs::write(&seg4, noise).unwrap();
+    v.run(&["wal-push", seg4.to_str().unwrap()]).ok();
+    let added: Vec<_> = common::walk_files(&v.repo_path().join("chunks"))
+        .into_iter()
+        .filter(|p| !chunks_before.contains(p))
+        .collect();
+    assert!(!added.is_empty());
+    std::fs::remove_file(&added[added.len() / 2]).unwrap();
+    let r = fetch("000000010000000000000004");
+    assert!(r.code > 125, "{r:?}");
+    assert!(one_line(&r).contains("reading"), "{r:?}");
+
+    // The mount's process hangs (stopped, not dead): no answer within the deadline is
+    // no answer, not a wait for ever.
+    assert!(common::signal(mnt.pid(), "STOP"));
+    let started = Instant::now();
+    let r = fetch("000000010000000000000002");
+    let waited = started.elapsed();
+    assert!(common::signal(mnt.pid(), "CONT"));
+    assert!(r.code > 125, "{r:?}");
+    assert!(one_line(&r).contains("gave no answer"), "{r:?}");
+    assert!(waited < Duration::from_secs(60), "waited {waited:?}");
 
     // The mount's process dies: cp would say 1 here, which PostgreSQL takes for the
     // end of the archive; wal-fetch says it cannot tell.

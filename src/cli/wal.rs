@@ -105,7 +105,7 @@ pub async fn push(g: &GlobalArgs, a: &WalPushArgs) -> Result<()> {
 /// is unknown.
 pub async fn fetch(g: &GlobalArgs, a: &WalFetchArgs) -> Result<()> {
     if let Some(mount) = &a.from_mount {
-        return crate::ops::wal::fetch_from_mount(mount, &a.name, &a.dest);
+        return crate::ops::wal::fetch_from_mount(mount, &a.name, &a.dest, g.io_timeout.call());
     }
     let repo = open_repo(g)
         .await

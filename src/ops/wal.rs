@@ -127,14 +127,42 @@ fn hand_over(name: &str, data: &[u8], dest: &Path) -> Result<()> {
 /// A plain `cp` from the mount cannot serve: it exits 1 both when the file is not
 /// archived and when the mount is dead or the store did not answer, and PostgreSQL
 /// takes 1 for the end of the archive and promotes. Here "not archived" is said only
-/// by a live pgvault mount (whose `wal/` looks the file up by its manifest);
-/// anything else is "could not find out".
+/// when a live pgvault mount (whose `wal/` looks the file up by its manifest) finds no
+/// such file to open; a file that opens but cannot be read to its end, a mount that
+/// gives no answer within `deadline`, and anything else is "could not find out".
 ///
 /// Errors: `NotFound` when the live mount says the file is not archived;
 /// `Unavailable` when `mount` is no pgvault mount (not mounted, another file system),
-/// is dead, or the read fails; `InvalidInput` for a name that is not a WAL file name.
-pub fn fetch_from_mount(mount: &Path, name: &str, dest: &Path) -> Result<()> {
+/// is dead or hung, or the read fails; `InvalidInput` for a name that is not a WAL
+/// file name; `Corrupt` when the file read does not have the form of its name.
+pub fn fetch_from_mount(mount: &Path, name: &str, dest: &Path, deadline: Duration) -> Result<()> {
     WalFileKind::parse(name)?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (mount_owned, name_owned) = (mount.to_path_buf(), name.to_string());
+    // A FUSE daemon that is stopped leaves every call into its mount waiting; the
+    // waiting thread is left behind (the process exits soon after) so that recovery
+    // gets an answer.
+    std::thread::Builder::new()
+        .name("wal-fetch-mount".into())
+        .spawn(move || {
+            let _ = tx.send(read_from_mount(&mount_owned, &name_owned));
+        })
+        .map_err(|e| Error::Unavailable(format!("Cannot start a thread to read the mount: {e}")))?;
+    let data = match rx.recv_timeout(deadline) {
+        Ok(r) => r?,
+        Err(_) => {
+            return Err(Error::Unavailable(format!(
+                "Cannot tell whether WAL file {name} is archived: the mount on {} gave no answer within {}",
+                mount.display(),
+                crate::time::format_duration(deadline)
+            )))
+        }
+    };
+    hand_over(name, &data, dest)
+}
+
+fn read_from_mount(mount: &Path, name: &str) -> Result<Vec<u8>> {
+    use std::io::Read;
     let shown = mount.display();
     let cannot_tell = |why: String| {
         Error::Unavailable(format!(
@@ -158,22 +186,28 @@ pub fn fetch_from_mount(mount: &Path, name: &str, dest: &Path) -> Result<()> {
         None => return Err(cannot_tell(format!("nothing is mounted on {shown}"))),
     }
     let path = abs.join("wal").join(name);
-    let data = match std::fs::read(&path) {
-        Ok(d) => d,
+    let dead = |e: &std::io::Error| e.raw_os_error() == Some(libc::ENOTCONN);
+    let mut file = match std::fs::File::open(&path) {
+        Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             return Err(Error::NotFound {
                 what: format!("WAL file {name}"),
                 location: format!("the pgvault mount on {shown}"),
             })
         }
-        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {
+        Err(e) if dead(&e) => {
             return Err(cannot_tell(format!(
                 "the pgvault mount on {shown} is dead (its process is gone)"
             )))
         }
-        Err(e) => return Err(cannot_tell(format!("reading {}: {e}", path.display()))),
+        Err(e) => return Err(cannot_tell(format!("opening {}: {e}", path.display()))),
     };
-    hand_over(name, &data, dest)
+    // Once open, the file is archived: every failure to read it, "no such file"
+    // included, is damage or an outage, never the end of the archive.
+    let mut data = Vec::new();
+    file.read_to_end(&mut data)
+        .map_err(|e| cannot_tell(format!("reading {}: {e}", path.display())))?;
+    Ok(data)
 }
 
 /// A `wal-fetch` error as PostgreSQL must see it: "not archived" stays `NotFound`;

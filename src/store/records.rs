@@ -232,8 +232,26 @@ pub fn spool<R: Record>(cache_root: &Path, location: &str, record: &R) -> Result
     Ok(path)
 }
 
+/// Where a record's sealed copy is cached: named by a hash of its key, because a key
+/// comes from the bucket's listing and must never decide a local path.
 fn cache_path(repo: &Repository, key: &str) -> PathBuf {
-    repo.cache().records_dir().join(key)
+    repo.cache()
+        .records_dir()
+        .join(blake3::hash(key.as_bytes()).to_hex().as_str())
+}
+
+/// Whether `key` has the form [`record_key`] gives keys of `kind`; anything else in
+/// a record prefix was not written by pgvault and is not read.
+fn is_record_key(kind: RecordKind, key: &str) -> bool {
+    let Some(rest) = key.strip_prefix(kind.prefix()) else {
+        return false;
+    };
+    let Some((stamp, tag)) = rest.rsplit_once('-') else {
+        return false;
+    };
+    tag.len() == 12
+        && tag.bytes().all(|b| b.is_ascii_hexdigit())
+        && chrono::NaiveDateTime::parse_from_str(stamp, "%Y%m%dT%H%M%S%.3fZ").is_ok()
 }
 
 impl Repository {
@@ -328,6 +346,17 @@ impl Repository {
     /// Errors: backend errors while listing or reading.
     pub async fn records<R: Record + Send + 'static>(&self) -> Result<Vec<R>> {
         let mut listed = self.backend().list(R::KIND.prefix()).await?;
+        listed.retain(|obj| {
+            let ours = is_record_key(R::KIND, &obj.key);
+            if !ours {
+                tracing::warn!(
+                    "Skipping {} in {}: not a record key",
+                    obj.key.escape_debug(),
+                    self.location()
+                );
+            }
+            ours
+        });
         listed.sort_by(|a, b| a.key.cmp(&b.key));
         let mut tasks = JoinSet::new();
         let mut out: Vec<(String, R)> = Vec::with_capacity(listed.len());
@@ -358,20 +387,24 @@ impl Repository {
 
     async fn read_record<R: Record>(&self, key: &str) -> Result<Option<R>> {
         let cached = cache_path(self, key);
-        let sealed = match std::fs::read(&cached) {
-            Ok(b) => b,
-            Err(_) => {
-                let b = match self.backend().get(key).await {
+        let json = match std::fs::read(&cached)
+            .ok()
+            .and_then(|sealed| super::format::decode_manifest(self.key(), key, &sealed).ok())
+        {
+            Some(json) => json,
+            None => {
+                let sealed = match self.backend().get(key).await {
                     Ok(b) => b,
                     // Removed between listing and reading.
                     Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
                     Err(e) => return Err(e),
                 };
-                cache_sealed(&cached, &b);
-                b
+                // Only what authenticates is kept.
+                let json = super::format::decode_manifest(self.key(), key, &sealed)?;
+                cache_sealed(&cached, &sealed);
+                json
             }
         };
-        let json = super::format::decode_manifest(self.key(), key, &sealed)?;
         serde_json::from_slice(&json)
             .map(Some)
             .map_err(|e| Error::Corrupt(format!("Record {key} does not parse: {e}")))

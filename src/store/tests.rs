@@ -291,3 +291,53 @@ fn sketches_are_keyed_so_the_index_says_nothing_without_the_key() {
     let ke = Sketch::of(&edited).keyed(&a.sketch_key());
     assert!(ke.0.iter().any(|f| ka.0.contains(f)));
 }
+
+#[tokio::test]
+async fn a_record_key_from_the_bucket_never_names_a_local_path() {
+    use super::records::BackupAttempt;
+    let cache = tempfile::tempdir().unwrap();
+    let (repo, store) = memory_repo(&cache).await;
+    let attempt = BackupAttempt {
+        time: chrono::Utc::now(),
+        db: "footdash".into(),
+        kind: SnapshotKind::Dump,
+        ok: true,
+        error: None,
+        snapshot_id: None,
+        size_bytes: 1,
+        bytes_stored_new: 1,
+        duration_seconds: 1.0,
+        hostname: "h".into(),
+    };
+    let good = repo.write_record(&attempt).await.unwrap();
+    let target = cache.path().join("planted");
+    let depth = repo.cache().records_dir().components().count();
+    let hostile = format!(
+        "{}{}{}",
+        layout::ATTEMPTS,
+        "../".repeat(depth),
+        target.display().to_string().trim_start_matches('/')
+    );
+    store.put(&hostile, b"attacker".to_vec()).await.unwrap();
+    // A well-formed key whose bytes do not authenticate: skipped, and not cached.
+    let forged = good.replacen(&good[good.len() - 12..], "000000000000", 1);
+    store
+        .put(&forged, store.get(&good).await.unwrap())
+        .await
+        .unwrap();
+
+    let read: Vec<BackupAttempt> = repo.records().await.unwrap();
+    assert_eq!(read.len(), 1, "only the record pgvault wrote is read");
+    assert_eq!(read[0].db, "footdash");
+    assert!(!target.exists(), "a listed key wrote {}", target.display());
+    let cached: Vec<_> = std::fs::read_dir(repo.cache().records_dir())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(
+        cached.len(),
+        1,
+        "only the authenticated record is cached: {cached:?}"
+    );
+    assert!(cached[0].bytes().all(|b| b.is_ascii_hexdigit()));
+}

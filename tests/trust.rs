@@ -359,13 +359,6 @@ fn sloppy_command_lines_get_one_line_and_exit_2_never_a_panic() {
         &["--repo", "S3://bucket", "snapshots"],
         &["backup", "--db", "x", "--lock-wait", "99999999999d"],
         &["prune", "--grace", "1.5h"],
-        &[
-            "wal-fetch",
-            "000000010000000000000001",
-            "/tmp/x",
-            "--prefetch",
-            "1000000",
-        ],
         &["mount", "/tmp", "--cache-size", "5XB"],
         &["--io-timeout", "0s", "snapshots"],
         &[
@@ -390,4 +383,26 @@ fn sloppy_command_lines_get_one_line_and_exit_2_never_a_panic() {
         let first = r.stderr.lines().next().unwrap_or("");
         assert!(!first.is_empty(), "{args:?}");
     }
+}
+
+/// As restore_command, any exit from 1 to 125 is "not archived" and PostgreSQL
+/// promotes: a mistyped option or an unset variable must stop recovery instead.
+#[test]
+fn a_sloppy_restore_command_stops_recovery_rather_than_ending_it() {
+    let v = Vault::init_local();
+    let seg = "000000010000000000000001";
+    let cases: &[&[&str]] = &[
+        &["wal-fetch", seg, "/tmp/x", "--prefetch", "1000000"],
+        &["wal-fetch", seg, "/tmp/x", "--no-such-option"],
+        &["wal-fetch", seg],
+        &["--io-timeout", "0s", "wal-fetch", seg, "/tmp/x"],
+        &["wal-fetch", "not-a-wal-name", "/tmp/x"],
+    ];
+    for args in cases {
+        let r = v.run(args);
+        assert!(r.code > 125, "{args:?}: {r:?}");
+        assert!(!r.stderr.trim().is_empty(), "{args:?}: {r:?}");
+    }
+    // Help is no failure.
+    assert_eq!(v.run(&["wal-fetch", "--help"]).code, 0);
 }

@@ -149,8 +149,22 @@ pub enum Command {
 
 /// Runs the command line and returns the process exit code.
 pub fn main() -> i32 {
+    // As restore_command, every exit from 1 to 125 reads as "not archived" and lets
+    // PostgreSQL promote: a bad option, an unset variable or a panic must not say that.
+    let is_fetch = std::env::args_os().any(|a| a == "wal-fetch");
+    if is_fetch {
+        let report = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            report(info);
+            std::process::exit(wal::CANNOT_TELL);
+        }));
+    }
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
+        Err(e) if is_fetch && e.use_stderr() => {
+            let _ = e.print();
+            return wal::CANNOT_TELL;
+        }
         Err(e) => return usage_error(e),
     };
     init_logging(cli.global.verbose);
@@ -161,10 +175,9 @@ pub fn main() -> i32 {
         Ok(r) => r,
         Err(e) => {
             eprintln!("pgvault: Cannot start the async runtime: {e}");
-            return 1;
+            return if is_fetch { wal::CANNOT_TELL } else { 1 };
         }
     };
-    let is_fetch = matches!(cli.command, Command::WalFetch(_));
     let result = runtime.block_on(run(cli));
     // The outcome is known: work still running (a prefetch, a call stuck on a hung
     // store) is abandoned rather than waited for, or a dead store could hold the

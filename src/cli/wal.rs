@@ -113,6 +113,10 @@ pub async fn fetch(g: &GlobalArgs, a: &WalFetchArgs) -> Result<()> {
     crate::ops::wal::fetch(&repo, &a.name, &a.dest, usize::from(a.prefetch)).await
 }
 
+/// `wal-fetch`'s exit code for "could not find out": above 125, so PostgreSQL stops
+/// recovery instead of taking the end of the archive.
+pub const CANNOT_TELL: i32 = 255;
+
 /// The exit code of a failed `wal-fetch`. "Not archived" is 1, said quietly:
 /// PostgreSQL probes for files that do not exist. Anything else is above 125, which
 /// PostgreSQL treats as fatal: recovery stops instead of ending early and promoting,
@@ -123,7 +127,7 @@ pub fn fetch_exit_code(e: &Error) -> i32 {
         1
     } else {
         output::print_error(e);
-        255
+        CANNOT_TELL
     }
 }
 

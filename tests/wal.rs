@@ -271,7 +271,18 @@ fn a_failing_pg_basebackup_leaves_nothing_behind() {
     assert!(e.contains("pg_basebackup"), "{e}");
     assert!(v.snapshots().is_empty());
     assert_eq!(v.objects("snapshots"), Vec::<std::path::PathBuf>::new());
-    let _ = (pg, before);
+    let _ = before;
+
+    // The same environment, with a connection string saying where the server is: it
+    // reaches pg_basebackup (whose own PGPORT is wrong), and the label stays "cluster".
+    let conninfo = format!("host={} port={} user={}", pg.host(), pg.port(), pg.user());
+    let b = v
+        .run(&["backup", "--base", "--db", &conninfo, "--json"])
+        .ok()
+        .json();
+    assert_eq!(b["db"], "cluster", "{b}");
+    assert_eq!(b["base"]["timeline"], 1, "{b}");
+    assert_eq!(v.snapshots().len(), 1);
 }
 
 #[test]

@@ -18,7 +18,8 @@ use crate::time::rfc3339;
 pub struct BackupArgs {
     /// The database: dumped with pg_dump -Fc -Z0, or the name recorded for --stdin
     /// (with --base, a label for the cluster; default "cluster"). A libpq connection
-    /// string works too; only the database name in it is recorded
+    /// string works too: pg_dump (with --base, pg_basebackup) connects with it, and
+    /// only the database name in it is recorded
     #[arg(short = 'd', long, value_name = "DBNAME")]
     pub db: Option<String>,
     /// Take a physical base backup with pg_basebackup (for point-in-time recovery)
@@ -52,10 +53,19 @@ pub struct BackupArgs {
 /// --base is given.
 pub async fn run(g: &GlobalArgs, a: &BackupArgs) -> Result<()> {
     // A connection string is for pg_dump; only the database name is recorded.
-    let target =
-        a.db.as_deref()
-            .map(crate::pg::conninfo::parse)
-            .transpose()?;
+    let target = match a.db.as_deref() {
+        // pg_basebackup connects to the cluster, not a database: a connection string
+        // for it needs no dbname, and then the cluster keeps its default label.
+        Some(db) if a.base && crate::pg::conninfo::is_conninfo(db) => {
+            Some(crate::pg::conninfo::DbTarget {
+                name: crate::pg::conninfo::parse(db)
+                    .map(|t| t.name)
+                    .unwrap_or_else(|_| "cluster".into()),
+                conninfo: Some(db.to_string()),
+            })
+        }
+        db => db.map(crate::pg::conninfo::parse).transpose()?,
+    };
     let (kind, db) = match (&target, a.base) {
         (Some(t), true) => (SnapshotKind::Base, t.name.clone()),
         (Some(t), false) => (SnapshotKind::Dump, t.name.clone()),

@@ -19,18 +19,20 @@ use crate::wal_name::Lsn;
 ///
 /// Errors: `External` when pg_basebackup cannot be started.
 pub fn pg_basebackup(conn: &ConnectOptions) -> Result<(PgProcess, ChildStdout)> {
-    PgProcess::start(
-        "pg_basebackup",
-        &[
-            "--pgdata=-",
-            "--format=tar",
-            "--wal-method=none",
-            "--checkpoint=fast",
-            "--label=pgvault",
-        ],
-        conn,
-        "pg_basebackup".to_string(),
-    )
+    let mut args = vec![
+        "--pgdata=-".to_string(),
+        "--format=tar".into(),
+        "--wal-method=none".into(),
+        "--checkpoint=fast".into(),
+        "--label=pgvault".into(),
+    ];
+    // A connection string (host, port, sslmode, password...) is how the DBA said
+    // where the server is; pg_basebackup takes it as --dbname and ignores its dbname.
+    if let Some(c) = &conn.conninfo {
+        args.push(format!("--dbname={c}"));
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    PgProcess::start("pg_basebackup", &args, conn, "pg_basebackup".to_string())
 }
 
 /// The files of a base backup that say what it is.

@@ -1,9 +1,9 @@
 //! `--db` as a DBA types it: a database name, or a libpq connection string
 //! (`postgresql://alice:secret@db.example/footdash`, `host=db dbname=footdash
-//! password=secret`). The connection string goes to pg_dump and nowhere else; what
-//! pgvault records (manifests, paths in the mount, attempt records, metrics, spool
-//! files) is the database name alone, so a password never lands in a backup's
-//! metadata.
+//! password=secret`). The connection string goes to pg_dump or pg_basebackup and
+//! nowhere else; what pgvault records (manifests, paths in the mount, attempt
+//! records, metrics, spool files) is the database name alone, so a password never
+//! lands in a backup's metadata.
 
 use crate::error::{Error, Result};
 

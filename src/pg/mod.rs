@@ -57,7 +57,8 @@ pub struct ConnectOptions {
     pub port: Option<u16>,
     pub user: Option<String>,
     /// A libpq connection string for pg_dump's database, instead of its name: it may
-    /// hold a password, so it goes to pg_dump and nowhere else (see [`conninfo`]).
+    /// hold a password, so it goes to pg_dump or pg_basebackup and nowhere else (see
+    /// [`conninfo`]).
     pub conninfo: Option<String>,
 }
 

@@ -20,8 +20,9 @@
 //! a call gave up for want of an answer, the store counts as down for a short while
 //! ([`Breaker`]): calls in that window fail at once instead of each waiting out its
 //! own deadline, so the clean-up after a failure (releasing a lock, recording the
-//! attempt) does not add minutes, and a mount answers EIO at once until the store is
-//! back. With the defaults no command waits more than two minutes on a store that
+//! attempt) does not add minutes. After each window one call goes through as a probe
+//! while the others keep failing at once, so a mount answers EIO at once (but for
+//! one read per window) until the store is back. With the defaults no command waits more than two minutes on a store that
 //! does not answer.
 
 use std::sync::{Arc, Mutex};
@@ -116,7 +117,8 @@ impl IoTimeouts {
 }
 
 /// Remembers that a store stopped answering, so that the calls right after fail at
-/// once with the same explanation. Any answer from the store closes it again.
+/// once with the same explanation. Once per window one call goes through as a probe;
+/// any answer from the store closes it again.
 #[derive(Debug, Clone)]
 pub struct Breaker {
     state: Arc<Mutex<Option<Tripped>>>,
@@ -144,14 +146,22 @@ impl Breaker {
     /// Errors: `Unavailable` repeating why the store was given up on, then naming the
     /// call refused.
     pub fn check(&self, call: &str) -> Result<()> {
-        let state = self.state.lock().expect("breaker lock");
-        match &*state {
+        let mut state = self.state.lock().expect("breaker lock");
+        match &mut *state {
             Some(t) if t.at.elapsed() < self.window => Err(Error::Unavailable(format!(
                 "{} (so not trying {call} for another {:.1?})",
                 t.why,
                 self.window.saturating_sub(t.at.elapsed())
             ))),
-            _ => Ok(()),
+            // Half-open: this call is the probe, and the window starts again, so
+            // the calls beside it keep failing at once instead of each waiting out a
+            // deadline. An answer closes the breaker; a probe that is given up or
+            // dropped leaves the next window's first call to try.
+            Some(t) => {
+                t.at = Instant::now();
+                Ok(())
+            }
+            None => Ok(()),
         }
     }
 
@@ -207,6 +217,8 @@ mod tests {
         );
         std::thread::sleep(Duration::from_millis(250));
         b.check("to write y").unwrap();
+        // One probe per window: the calls beside it still fail at once.
+        assert!(b.check("to write z").is_err());
         b.trip("again");
         b.close();
         b.check("to write y").unwrap();

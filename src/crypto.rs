@@ -194,13 +194,20 @@ pub struct KdfParams {
 }
 
 impl KdfParams {
-    /// The largest costs a key file may ask for: a hostile key file must not make
-    /// opening the repository take all memory (4 GiB) or hours.
-    pub const MAX_MEMORY_KIB: u32 = 4 << 20;
+    /// The largest costs a key file may ask for (1 GiB, 16 passes: about 15 times
+    /// the default). A hostile key file still costs a derivation at this price, which
+    /// is why opening tries the key that opened last first, then the cheapest, and at
+    /// most a few.
+    pub const MAX_MEMORY_KIB: u32 = 1 << 20;
     /// See [`KdfParams::MAX_MEMORY_KIB`].
-    pub const MAX_ITERATIONS: u32 = 64;
+    pub const MAX_ITERATIONS: u32 = 16;
     /// See [`KdfParams::MAX_MEMORY_KIB`].
     pub const MAX_PARALLELISM: u32 = 64;
+
+    /// The work one derivation takes, for ordering: memory times passes.
+    pub fn cost(&self) -> u64 {
+        u64::from(self.memory_kib) * u64::from(self.iterations)
+    }
 
     /// Checks the costs against argon2's minimums and pgvault's maximums.
     ///

@@ -89,7 +89,7 @@ fn an_edited_config_is_refused_at_open_with_one_line() {
 
 #[test]
 fn a_bad_key_file_beside_a_good_one_locks_nobody_out() {
-    let v = Vault::init_local();
+    let mut v = Vault::init_local();
     let keys = v.repo_path().join("keys");
     // Sorted before the good key: garbage, and costs that would take all memory.
     std::fs::write(keys.join("0000-garbage"), b"{not json").unwrap();
@@ -123,6 +123,24 @@ fn a_bad_key_file_beside_a_good_one_locks_nobody_out() {
     let listed = v.run(&["key", "list", "--json"]).ok().json();
     assert_eq!(listed.as_array().unwrap().len(), 2, "{listed}");
     v.run(&["key", "remove", "0001-hostile"]).ok();
+
+    // Costs in range but dear (1 GiB, 16 passes), sorted first: with no key
+    // remembered, the cheapest key is tried first and the dear one never is.
+    let mut dear = hostile.clone();
+    dear["kdf_params"]["memory_kib"] = (1u32 << 20).into();
+    dear["kdf_params"]["iterations"] = 16.into();
+    std::fs::write(keys.join("0002-dear"), serde_json::to_vec(&dear).unwrap()).unwrap();
+    for f in common::walk_files(&v.cache) {
+        if f.file_name().is_some_and(|n| n == "last-key") {
+            std::fs::remove_file(f).unwrap();
+        }
+    }
+    v.extra_env
+        .push(("PGVAULT_LOG".into(), "pgvault=debug".into()));
+    let r = v.run(&["snapshots"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(r.stderr.contains("Trying key file"), "{}", r.stderr);
+    assert!(!r.stderr.contains("0002-dear"), "{}", r.stderr);
 }
 
 #[test]

@@ -844,6 +844,7 @@ impl Backend for S3Backend {
     async fn list_stat(&self, prefix: &str) -> Result<Vec<ObjectStat>> {
         let mut out = Vec::new();
         let mut token: Option<String> = None;
+        let mut seen_tokens = std::collections::HashSet::new();
         loop {
             // One page holds up to 1000 keys; the token continues where it ended.
             // Each page under its own deadline: a listing of a million keys takes
@@ -878,7 +879,19 @@ impl Backend for S3Backend {
                 return Ok(out);
             }
             match page.next_continuation_token().filter(|t| !t.is_empty()) {
-                Some(t) => token = Some(t.to_string()),
+                // A token handed back twice would page through the same keys for ever.
+                Some(t) if seen_tokens.contains(t) => {
+                    return Err(Error::Corrupt(format!(
+                        "S3 endpoint {} repeated a continuation token while listing {} after {} keys: refusing an endless listing",
+                        self.endpoint,
+                        self.target(&format!("{prefix}*")),
+                        out.len()
+                    )))
+                }
+                Some(t) => {
+                    seen_tokens.insert(t.to_string());
+                    token = Some(t.to_string());
+                }
                 // A store that says "there is more" but not where it continues: a
                 // short list here would let prune delete chunks it never saw.
                 None => {

@@ -30,10 +30,10 @@ pub struct InitArgs {
     #[arg(long, default_value = "on", value_name = "on|off", value_parser = args::on_off, action = clap::ArgAction::Set)]
     pub delta: bool,
     /// Memory for the argon2id passphrase hash, in KiB
-    #[arg(long, default_value_t = 64 * 1024, value_name = "KIB", value_parser = clap::value_parser!(u32).range(8..=4_194_304))]
+    #[arg(long, default_value_t = 64 * 1024, value_name = "KIB", value_parser = clap::value_parser!(u32).range(8..=1_048_576))]
     pub kdf_memory_kib: u32,
     /// Passes of the argon2id passphrase hash
-    #[arg(long, default_value_t = 3, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=64))]
+    #[arg(long, default_value_t = 3, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=16))]
     pub kdf_iterations: u32,
 }
 
@@ -90,10 +90,10 @@ pub struct NewKeyArgs {
     #[arg(long, value_name = "FILE")]
     pub new_password_file: Option<PathBuf>,
     /// Memory for the new key's argon2id hash, in KiB (default: as the key in use)
-    #[arg(long, value_name = "KIB", value_parser = clap::value_parser!(u32).range(8..=4_194_304))]
+    #[arg(long, value_name = "KIB", value_parser = clap::value_parser!(u32).range(8..=1_048_576))]
     pub kdf_memory_kib: Option<u32>,
     /// Passes of the new key's argon2id hash (default: as the key in use)
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=64))]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=16))]
     pub kdf_iterations: Option<u32>,
 }
 

@@ -89,6 +89,11 @@ impl RepoCache {
         self.dir.join("check-cursor")
     }
 
+    /// Which key file opened the repository last: tried first next time.
+    pub fn last_key(&self) -> PathBuf {
+        self.dir.join("last-key")
+    }
+
     /// Where `wal-fetch` keeps segments it fetched ahead.
     pub fn wal_spool(&self) -> PathBuf {
         self.dir.join("wal-spool")

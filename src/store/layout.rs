@@ -15,6 +15,11 @@
 
 use crate::crypto::ChunkId;
 
+/// The most a small metadata object (config, key file, lock, history record) may
+/// weigh before it is read: they are a few KB, and a planted giant must not take a
+/// command's memory (wal-fetch's included).
+pub const SMALL_OBJECT_MAX_BYTES: u64 = 1 << 20;
+
 /// The repository's config object.
 pub const CONFIG: &str = "config";
 /// Key files, one per passphrase.
@@ -55,7 +60,9 @@ pub fn chunk(id: &ChunkId) -> String {
 /// The chunk id named by a chunk object's key, if it is one.
 pub fn chunk_id(key: &str) -> Option<ChunkId> {
     let name = key.strip_prefix(CHUNKS)?.rsplit('/').next()?;
-    ChunkId::from_hex(name).ok()
+    // Only the key pgvault would write for this id: a copy planted under another
+    // folder would otherwise be counted (and deleted by prune) as the real chunk.
+    ChunkId::from_hex(name).ok().filter(|id| chunk(id) == key)
 }
 
 /// The key of a snapshot manifest.
@@ -90,6 +97,9 @@ mod tests {
         assert_eq!(chunk_id(&key), Some(id));
         assert_eq!(chunk_id("chunks/ab/not-hex"), None);
         assert_eq!(chunk_id("snapshots/abab"), None);
+        let elsewhere = key.replacen("chunks/ab/", "chunks/zz/", 1);
+        assert_eq!(chunk_id(&elsewhere), None, "a copy under another folder");
+        assert_eq!(chunk_id(&key.replacen("chunks/ab/", "chunks/", 1)), None);
         assert_eq!(snapshot_id(&snapshot("8c2e")), Some("8c2e"));
         assert_eq!(snapshot_id("snapshots/"), None);
         assert_eq!(

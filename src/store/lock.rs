@@ -244,7 +244,15 @@ impl Repository {
         let host = hostname();
         let mut out = Vec::new();
         for obj in self.backend().list_stat(layout::LOCKS).await? {
-            let parsed = match self.get_json(&obj.key).await {
+            let parsed = if obj.size_bytes > layout::SMALL_OBJECT_MAX_BYTES {
+                Err(Error::Corrupt(format!(
+                    "Lock {} is {} bytes, no lock",
+                    obj.key, obj.size_bytes
+                )))
+            } else {
+                self.get_json(&obj.key).await
+            };
+            let parsed = match parsed {
                 // Released between the listing and the read.
                 Err(e) if e.kind() == ErrorKind::NotFound => continue,
                 Err(e) if e.kind() != ErrorKind::Corrupt => return Err(e),
@@ -289,13 +297,15 @@ impl Repository {
     /// Takes a lock of `kind` for `operation`, waiting up to `wait` for conflicting
     /// live locks to go. The lock is refreshed in the background until released.
     ///
-    /// Errors: `Locked` naming the holders when the wait runs out; backend errors.
+    /// Errors: `Locked` naming the holders when the wait runs out; `Unavailable`
+    /// when the store refuses every new lock object; backend errors.
     pub async fn lock(&self, kind: LockKind, operation: &str, wait: Duration) -> Result<LockGuard> {
         let deadline = Instant::now() + wait;
         let mut info = LockInfo::new(kind, operation);
         let mut own: Option<String> = None;
         let mut announced = false;
         let mut warned_stale = std::collections::HashSet::new();
+        let mut ids_tried = 0;
         loop {
             if own.is_none() {
                 info.refreshed = chrono::Utc::now();
@@ -304,7 +314,15 @@ impl Repository {
                     .put_if_absent(&info.key(), seal(self, &info))
                     .await?
                 {
-                    // 128 random bits collided: take another id.
+                    // 128 random bits do not collide by chance: a store that says
+                    // "exists" again and again is refusing every conditional create.
+                    ids_tried += 1;
+                    if ids_tried >= 4 {
+                        return Err(Error::Unavailable(format!(
+                            "Cannot take a lock in {}: the store reports every new lock object as existing",
+                            self.location()
+                        )));
+                    }
                     info.id = hex::encode(crate::crypto::random_bytes::<16>());
                     continue;
                 }

@@ -83,6 +83,9 @@ pub struct Repository {
 /// Memory for base chunks kept by [`chunks::BaseCache`]: a few hundred 256 KiB bases.
 const BASE_CACHE_BYTES: usize = 64 << 20;
 
+/// How many key files one open tries: each costs a key derivation.
+const MAX_KEY_FILES_TRIED: usize = 16;
+
 /// Whether the store honours conditional creates: of two `put_if_absent` calls on one
 /// fresh key, the second must be refused. A store that ignores `If-None-Match`
 /// silently overwrites instead, and one that does not know it refuses the header.
@@ -125,6 +128,13 @@ impl Repository {
         cache_root: &Path,
     ) -> Result<Self> {
         opts.chunker.validate()?;
+        // What `open` refuses, `init` must not write.
+        if !(-7..=22).contains(&opts.zstd_level) {
+            return Err(Error::InvalidInput(format!(
+                "zstd level {} is outside -7..=22",
+                opts.zstd_level
+            )));
+        }
         let location = backend.location();
         backend.prepare_root().await?;
         let existing = backend.list("").await?;
@@ -195,7 +205,8 @@ impl Repository {
     /// `cache_root`.
     ///
     /// Errors: `NotFound` when the location holds no repository; `InvalidInput` when it
-    /// holds something else; `WrongPassphrase` when no key opens with the passphrase;
+    /// holds something else; `Corrupt` when its config is impossible or fails
+    /// authentication; `WrongPassphrase` when no key opens with the passphrase;
     /// backend errors otherwise.
     pub async fn open(
         backend: Arc<dyn Backend>,
@@ -214,9 +225,20 @@ impl Repository {
             Err(e) => return Err(e),
         };
         let config = RepoConfig::parse(&config_bytes, &location)?;
+        let cache = RepoCache::new(cache_root, &config.repo_id);
+        let remembered = std::fs::read_to_string(cache.last_key()).unwrap_or_default();
         let mut keys = backend.list(layout::KEYS).await?;
         keys.sort_by(|a, b| a.key.cmp(&b.key));
-        for obj in &keys {
+        let mut candidates: Vec<(String, KeyFile)> = Vec::new();
+        for obj in keys {
+            if obj.size_bytes > layout::SMALL_OBJECT_MAX_BYTES {
+                tracing::warn!(
+                    "Skipping key file {} in {location}: {} bytes is no key file",
+                    obj.key.escape_debug(),
+                    obj.size_bytes
+                );
+                continue;
+            }
             let bytes = match backend.get(&obj.key).await {
                 Ok(b) => b,
                 // Removed (key remove) between the listing and the read.
@@ -239,19 +261,36 @@ impl Repository {
                 tracing::warn!("Skipping key file {} in {location}: {e}", obj.key);
                 continue;
             }
+            candidates.push((obj.key, kf));
+        }
+        // Anyone who can write to the bucket can add key files that cost a derivation
+        // each: the key that opened here last goes first, then the cheapest, and only
+        // so many are tried.
+        candidates.sort_by_key(|(key, kf)| (*key != remembered, kf.kdf_params.cost()));
+        if candidates.len() > MAX_KEY_FILES_TRIED {
+            tracing::warn!(
+                "{} key files in {location}; trying the {MAX_KEY_FILES_TRIED} cheapest",
+                candidates.len()
+            );
+            candidates.truncate(MAX_KEY_FILES_TRIED);
+        }
+        for (obj_key, kf) in candidates {
+            tracing::debug!("Trying key file {obj_key}");
             let pass = Zeroizing::new(passphrase.to_vec());
             let key = match blocking("key derivation", move || kf.unwrap_key(&pass)).await? {
                 Ok(Some(key)) => key,
                 Ok(None) => continue,
                 Err(e) => {
-                    tracing::warn!("Skipping key file {} in {location}: {e}", obj.key);
+                    tracing::warn!("Skipping key file {obj_key} in {location}: {e}");
                     continue;
                 }
             };
             config.verify(&key, &location)?;
-            let cache = RepoCache::new(cache_root, &config.repo_id);
             cache.prepare();
-            let key_id = obj.key.trim_start_matches(layout::KEYS).to_string();
+            if obj_key != remembered {
+                let _ = std::fs::write(cache.last_key(), &obj_key);
+            }
+            let key_id = obj_key.trim_start_matches(layout::KEYS).to_string();
             return Ok(Repository {
                 backend,
                 config,

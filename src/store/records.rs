@@ -300,17 +300,20 @@ impl Repository {
         }
     }
 
-    /// Uploads records spooled while the repository could not be written. Returns how
-    /// many were uploaded; the others stay for a later try.
+    /// Uploads up to `limit` records spooled while the repository could not be
+    /// written. Returns how many were uploaded; the others stay for a later try.
     ///
     /// Errors: none that stop the caller: an unreadable spool is logged and skipped.
-    pub async fn flush_spool(&self) -> usize {
+    pub async fn flush_spool(&self, limit: usize) -> usize {
         let dir = record_spool(self.cache().root(), &self.location());
         let Ok(entries) = std::fs::read_dir(&dir) else {
             return 0;
         };
         let mut uploaded = 0;
         for entry in entries.flatten() {
+            if uploaded >= limit {
+                break;
+            }
             let name = entry.file_name().to_string_lossy().into_owned();
             let Some((kind, stamp)) = RecordKind::from_spool_name(&name) else {
                 continue;
@@ -347,10 +350,11 @@ impl Repository {
     pub async fn records<R: Record + Send + 'static>(&self) -> Result<Vec<R>> {
         let mut listed = self.backend().list(R::KIND.prefix()).await?;
         listed.retain(|obj| {
-            let ours = is_record_key(R::KIND, &obj.key);
+            let ours = is_record_key(R::KIND, &obj.key)
+                && obj.size_bytes <= super::layout::SMALL_OBJECT_MAX_BYTES;
             if !ours {
                 tracing::warn!(
-                    "Skipping {} in {}: not a record key",
+                    "Skipping {} in {}: not a record key, or too large for one",
                     obj.key.escape_debug(),
                     self.location()
                 );

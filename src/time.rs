@@ -16,9 +16,6 @@ use chrono::{DateTime, FixedOffset, NaiveDateTime, SecondsFormat, Utc};
 
 use crate::error::{Error, Result};
 
-/// What every time-taking option says in its help.
-pub const TIME_HELP: &str = "a time with its zone, as PostgreSQL prints it ('2026-11-29 20:38:42.421088+00', '2026-11-29 20:38:42 UTC') or RFC 3339 (2026-11-29T20:38:42Z)";
-
 /// Parses a point in time; see the module documentation for what is accepted.
 ///
 /// Errors: `InvalidInput` naming the text and saying what to type instead.
@@ -124,6 +121,15 @@ pub fn pg_timestamptz(t: &DateTime<Utc>) -> String {
     t.format("%Y-%m-%d %H:%M:%S%.6f+00").to_string()
 }
 
+/// The time `d` before `t`, or the earliest time there is when that is out of range:
+/// "keep everything newer than a very long time ago" must keep everything, not panic.
+pub fn before(t: DateTime<Utc>, d: Duration) -> DateTime<Utc> {
+    chrono::Duration::from_std(d)
+        .ok()
+        .and_then(|d| t.checked_sub_signed(d))
+        .unwrap_or(DateTime::<Utc>::MIN_UTC)
+}
+
 /// Parses a duration such as `30d`, `12h`, `2w`, `90m`, `45s` or `1d12h`.
 ///
 /// Errors: `InvalidInput` naming the text when it is not such a duration or is
@@ -188,6 +194,20 @@ mod tests {
 
     fn utc(s: &str) -> DateTime<Utc> {
         DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
+    }
+
+    #[test]
+    fn a_very_long_time_before_saturates() {
+        let t = utc("2026-11-29T20:38:42Z");
+        assert_eq!(
+            before(t, Duration::from_secs(3600)),
+            utc("2026-11-29T19:38:42Z")
+        );
+        assert_eq!(before(t, Duration::MAX), DateTime::<Utc>::MIN_UTC);
+        assert_eq!(
+            before(t, Duration::from_secs(u64::MAX / 4_000)),
+            DateTime::<Utc>::MIN_UTC
+        );
     }
 
     #[test]

@@ -491,19 +491,18 @@ impl Vfs {
         };
         vfs.reload_wal().await?;
         // The first load goes through the index cache, which spares fetching every
-        // manifest of a large repository again; a manifest that fails to open makes
-        // it fail as a whole, and then the one-by-one path skips just that one.
-        match vfs.inner.repo.snapshots().await {
-            Ok(snaps) => {
-                let ms: Vec<Arc<SnapshotManifest>> = snaps.into_iter().map(Arc::new).collect();
-                vfs.remember(&ms);
-                vfs.set_tree(Tree::build(ms, HashSet::new()));
-            }
-            Err(e) if e.kind() == ErrorKind::Corrupt => {
-                vfs.reload().await?;
-            }
-            Err(e) => return Err(e),
-        }
+        // manifest of a large repository again; an unreadable manifest is left out
+        // (with a warning) and tried again by the next reload.
+        let ms: Vec<Arc<SnapshotManifest>> = vfs
+            .inner
+            .repo
+            .snapshots()
+            .await?
+            .into_iter()
+            .map(Arc::new)
+            .collect();
+        vfs.remember(&ms);
+        vfs.set_tree(Tree::build(ms, HashSet::new()));
         Ok(vfs)
     }
 

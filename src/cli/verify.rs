@@ -136,7 +136,6 @@ pub async fn check(g: &GlobalArgs, a: &CheckArgs) -> Result<()> {
         (None, false) => ReadData::None,
     };
     let repo = open_repo(g).await?;
-    repo.flush_spool().await;
     let time = chrono::Utc::now();
     let show = std::io::stderr().is_terminal() && read != ReadData::None && !a.json;
     let progress = super::progress_for(0, "check", show);
@@ -220,7 +219,6 @@ fn print_check(r: &CheckReport) {
 /// Errors: backend errors.
 pub async fn status(g: &GlobalArgs, a: &StatusArgs) -> Result<()> {
     let repo = open_repo(g).await?;
-    repo.flush_spool().await;
     let report = crate::ops::status::status(&repo, a.anomaly.ratio()).await?;
     if a.json {
         output::print_json(&serde_json::to_value(&report).expect("reports serialise"));
@@ -347,7 +345,6 @@ fn print_status(r: &StatusReport) {
 /// Errors: backend errors; `Io` when the output file cannot be written.
 pub async fn metrics(g: &GlobalArgs, a: &MetricsArgs) -> Result<()> {
     let repo = open_repo(g).await?;
-    repo.flush_spool().await;
     let report = crate::ops::status::status(&repo, a.anomaly.ratio()).await?;
     let text = crate::ops::status::render_prometheus(&report);
     match &a.output {
@@ -394,7 +391,6 @@ pub async fn drill(g: &GlobalArgs, a: &DrillArgs) -> Result<()> {
         timeout: Duration::from_secs(a.timeout),
     };
     let repo = open_repo(g).await?;
-    repo.flush_spool().await;
     let prepared = drill::prepare(&repo, &opts).await?;
     match &prepared {
         Drill::Base(b) => eprintln!(

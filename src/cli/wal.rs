@@ -37,8 +37,8 @@ pub struct WalFetchArgs {
     #[arg(long, default_value_t = 4, value_name = "N", value_parser = clap::value_parser!(u16).range(0..=64))]
     pub prefetch: u16,
     /// Read the file from this pgvault mount instead of the repository: needs no
-    /// passphrase, only read access to the mount; a dead or missing mount exits above
-    /// 125, never 1
+    /// passphrase, only read access to the mount; a dead, hung or missing mount exits
+    /// above 125, never 1
     #[arg(long, value_name = "MOUNTPOINT")]
     pub from_mount: Option<PathBuf>,
 }

@@ -264,6 +264,7 @@ pub async fn check(
     progress: Arc<dyn Progress>,
 ) -> Result<CheckReport> {
     let started = std::time::Instant::now();
+    repo.flush_spool(usize::MAX).await;
     let stored: HashMap<ChunkId, u64> = repo
         .backend()
         .list(layout::CHUNKS)

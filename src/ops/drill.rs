@@ -120,6 +120,7 @@ pub enum Drill {
 /// drill; `NotFound` when there is no dump of the database; as
 /// [`plan_restore`] for a PITR drill; backend errors.
 pub async fn prepare(repo: &Repository, o: &DrillOptions) -> Result<Drill> {
+    repo.flush_spool(usize::MAX).await;
     if let Some(target) = &o.pitr {
         let plan = plan_restore(repo, target.clone(), o.snapshot.as_deref()).await?;
         let target_label = match target {

@@ -87,7 +87,7 @@ pub(crate) async fn record_or_spool<R: Record>(
     match repo {
         Some(repo) => {
             repo.record_or_spool(record).await;
-            repo.flush_spool().await;
+            repo.flush_spool(usize::MAX).await;
         }
         None => {
             // Keyed by the location as the backend spells it, so that the next

@@ -137,7 +137,7 @@ pub fn plan_prune(
             plan.delete.push((id, o.size_bytes));
         }
     }
-    plan.chunks_missing = referenced.len() as u64 - plan.chunks_referenced;
+    plan.chunks_missing = (referenced.len() as u64).saturating_sub(plan.chunks_referenced);
     plan
 }
 
@@ -176,8 +176,7 @@ pub(super) async fn prune_locked(
     let own_key = lock.map(|g| g.info().key());
     let lock_edge = oldest_uncertain_lock(&locks, own_key.as_deref())
         .map(|t| t - chrono::Duration::from_std(CLOCK_SKEW).expect("small duration"));
-    let grace_edge = (!opts.grace.is_zero())
-        .then(|| start - chrono::Duration::from_std(opts.grace).unwrap_or(chrono::Duration::MAX));
+    let grace_edge = (!opts.grace.is_zero()).then(|| crate::time::before(start, opts.grace));
     let cutoff = match (lock_edge, grace_edge) {
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, b) => a.or(b),

@@ -294,7 +294,7 @@ pub fn pitr_anchor(
     window: Duration,
     now: DateTime<Utc>,
 ) -> Option<&SnapshotManifest> {
-    let edge = now - chrono::Duration::from_std(window).unwrap_or(chrono::Duration::MAX);
+    let edge = crate::time::before(now, window);
     bases
         .iter()
         .filter(|m| m.kind == SnapshotKind::Base && m.time <= edge)
@@ -415,7 +415,7 @@ fn evaluate(
         }
     }
     if let Some(d) = policy.keep_within {
-        let edge = now - chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX);
+        let edge = crate::time::before(now, d);
         for (m, r) in snaps.iter().zip(reasons.iter_mut()) {
             if m.time > edge {
                 r.push(Reason::Within);

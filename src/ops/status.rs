@@ -155,6 +155,8 @@ pub fn size_change(previous: u64, size: u64, threshold: f64) -> SizeChange {
 ///
 /// Errors: backend errors; `Corrupt` when a snapshot manifest fails authentication.
 pub async fn status(repo: &Repository, threshold: f64) -> Result<StatusReport> {
+    // Spooled records are history too: upload them before reading it.
+    repo.flush_spool(usize::MAX).await;
     let now = chrono::Utc::now();
     let snapshots = repo.snapshots().await?;
     let attempts: Vec<BackupAttempt> = repo.records().await?;

@@ -7,7 +7,7 @@ use super::forget::{forget, ForgetOptions};
 use super::prune::{prune, PruneOptions};
 use super::retention::{Filter, Policy};
 use crate::store::layout;
-use crate::store::tests::{backup, cat, memory_repo, rows};
+use crate::store::tests::{backup, backup_at, cat, memory_repo, rows};
 
 fn prune_opts(dry_run: bool) -> PruneOptions {
     PruneOptions {
@@ -23,8 +23,8 @@ async fn prune_frees_exactly_what_the_dry_run_said_and_survivors_read_back() {
     let (repo, store) = memory_repo(&dir).await;
     let old = rows(21, 8_000);
     let keep = rows(23, 8_000);
-    let m_old = backup(&repo, "db", &old).await;
-    let m_keep = backup(&repo, "db", &keep).await;
+    let m_old = backup_at(&repo, "db", &old, "2026-11-01T02:00:00Z").await;
+    let m_keep = backup_at(&repo, "db", &keep, "2026-11-02T02:00:00Z").await;
     let chunks_before = store
         .keys()
         .iter()

@@ -12,6 +12,9 @@ use crate::store::wal::{WalCatalog, WalPushOutcome};
 use crate::store::Repository;
 use crate::wal_name::WalFileKind;
 
+/// How many spooled records one successful `wal-push` uploads.
+const SPOOL_UPLOADS_PER_PUSH: usize = 8;
+
 /// Archives the WAL file at `path` under its own file name. Returns only once the
 /// file and its manifest are durable. A failure is recorded (in the repository, or
 /// spooled here while it cannot be reached), so that `status` and `metrics` show
@@ -33,7 +36,9 @@ pub async fn push(access: &RepoAccess, path: &Path, lock_wait: Duration) -> Resu
     match &result {
         Ok(_) => {
             if let Some(repo) = &opened {
-                repo.flush_spool().await;
+                // A few per segment: after a long outage the backlog must not hold
+                // up archive_command, and the next pushes carry on.
+                repo.flush_spool(SPOOL_UPLOADS_PER_PUSH).await;
             }
         }
         Err(e) => {

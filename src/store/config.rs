@@ -103,7 +103,8 @@ impl RepoConfig {
     /// Parses and checks a stored config.
     ///
     /// Errors: `InvalidInput` when the bytes are not a pgvault config, or name a
-    /// format version this build does not know.
+    /// format version this build does not know; `Corrupt` when its repository id,
+    /// chunk sizes or zstd level are impossible.
     pub fn parse(bytes: &[u8], location: &str) -> Result<Self> {
         let cfg: RepoConfig = serde_json::from_slice(bytes)
             .ok()

@@ -186,7 +186,8 @@ impl Repository {
         }
     }
 
-    /// Stores a manifest; refuses to replace an existing one.
+    /// Stores a manifest; refuses to replace an existing one. A local index that
+    /// cannot record it is warned about, not an error: the store is the truth.
     ///
     /// Errors: `AlreadyExists` when the id is taken; backend errors otherwise.
     pub async fn write_manifest(&self, m: &SnapshotManifest) -> Result<()> {
@@ -199,9 +200,19 @@ impl Repository {
                 location: self.location(),
             });
         }
-        self.index()
+        // The snapshot is committed once stored; a local cache that could not take it
+        // is brought in line by the next listing, and must not turn a stored backup
+        // into a reported failure (which a job would retry).
+        if let Err(e) = self
+            .index()
             .update_manifests(vec![(m.id.clone(), sealed)], Vec::new())
-            .await?;
+            .await
+        {
+            tracing::warn!(
+                "Snapshot {} is stored, but the local index missed it: {e}",
+                m.id
+            );
+        }
         Ok(())
     }
 
@@ -211,8 +222,13 @@ impl Repository {
     /// Errors: backend errors.
     pub async fn delete_snapshot(&self, id: &str) -> Result<()> {
         self.backend().delete(&layout::snapshot(id)).await?;
-        self.index()
+        if let Err(e) = self
+            .index()
             .update_manifests(Vec::new(), vec![id.to_string()])
             .await
+        {
+            tracing::warn!("Snapshot {id} is deleted, but the local index still holds it: {e}");
+        }
+        Ok(())
     }
 }

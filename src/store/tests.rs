@@ -53,10 +53,35 @@ pub(crate) fn rows(seed: u64, count: usize) -> Vec<u8> {
 }
 
 pub(crate) async fn ingest(repo: &Repository, db: &str, data: &[u8]) -> PendingSnapshot {
+    ingest_at(repo, db, data, None).await
+}
+
+/// A backup whose point in time is `time` (times are whole seconds: two backups in
+/// one second tie, and retention cannot tell which is newer).
+pub(crate) async fn backup_at(
+    repo: &Repository,
+    db: &str,
+    data: &[u8],
+    time: &str,
+) -> SnapshotManifest {
+    let t = chrono::DateTime::parse_from_rfc3339(time).unwrap().to_utc();
+    ingest_at(repo, db, data, Some(t))
+        .await
+        .commit()
+        .await
+        .unwrap()
+}
+
+async fn ingest_at(
+    repo: &Repository,
+    db: &str,
+    data: &[u8],
+    time: Option<chrono::DateTime<chrono::Utc>>,
+) -> PendingSnapshot {
     let meta = SnapshotMeta {
         db: db.into(),
         kind: SnapshotKind::Dump,
-        time: None,
+        time,
         file_name: format!("{db}.dump"),
     };
     repo.ingest(
@@ -293,7 +318,7 @@ fn sketches_are_keyed_so_the_index_says_nothing_without_the_key() {
 }
 
 #[tokio::test]
-async fn a_record_key_from_the_bucket_never_names_a_local_path() {
+async fn spooled_records_go_up_in_bounded_batches_and_listed_keys_never_name_a_local_path() {
     use super::records::BackupAttempt;
     let cache = tempfile::tempdir().unwrap();
     let (repo, store) = memory_repo(&cache).await;
@@ -340,4 +365,13 @@ async fn a_record_key_from_the_bucket_never_names_a_local_path() {
         "only the authenticated record is cached: {cached:?}"
     );
     assert!(cached[0].bytes().all(|b| b.is_ascii_hexdigit()));
+
+    // Spooled records go up at most `limit` at a time, and none is lost.
+    for _ in 0..3 {
+        super::records::spool(repo.cache().root(), &repo.location(), &attempt).unwrap();
+    }
+    assert_eq!(repo.flush_spool(2).await, 2);
+    assert_eq!(repo.flush_spool(usize::MAX).await, 1);
+    assert_eq!(repo.flush_spool(usize::MAX).await, 0);
+    assert_eq!(repo.records::<BackupAttempt>().await.unwrap().len(), 4);
 }

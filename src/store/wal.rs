@@ -361,7 +361,9 @@ impl Repository {
             .find(|e| matches!(e.kind, WalFileKind::Segment { .. }));
         if let Some(seg) = newest {
             if let Ok(m) = self.wal_manifest(&seg.name).await {
-                if m.size_bytes.is_power_of_two() && m.size_bytes >= 1 << 20 {
+                // PostgreSQL's own range (initdb --wal-segsize 1..1024 MiB); anything
+                // else is a file that only looks like a segment.
+                if m.size_bytes.is_power_of_two() && (1 << 20..=1 << 30).contains(&m.size_bytes) {
                     return m.size_bytes;
                 }
             }

@@ -1,6 +1,7 @@
 //! Fast tests of the operations on the in-memory backend: forget and prune free what
 //! they say, and keep what survivors need.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use super::forget::{forget, ForgetOptions};
@@ -8,6 +9,7 @@ use super::prune::{prune, PruneOptions};
 use super::retention::{Filter, Policy};
 use crate::store::layout;
 use crate::store::tests::{backup, backup_at, cat, memory_repo, rows};
+use crate::store::writer::NoProgress;
 
 fn prune_opts(dry_run: bool) -> PruneOptions {
     PruneOptions {
@@ -102,4 +104,169 @@ async fn prune_keeps_the_base_of_a_surviving_delta() {
     let report = prune(&repo, &prune_opts(false)).await.unwrap();
     assert!(report.chunks_deleted > 0, "day 1's own chunks go");
     assert_eq!(cat(&repo, &m2).await.unwrap(), day2);
+}
+
+/// A table whose rows drift day by day, as FootDash's do: some rows change, a few
+/// are deleted, new ones arrive at the end. After two months little of day 1's text
+/// is left, which is what bases that never move could not follow.
+struct DriftingTable {
+    rows: Vec<String>,
+    next_id: u64,
+    state: u64,
+}
+
+impl DriftingTable {
+    fn new(n: u64) -> Self {
+        let mut t = DriftingTable {
+            rows: Vec::new(),
+            next_id: 0,
+            state: 0x9e37_79b9_7f4a_7c15,
+        };
+        for _ in 0..n {
+            let row = t.fresh_row();
+            t.rows.push(row);
+        }
+        t
+    }
+
+    fn rand(&mut self) -> u64 {
+        self.state ^= self.state << 13;
+        self.state ^= self.state >> 7;
+        self.state ^= self.state << 17;
+        self.state
+    }
+
+    fn fresh_row(&mut self) -> String {
+        let id = self.next_id;
+        self.next_id += 1;
+        let (a, b) = (self.rand(), self.rand());
+        format!(
+            "{id}\tplayer{}\tteam{}\t{}\t{}\n",
+            a % 99_991,
+            b % 97,
+            a % 1_000_003,
+            b % 10_007
+        )
+    }
+
+    fn next_day(&mut self) {
+        let n = self.rows.len() as u64;
+        for _ in 0..n / 50 {
+            let i = (self.rand() % self.rows.len() as u64) as usize;
+            let id = self.rows[i].split('\t').next().unwrap().to_string();
+            let v = self.rand();
+            self.rows[i] = format!(
+                "{id}\tplayer{}\tteam{}\t{v}\t{}\n",
+                v % 99_991,
+                v % 97,
+                v % 7
+            );
+        }
+        for _ in 0..n / 300 {
+            let i = (self.rand() % self.rows.len() as u64) as usize;
+            self.rows.remove(i);
+        }
+        for _ in 0..n / 200 {
+            let row = self.fresh_row();
+            self.rows.push(row);
+        }
+    }
+
+    fn dump(&self) -> Vec<u8> {
+        self.rows.concat().into_bytes()
+    }
+}
+
+#[tokio::test]
+async fn sixty_days_of_retention_keep_survivors_exact_and_retire_old_bases() {
+    use super::check::{check, ReadData};
+    use std::collections::{BTreeMap, HashSet};
+
+    let dir = tempfile::tempdir().unwrap();
+    let (repo, store) = memory_repo(&dir).await;
+    let mut table = DriftingTable::new(12_000);
+    let first = chrono::DateTime::parse_from_rfc3339("2026-09-01T02:00:00Z")
+        .unwrap()
+        .to_utc();
+    let runbook = ForgetOptions {
+        policy: Policy {
+            keep_daily: Some(7),
+            keep_weekly: Some(4),
+            ..Policy::default()
+        },
+        filter: Filter::default(),
+        dry_run: false,
+        lock_wait: Duration::from_secs(5),
+        prune: Some(prune_opts(false)),
+    };
+    let mut data_by_id: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+    let mut added = Vec::new();
+    let mut bases_seen: HashSet<crate::crypto::ChunkId> = HashSet::new();
+    let mut pruned_chunks = 0;
+    for day in 0..60 {
+        if day > 0 {
+            table.next_day();
+        }
+        let data = table.dump();
+        let time = crate::time::rfc3339(&(first + chrono::Duration::days(day)));
+        let m = backup_at(&repo, "footdash", &data, &time).await;
+        added.push(m.stats.bytes_stored_new);
+        bases_seen.extend(m.chunks.iter().filter_map(|c| c.base));
+        data_by_id.insert(m.id.clone(), data);
+        let done = forget(&repo, &runbook).await.unwrap();
+        pruned_chunks += done.prune.unwrap().chunks_deleted;
+        let alive: HashSet<String> = repo
+            .snapshots()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|m| m.id)
+            .collect();
+        data_by_id.retain(|id, _| alive.contains(id));
+    }
+
+    // The runbook keeps 7 dailies and 4 weeklies, the newest two weeks' points among
+    // the dailies (day 60 is a Friday).
+    let survivors = repo.snapshots().await.unwrap();
+    assert!(survivors.len() == 9, "{} survivors", survivors.len());
+    assert!(pruned_chunks > 0);
+    for m in &survivors {
+        assert_eq!(
+            &cat(&repo, m).await.unwrap(),
+            &data_by_id[&m.id],
+            "snapshot {} of {}",
+            m.id,
+            m.time
+        );
+    }
+    let report = check(&repo, &ReadData::All, Arc::new(NoProgress))
+        .await
+        .unwrap();
+    assert!(report.ok(), "{report:?}");
+
+    // Bases follow the data: some base that deltas once relied on is gone, freed by
+    // prune once no survivor needed it, and every base a survivor needs is stored.
+    let stored: HashSet<String> = store.keys().into_iter().collect();
+    let needed: HashSet<_> = survivors
+        .iter()
+        .flat_map(|m| m.chunks.iter().filter_map(|c| c.base))
+        .collect();
+    let retired = bases_seen
+        .iter()
+        .filter(|b| !stored.contains(&layout::chunk(b)))
+        .count();
+    assert!(retired > 0, "no base was ever retired and pruned");
+    assert!(needed.iter().all(|b| stored.contains(&layout::chunk(b))));
+
+    // A changed day costs about what the first week's days cost, not more and more.
+    let median = |xs: &[u64]| {
+        let mut v = xs.to_vec();
+        v.sort_unstable();
+        v[v.len() / 2]
+    };
+    let (first_week, last_week) = (median(&added[1..8]), median(&added[53..60]));
+    assert!(
+        last_week <= first_week * 2,
+        "daily cost grew from {first_week} to {last_week} bytes: {added:?}"
+    );
 }

@@ -16,6 +16,9 @@
 #          plain-1M=--chunk-min 262144 --chunk-avg 1048576 --chunk-max 4194304 --delta off;
 #          plain-256K=--delta off;delta-256K=--delta on
 #          (every init also gets --kdf-memory-kib 8192 --kdf-iterations 1)
+#   RETENTION  forget options applied after every backup, with --prune, in every mode
+#          (e.g. '--keep-daily 7 --keep-weekly 4', the runbook's); default none.
+#          benches/long_horizon.sh runs 35 days with it
 #   PGVAULT_BIN  the binary to measure   OUT  also write the Markdown report there
 #   PG_BIN_DIR   PostgreSQL 15 binaries (default /usr/lib/postgresql/15/bin)
 #
@@ -51,6 +54,7 @@ RUNS=${RUNS:-3}
 MODES=${MODES:-plain-1M=--chunk-min 262144 --chunk-avg 1048576 --chunk-max 4194304 --delta off;plain-256K=--delta off;delta-256K=--delta on}
 PG_BIN_DIR=${PG_BIN_DIR:-/usr/lib/postgresql/15/bin}
 OUT=${OUT:-}
+RETENTION=${RETENTION:-}
 FIRST_DAY=2026-11-01
 KDF_ARGS=(--kdf-memory-kib 8192 --kdf-iterations 1)
 here=$(cd "$(dirname "$0")/.." && pwd)
@@ -164,7 +168,7 @@ mount_rss_kib=0
 # The words of $1, one a line.
 lines() { tr -s ' ' '\n' <<<"$1" | grep .; }
 
-declare -A dump_size stored secs bk_rss new_bytes cat_t cat_rss mnt_t mnt_rss last_id prev_cb
+declare -A kept dump_size stored secs bk_rss new_bytes cat_t cat_rss mnt_t mnt_rss last_id prev_cb
 notes=()
 
 echo "== setup: PostgreSQL cluster, FootDash data (SCALE=$SCALE), $nm repositories"
@@ -214,12 +218,18 @@ for d in $(seq 1 "$DAYS"); do
         [ "$read_bytes" = "$size" ] || notes+=("${names[i]} day $d: backup read $read_bytes bytes of a $size-byte dump")
         cb=$(chunk_bytes "$i")
         stored[$i,$d]=$((cb - ${prev_cb[$i]}))
+        if [ -n "$RETENTION" ]; then
+            read -ra ra <<<"$RETENTION"
+            pv "$i" forget "${ra[@]}" --prune >/dev/null || die "${names[i]} day $d: forget $RETENTION --prune failed"
+            cb=$(chunk_bytes "$i")
+        fi
+        kept[$i,$d]=$cb
         prev_cb[$i]=$cb
         [ "${new_bytes[$i,$d]}" = "${stored[$i,$d]}" ] ||
             notes+=("${names[i]} day $d: backup --json bytes_stored_new ${new_bytes[$i,$d]} but du chunk_bytes grew by ${stored[$i,$d]}")
-        printf '   %-14s stored %9s MB  %7s MB/s  %6s MB RSS  snapshot %s\n' "${names[i]}" \
+        printf '   %-14s stored %9s MB  %7s MB/s  %6s MB RSS  kept %9s MB  snapshot %s\n' "${names[i]}" \
             "$(calc %.2f "${stored[$i,$d]} / 1e6")" "$(calc %.1f "$size / 1e6 / ${secs[$i,$d]}")" \
-            "$(calc %.0f "${bk_rss[$i,$d]} / 1024")" "${last_id[$i]:0:8}"
+            "$(calc %.0f "${bk_rss[$i,$d]} / 1024")" "$(calc %.2f "${kept[$i,$d]} / 1e6")" "${last_id[$i]:0:8}"
     done
     if [ "$d" -lt "$DAYS" ]; then rm -f "$dump"; fi # every mode has stored it; keep the last
 done
@@ -316,26 +326,41 @@ report=$work/report.md
     echo "## Per day"
     echo
     printf '| day | dump MB |'
-    for i in $(seq 0 $((nm - 1))); do printf ' %s stored MB | %s MB/s |' "${names[i]}" "${names[i]}"; done
+    for i in $(seq 0 $((nm - 1))); do printf ' %s stored MB | %s kept MB | %s MB/s |' "${names[i]}" "${names[i]}" "${names[i]}"; done
     echo
     printf '|---:|---:|'
-    for _ in $(seq 1 "$nm"); do printf -- '---:|---:|'; done
+    for _ in $(seq 1 "$nm"); do printf -- '---:|---:|---:|'; done
     echo
     for d in $(seq 1 "$DAYS"); do
         printf '| %d | %s |' "$d" "$(mb "${dump_size[$d]}")"
         for i in $(seq 0 $((nm - 1))); do
-            printf ' %s | %s |' "$(calc %.2f "${stored[$i,$d]} / 1e6")" "$(rate "${dump_size[$d]}" "${secs[$i,$d]}")"
+            printf ' %s | %s | %s |' "$(calc %.2f "${stored[$i,$d]} / 1e6")" "$(calc %.2f "${kept[$i,$d]} / 1e6")" "$(rate "${dump_size[$d]}" "${secs[$i,$d]}")"
         done
         echo
     done
     printf '| **total** | **%s** |' "$(mb "$total_dump")"
     for i in $(seq 0 $((nm - 1))); do
-        printf ' **%s** | **%s** |' "$(calc %.2f "${tot_stored[$i]} / 1e6")" "$(rate "$total_dump" "${tot_secs[$i]}")"
+        printf ' **%s** | **%s** | **%s** |' "$(calc %.2f "${tot_stored[$i]} / 1e6")" "$(calc %.2f "${kept[$i,$DAYS]} / 1e6")" "$(rate "$total_dump" "${tot_secs[$i]}")"
     done
     echo
     echo
-    echo "The totals row's MB/s is all dump bytes over all backup time."
+    echo "Stored = what that day's backup added; kept = the repository's chunk bytes after that day${RETENTION:+ (and after \`forget $RETENTION --prune\`)}. The totals row's MB/s is all dump bytes over all backup time."
     echo
+    if [ "$DAYS" -ge 14 ]; then
+        echo "## Over time"
+        echo
+        echo "Daily cost = median of what a day's backup added, days 2-8 against the last 7 days; kept = chunk bytes after day $DAYS${RETENTION:+ with the retention applied}. Goals (long horizon): the last week's daily cost within 1.5x of the first week's; kept at most 0.15x the reference's."
+        echo
+        echo "| mode | daily MB, days 2-8 | daily MB, days $((DAYS - 6))-$DAYS | last/first | kept MB | vs ref |"
+        echo "|---|---:|---:|---:|---:|---:|"
+        for i in $(seq 0 $((nm - 1))); do
+            fw=$(for d in $(seq 2 8); do echo "${stored[$i,$d]}"; done | median)
+            lw=$(for d in $(seq $((DAYS - 6)) "$DAYS"); do echo "${stored[$i,$d]}"; done | median)
+            printf '| %s | %s | %s | %s | %s | %s |\n' "${names[i]}" "$(calc %.2f "$fw / 1e6")" "$(calc %.2f "$lw / 1e6")" \
+                "$(ratio "$lw" "$fw")" "$(calc %.2f "${kept[$i,$DAYS]} / 1e6")" "$(ratio "${kept[$i,$DAYS]}" "${kept[0,$DAYS]}")"
+        done
+        echo
+    fi
     echo "## Summary"
     echo
     echo "Reads: the day-$DAYS dump ($(mb "$size") MB), median of $RUNS; mount = a fresh \`pgvault mount\` per read (cold chunk cache). Ratios are against ${names[0]} (for speeds: this mode's speed / the reference's)."

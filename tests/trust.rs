@@ -424,3 +424,55 @@ fn a_sloppy_restore_command_stops_recovery_rather_than_ending_it() {
     // Help is no failure.
     assert_eq!(v.run(&["wal-fetch", "--help"]).code, 0);
 }
+
+/// Root running a job on another user's repository hands what it creates to that
+/// user; a link that user planted inside the repository must not carry root's writes
+/// (and the chown after them) to a place of the link's choosing.
+#[test]
+fn root_does_not_follow_a_link_planted_in_another_users_repository() {
+    if !nix_is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let d = dumps();
+    let v = Vault::init_local();
+    v.import_id("footdash", &d.tiny, Some("2026-11-01T02:00:00Z"));
+    let repo = v.repo_path();
+    let status = std::process::Command::new("chown")
+        .args(["-R", "65534:65534", repo.to_str().unwrap()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let elsewhere = tempfile::tempdir().unwrap();
+    std::fs::remove_dir_all(repo.join("locks")).ok();
+    std::os::unix::fs::symlink(elsewhere.path(), repo.join("locks")).unwrap();
+
+    let r = v.import("footdash", &d.other, Some("2026-11-02T02:00:00Z"));
+    assert_ne!(r.code, 0, "{r:?}");
+    assert!(one_line(&r).contains("symbolic link"), "{r:?}");
+    assert_eq!(
+        std::fs::read_dir(elsewhere.path()).unwrap().count(),
+        0,
+        "root wrote through the link"
+    );
+    // Without the link, root's job works and what it creates belongs to the owner.
+    std::fs::remove_file(repo.join("locks")).unwrap();
+    v.import_id("footdash", &d.other, Some("2026-11-02T02:00:00Z"));
+    use std::os::unix::fs::MetadataExt;
+    for f in common::walk_files(&repo.join("snapshots")) {
+        assert_eq!(
+            std::fs::metadata(&f).unwrap().uid(),
+            65534,
+            "{}",
+            f.display()
+        );
+    }
+}
+
+fn nix_is_root() -> bool {
+    std::process::Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| o.stdout.trim_ascii() == b"0")
+        .unwrap_or(false)
+}

@@ -141,6 +141,30 @@ fn adopted_owner(root: &Path) -> Option<(u32, u32)> {
     (m.uid() != 0).then_some((m.uid(), m.gid()))
 }
 
+/// Root writing for another user must not follow a link that user planted inside
+/// the repository (`locks` -> `/etc/...`): it would create files there and hand them
+/// to that user. The repository directory itself may be a link; what is below it,
+/// when root adopts its owner, may not.
+fn refuse_links_when_adopting(root: &Path, dest: &Path, owner: Option<(u32, u32)>) -> Result<()> {
+    let Some((uid, _)) = owner else {
+        return Ok(());
+    };
+    let Ok(below) = dest.strip_prefix(root) else {
+        return Ok(());
+    };
+    let mut cur = root.to_path_buf();
+    for part in below.components() {
+        cur.push(part);
+        if fs::symlink_metadata(&cur).is_ok_and(|m| m.file_type().is_symlink()) {
+            return Err(Error::InvalidInput(format!(
+                "Refusing to write through {} as root for the repository's owner (uid {uid}): it is a symbolic link",
+                cur.display()
+            )));
+        }
+    }
+    Ok(())
+}
+
 fn give_to(path: &Path, owner: Option<(u32, u32)>) -> Result<()> {
     match owner {
         Some((uid, gid)) => std::os::unix::fs::lchown(path, Some(uid), Some(gid))
@@ -287,7 +311,9 @@ impl Backend for LocalBackend {
     async fn put(&self, key: &str, data: Vec<u8>) -> Result<()> {
         let dest = self.path(key);
         self.blocking(&format!("write {key}"), move |root| {
-            write_durably(&dest, &data, false, adopted_owner(root)).map(|_| ())
+            let owner = adopted_owner(root);
+            refuse_links_when_adopting(root, &dest, owner)?;
+            write_durably(&dest, &data, false, owner).map(|_| ())
         })
         .await
     }
@@ -295,7 +321,9 @@ impl Backend for LocalBackend {
     async fn put_if_absent(&self, key: &str, data: Vec<u8>) -> Result<bool> {
         let dest = self.path(key);
         self.blocking(&format!("create {key}"), move |root| {
-            write_durably(&dest, &data, true, adopted_owner(root))
+            let owner = adopted_owner(root);
+            refuse_links_when_adopting(root, &dest, owner)?;
+            write_durably(&dest, &data, true, owner)
         })
         .await
     }

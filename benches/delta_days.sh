@@ -20,6 +20,7 @@
 #          (e.g. '--keep-daily 7 --keep-weekly 4', the runbook's); default none.
 #          benches/long_horizon.sh runs 35 days with it
 #   PGVAULT_BIN  the binary to measure   OUT  also write the Markdown report there
+#   KEEP_WORK  set: keep the work directory (repositories, last dump) for a closer look
 #   PG_BIN_DIR   PostgreSQL 15 binaries (default /usr/lib/postgresql/15/bin)
 #
 # What it measures. Day 1 is freshly loaded FootDash data; each later day applies
@@ -113,7 +114,7 @@ cleanup() {
     set +e
     stop_mount
     if [ "$pg_started" = 1 ]; then as_pg "$PG_BIN_DIR/pg_ctl -D $work/pg/data -m fast -w stop" >/dev/null 2>&1; fi
-    rm -rf "$work"
+    if [ -n "${KEEP_WORK:-}" ]; then echo "kept $work (repositories repo0.. with caches cache0..)" >&2; else rm -rf "$work"; fi
 }
 trap cleanup EXIT
 trap 'exit 130' INT

@@ -15,6 +15,8 @@ use crate::error::{Error, Result};
 #[derive(Debug, Clone, Default)]
 pub struct MemoryBackend {
     objects: Arc<Mutex<BTreeMap<String, Stored>>>,
+    /// How many times each key was read, for tests of how often a reader fetches.
+    reads: Arc<Mutex<BTreeMap<String, u64>>>,
     name: Arc<str>,
 }
 
@@ -29,8 +31,15 @@ impl MemoryBackend {
     pub fn new(name: &str) -> Self {
         MemoryBackend {
             objects: Arc::default(),
+            reads: Arc::default(),
             name: name.into(),
         }
+    }
+
+    /// How many times each key was read since the last call, which starts the count
+    /// again.
+    pub fn take_reads(&self) -> BTreeMap<String, u64> {
+        std::mem::take(&mut *self.reads.lock().expect("memory store lock"))
     }
 
     /// Replaces an object's bytes behind the repository's back, as a damaged or
@@ -95,6 +104,12 @@ impl Backend for MemoryBackend {
     }
 
     async fn get(&self, key: &str) -> Result<Vec<u8>> {
+        *self
+            .reads
+            .lock()
+            .expect("memory store lock")
+            .entry(key.to_string())
+            .or_default() += 1;
         self.objects
             .lock()
             .expect("memory store lock")

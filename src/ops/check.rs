@@ -278,6 +278,9 @@ pub async fn check(
 
     let mut users: HashMap<ChunkId, Vec<User>> = HashMap::new();
     let mut lens: HashMap<ChunkId, u32> = HashMap::new();
+    // Which base each delta was stored on, as the manifests say: a base is read
+    // beside its deltas, and once for all of them.
+    let mut base_of: HashMap<ChunkId, ChunkId> = HashMap::new();
     // A delta's base is needed by whatever needs the delta: a missing or bad base
     // names the same snapshots and WAL files.
     let mut note = |refs: &[ChunkRef], user: User| {
@@ -289,6 +292,9 @@ pub async fn check(
                 }
             }
             lens.insert(r.id, r.len);
+            if let Some(b) = r.base {
+                base_of.insert(r.id, b);
+            }
         }
     };
     for (i, m) in snapshots.iter().enumerate() {
@@ -350,12 +356,21 @@ pub async fn check(
             .filter(|id| w.contains(id) && !bad.contains_key(id))
             .copied()
             .collect();
-        todo.sort();
+        // Each base, then the deltas on it, so that the base is still at hand (and
+        // read once) when they need it.
+        todo.sort_by_key(|id| {
+            (
+                *base_of.get(id).unwrap_or(id),
+                base_of.contains_key(id),
+                *id,
+            )
+        });
+        let bases: HashSet<ChunkId> = base_of.values().copied().collect();
         let mut done: HashSet<ChunkId> = HashSet::new();
         while !todo.is_empty() {
             let batch: Vec<ChunkId> = std::mem::take(&mut todo);
             done.extend(batch.iter().copied());
-            for r in read_chunks(repo, batch, &lens, progress.clone()).await? {
+            for r in read_chunks(repo, batch, &lens, &bases, &stored, progress.clone()).await? {
                 chunks_read += 1;
                 bytes_read += r.bytes;
                 match r.result {
@@ -562,6 +577,8 @@ async fn read_chunks(
     repo: &Repository,
     ids: Vec<ChunkId>,
     lens: &HashMap<ChunkId, u32>,
+    bases: &HashSet<ChunkId>,
+    stored: &HashMap<ChunkId, u64>,
     progress: Arc<dyn Progress>,
 ) -> Result<Vec<ChunkRead>> {
     let slots = Arc::new(Semaphore::new(CONCURRENCY));
@@ -570,10 +587,13 @@ async fn read_chunks(
         let repo = repo.clone();
         let slots = slots.clone();
         let len = lens.get(&id).map(|l| *l as usize);
+        let as_base = bases
+            .contains(&id)
+            .then(|| stored.get(&id).copied().unwrap_or(0));
         let progress = progress.clone();
         tasks.spawn(async move {
             let _permit = slots.acquire_owned().await.expect("never closed");
-            let r = verify_chunk(&repo, id, len).await;
+            let r = verify_chunk(&repo, id, len, as_base).await;
             if let Ok((_, n)) = &r {
                 progress.advance(*n);
             }
@@ -605,12 +625,20 @@ async fn read_chunks(
 /// Downloads one chunk object, verifies it and returns what it depends on (a
 /// delta's base) and its stored size. A delta is rebuilt on its base and checked;
 /// when the base itself cannot be read the delta is left to be marked bad through
-/// its dependency, which the caller reads and reports on its own.
+/// its dependency, which the caller reads and reports on its own. A chunk that is a
+/// base (`as_base` holds its stored size) is read through the base cache, so that
+/// the deltas on it find it there.
 async fn verify_chunk(
     repo: &Repository,
     id: ChunkId,
     len: Option<usize>,
+    as_base: Option<u64>,
 ) -> Result<(Vec<ChunkId>, u64)> {
+    if let Some(size) = as_base {
+        let plain = repo.load_base(&id, &id).await?;
+        check_len(&id, plain.len(), len)?;
+        return Ok((Vec::new(), size));
+    }
     let (opened, size) = repo.open_chunk_sized(&id).await?;
     let deps: Vec<ChunkId> = opened.base().into_iter().collect();
     let base = match opened.base() {
@@ -622,16 +650,18 @@ async fn verify_chunk(
         },
     };
     let plain = repo.finish_chunk(&id, opened, base, len).await?;
-    if let Some(len) = len {
-        if plain.len() != len {
-            return Err(Error::Corrupt(format!(
-                "Chunk {} holds {} bytes, its manifests say {len}",
-                id.to_hex(),
-                plain.len()
-            )));
-        }
-    }
+    check_len(&id, plain.len(), len)?;
     Ok((deps, size))
+}
+
+fn check_len(id: &ChunkId, actual: usize, expected: Option<usize>) -> Result<()> {
+    match expected {
+        Some(len) if actual != len => Err(Error::Corrupt(format!(
+            "Chunk {} holds {actual} bytes, its manifests say {len}",
+            id.to_hex()
+        ))),
+        _ => Ok(()),
+    }
 }
 
 /// Whether an error says something about the stored data (a finding), rather than

@@ -239,10 +239,25 @@ async fn sixty_days_of_retention_keep_survivors_exact_and_retire_old_bases() {
             m.time
         );
     }
+    // A check starts cold, as a separate run would, and reads every chunk object
+    // once: a base beside its deltas, not once for each of them.
+    let repo =
+        crate::store::Repository::open(std::sync::Arc::new(store.clone()), b"pw", dir.path())
+            .await
+            .unwrap();
+    store.take_reads();
     let report = check(&repo, &ReadData::All, Arc::new(NoProgress))
         .await
         .unwrap();
     assert!(report.ok(), "{report:?}");
+    let reads = store.take_reads();
+    let chunk_reads: Vec<_> = reads
+        .iter()
+        .filter(|(k, _)| k.starts_with(layout::CHUNKS))
+        .collect();
+    assert_eq!(chunk_reads.len() as u64, report.chunks_read);
+    let again: Vec<_> = chunk_reads.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(again.is_empty(), "read more than once: {again:?}");
 
     // Bases follow the data: some base that deltas once relied on is gone, freed by
     // prune once no survivor needed it, and every base a survivor needs is stored.

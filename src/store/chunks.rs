@@ -212,7 +212,22 @@ impl Repository {
         if let Some(b) = self.bases().get(base_id) {
             return Ok(b);
         }
+        // Deltas on one base read side by side (a check's group, a mount's readahead)
+        // share one fetch and decode of it.
+        let loading = self.bases().loading(base_id);
+        let result = loading
+            .get_or_try_init(|| self.fetch_base(id, base_id))
+            .await
+            .cloned();
+        self.bases().loaded(base_id);
+        result
+    }
+
+    async fn fetch_base(&self, id: &ChunkId, base_id: &ChunkId) -> Result<Arc<Vec<u8>>> {
+        // A base read for its own sake (`check`) speaks for itself.
+        let own = id == base_id;
         let context = |e: Error| match e {
+            e if own => e,
             Error::NotFound { what, location } => Error::NotFound {
                 what: format!("{what} (the base of chunk {})", id.to_hex()),
                 location,
@@ -346,11 +361,20 @@ fn encode_best(
 /// Plaintexts of base chunks read lately, bounded in bytes: a base is read once for
 /// all the deltas on it that a reader meets. Bases are full chunks, verified before
 /// they get here, and never change.
+///
+/// Small on purpose: within one file a base seldom serves more than one delta, and
+/// every byte held is memory a `cat` must fault in; readers that meet a base many
+/// times (`check`, which reads a base beside its deltas) keep them close together.
 #[derive(Debug, Clone)]
 pub struct BaseCache {
     inner: Arc<std::sync::Mutex<BasesHeld>>,
+    loading: Arc<std::sync::Mutex<std::collections::HashMap<ChunkId, Arc<BaseLoading>>>>,
     capacity_bytes: usize,
 }
+
+/// One base being fetched; its waiters share the result (on an error each of them
+/// tries for itself, so errors stay unshared).
+type BaseLoading = tokio::sync::OnceCell<Arc<Vec<u8>>>;
 
 impl BaseCache {
     /// A cache of at most `capacity_bytes` of base plaintext.
@@ -360,8 +384,22 @@ impl BaseCache {
                 map: lru::LruCache::unbounded(),
                 bytes: 0,
             })),
+            loading: Arc::default(),
             capacity_bytes,
         }
+    }
+
+    fn loading(&self, id: &ChunkId) -> Arc<BaseLoading> {
+        self.loading
+            .lock()
+            .expect("base loading lock")
+            .entry(*id)
+            .or_default()
+            .clone()
+    }
+
+    fn loaded(&self, id: &ChunkId) {
+        self.loading.lock().expect("base loading lock").remove(id);
     }
 
     fn get(&self, id: &ChunkId) -> Option<Arc<Vec<u8>>> {
@@ -373,7 +411,9 @@ impl BaseCache {
             .cloned()
     }
 
-    fn insert(&self, id: ChunkId, data: Arc<Vec<u8>>) {
+    /// Keeps the plaintext of full chunk `id`, verified by the caller, for the
+    /// deltas on it that come next.
+    pub(crate) fn insert(&self, id: ChunkId, data: Arc<Vec<u8>>) {
         let mut held = self.inner.lock().expect("base cache lock");
         held.bytes += data.len();
         if let Some(old) = held.map.put(id, data) {

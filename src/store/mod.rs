@@ -80,8 +80,8 @@ pub struct Repository {
     bases: chunks::BaseCache,
 }
 
-/// Memory for base chunks kept by [`chunks::BaseCache`]: a few hundred 256 KiB bases.
-const BASE_CACHE_BYTES: usize = 64 << 20;
+/// Memory for base chunks kept by [`chunks::BaseCache`]: about sixty 256 KiB bases.
+const BASE_CACHE_BYTES: usize = 16 << 20;
 
 /// How many key files one open tries: each costs a key derivation.
 const MAX_KEY_FILES_TRIED: usize = 16;

@@ -185,21 +185,45 @@ impl Repository {
         expected_len: Option<usize>,
         base_hint: Option<ChunkId>,
     ) -> Result<Vec<u8>> {
-        let (opened, hinted) = match base_hint {
-            None => (self.open_chunk(id).await?, None),
+        let (object, hinted) = match base_hint {
+            None => (self.fetch_object(id).await?, None),
             Some(b) => {
-                let (opened, base) = tokio::join!(self.open_chunk(id), self.load_base(id, &b));
-                (opened?, Some((b, base)))
+                let (object, base) = tokio::join!(self.fetch_object(id), self.load_base(id, &b));
+                (object?, Some((b, base)))
             }
         };
-        // The object decides: a manifest's hint is only a head start (a delta left
-        // without its base may since have been stored again in full).
-        let base = match (opened.base(), hinted) {
-            (None, _) => None,
-            (Some(actual), Some((b, loaded))) if b == actual => Some(loaded?),
-            (Some(actual), _) => Some(self.load_base(id, &actual).await?),
-        };
-        self.finish_chunk(id, opened, base, expected_len).await
+        // One trip to the blocking pool for the common cases (a full chunk, a delta
+        // on the base the manifest named): each trip is a hand-over between threads.
+        let master = self.key().clone();
+        let id_owned = *id;
+        let step = try_blocking("chunk decoding", move || {
+            let opened = format::open_chunk(&master, &id_owned, &object)?;
+            // The object decides: a manifest's hint is only a head start (a delta left
+            // without its base may since have been stored again in full).
+            let base = match (opened.base(), hinted) {
+                (None, _) => None,
+                (Some(actual), Some((b, loaded))) if b == actual => Some(loaded?),
+                (Some(_), _) => return Ok(Step::NeedsBase(opened)),
+            };
+            format::finish_chunk(
+                &master,
+                &id_owned,
+                &opened,
+                base.as_deref().map(Vec::as_slice),
+                expected_len,
+            )
+            .map(Step::Done)
+        })
+        .await?;
+        match step {
+            Step::Done(plain) => Ok(plain),
+            Step::NeedsBase(opened) => {
+                let actual = opened.base().expect("a delta names its base");
+                let base = self.load_base(id, &actual).await?;
+                self.finish_chunk(id, opened, Some(base), expected_len)
+                    .await
+            }
+        }
     }
 
     /// Reads the base `base_id` of delta chunk `id`: a full chunk, since chains are
@@ -238,18 +262,21 @@ impl Repository {
             )),
             other => other,
         };
-        let opened = self.open_chunk(base_id).await.map_err(context)?;
-        if opened.base().is_some() {
-            return Err(context(Error::Corrupt(format!(
-                "Chunk {} is a delta itself",
-                base_id.to_hex()
-            ))));
-        }
-        let plain = Arc::new(
-            self.finish_chunk(base_id, opened, None, None)
-                .await
-                .map_err(context)?,
-        );
+        let object = self.fetch_object(base_id).await.map_err(context)?;
+        let master = self.key().clone();
+        let base_owned = *base_id;
+        let plain = try_blocking("chunk decoding", move || {
+            let opened = format::open_chunk(&master, &base_owned, &object)?;
+            if opened.base().is_some() {
+                return Err(Error::Corrupt(format!(
+                    "Chunk {} is a delta itself",
+                    base_owned.to_hex()
+                )));
+            }
+            format::finish_chunk(&master, &base_owned, &opened, None, None).map(Arc::new)
+        })
+        .await
+        .map_err(context)?;
         self.bases().insert(*base_id, plain.clone());
         Ok(plain)
     }
@@ -266,16 +293,7 @@ impl Repository {
     ///
     /// Errors: as [`Repository::open_chunk`].
     pub async fn open_chunk_sized(&self, id: &ChunkId) -> Result<(format::OpenedChunk, u64)> {
-        let object = match self.backend().get(&layout::chunk(id)).await {
-            Ok(o) => o,
-            Err(e) if e.kind() == ErrorKind::NotFound => {
-                return Err(Error::NotFound {
-                    what: format!("Chunk {}", id.to_hex()),
-                    location: self.location(),
-                })
-            }
-            Err(e) => return Err(e),
-        };
+        let object = self.fetch_object(id).await?;
         let size = object.len() as u64;
         let master = self.key().clone();
         let id = *id;
@@ -284,6 +302,20 @@ impl Repository {
         })
         .await?;
         Ok((opened, size))
+    }
+
+    /// Downloads one chunk object as stored.
+    ///
+    /// Errors: `NotFound` naming the chunk when its object is missing; backend errors.
+    async fn fetch_object(&self, id: &ChunkId) -> Result<Vec<u8>> {
+        match self.backend().get(&layout::chunk(id)).await {
+            Ok(o) => Ok(o),
+            Err(e) if e.kind() == ErrorKind::NotFound => Err(Error::NotFound {
+                what: format!("Chunk {}", id.to_hex()),
+                location: self.location(),
+            }),
+            Err(e) => Err(e),
+        }
     }
 
     /// Decompresses an opened chunk (on `base`'s plaintext when it is a delta) and
@@ -356,6 +388,13 @@ fn encode_best(
     } else {
         (full, None)
     }
+}
+
+/// Where decoding a chunk stands after its first trip to the blocking pool.
+enum Step {
+    Done(Vec<u8>),
+    /// A delta on another base than the manifest named: that base is read first.
+    NeedsBase(format::OpenedChunk),
 }
 
 /// Plaintexts of base chunks read lately, bounded in bytes: a base is read once for

@@ -80,8 +80,9 @@ pub struct Repository {
     bases: chunks::BaseCache,
 }
 
-/// Memory for base chunks kept by [`chunks::BaseCache`]: about sixty 256 KiB bases.
-const BASE_CACHE_BYTES: usize = 16 << 20;
+/// Memory for base chunks kept by [`chunks::BaseCache`]: sixteen 256 KiB bases, enough
+/// for the deltas read side by side (see there why it is no larger).
+const BASE_CACHE_BYTES: usize = 4 << 20;
 
 /// How many key files one open tries: each costs a key derivation.
 const MAX_KEY_FILES_TRIED: usize = 16;

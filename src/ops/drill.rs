@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 use tokio::process::Command;
 use tokio::task::JoinSet;
 
-use super::restore::{plan_restore, RecoveryTarget, RestorePlan};
+use super::restore::{extract_base_into, plan_restore, RecoveryTarget, RestorePlan};
 use crate::error::{Error, Result};
 use crate::pg::client::{
     client, drop_database, list_tables, psql, quote_ident, row_counts, table_data_entries, tail,
@@ -581,18 +581,7 @@ async fn base_body(
         std::fs::create_dir(p).map_err(|e| Error::io_path("create", p, e))?;
     }
 
-    // The base backup, streamed into the new PGDATA.
-    let (mut writer, reader) = crate::pipe::pipe(8);
-    let target = pgdata.clone();
-    let extractor = std::thread::spawn(move || recovery::extract_base(reader, &target));
-    let copied = repo
-        .cat(&d.plan.base, &mut writer, Arc::new(NoProgress))
-        .await;
-    drop(writer);
-    extractor
-        .join()
-        .map_err(|_| Error::io("Extraction thread panicked", std::io::Error::other("panic")))??;
-    copied?;
+    extract_base_into(repo, &d.plan.base, &pgdata).await?;
 
     stage_wal(repo, &d.plan, &wal_dir).await?;
     let mut target = d.target.clone();
@@ -773,7 +762,7 @@ async fn stage_wal(repo: &Repository, plan: &RestorePlan, dir: &Path) -> Result<
         });
     }
     while let Some(r) = tasks.join_next().await {
-        r.map_err(|e| Error::io("WAL staging task failed", std::io::Error::other(e)))??;
+        crate::blocking::joined("WAL staging", r)??;
     }
     Ok(())
 }

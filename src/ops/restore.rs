@@ -211,16 +211,26 @@ pub async fn restore(repo: &Repository, opts: &RestoreOptions) -> Result<Restore
         restore_command: opts.restore_command.clone(),
         target: opts.target.settings(),
     };
-    let (mut writer, reader) = crate::pipe::pipe(8);
-    let pgdata = opts.pgdata.clone();
-    let extractor = std::thread::spawn(move || recovery::extract_base(reader, &pgdata));
-    let copied = repo
-        .cat(&plan.base, &mut writer, Arc::new(NoProgress))
-        .await;
-    drop(writer);
-    // The extractor's error explains a broken pipe on the copying side.
-    thread_joined("extraction", extractor.join())??;
-    copied?;
+    extract_base_into(repo, &plan.base, &opts.pgdata).await?;
     recovery::write_recovery_config(&opts.pgdata, &settings)?;
     Ok(plan)
+}
+
+/// Streams base backup `base` out of the repository into `pgdata` (restore and
+/// drills): the tar stream is extracted on its own thread as it is read.
+///
+/// Errors: the extractor's (a bad archive, a file that cannot be written), which
+/// explain a broken pipe on the reading side; then the read's (backend, corrupt).
+pub(crate) async fn extract_base_into(
+    repo: &Repository,
+    base: &SnapshotManifest,
+    pgdata: &std::path::Path,
+) -> Result<()> {
+    let (mut writer, reader) = crate::pipe::pipe(8);
+    let target = pgdata.to_path_buf();
+    let extractor = std::thread::spawn(move || recovery::extract_base(reader, &target));
+    let copied = repo.cat(base, &mut writer, Arc::new(NoProgress)).await;
+    drop(writer);
+    thread_joined("extraction", extractor.join())??;
+    copied.map(|_| ())
 }

@@ -17,6 +17,8 @@ pub struct MemoryBackend {
     objects: Arc<Mutex<BTreeMap<String, Stored>>>,
     /// How many times each key was read, for tests of how often a reader fetches.
     reads: Arc<Mutex<BTreeMap<String, u64>>>,
+    /// Overwrite on a conditional create, as some S3 look-alikes do.
+    ignores_conditional_writes: bool,
     name: Arc<str>,
 }
 
@@ -32,7 +34,17 @@ impl MemoryBackend {
         MemoryBackend {
             objects: Arc::default(),
             reads: Arc::default(),
+            ignores_conditional_writes: false,
             name: name.into(),
+        }
+    }
+
+    /// An empty store that ignores `If-None-Match`: every conditional create
+    /// overwrites and reports success, as some S3 look-alikes do.
+    pub fn ignoring_conditional_writes(name: &str) -> Self {
+        MemoryBackend {
+            ignores_conditional_writes: true,
+            ..Self::new(name)
         }
     }
 
@@ -90,7 +102,7 @@ impl Backend for MemoryBackend {
 
     async fn put_if_absent(&self, key: &str, data: Vec<u8>) -> Result<bool> {
         let mut objects = self.objects.lock().expect("memory store lock");
-        if objects.contains_key(key) {
+        if objects.contains_key(key) && !self.ignores_conditional_writes {
             return Ok(false);
         }
         objects.insert(

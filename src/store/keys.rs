@@ -193,11 +193,9 @@ impl Repository {
 mod tests {
     use std::sync::Arc;
 
-    use async_trait::async_trait;
-
     use super::*;
     use crate::backend::memory::MemoryBackend;
-    use crate::backend::{Backend, ObjectStat};
+    use crate::backend::Backend;
     use crate::store::InitOptions;
 
     const FAST: KdfParams = crate::crypto::TEST_KDF;
@@ -206,35 +204,6 @@ mod tests {
         InitOptions {
             kdf: FAST,
             ..InitOptions::default()
-        }
-    }
-
-    /// A store that ignores `If-None-Match`: every conditional create overwrites.
-    #[derive(Debug)]
-    struct Overwriting(MemoryBackend);
-
-    #[async_trait]
-    impl Backend for Overwriting {
-        fn location(&self) -> String {
-            self.0.location()
-        }
-        async fn put(&self, key: &str, data: Vec<u8>) -> Result<()> {
-            self.0.put(key, data).await
-        }
-        async fn put_if_absent(&self, key: &str, data: Vec<u8>) -> Result<bool> {
-            self.0.put(key, data).await.map(|_| true)
-        }
-        async fn get(&self, key: &str) -> Result<Vec<u8>> {
-            self.0.get(key).await
-        }
-        async fn exists(&self, key: &str) -> Result<bool> {
-            self.0.exists(key).await
-        }
-        async fn list_stat(&self, prefix: &str) -> Result<Vec<ObjectStat>> {
-            self.0.list_stat(prefix).await
-        }
-        async fn delete(&self, key: &str) -> Result<()> {
-            self.0.delete(key).await
         }
     }
 
@@ -292,7 +261,8 @@ mod tests {
     #[tokio::test]
     async fn a_store_without_conditional_writes_is_detected_and_keys_are_refused() {
         let dir = tempfile::tempdir().unwrap();
-        let backend: Arc<dyn Backend> = Arc::new(Overwriting(MemoryBackend::new("overwriting")));
+        let backend: Arc<dyn Backend> =
+            Arc::new(MemoryBackend::ignoring_conditional_writes("overwriting"));
         let repo = Repository::init(backend.clone(), b"one", opts(), dir.path())
             .await
             .unwrap();

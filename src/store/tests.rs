@@ -244,37 +244,9 @@ async fn a_corrupt_manifest_in_the_local_cache_is_fetched_again() {
 
 #[tokio::test]
 async fn a_store_that_ignores_conditional_writes_never_gets_an_archived_segment_replaced() {
-    use crate::backend::ObjectStat;
-    use async_trait::async_trait;
-    /// Overwrites on every conditional create, as some S3 look-alikes do.
-    #[derive(Debug)]
-    struct Overwriting(MemoryBackend);
-    #[async_trait]
-    impl Backend for Overwriting {
-        fn location(&self) -> String {
-            self.0.location()
-        }
-        async fn put(&self, key: &str, data: Vec<u8>) -> crate::error::Result<()> {
-            self.0.put(key, data).await
-        }
-        async fn put_if_absent(&self, key: &str, data: Vec<u8>) -> crate::error::Result<bool> {
-            self.0.put(key, data).await.map(|()| true)
-        }
-        async fn get(&self, key: &str) -> crate::error::Result<Vec<u8>> {
-            self.0.get(key).await
-        }
-        async fn exists(&self, key: &str) -> crate::error::Result<bool> {
-            self.0.exists(key).await
-        }
-        async fn list_stat(&self, prefix: &str) -> crate::error::Result<Vec<ObjectStat>> {
-            self.0.list_stat(prefix).await
-        }
-        async fn delete(&self, key: &str) -> crate::error::Result<()> {
-            self.0.delete(key).await
-        }
-    }
     let dir = tempfile::tempdir().unwrap();
-    let backend: Arc<dyn Backend> = Arc::new(Overwriting(MemoryBackend::new("overwriting")));
+    let backend: Arc<dyn Backend> =
+        Arc::new(MemoryBackend::ignoring_conditional_writes("overwriting"));
     let opts = InitOptions {
         kdf: crate::crypto::TEST_KDF,
         ..InitOptions::default()

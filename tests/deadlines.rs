@@ -44,19 +44,6 @@ fn wal_file(dir: &Path, name: &str, seed: u8) -> std::path::PathBuf {
     p
 }
 
-/// The single line a failed run printed, checked for the house style.
-fn one_line(r: &Run) -> String {
-    let lines: Vec<&str> = r.stderr.lines().filter(|l| !l.trim().is_empty()).collect();
-    assert_eq!(
-        lines.len(),
-        1,
-        "expected one line on stderr, got:\n{}",
-        r.stderr
-    );
-    eprintln!("exit {}: {}", r.code, lines[0]);
-    lines[0].to_string()
-}
-
 fn timed(f: impl FnOnce() -> Run) -> (Run, Duration) {
     let started = Instant::now();
     let r = f();
@@ -84,14 +71,14 @@ fn wal_fetch_and_wal_push_give_up_in_time_and_archiving_shows_as_failing() {
     });
     assert!(took < bound(), "wal-fetch took {took:?}");
     assert!(fetch.code > 125, "wal-fetch must stop recovery: {fetch:?}");
-    let line = one_line(&fetch);
+    let line = fetch.one_line();
     assert!(line.contains(&server.endpoint()), "{line}");
     assert!(!dest.exists(), "nothing may be handed to PostgreSQL");
 
     let (push, took) = timed(|| v.run(&["wal-push", seg2.to_str().unwrap()]));
     assert!(took < bound(), "wal-push took {took:?}");
     assert_ne!(push.code, 0);
-    let line = one_line(&push);
+    let line = push.one_line();
     assert!(line.contains(&server.endpoint()), "{line}");
     server.thaw();
 
@@ -153,7 +140,7 @@ fn a_backup_into_a_store_that_freezes_fails_in_time_and_leaves_no_snapshot() {
     };
     assert!(took < bound(), "the backup took {took:?} after the freeze");
     assert_ne!(r.code, 0, "{r:?}");
-    let line = one_line(&r);
+    let line = r.one_line();
     assert!(line.contains(&server.endpoint()), "{line}");
 
     // No snapshot; the attempt is recorded; no live lock is left behind.
@@ -263,7 +250,7 @@ fn a_local_repository_on_a_hung_fuse_mount_gives_up_in_time() {
     drop(resume);
     assert!(took < bound(), "snapshots took {took:?}");
     assert_ne!(r.code, 0);
-    let line = one_line(&r);
+    let line = r.one_line();
     assert!(
         line.contains(&hung_dir.display().to_string()) && line.contains("hung NFS or FUSE mount"),
         "{line}"

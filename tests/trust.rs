@@ -14,17 +14,6 @@ use common::mount::Mount;
 use common::vault::{Run, Vault};
 use serde_json::Value;
 
-fn one_line(r: &Run) -> String {
-    let lines: Vec<&str> = r.stderr.lines().filter(|l| !l.trim().is_empty()).collect();
-    assert_eq!(
-        lines.len(),
-        1,
-        "expected one line on stderr, got:\n{}",
-        r.stderr
-    );
-    lines[0].to_string()
-}
-
 fn edit_config(v: &Vault, f: impl FnOnce(&mut Value)) {
     let path = v.repo_path().join("config");
     let mut cfg: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
@@ -78,7 +67,7 @@ fn an_edited_config_is_refused_at_open_with_one_line() {
         edit_config(&v, |c| edit(c));
         let r = v.run(&["snapshots"]);
         assert_ne!(r.code, 0, "{what}: {r:?}");
-        let line = one_line(&r);
+        let line = r.one_line();
         assert!(line.contains(want), "{what}: {line}");
         assert!(!line.contains("panicked"), "{what}: {line}");
     }
@@ -183,7 +172,7 @@ fn one_corrupt_manifest_does_not_stop_the_others_but_stops_prune() {
     let r = v.run(&["prune"]);
     assert_ne!(r.code, 0);
     assert!(
-        one_line(&r).contains("refusing to decide what to delete"),
+        r.one_line().contains("refusing to decide what to delete"),
         "{r:?}"
     );
     let r = v.run(&["forget", "--keep-last", "1"]);
@@ -256,7 +245,7 @@ fn a_dead_or_missing_mount_is_no_answer_for_restore_command() {
     std::fs::remove_file(&added[added.len() / 2]).unwrap();
     let r = fetch("000000010000000000000004");
     assert!(r.code > 125, "{r:?}");
-    assert!(one_line(&r).contains("reading"), "{r:?}");
+    assert!(r.one_line().contains("reading"), "{r:?}");
 
     // The mount's process hangs (stopped, not dead): no answer within the deadline is
     // no answer, not a wait for ever.
@@ -266,7 +255,7 @@ fn a_dead_or_missing_mount_is_no_answer_for_restore_command() {
     let waited = started.elapsed();
     assert!(common::signal(mnt.pid(), "CONT"));
     assert!(r.code > 125, "{r:?}");
-    assert!(one_line(&r).contains("gave no answer"), "{r:?}");
+    assert!(r.one_line().contains("gave no answer"), "{r:?}");
     assert!(waited < Duration::from_secs(60), "waited {waited:?}");
 
     // The mount's process dies: cp would say 1 here, which PostgreSQL takes for the
@@ -285,12 +274,12 @@ fn a_dead_or_missing_mount_is_no_answer_for_restore_command() {
     );
     let r = fetch("000000010000000000000009");
     assert!(r.code > 125, "{r:?}");
-    assert!(one_line(&r).contains("is dead"), "{r:?}");
+    assert!(r.one_line().contains("is dead"), "{r:?}");
     drop(mnt);
     // Nothing mounted at all.
     let r = fetch("000000010000000000000002");
     assert!(r.code > 125, "{r:?}");
-    assert!(one_line(&r).contains("nothing is mounted"), "{r:?}");
+    assert!(r.one_line().contains("nothing is mounted"), "{r:?}");
 }
 
 #[test]
@@ -366,7 +355,7 @@ fn local_files_are_private_and_a_missing_home_is_refused() {
         }
     };
     assert_eq!(r.code, 2, "{r:?}");
-    assert!(one_line(&r).contains("No cache directory"), "{r:?}");
+    assert!(r.one_line().contains("No cache directory"), "{r:?}");
 }
 
 #[test]
@@ -430,7 +419,7 @@ fn a_sloppy_restore_command_stops_recovery_rather_than_ending_it() {
 /// (and the chown after them) to a place of the link's choosing.
 #[test]
 fn root_does_not_follow_a_link_planted_in_another_users_repository() {
-    if !nix_is_root() {
+    if !nix::unistd::geteuid().is_root() {
         eprintln!("skipped: needs root");
         return;
     }
@@ -449,7 +438,7 @@ fn root_does_not_follow_a_link_planted_in_another_users_repository() {
 
     let r = v.import("footdash", &d.other, Some("2026-11-02T02:00:00Z"));
     assert_ne!(r.code, 0, "{r:?}");
-    assert!(one_line(&r).contains("symbolic link"), "{r:?}");
+    assert!(r.one_line().contains("symbolic link"), "{r:?}");
     assert_eq!(
         std::fs::read_dir(elsewhere.path()).unwrap().count(),
         0,
@@ -467,12 +456,4 @@ fn root_does_not_follow_a_link_planted_in_another_users_repository() {
             f.display()
         );
     }
-}
-
-fn nix_is_root() -> bool {
-    std::process::Command::new("id")
-        .arg("-u")
-        .output()
-        .map(|o| o.stdout.trim_ascii() == b"0")
-        .unwrap_or(false)
 }

@@ -28,8 +28,9 @@ pub fn signal(pid: u32, sig: &str) -> bool {
         .is_ok_and(|s| s.success())
 }
 
-/// Every file below `dir`, recursively.
-pub fn walk_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+/// Every entry below `dir`, recursively, with whether it is a directory (entries
+/// whose type cannot be read are left out).
+fn walk(dir: &std::path::Path) -> Vec<(std::path::PathBuf, bool)> {
     let mut out = Vec::new();
     let mut todo = vec![dir.to_path_buf()];
     while let Some(d) = todo.pop() {
@@ -37,51 +38,43 @@ pub fn walk_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
             continue;
         };
         for e in rd.flatten() {
-            match e.file_type() {
-                Ok(t) if t.is_dir() => todo.push(e.path()),
-                Ok(_) => out.push(e.path()),
-                Err(_) => {}
+            let Ok(t) = e.file_type() else {
+                continue;
+            };
+            if t.is_dir() {
+                todo.push(e.path());
             }
+            out.push((e.path(), t.is_dir()));
         }
     }
     out.sort();
     out
 }
 
+/// Every file below `dir`, recursively.
+pub fn walk_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    walk(dir)
+        .into_iter()
+        .filter(|(_, d)| !d)
+        .map(|(p, _)| p)
+        .collect()
+}
+
 /// Every name below `dir` (files and directories), recursively.
 pub fn walk_names(dir: &std::path::Path) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut todo = vec![dir.to_path_buf()];
-    while let Some(d) = todo.pop() {
-        let Ok(rd) = std::fs::read_dir(&d) else {
-            continue;
-        };
-        for e in rd.flatten() {
-            out.push(e.file_name().to_string_lossy().into_owned());
-            if e.file_type().is_ok_and(|t| t.is_dir()) {
-                todo.push(e.path());
-            }
-        }
-    }
+    let mut out: Vec<String> = walk(dir)
+        .into_iter()
+        .filter_map(|(p, _)| Some(p.file_name()?.to_string_lossy().into_owned()))
+        .collect();
     out.sort();
     out
 }
 
 /// Every directory below `dir`, recursively.
 pub fn walk_dirs(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    let mut todo = vec![dir.to_path_buf()];
-    while let Some(d) = todo.pop() {
-        let Ok(rd) = std::fs::read_dir(&d) else {
-            continue;
-        };
-        for e in rd.flatten() {
-            if e.file_type().is_ok_and(|t| t.is_dir()) {
-                out.push(e.path());
-                todo.push(e.path());
-            }
-        }
-    }
-    out.sort();
-    out
+    walk(dir)
+        .into_iter()
+        .filter(|(_, d)| *d)
+        .map(|(p, _)| p)
+        .collect()
 }

@@ -25,6 +25,24 @@ pub struct Run {
 }
 
 impl Run {
+    /// The single line a failed run printed on stderr (the house style), asserted
+    /// to be one line.
+    pub fn one_line(&self) -> String {
+        let lines: Vec<&str> = self
+            .stderr
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .collect();
+        assert_eq!(
+            lines.len(),
+            1,
+            "expected one line on stderr, got:\n{}",
+            self.stderr
+        );
+        eprintln!("exit {}: {}", self.code, lines[0]);
+        lines[0].to_string()
+    }
+
     /// Stdout as text.
     pub fn out(&self) -> String {
         String::from_utf8_lossy(&self.stdout).into_owned()

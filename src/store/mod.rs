@@ -191,15 +191,27 @@ impl Repository {
             });
         }
         let cache = RepoCache::new(cache_root, &config.repo_id);
+        Ok(Repository::opened(backend, config, key, key_id, cache))
+    }
+
+    /// The repository once a key has opened it; its local cache directory is
+    /// created now.
+    fn opened(
+        backend: Arc<dyn Backend>,
+        config: RepoConfig,
+        key: MasterKey,
+        key_id: String,
+        cache: RepoCache,
+    ) -> Self {
         cache.prepare();
-        Ok(Repository {
+        Repository {
             backend,
             config,
             key,
             key_id,
             cache,
             bases: chunks::BaseCache::new(BASE_CACHE_BYTES),
-        })
+        }
     }
 
     /// Opens an existing repository with a passphrase, with its local files under
@@ -287,19 +299,12 @@ impl Repository {
                 }
             };
             config.verify(&key, &location)?;
-            cache.prepare();
-            if obj_key != remembered {
-                let _ = std::fs::write(cache.last_key(), &obj_key);
-            }
             let key_id = obj_key.trim_start_matches(layout::KEYS).to_string();
-            return Ok(Repository {
-                backend,
-                config,
-                key,
-                key_id,
-                cache,
-                bases: chunks::BaseCache::new(BASE_CACHE_BYTES),
-            });
+            let repo = Repository::opened(backend, config, key, key_id, cache);
+            if obj_key != remembered {
+                let _ = std::fs::write(repo.cache.last_key(), &obj_key);
+            }
+            return Ok(repo);
         }
         Err(Error::WrongPassphrase(location))
     }

@@ -194,12 +194,22 @@ impl Record for CheckRecord {
     }
 }
 
+/// The sortable UTC time in a record key.
+const STAMP_FORMAT: &str = "%Y%m%dT%H%M%S%.3fZ";
+
+/// The time a record key's stamp names, if it is one.
+fn parse_stamp(stamp: &str) -> Option<chrono::DateTime<chrono::Utc>> {
+    chrono::NaiveDateTime::parse_from_str(stamp, STAMP_FORMAT)
+        .ok()
+        .map(|t| t.and_utc())
+}
+
 /// A record key: prefix, sortable UTC time, and a random suffix against collisions.
 fn record_key(kind: RecordKind, time: chrono::DateTime<chrono::Utc>) -> String {
     format!(
         "{}{}-{}",
         kind.prefix(),
-        time.format("%Y%m%dT%H%M%S%.3fZ"),
+        time.format(STAMP_FORMAT),
         hex::encode(crate::crypto::random_bytes::<6>())
     )
 }
@@ -249,9 +259,7 @@ fn is_record_key(kind: RecordKind, key: &str) -> bool {
     let Some((stamp, tag)) = rest.rsplit_once('-') else {
         return false;
     };
-    tag.len() == 12
-        && tag.bytes().all(|b| b.is_ascii_hexdigit())
-        && chrono::NaiveDateTime::parse_from_str(stamp, "%Y%m%dT%H%M%S%.3fZ").is_ok()
+    tag.len() == 12 && tag.bytes().all(|b| b.is_ascii_hexdigit()) && parse_stamp(stamp).is_some()
 }
 
 impl Repository {
@@ -322,12 +330,8 @@ impl Repository {
             let Ok(json) = std::fs::read(&path) else {
                 continue;
             };
-            let time = chrono::NaiveDateTime::parse_from_str(
-                stamp.rsplit_once('-').map(|(t, _)| t).unwrap_or(stamp),
-                "%Y%m%dT%H%M%S%.3fZ",
-            )
-            .map(|t| t.and_utc())
-            .unwrap_or_else(|_| chrono::Utc::now());
+            let time = parse_stamp(stamp.rsplit_once('-').map_or(stamp, |(t, _)| t))
+                .unwrap_or_else(chrono::Utc::now);
             match self.write_record_json(kind, time, &json).await {
                 Ok(key) => {
                     tracing::info!("Uploaded spooled record {} as {key}", path.display());

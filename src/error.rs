@@ -5,7 +5,7 @@
 //! find out". So errors are never flattened to strings below the CLI.
 
 /// What went wrong, coarsely enough for callers to decide what to do about it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum ErrorKind {
     /// An object, snapshot or file does not exist.
     NotFound,
@@ -60,6 +60,11 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+
+    /// An error another pgvault process (the WAL agent) met and passed on, with its
+    /// kind intact.
+    #[error("{message}")]
+    Relayed { kind: ErrorKind, message: String },
 }
 
 impl Error {
@@ -75,6 +80,7 @@ impl Error {
             Error::Locked(_) => ErrorKind::Locked,
             Error::External(_) => ErrorKind::External,
             Error::Io { .. } => ErrorKind::Io,
+            Error::Relayed { kind, .. } => *kind,
         }
     }
 

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use common::mount::Mount;
 use common::pg::PgCluster;
 use common::s3::S3Server;
-use common::vault::{archiving_cluster, switch_and_wait_archived, Vault};
+use common::vault::{archiving_async_cluster, archiving_cluster, switch_and_wait_archived, Vault};
 
 fn server_time(pg: &PgCluster) -> String {
     pg.psql(
@@ -558,5 +558,225 @@ fn every_time_format_postgresql_prints_recovers_to_the_right_side_of_two_commits
         eprintln!("target {spelled}");
         let restored = restore_and_start(&v, &["--target-time", &spelled]);
         assert_eq!(tags(&restored), "A", "target {spelled}");
+    }
+}
+
+fn kill(signal: &str, pid: u32) -> bool {
+    std::process::Command::new("kill")
+        .args([signal, &pid.to_string()])
+        .status()
+        .unwrap()
+        .success()
+}
+
+/// The segment names PostgreSQL marked archived (`.done`) whose files are still in
+/// pg_wal.
+fn archived_segments_in(pg_wal: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(pg_wal.join("archive_status"))
+        .unwrap()
+        .flatten()
+        .filter_map(|e| {
+            let n = e.file_name().into_string().ok()?;
+            let n = n.strip_suffix(".done")?.to_string();
+            (n.len() == 24 && pg_wal.join(&n).exists()).then_some(n)
+        })
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn async_archiving_under_pgbench_loses_nothing_when_its_agent_is_killed() {
+    let (pg, v) = archiving_async_cluster();
+    let pgbench = |args: &[&str]| {
+        let out = pg
+            .command("pgbench")
+            .args(args)
+            .arg("postgres")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "pgbench {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    // Archived segments stay in pg_wal, to be compared with the archive at the end.
+    pg.psql("postgres", "ALTER SYSTEM SET wal_keep_size = '1GB'");
+    pg.psql("postgres", "SELECT pg_reload_conf()");
+    pgbench(&["-q", "-i", "-s", "5"]);
+    v.run(&["backup", "--base"]).ok();
+
+    // kill -9 the agent twice while pgbench writes; the next archive_command starts
+    // a new one each time.
+    let killed = std::thread::scope(|s| {
+        let bench = s.spawn(|| pgbench(&["-c", "4", "-j", "2", "-T", "12", "-n"]));
+        let mut killed = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while killed.len() < 2 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(700));
+            if let Some(pid) = v.agent_pid().filter(|p| !killed.contains(p)) {
+                if kill("-KILL", pid) {
+                    killed.push(pid);
+                }
+            }
+        }
+        bench.join().unwrap();
+        killed
+    });
+    assert_eq!(killed.len(), 2, "no agent to kill: {}", pg.log());
+    let last = switch_and_wait_archived(&pg);
+    let history = "SELECT count(*), sum(delta) FROM pgbench_history";
+    let committed = pg.psql("postgres", history);
+    // Usually both kills hit a push in flight (failed_count 2), which PostgreSQL retried.
+    eprintln!(
+        "archived, failed: {}",
+        pg.psql(
+            "postgres",
+            "SELECT archived_count, failed_count FROM pg_stat_archiver"
+        )
+    );
+    pg.stop_fast();
+
+    // Every segment PostgreSQL counts as archived is in the archive, byte for byte.
+    let pg_wal = pg.data_dir().join("pg_wal");
+    let archived = archived_segments_in(&pg_wal);
+    assert!(archived.len() >= 3, "{archived:?}");
+    let fetched = v.dir.path().join("fetched");
+    for name in &archived {
+        v.run(&[
+            "wal-fetch",
+            name,
+            fetched.to_str().unwrap(),
+            "--prefetch",
+            "0",
+        ])
+        .ok();
+        assert!(
+            std::fs::read(&fetched).unwrap() == std::fs::read(pg_wal.join(name)).unwrap(),
+            "{name} was archived with other content"
+        );
+    }
+    let list = v.run(&["wal", "list", "--json"]).ok().json();
+    let tl = &list["timelines"][0];
+    assert_eq!(tl["gaps"].as_array().unwrap().len(), 0, "{list}");
+    assert!(
+        tl["ranges"][0]["last"].as_str().unwrap() >= last.as_str(),
+        "{list}"
+    );
+
+    // Recovery fetches through the agent too (restore writes `wal-fetch --async`).
+    let restored = restore_and_start(&v, &["--latest"]);
+    assert_eq!(restored.psql("postgres", history), committed);
+}
+
+#[test]
+fn the_wal_agent_keeps_the_push_and_fetch_contracts() {
+    let v = Vault::for_server(PgCluster::server_user());
+    let pg_wal = v.dir.path().join("pg_wal");
+    std::fs::create_dir_all(pg_wal.join("archive_status")).unwrap();
+    let segment = |n: u8| {
+        let mut data = vec![n; 16 << 20];
+        data[..4096]
+            .iter_mut()
+            .enumerate()
+            .for_each(|(i, b)| *b = (i as u8).wrapping_mul(n));
+        data
+    };
+    let name = |n: u8| format!("0000000100000000000000{n:02X}");
+    for n in 1..=4 {
+        std::fs::write(pg_wal.join(name(n)), segment(n)).unwrap();
+        if n > 1 {
+            std::fs::write(pg_wal.join(format!("archive_status/{}.ready", name(n))), "").unwrap();
+        }
+    }
+    if let Some((uid, gid)) = v.run_as {
+        for p in [pg_wal.clone(), pg_wal.join("archive_status")] {
+            std::os::unix::fs::chown(&p, Some(uid), Some(gid)).unwrap();
+        }
+    }
+    let path = |n: u8| pg_wal.join(name(n)).display().to_string();
+    v.run(&["wal-push", "--async", &path(1)]).ok();
+    let agent = v.agent_pid().expect("an agent was started");
+
+    // The segments marked ready are pushed ahead, before their own archive_command.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let list = v.run(&["wal", "list", "--json"]).ok().json();
+        if list["timelines"][0]["segments"] == 4 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not pushed ahead: {list}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    v.run(&["wal-push", "--async", &path(2)]).ok();
+    // A file changed under a name pushed ahead is refused, never acknowledged by the
+    // push of its old content.
+    std::fs::write(pg_wal.join(name(3)), segment(9)).unwrap();
+    let e = v.run(&["wal-push", "--async", &path(3)]).fails();
+    assert!(
+        e.contains("different content") && e.contains(&name(3)),
+        "{e}"
+    );
+
+    // Fetch: the bytes archived; "not archived" is exit 1, quietly.
+    let out = v.dir.path().join("out");
+    let out_s = out.to_str().unwrap();
+    v.run(&["wal-fetch", "--async", &name(3), out_s]).ok();
+    assert!(std::fs::read(&out).unwrap() == segment(3));
+    v.run(&["wal-fetch", "--async", &name(4), out_s]).ok();
+    assert!(std::fs::read(&out).unwrap() == segment(4));
+    let r = v.run(&["wal-fetch", "--async", &name(0x20), out_s]);
+    assert_eq!((r.code, r.stderr.trim()), (1, ""));
+    assert_eq!(v.agent_pid(), Some(agent), "one agent served it all");
+
+    // A wrong passphrase reaches the caller from an agent that cannot start.
+    let mut wrong = Vault::for_server(v.run_as);
+    wrong.repo = v.repo.clone();
+    let wrong_file = wrong.password_file.clone().unwrap();
+    std::fs::write(&wrong_file, "not the passphrase\n").unwrap();
+    let r = wrong.run(&["wal-push", "--async", &path(4)]);
+    assert_eq!(r.code, 3, "{}", r.stderr);
+    assert!(r.stderr.contains("Wrong passphrase"), "{}", r.stderr);
+
+    // A hung agent: wal-fetch stops recovery (above 125) within its deadline.
+    assert!(kill("-STOP", agent));
+    let started = Instant::now();
+    let r = v.run(&[
+        "--io-timeout",
+        "1s",
+        "wal-fetch",
+        "--async",
+        &name(2),
+        out_s,
+    ]);
+    assert!(kill("-CONT", agent));
+    assert!(
+        r.code > 125,
+        "exit {} from a hung agent: {}",
+        r.code,
+        r.stderr
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "{:?}",
+        started.elapsed()
+    );
+
+    // A killed agent is replaced by the next call.
+    assert!(kill("-KILL", agent));
+    std::fs::write(pg_wal.join(name(5)), segment(5)).unwrap();
+    v.run(&["wal-push", "--async", &path(5)]).ok();
+    let next = v.agent_pid().expect("a new agent");
+    assert_ne!(next, agent);
+    v.run(&["wal-fetch", "--async", &name(5), out_s]).ok();
+    assert!(std::fs::read(&out).unwrap() == segment(5));
+
+    // An agent whose socket is gone (its cache removed) leaves.
+    std::fs::remove_dir_all(v.cache.join("agents")).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while common::vault::alive(next) {
+        assert!(Instant::now() < deadline, "agent {next} stayed");
+        std::thread::sleep(Duration::from_millis(100));
     }
 }

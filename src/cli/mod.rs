@@ -114,6 +114,9 @@ pub enum Command {
     /// Restore one WAL file: restore_command = 'pgvault wal-fetch %f %p'
     /// (exit 1: not archived; above 125: the archive could not be read)
     WalFetch(wal::WalFetchArgs),
+    /// Serve wal-push --async and wal-fetch --async for one repository: started on
+    /// demand by them, or run as a service (--idle 0s)
+    WalAgent(wal::WalAgentArgs),
     /// Inspect the WAL archive
     Wal {
         #[command(subcommand)]
@@ -256,6 +259,7 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Metrics(a) => verify::metrics(g, a).await,
         Command::WalPush(a) => wal::push(g, a).await,
         Command::WalFetch(a) => wal::fetch(g, a).await,
+        Command::WalAgent(a) => wal::agent(g, a).await,
         Command::Wal {
             command: wal::WalCommand::List { json },
         } => wal::list(g, *json).await,
@@ -277,7 +281,7 @@ pub(crate) fn progress_for(total: u64, label: &str, show: bool) -> Arc<dyn Progr
 /// Where the repository is, from --repo or PGVAULT_REPO.
 ///
 /// Errors: `InvalidInput` when neither is given or the location does not parse.
-fn location(g: &GlobalArgs) -> Result<Location> {
+pub(crate) fn location(g: &GlobalArgs) -> Result<Location> {
     g.repo.clone().ok_or_else(|| {
         Error::InvalidInput("No repository given: set PGVAULT_REPO or pass --repo".into())
     })
@@ -293,7 +297,7 @@ fn s3_options(g: &GlobalArgs) -> S3Options {
 /// How to reach the repository with `passphrase`.
 ///
 /// Errors: `InvalidInput` for a missing or bad location, or no cache directory.
-fn access_with(g: &GlobalArgs, passphrase: String) -> Result<RepoAccess> {
+pub(crate) fn access_with(g: &GlobalArgs, passphrase: String) -> Result<RepoAccess> {
     let passphrase = zeroize::Zeroizing::new(passphrase);
     Ok(RepoAccess {
         location: location(g)?,
@@ -335,7 +339,7 @@ fn read_password_file(path: &std::path::Path) -> Result<String> {
     Ok(line)
 }
 
-fn passphrase(g: &GlobalArgs) -> Result<String> {
+pub(crate) fn passphrase(g: &GlobalArgs) -> Result<String> {
     if let Some(p) = &g.password_file {
         return read_password_file(p);
     }

@@ -8,11 +8,12 @@ use serde_json::json;
 
 use super::{args, open_repo, output, GlobalArgs};
 use crate::error::{Error, ErrorKind, Result};
+use crate::ops::agent::{Reply, Request};
 use crate::ops::restore::{RecoveryTarget, RestoreOptions};
 use crate::pg::recovery;
 use crate::store::wal::WalPushOutcome;
 use crate::time::rfc3339;
-use crate::wal_name::Lsn;
+use crate::wal_name::{Lsn, WalFileKind};
 
 /// `pgvault wal-push`.
 #[derive(Debug, Args)]
@@ -23,6 +24,28 @@ pub struct WalPushArgs {
     #[arg(long, env = "PGVAULT_LOCK_WAIT", value_name = "DURATION", default_value = "10m",
           value_parser = args::duration)]
     pub lock_wait: std::time::Duration,
+    /// Hand the file to this user's WAL agent for this repository (started on demand,
+    /// leaving when idle), which derives the key once and pushes the segments marked
+    /// ready ahead, several at once. Still exits 0 only once this file is durable
+    #[arg(long = "async")]
+    pub asynchronous: bool,
+}
+
+/// `pgvault wal-agent`.
+#[derive(Debug, Args)]
+pub struct WalAgentArgs {
+    /// Leave after this long without a request; 0s: never (for a service)
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = args::duration)]
+    pub idle: std::time::Duration,
+    /// Files pushed or fetched at once
+    #[arg(long, default_value_t = 4, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=32))]
+    pub jobs: u16,
+    /// Segments marked ready that are pushed ahead of their archive_command
+    #[arg(long, default_value_t = 16, value_name = "N", value_parser = clap::value_parser!(u16).range(0..=256))]
+    pub ahead: u16,
+    /// Read the passphrase from the first line of stdin (how --async starts the agent)
+    #[arg(long, hide = true)]
+    pub passphrase_stdin: bool,
 }
 
 /// `pgvault wal-fetch`.
@@ -39,8 +62,13 @@ pub struct WalFetchArgs {
     /// Read the file from this pgvault mount instead of the repository: needs no
     /// passphrase, only read access to the mount; a dead, hung or missing mount exits
     /// above 125, never 1
-    #[arg(long, value_name = "MOUNTPOINT")]
+    #[arg(long, value_name = "MOUNTPOINT", conflicts_with = "asynchronous")]
     pub from_mount: Option<PathBuf>,
+    /// Ask this user's WAL agent for this repository (started on demand, leaving when
+    /// idle), which derives the key once and keeps the next segments fetched ahead in
+    /// memory; the exit codes stay the same
+    #[arg(long = "async")]
+    pub asynchronous: bool,
 }
 
 /// `pgvault wal ...`.
@@ -90,6 +118,28 @@ fn parse_lsn(s: &str) -> std::result::Result<Lsn, String> {
 pub async fn push(g: &GlobalArgs, a: &WalPushArgs) -> Result<()> {
     // A bad path is refused before the repository is opened.
     let name = crate::ops::wal::wal_file_name(&a.path)?;
+    if a.asynchronous {
+        let path =
+            std::path::absolute(&a.path).map_err(|e| Error::io_path("resolve", &a.path, e))?;
+        let request = Request::Push {
+            path,
+            lock_wait_secs: a.lock_wait.as_secs(),
+        };
+        let deadline = a.lock_wait + g.io_timeout.call() * 4;
+        match ask_agent(g, &request, deadline).await? {
+            Some(Reply::Pushed { already_archived }) => {
+                if already_archived {
+                    tracing::info!("{name} was archived already with the same content");
+                } else {
+                    tracing::info!("Archived {name} through the WAL agent");
+                }
+                return Ok(());
+            }
+            Some(other) => return Err(reply_error(other)),
+            // No agent can be had here: the synchronous path is as safe, only slower.
+            None => {}
+        }
+    }
     match crate::ops::wal::push(&super::access(g)?, &a.path, a.lock_wait).await? {
         WalPushOutcome::Stored => tracing::info!("Archived {name}"),
         WalPushOutcome::AlreadyArchived => {
@@ -106,6 +156,27 @@ pub async fn push(g: &GlobalArgs, a: &WalPushArgs) -> Result<()> {
 pub async fn fetch(g: &GlobalArgs, a: &WalFetchArgs) -> Result<()> {
     if let Some(mount) = &a.from_mount {
         return crate::ops::wal::fetch_from_mount(mount, &a.name, &a.dest, g.io_timeout.call());
+    }
+    if a.asynchronous {
+        WalFileKind::parse(&a.name)?;
+        let dest =
+            std::path::absolute(&a.dest).map_err(|e| Error::io_path("resolve", &a.dest, e))?;
+        let request = Request::Fetch {
+            name: a.name.clone(),
+            dest,
+            prefetch: a.prefetch,
+        };
+        // The agent's own fetch is bounded by the store's deadlines; this bounds an
+        // agent that hangs, so that recovery stops rather than waits forever.
+        let deadline = g.io_timeout.call() * 3;
+        match ask_agent(g, &request, deadline)
+            .await
+            .map_err(crate::ops::wal::open_error_for_fetch)?
+        {
+            Some(Reply::Fetched) => return Ok(()),
+            Some(other) => return Err(reply_error(other)),
+            None => {}
+        }
     }
     let repo = open_repo(g)
         .await
@@ -227,7 +298,7 @@ fn restore_command(g: &GlobalArgs) -> Result<String> {
              needs PGVAULT_PASSWORD in its environment for restore_command"
         ),
     }
-    cmd.push_str(" wal-fetch %f %p");
+    cmd.push_str(" wal-fetch --async %f %p");
     Ok(cmd)
 }
 
@@ -273,4 +344,248 @@ pub async fn restore(g: &GlobalArgs, a: &RestoreArgs) -> Result<()> {
         a.pgdata.display()
     );
     Ok(())
+}
+
+/// What names this repository to the WAL agent: the location, and what else picks
+/// the store (endpoint, profile, addressing), so two repositories never share one.
+fn agent_identity(g: &GlobalArgs) -> Result<String> {
+    let location = match super::location(g)? {
+        crate::backend::Location::Local(p) => {
+            std::path::absolute(&p).unwrap_or(p).display().to_string()
+        }
+        s3 => s3.to_string(),
+    };
+    let env = |v: &str| std::env::var(v).unwrap_or_default();
+    Ok(format!(
+        "{location}\n{}\n{}\n{}",
+        env("AWS_ENDPOINT_URL"),
+        env("AWS_PROFILE"),
+        g.s3_path_style
+    ))
+}
+
+/// Asks this user's WAL agent for the repository, starting one when none listens.
+/// Returns `None` when no agent can be used here (the cache directory's path is too
+/// long for a socket): the caller does the work itself.
+///
+/// Errors: `Unavailable` when the agent dies or hangs mid-call or cannot be started;
+/// the agent's own start-up error (a wrong passphrase, say) with its kind.
+async fn ask_agent(
+    g: &GlobalArgs,
+    request: &Request,
+    deadline: std::time::Duration,
+) -> Result<Option<Reply>> {
+    use crate::ops::agent;
+    let cache_root = crate::store::cache::default_root()?;
+    let dir = agent::agent_dir(&cache_root, &agent_identity(g)?);
+    let Some(socket) = agent::socket_path(&dir) else {
+        tracing::warn!(
+            "{} is too long for a socket: working without the WAL agent (set PGVAULT_CACHE_DIR to a shorter path)",
+            dir.display()
+        );
+        return Ok(None);
+    };
+    let start_by = std::time::Instant::now() + g.io_timeout.call();
+    let mut listening = false;
+    loop {
+        match agent::ask(&socket, request, deadline).await? {
+            Some(Reply::Retired) => listening = false,
+            None => {}
+            Some(reply) => return Ok(Some(reply)),
+        }
+        if std::time::Instant::now() > start_by {
+            return Err(Error::Unavailable(format!(
+                "No WAL agent answers on {}; its log is {}",
+                socket.display(),
+                dir.join(agent::LOG).display()
+            )));
+        }
+        if !listening {
+            listening = start_agent(g, &cache_root, &dir).await?;
+        }
+        if !listening {
+            // Another agent holds the place: it is opening the repository, or a
+            // retiring one is finishing.
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// Starts a WAL agent for the repository in the background, hands it the passphrase
+/// over a pipe (never a file or the environment), and waits until it listens (true)
+/// or finds another agent there first (false).
+///
+/// Errors: the agent's start-up error with its kind; `Unavailable` when it exits
+/// without a word or says nothing in time; `Io` when it cannot be started.
+async fn start_agent(
+    g: &GlobalArgs,
+    cache_root: &std::path::Path,
+    dir: &std::path::Path,
+) -> Result<bool> {
+    use std::process::Stdio;
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+    let passphrase = zeroize::Zeroizing::new(super::passphrase(g)?);
+    crate::store::cache::create_private_dir(dir)?;
+    let log_path = dir.join(crate::ops::agent::LOG);
+    let big = std::fs::metadata(&log_path).is_ok_and(|m| m.len() > 1 << 20);
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(!big)
+        .write(true)
+        .truncate(big)
+        .open(&log_path)
+        .map_err(|e| Error::io_path("open", &log_path, e))?;
+    let exe =
+        std::env::current_exe().map_err(|e| Error::io("Cannot find the pgvault binary", e))?;
+    let mut cmd = tokio::process::Command::new(exe);
+    cmd.env("PGVAULT_CACHE_DIR", cache_root)
+        .env(
+            "PGVAULT_IO_TIMEOUT",
+            format!("{}s", g.io_timeout.first_byte().as_secs()),
+        )
+        .env(
+            "PGVAULT_S3_PATH_STYLE",
+            if g.s3_path_style { "1" } else { "0" },
+        )
+        .env_remove("PGVAULT_PASSWORD")
+        .env_remove("PGVAULT_PASSWORD_FILE")
+        .arg("--repo")
+        .arg(agent_location_arg(g)?)
+        .args(["wal-agent", "--passphrase-stdin"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(log)
+        // Out of the caller's process group: a signal to the archiver's group (a
+        // Ctrl-C on a terminal) does not reach it.
+        .process_group(0)
+        .kill_on_drop(false);
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| Error::io("Cannot start the WAL agent", e))?;
+    let mut stdin = child.stdin.take().expect("piped");
+    let stdout = child.stdout.take().expect("piped");
+    let said = async {
+        stdin.write_all(passphrase.as_bytes()).await?;
+        stdin.write_all(b"\n").await?;
+        drop(stdin);
+        let mut line = String::new();
+        tokio::io::BufReader::new(stdout)
+            .read_line(&mut line)
+            .await?;
+        Ok::<_, std::io::Error>(line)
+    };
+    let log_shown = log_path.display();
+    let line = match tokio::time::timeout(g.io_timeout.call(), said).await {
+        Ok(Ok(l)) => l,
+        Ok(Err(e)) => {
+            return Err(Error::Unavailable(format!(
+                "Cannot talk to the WAL agent being started: {e}; its log is {log_shown}"
+            )))
+        }
+        Err(_) => {
+            return Err(Error::Unavailable(format!(
+                "The WAL agent did not start within {}; its log is {log_shown}",
+                crate::time::format_duration(g.io_timeout.call())
+            )))
+        }
+    };
+    match line
+        .trim_end()
+        .split_once(' ')
+        .unwrap_or((line.trim_end(), ""))
+    {
+        ("ready", _) => Ok(true),
+        ("busy", _) => Ok(false),
+        ("failed", json) => match serde_json::from_str::<Reply>(json) {
+            Ok(r) => Err(reply_error(r)),
+            Err(_) => Err(Error::Unavailable(format!(
+                "The WAL agent failed to start; its log is {log_shown}"
+            ))),
+        },
+        _ => Err(Error::Unavailable(format!(
+            "The WAL agent exited as it started; its log is {log_shown}"
+        ))),
+    }
+}
+
+fn agent_location_arg(g: &GlobalArgs) -> Result<String> {
+    Ok(match super::location(g)? {
+        crate::backend::Location::Local(p) => {
+            std::path::absolute(&p).unwrap_or(p).display().to_string()
+        }
+        s3 => s3.to_string(),
+    })
+}
+
+/// The error an agent's reply carries (anything but success).
+fn reply_error(reply: Reply) -> Error {
+    match reply {
+        Reply::Failed { kind, message } => Error::Relayed { kind, message },
+        other => Error::Unavailable(format!("The WAL agent answered out of turn: {other:?}")),
+    }
+}
+
+/// `wal-agent`: serve this repository's WAL commands until idle.
+///
+/// Errors: as [`crate::ops::agent::serve`] and opening the repository.
+pub async fn agent(g: &GlobalArgs, a: &WalAgentArgs) -> Result<()> {
+    use crate::ops::agent;
+    let passphrase = if a.passphrase_stdin {
+        let mut line = String::new();
+        std::io::stdin()
+            .read_line(&mut line)
+            .map_err(|e| Error::io("Cannot read the passphrase from stdin", e))?;
+        let line = line.trim_end_matches(['\n', '\r']).to_string();
+        if line.is_empty() {
+            return Err(Error::InvalidInput("No passphrase on stdin".into()));
+        }
+        line
+    } else {
+        super::passphrase(g)?
+    };
+    let started = async {
+        let access = super::access_with(g, passphrase)?;
+        let dir = agent::agent_dir(&access.cache_root, &agent_identity(g)?);
+        if agent::socket_path(&dir).is_none() {
+            return Err(Error::InvalidInput(format!(
+                "{} is too long for a socket: set PGVAULT_CACHE_DIR to a shorter path",
+                dir.display()
+            )));
+        }
+        let Some(claim) = agent::claim(&dir)? else {
+            return Ok(None);
+        };
+        crate::ops::require_repository_dir(&access.location, access.timeouts).await?;
+        let repo = access.open().await?;
+        Ok(Some((repo, access, claim)))
+    }
+    .await;
+    let say = |s: &str| {
+        use std::io::Write;
+        let mut out = std::io::stdout();
+        let _ = writeln!(out, "{s}");
+        let _ = out.flush();
+    };
+    let (repo, access, claim) = match started {
+        Ok(Some(s)) => s,
+        Ok(None) => {
+            say("busy");
+            return Ok(());
+        }
+        Err(e) => {
+            let reply = serde_json::to_string(&Reply::Failed {
+                kind: e.kind(),
+                message: e.to_string(),
+            })
+            .expect("a reply serializes");
+            say(&format!("failed {reply}"));
+            return Err(e);
+        }
+    };
+    let opts = agent::AgentOptions {
+        idle: (!a.idle.is_zero()).then_some(a.idle),
+        jobs: usize::from(a.jobs),
+        ahead: usize::from(a.ahead),
+    };
+    agent::serve(repo, access, claim, opts, || say("ready")).await
 }

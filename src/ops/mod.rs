@@ -11,6 +11,7 @@
 //! | [`retention`], [`forget`], [`prune`], [`du`], [`locks`] | retention and space |
 //! | [`check`], [`drill`], [`status`] | verification and monitoring |
 
+pub mod agent;
 pub mod backup;
 pub mod check;
 pub mod drill;

@@ -13,7 +13,7 @@ use crate::store::Repository;
 use crate::wal_name::WalFileKind;
 
 /// How many spooled records one successful `wal-push` uploads.
-const SPOOL_UPLOADS_PER_PUSH: usize = 8;
+pub(crate) const SPOOL_UPLOADS_PER_PUSH: usize = 8;
 
 /// Archives the WAL file at `path` under its own file name. Returns only once the
 /// file and its manifest are durable. A failure is recorded (in the repository, or
@@ -54,7 +54,7 @@ pub async fn push(access: &RepoAccess, path: &Path, lock_wait: Duration) -> Resu
     result
 }
 
-async fn push_opened(
+pub(crate) async fn push_opened(
     repo: &Repository,
     path: &Path,
     name: &str,
@@ -100,7 +100,7 @@ pub async fn fetch(repo: &Repository, name: &str, dest: &Path, prefetch: usize) 
 
 /// Writes a fetched WAL file to `dest` through a temporary name beside it, so that
 /// PostgreSQL never sees a partial file.
-fn hand_over(name: &str, data: &[u8], dest: &Path) -> Result<()> {
+pub(crate) fn hand_over(name: &str, data: &[u8], dest: &Path) -> Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let dir = dest

@@ -422,6 +422,26 @@ impl PgCluster {
     }
 }
 
+impl PgCluster {
+    /// Stops the server cleanly (`pg_ctl -m fast`): the archiver archives what is
+    /// ready before it exits, and pg_wal is at rest afterwards.
+    pub fn stop_fast(&self) {
+        let out = self
+            .server_command("pg_ctl")
+            .arg("-D")
+            .arg(&self.data_dir)
+            .args(["-m", "fast", "-w", "-t", "120", "stop"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "pg_ctl stop: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            self.log()
+        );
+    }
+}
+
 impl Drop for PgCluster {
     fn drop(&mut self) {
         // Nothing here may panic: drop also runs while a failed test unwinds.

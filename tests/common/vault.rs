@@ -348,9 +348,24 @@ pub fn archiving_cluster() -> (super::pg::PgCluster, Vault) {
 
 /// A cluster archiving into `v` (which runs as the server's user) through `pgvault
 /// wal-push`, with `env` (`NAME=value ...`) in front of the archive command.
-pub fn archiving_into(mut v: Vault, env: &str) -> (super::pg::PgCluster, Vault) {
+pub fn archiving_into(v: Vault, env: &str) -> (super::pg::PgCluster, Vault) {
+    archiving_with(v, env, "wal-push %p")
+}
+
+/// A cluster archiving into a fresh vault through `pgvault wal-push --async` and its
+/// WAL agent; the vault's commands run as the server's user.
+pub fn archiving_async_cluster() -> (super::pg::PgCluster, Vault) {
     use super::pg::PgCluster;
-    let archive = format!("archive_command = '{env} {} wal-push %p'", v.shell_prefix());
+    archiving_with(
+        Vault::for_server(PgCluster::server_user()),
+        "",
+        "wal-push --async %p",
+    )
+}
+
+fn archiving_with(mut v: Vault, env: &str, push: &str) -> (super::pg::PgCluster, Vault) {
+    use super::pg::PgCluster;
+    let archive = format!("archive_command = '{env} {} {push}'", v.shell_prefix());
     let pg = PgCluster::start_with(&[
         "wal_level = replica",
         "archive_mode = on",
@@ -359,6 +374,29 @@ pub fn archiving_into(mut v: Vault, env: &str) -> (super::pg::PgCluster, Vault) 
     ]);
     v.use_pg(&pg);
     (pg, v)
+}
+
+impl Vault {
+    /// The process id of this vault's running WAL agent, if one runs.
+    pub fn agent_pid(&self) -> Option<u32> {
+        let agents = std::fs::read_dir(self.cache.join("agents")).ok()?;
+        agents.flatten().find_map(|d| {
+            let pid: u32 = std::fs::read_to_string(d.path().join("agent.pid"))
+                .ok()?
+                .trim()
+                .parse()
+                .ok()?;
+            alive(pid).then_some(pid)
+        })
+    }
+}
+
+/// Whether process `pid` runs (a zombie that nobody reaped does not).
+pub fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| Some(s.rsplit_once(')')?.1.trim_start().starts_with('Z')))
+        == Some(false)
 }
 
 /// Forces a segment switch, waits until the archiver has pushed it, and returns its name.

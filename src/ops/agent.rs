@@ -1,0 +1,613 @@
+//! The WAL agent: one long-lived process per repository and user that opens the
+//! repository once and serves `wal-push --async` and `wal-fetch --async` over a
+//! private Unix socket, pushing the segments PostgreSQL marked ready ahead of their
+//! archive_command and fetching the next segments ahead of restore_command.
+//!
+//! Why a process rather than a spool of files: the costly step of every WAL command
+//! is deriving the key from the passphrase (argon2id, 64 MiB). A process that lives
+//! across calls pays it once, and the key never leaves its memory; a spool would need
+//! the key, or the segments, on disk. The socket lives in a 0700 directory of this
+//! user's cache, and the agent answers only its own uid: the same trust as the
+//! password file or the environment the synchronous commands read.
+//!
+//! The contracts stay those of the synchronous commands:
+//! - a push is answered "done" only once its file and manifest are durable;
+//! - a segment pushed ahead is acknowledged only if the file asked for is still the
+//!   file that was read (device, inode, size, mtime), and only once: a second call for
+//!   the same name pushes again, so a different file under an archived name is still
+//!   refused, whoever asks;
+//! - a failure met ahead reaches the call for that segment, with its kind, and is
+//!   then forgotten so that PostgreSQL's retry pushes afresh;
+//! - a fetch says "not archived" only when the repository says so; a segment fetched
+//!   ahead that was not archived yet is asked for again, never answered from memory;
+//! - an agent that dies mid-call closes the socket, and the caller fails (exit
+//!   non-zero, or above 125 for wal-fetch): nothing is acknowledged early.
+
+use std::collections::HashMap;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::{watch, Notify, Semaphore};
+
+use super::RepoAccess;
+use crate::error::{Error, ErrorKind, Result};
+use crate::store::records::WalPushFailure;
+use crate::store::wal::WalPushOutcome;
+use crate::store::Repository;
+use crate::wal_name::{segment_name, WalFileKind, DEFAULT_SEGMENT_SIZE};
+
+/// The socket's file name in the agent's directory.
+pub const SOCKET: &str = "agent.sock";
+/// The file whose lock makes one agent the only one for its directory.
+pub const LOCK: &str = "agent.lock";
+/// Where an agent started on demand writes its log.
+pub const LOG: &str = "agent.log";
+/// The agent's process id, for people and tests.
+pub const PID: &str = "agent.pid";
+
+/// The longest path a Unix socket address holds (`sun_path` less its NUL).
+const SOCKET_PATH_MAX: usize = 107;
+/// A request is one short JSON line; anything longer is not from pgvault.
+const REQUEST_MAX_BYTES: usize = 64 * 1024;
+/// Segments pushed ahead and never asked for (the server stopped, say) are forgotten
+/// after this long.
+const FORGET_AFTER: Duration = Duration::from_secs(600);
+/// At most this many segments are held in memory, fetched ahead.
+const FETCHED_AHEAD_MAX: usize = 64;
+/// How often an idle agent checks that its socket is still there.
+const TICK: Duration = Duration::from_secs(2);
+
+/// The directory of the agent for the repository that `identity` names, under cache
+/// directory `cache_root`. The identity must name everything that picks the store
+/// (location, S3 endpoint, profile), so that two repositories never share an agent.
+pub fn agent_dir(cache_root: &Path, identity: &str) -> PathBuf {
+    let h = blake3::hash(identity.as_bytes()).to_hex();
+    cache_root.join("agents").join(&h.as_str()[..16])
+}
+
+/// The socket in agent directory `dir`, or `None` when its path is too long for a
+/// Unix socket address (a deep cache directory).
+pub fn socket_path(dir: &Path) -> Option<PathBuf> {
+    let p = dir.join(SOCKET);
+    (p.as_os_str().len() <= SOCKET_PATH_MAX).then_some(p)
+}
+
+/// What a caller asks the agent.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Request {
+    /// Archive the WAL file at this absolute path.
+    Push { path: PathBuf, lock_wait_secs: u64 },
+    /// Write archived WAL file `name` to absolute path `dest`, and fetch the next
+    /// `prefetch` segments ahead.
+    Fetch {
+        name: String,
+        dest: PathBuf,
+        prefetch: u16,
+    },
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Envelope {
+    /// The caller's pgvault version: an agent of another version retires.
+    version: String,
+    request: Request,
+}
+
+/// What the agent answers.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "result", rename_all = "snake_case")]
+pub enum Reply {
+    Pushed {
+        already_archived: bool,
+    },
+    Fetched,
+    Failed {
+        kind: ErrorKind,
+        message: String,
+    },
+    /// This agent is another version of pgvault and is leaving: start a new one.
+    Retired,
+}
+
+impl Reply {
+    fn failed(e: &Error) -> Reply {
+        Reply::Failed {
+            kind: e.kind(),
+            message: e.to_string(),
+        }
+    }
+}
+
+/// Asks the agent listening on `socket`, waiting at most `deadline` for the answer.
+/// Returns `None` when no agent listens there.
+///
+/// Errors: `Unavailable` when the agent closes the connection before answering (it
+/// died), does not answer in time, or answers something that does not parse.
+pub async fn ask(socket: &Path, request: &Request, deadline: Duration) -> Result<Option<Reply>> {
+    let mut stream = match UnixStream::connect(socket).await {
+        Ok(s) => s,
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+            ) =>
+        {
+            return Ok(None)
+        }
+        Err(e) => return Err(Error::io_path("connect to the WAL agent at", socket, e)),
+    };
+    let unavailable = |why: String| {
+        Error::Unavailable(format!(
+            "The WAL agent at {} {why}; its log is {}",
+            socket.display(),
+            socket.with_file_name(LOG).display()
+        ))
+    };
+    let exchange = async {
+        let mut line = serde_json::to_vec(&Envelope {
+            version: env!("CARGO_PKG_VERSION").into(),
+            request: request.clone(),
+        })
+        .expect("a request serializes");
+        line.push(b'\n');
+        stream.write_all(&line).await?;
+        let mut answer = String::new();
+        BufReader::new(&mut stream).read_line(&mut answer).await?;
+        Ok::<_, std::io::Error>(answer)
+    };
+    let answer = match tokio::time::timeout(deadline, exchange).await {
+        Err(_) => {
+            return Err(unavailable(format!(
+                "gave no answer within {}",
+                crate::time::format_duration(deadline)
+            )))
+        }
+        Ok(Err(e)) => return Err(unavailable(format!("failed: {e}"))),
+        Ok(Ok(a)) => a,
+    };
+    if answer.is_empty() {
+        return Err(unavailable("ended before answering".into()));
+    }
+    serde_json::from_str(&answer)
+        .map(Some)
+        .map_err(|e| unavailable(format!("answered something unreadable ({e})")))
+}
+
+/// The lock that makes this process the only agent of its directory.
+#[derive(Debug)]
+pub struct AgentClaim {
+    dir: PathBuf,
+    lock: Option<nix::fcntl::Flock<std::fs::File>>,
+}
+
+/// Makes this process the agent of directory `dir` (created private if missing).
+/// Returns `None` when another live agent has it.
+///
+/// Errors: `Io` when the directory or its lock file cannot be made or locked;
+/// `InvalidInput` when the directory belongs to another user.
+pub fn claim(dir: &Path) -> Result<Option<AgentClaim>> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    crate::store::cache::create_private_dir(dir)?;
+    let meta = std::fs::symlink_metadata(dir).map_err(|e| Error::io_path("stat", dir, e))?;
+    if !meta.is_dir() || meta.uid() != nix::unistd::geteuid().as_raw() {
+        return Err(Error::InvalidInput(format!(
+            "WAL agent directory {} is not a directory of this user",
+            dir.display()
+        )));
+    }
+    // The socket's privacy rests on this directory's mode.
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+        .map_err(|e| Error::io_path("make private", dir, e))?;
+    let path = dir.join(LOCK);
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(&path)
+        .map_err(|e| Error::io_path("open", &path, e))?;
+    match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock) {
+        Ok(lock) => Ok(Some(AgentClaim {
+            dir: dir.to_path_buf(),
+            lock: Some(lock),
+        })),
+        Err((_, nix::errno::Errno::EWOULDBLOCK)) => Ok(None),
+        Err((_, e)) => Err(Error::io_path("lock", &path, e.into())),
+    }
+}
+
+impl AgentClaim {
+    /// Gives up the directory: removes the socket and lets another agent start.
+    fn release(&mut self) {
+        if self.lock.is_some() {
+            let _ = std::fs::remove_file(self.dir.join(SOCKET));
+            let _ = std::fs::remove_file(self.dir.join(PID));
+            self.lock = None;
+        }
+    }
+}
+
+impl Drop for AgentClaim {
+    fn drop(&mut self) {
+        self.release();
+    }
+}
+
+/// How an agent works.
+#[derive(Debug, Clone)]
+pub struct AgentOptions {
+    /// Leave after this long without a request; `None`: never (a service).
+    pub idle: Option<Duration>,
+    /// Files pushed at once.
+    pub jobs: usize,
+    /// Ready segments pushed ahead of their archive_command.
+    pub ahead: usize,
+}
+
+/// Serves requests on a new socket in the claimed directory until idle, retired,
+/// stopped (SIGTERM, SIGINT) or until the socket file is removed. `ready` is called
+/// once the socket listens.
+///
+/// Errors: `Io` when the socket cannot be made.
+pub async fn serve(
+    repo: Repository,
+    access: RepoAccess,
+    mut claim: AgentClaim,
+    opts: AgentOptions,
+    ready: impl FnOnce(),
+) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let socket = claim.dir.join(SOCKET);
+    // Left by an agent that died: the lock says no agent owns it.
+    let _ = std::fs::remove_file(&socket);
+    let listener =
+        UnixListener::bind(&socket).map_err(|e| Error::io_path("listen on", &socket, e))?;
+    std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o600))
+        .map_err(|e| Error::io_path("make private", &socket, e))?;
+    let _ = std::fs::write(claim.dir.join(PID), format!("{}\n", std::process::id()));
+    let socket_id = file_id(&socket).ok();
+    let agent = Arc::new(Agent {
+        repo,
+        access,
+        permits: Arc::new(Semaphore::new(opts.jobs.max(1))),
+        opts,
+        pushed: Mutex::new(HashMap::new()),
+        fetched: Mutex::new(HashMap::new()),
+        retire: Notify::new(),
+        busy: std::sync::atomic::AtomicUsize::new(0),
+    });
+    ready();
+    tracing::info!(
+        "WAL agent {} listening on {}",
+        std::process::id(),
+        socket.display()
+    );
+    let uid = nix::unistd::geteuid().as_raw();
+    let mut connections = tokio::task::JoinSet::new();
+    let mut last_request = Instant::now();
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|e| Error::io("Cannot watch for SIGTERM", e))?;
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let Ok((stream, _)) = accepted else { continue };
+                last_request = Instant::now();
+                if stream.peer_cred().map(|c| c.uid()).ok() != Some(uid) {
+                    tracing::warn!("Refused a connection from another user");
+                    continue;
+                }
+                let agent = agent.clone();
+                connections.spawn(async move { agent.answer(stream).await });
+            }
+            _ = agent.retire.notified() => {
+                tracing::info!("Another pgvault version asked: leaving for a new agent");
+                break;
+            }
+            _ = term.recv() => break,
+            _ = tokio::signal::ctrl_c() => break,
+            _ = tokio::time::sleep(TICK) => {
+                while connections.try_join_next().is_some() {}
+                let busy = agent.busy.load(std::sync::atomic::Ordering::SeqCst) > 0;
+                if busy {
+                    last_request = Instant::now();
+                }
+                if opts_idle_passed(agent.opts.idle, last_request) && !busy {
+                    tracing::info!("Idle: leaving");
+                    break;
+                }
+                // Someone removed the socket (or the whole cache): nobody can reach
+                // this agent any more.
+                if file_id(&socket).ok() != socket_id {
+                    tracing::info!("{} is gone: leaving", socket.display());
+                    break;
+                }
+            }
+        }
+    }
+    // Another agent may start now; calls in progress still get their answers.
+    drop(listener);
+    claim.release();
+    while connections.join_next().await.is_some() {}
+    Ok(())
+}
+
+fn opts_idle_passed(idle: Option<Duration>, since: Instant) -> bool {
+    idle.is_some_and(|d| since.elapsed() >= d)
+}
+
+/// A file's identity: the same path holding another file (a new cluster's segment
+/// under a name pushed ahead) must not be acknowledged by an old push.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FileId {
+    dev: u64,
+    ino: u64,
+    len: u64,
+    mtime_ns: i128,
+}
+
+fn file_id(path: &Path) -> std::io::Result<FileId> {
+    let m = std::fs::metadata(path)?;
+    Ok(FileId {
+        dev: m.dev(),
+        ino: m.ino(),
+        len: m.len(),
+        mtime_ns: i128::from(m.mtime()) * 1_000_000_000 + i128::from(m.mtime_nsec()),
+    })
+}
+
+/// An outcome shared between the task that produces it and whoever waits for it; the
+/// error as kind and text, since errors do not clone.
+type Outcome<T> = std::result::Result<T, (ErrorKind, String)>;
+
+struct Pending<T> {
+    rx: watch::Receiver<Option<Outcome<T>>>,
+    started: Instant,
+}
+
+async fn wait_for<T: Clone>(mut rx: watch::Receiver<Option<Outcome<T>>>, what: &str) -> Result<T> {
+    match rx.wait_for(|v| v.is_some()).await {
+        Ok(v) => match v.clone().expect("waited for a value") {
+            Ok(t) => Ok(t),
+            Err((kind, message)) => Err(Error::Relayed { kind, message }),
+        },
+        Err(_) => Err(Error::Unavailable(format!(
+            "The WAL agent's work on {what} ended without an outcome"
+        ))),
+    }
+}
+
+struct PushedAhead {
+    pending: Pending<WalPushOutcome>,
+    file: FileId,
+}
+
+struct Agent {
+    repo: Repository,
+    access: RepoAccess,
+    opts: AgentOptions,
+    permits: Arc<Semaphore>,
+    pushed: Mutex<HashMap<String, PushedAhead>>,
+    fetched: Mutex<HashMap<String, Pending<Arc<Vec<u8>>>>>,
+    retire: Notify,
+    /// Requests being answered: an agent is not idle while one waits.
+    busy: std::sync::atomic::AtomicUsize,
+}
+
+impl Agent {
+    async fn answer(self: Arc<Self>, stream: UnixStream) {
+        use std::sync::atomic::Ordering;
+        let (read, mut write) = stream.into_split();
+        let mut line = Vec::new();
+        let mut limited = BufReader::new(read).take(REQUEST_MAX_BYTES as u64);
+        use tokio::io::AsyncReadExt;
+        if limited.read_until(b'\n', &mut line).await.is_err() {
+            return;
+        }
+        let reply = match serde_json::from_slice::<Envelope>(&line) {
+            Ok(env) if env.version != env!("CARGO_PKG_VERSION") => {
+                self.retire.notify_one();
+                Reply::Retired
+            }
+            Ok(env) => {
+                self.busy.fetch_add(1, Ordering::SeqCst);
+                let r = self.clone().handle(env.request).await;
+                self.busy.fetch_sub(1, Ordering::SeqCst);
+                r
+            }
+            Err(e) => Reply::Failed {
+                kind: ErrorKind::InvalidInput,
+                message: format!("The WAL agent cannot read the request: {e}"),
+            },
+        };
+        let mut out = serde_json::to_vec(&reply).expect("a reply serializes");
+        out.push(b'\n');
+        let _ = write.write_all(&out).await;
+    }
+
+    async fn handle(self: Arc<Self>, request: Request) -> Reply {
+        match request {
+            Request::Push {
+                path,
+                lock_wait_secs,
+            } => match self.push(&path, Duration::from_secs(lock_wait_secs)).await {
+                Ok(o) => Reply::Pushed {
+                    already_archived: o == WalPushOutcome::AlreadyArchived,
+                },
+                Err(e) => Reply::failed(&e),
+            },
+            Request::Fetch {
+                name,
+                dest,
+                prefetch,
+            } => match self.fetch(&name, &dest, usize::from(prefetch)).await {
+                Ok(()) => Reply::Fetched,
+                Err(e) => Reply::failed(&e),
+            },
+        }
+    }
+
+    async fn push(self: &Arc<Self>, path: &Path, lock_wait: Duration) -> Result<WalPushOutcome> {
+        let name = super::wal::wal_file_name(path)?;
+        let time = chrono::Utc::now();
+        let result = match file_id(path) {
+            Err(e) => Err(Error::io_path("read", path, e)),
+            Ok(id) => {
+                let ahead = {
+                    let mut pushed = self.pushed.lock().expect("not poisoned");
+                    // Taken out either way: an outcome is acknowledged once.
+                    pushed.remove(&name).filter(|p| p.file == id)
+                };
+                let rx = match ahead {
+                    Some(p) => p.pending.rx,
+                    None => self.start_push(&name, path, lock_wait),
+                };
+                self.push_ahead(path, &name, lock_wait);
+                wait_for(rx, &name).await
+            }
+        };
+        match &result {
+            Ok(_) => {
+                self.repo
+                    .flush_spool(super::wal::SPOOL_UPLOADS_PER_PUSH)
+                    .await;
+            }
+            Err(e) => {
+                let failure = WalPushFailure {
+                    time,
+                    name: name.clone(),
+                    error: e.to_string(),
+                    hostname: crate::host::hostname(),
+                };
+                super::record_or_spool(&self.access, Some(&self.repo), &failure).await;
+            }
+        }
+        result
+    }
+
+    fn start_push(
+        self: &Arc<Self>,
+        name: &str,
+        path: &Path,
+        lock_wait: Duration,
+    ) -> watch::Receiver<Option<Outcome<WalPushOutcome>>> {
+        let (tx, rx) = watch::channel(None);
+        let agent = self.clone();
+        let (name, path) = (name.to_string(), path.to_path_buf());
+        tokio::spawn(async move {
+            let _permit = agent.permits.clone().acquire_owned().await;
+            let r = super::wal::push_opened(&agent.repo, &path, &name, lock_wait)
+                .await
+                .map_err(|e| (e.kind(), e.to_string()));
+            let _ = tx.send(Some(r));
+        });
+        rx
+    }
+
+    /// Starts pushing the segments PostgreSQL marked ready beside `path`, oldest
+    /// first, so that their archive_command finds them stored.
+    fn push_ahead(self: &Arc<Self>, path: &Path, name: &str, lock_wait: Duration) {
+        let Some(dir) = path.parent() else { return };
+        let Ok(entries) = std::fs::read_dir(dir.join("archive_status")) else {
+            return;
+        };
+        let mut ready: Vec<String> = entries
+            .flatten()
+            .filter_map(|e| {
+                let n = e.file_name().into_string().ok()?;
+                let n = n.strip_suffix(".ready")?.to_string();
+                WalFileKind::parse(&n).ok().map(|_| n)
+            })
+            .filter(|n| n != name)
+            .collect();
+        ready.sort();
+        let mut pushed = self.pushed.lock().expect("not poisoned");
+        pushed.retain(|_, p| p.pending.started.elapsed() < FORGET_AFTER);
+        let room = self.opts.ahead.saturating_sub(pushed.len());
+        let fresh: Vec<String> = ready
+            .into_iter()
+            .filter(|n| !pushed.contains_key(n))
+            .take(room)
+            .collect();
+        for n in fresh {
+            let p = dir.join(&n);
+            let Ok(file) = file_id(&p) else { continue };
+            let rx = self.start_push(&n, &p, lock_wait);
+            pushed.insert(
+                n,
+                PushedAhead {
+                    pending: Pending {
+                        rx,
+                        started: Instant::now(),
+                    },
+                    file,
+                },
+            );
+        }
+    }
+
+    async fn fetch(self: &Arc<Self>, name: &str, dest: &Path, prefetch: usize) -> Result<()> {
+        let kind = WalFileKind::parse(name)?;
+        let ahead = self.fetched.lock().expect("not poisoned").remove(name);
+        if let WalFileKind::Segment { timeline, .. } = kind {
+            let segno = kind.segno(DEFAULT_SEGMENT_SIZE).expect("a segment");
+            self.fetch_ahead(timeline, segno, prefetch);
+        }
+        let data = match ahead {
+            Some(p) => match wait_for(p.rx, name).await {
+                Ok(d) => d,
+                // Not archived then, or failed: only a fresh answer counts.
+                Err(_) => Arc::new(self.repo.wal_fetch(name).await?),
+            },
+            None => Arc::new(self.repo.wal_fetch(name).await?),
+        };
+        let (name, dest) = (name.to_string(), dest.to_path_buf());
+        crate::blocking::try_blocking("WAL hand-over", move || {
+            super::wal::hand_over(&name, &data, &dest)
+        })
+        .await
+    }
+
+    /// Starts fetching the `count` segments after `segno` that are not held already.
+    /// The segment size is only known once one is read; the default is assumed, which
+    /// only costs a wasted guess on unusual clusters.
+    fn fetch_ahead(self: &Arc<Self>, timeline: u32, segno: u64, count: usize) {
+        let mut fetched = self.fetched.lock().expect("not poisoned");
+        fetched.retain(|_, p| p.started.elapsed() < FORGET_AFTER);
+        for n in 1..=count as u64 {
+            if fetched.len() >= FETCHED_AHEAD_MAX {
+                break;
+            }
+            let next = segment_name(timeline, segno + n, DEFAULT_SEGMENT_SIZE);
+            if fetched.contains_key(&next) {
+                continue;
+            }
+            let (tx, rx) = watch::channel(None);
+            let agent = self.clone();
+            let name = next.clone();
+            tokio::spawn(async move {
+                let _permit = agent.permits.clone().acquire_owned().await;
+                let r = agent
+                    .repo
+                    .wal_fetch(&name)
+                    .await
+                    .map(Arc::new)
+                    .map_err(|e| (e.kind(), e.to_string()));
+                let _ = tx.send(Some(r));
+            });
+            fetched.insert(
+                next,
+                Pending {
+                    rx,
+                    started: Instant::now(),
+                },
+            );
+        }
+    }
+}

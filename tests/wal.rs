@@ -472,21 +472,42 @@ fn point_in_time_recovery_through_the_s3_server() {
     pg.psql("footdash", "INSERT INTO marks VALUES ('B1')");
     switch_and_wait_archived(&pg);
 
-    // The restored server reaches S3 with the same credentials as the archiver.
-    let fetch = format!("{aws} {} wal-fetch %f %p", v.shell_prefix());
+    // The restore_command that restore writes reaches S3 with no hand edit: the
+    // endpoint, region and the credentials file's path are carried, the secret is not.
+    let creds = v.dir.path().join("aws-credentials");
+    let env = server.env();
+    let get = |k: &str| env.iter().find(|(n, _)| n == k).unwrap().1.clone();
+    std::fs::write(
+        &creds,
+        format!(
+            "[default]\naws_access_key_id = {}\naws_secret_access_key = {}\n",
+            get("AWS_ACCESS_KEY_ID"),
+            get("AWS_SECRET_ACCESS_KEY")
+        ),
+    )
+    .unwrap();
+    if let Some((uid, gid)) = v.run_as {
+        std::os::unix::fs::chown(&creds, Some(uid), Some(gid)).unwrap();
+    }
     let populate = |dir: &Path| {
-        v.run(&[
+        let mut c = v.command(&[
             "restore",
             "--pgdata",
             dir.to_str().unwrap(),
             "--target-time",
             &target,
-        ])
-        .ok();
-        let conf = dir.join("postgresql.auto.conf");
-        let mut text = std::fs::read_to_string(&conf).unwrap();
-        text.push_str(&format!("restore_command = '{fetch}'\n"));
-        std::fs::write(&conf, text).unwrap();
+        ]);
+        c.env("AWS_SHARED_CREDENTIALS_FILE", &creds);
+        let out = c.output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{stderr}");
+        assert!(
+            stderr.contains("does not carry AWS_ACCESS_KEY_ID"),
+            "{stderr}"
+        );
+        let conf = std::fs::read_to_string(dir.join("postgresql.auto.conf")).unwrap();
+        assert!(!conf.contains(&get("AWS_SECRET_ACCESS_KEY")), "{conf}");
+        assert!(conf.contains(&get("AWS_ENDPOINT_URL")), "{conf}");
     };
     let restored = PgCluster::start_restored(&populate, &["archive_mode = off"]);
     restored.wait_until_promoted();
@@ -779,4 +800,54 @@ fn the_wal_agent_keeps_the_push_and_fetch_contracts() {
         assert!(Instant::now() < deadline, "agent {next} stayed");
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+#[test]
+fn a_target_after_a_promotion_is_reached_through_the_new_timeline() {
+    let (pg, v) = archiving_cluster();
+    pg.create_db("footdash");
+    pg.psql("footdash", "CREATE TABLE marks (tag text)");
+    v.run(&["backup", "--base"]).ok();
+    pg.psql("footdash", "INSERT INTO marks VALUES ('A')");
+    switch_and_wait_archived(&pg);
+    // The primary is lost; a copy restored from the archive is promoted (timeline 2)
+    // and archives into the same repository.
+    drop(pg);
+    let populate = |dir: &Path| {
+        v.run(&["restore", "--pgdata", dir.to_str().unwrap(), "--latest"])
+            .ok();
+    };
+    let promoted = PgCluster::start_restored(&populate, &["archive_mode = on"]);
+    promoted.wait_until_promoted();
+    let timeline_now = "SELECT substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8)";
+    assert_eq!(promoted.psql("postgres", timeline_now), "00000002");
+    promoted.psql("footdash", "INSERT INTO marks VALUES ('B')");
+    std::thread::sleep(Duration::from_millis(1100));
+    let target = server_time(&promoted);
+    std::thread::sleep(Duration::from_millis(1100));
+    promoted.psql("footdash", "INSERT INTO marks VALUES ('C')");
+    switch_and_wait_archived(&promoted);
+    let list = v.run(&["wal", "list", "--json"]).ok().json();
+    assert_eq!(list["timelines"][1]["timeline"], 2, "{list}");
+    assert_eq!(list["timelines"][1]["history_file"], true, "{list}");
+
+    // From the base backup of timeline 1, across the switch, to a time on timeline 2.
+    let populate = |dir: &Path| {
+        v.run(&[
+            "restore",
+            "--pgdata",
+            dir.to_str().unwrap(),
+            "--target-time",
+            &target,
+        ])
+        .ok();
+        let conf = std::fs::read_to_string(dir.join("postgresql.auto.conf")).unwrap();
+        assert!(conf.contains("recovery_target_timeline = '2'"), "{conf}");
+    };
+    let restored = PgCluster::start_restored(&populate, &["archive_mode = off"]);
+    restored.wait_until_promoted();
+    assert_eq!(tags(&restored), "A,B");
+    // And to the end of the archive: everything timeline 2 committed.
+    let restored = restore_and_start(&v, &["--latest"]);
+    assert_eq!(tags(&restored), "A,B,C");
 }

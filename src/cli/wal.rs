@@ -277,6 +277,9 @@ fn restore_command(g: &GlobalArgs) -> Result<String> {
         s3 => s3.to_string(),
     };
     let mut cmd = String::new();
+    if !matches!(g.repo, Some(crate::backend::Location::Local(_))) {
+        cmd.push_str(&s3_settings_for_restore_command(g));
+    }
     if let Some(cache) = std::env::var_os("PGVAULT_CACHE_DIR") {
         cmd.push_str(&format!(
             "PGVAULT_CACHE_DIR={} ",
@@ -300,6 +303,49 @@ fn restore_command(g: &GlobalArgs) -> Result<String> {
     }
     cmd.push_str(" wal-fetch --async %f %p");
     Ok(cmd)
+}
+
+/// The S3 settings a restored server's restore_command needs, as `NAME=value `
+/// assignments: where the store is and where credentials come from, never the
+/// credentials themselves (postgresql.auto.conf is readable by anyone who can read
+/// PGDATA, and is copied by every base backup). A note says where the secret must
+/// come from when it was given in this environment.
+fn s3_settings_for_restore_command(g: &GlobalArgs) -> String {
+    const CARRIED: [&str; 8] = [
+        "AWS_ENDPOINT_URL",
+        "AWS_ENDPOINT_URL_S3",
+        "AWS_REGION",
+        "AWS_DEFAULT_REGION",
+        "AWS_PROFILE",
+        "AWS_CONFIG_FILE",
+        "AWS_SHARED_CREDENTIALS_FILE",
+        "AWS_CA_BUNDLE",
+    ];
+    let mut out = String::new();
+    for name in CARRIED {
+        if let Some(v) = std::env::var_os(name).filter(|v| !v.is_empty()) {
+            let v = v.to_string_lossy();
+            let v = if name.ends_with("_FILE") || name == "AWS_CA_BUNDLE" {
+                std::path::absolute(v.as_ref())
+                    .map(|p| p.display().to_string())
+                    .unwrap_or(v.into_owned())
+            } else {
+                v.into_owned()
+            };
+            out.push_str(&format!("{name}={} ", recovery::shell_quote(&v)));
+        }
+    }
+    if g.s3_path_style {
+        out.push_str("PGVAULT_S3_PATH_STYLE=1 ");
+    }
+    if std::env::var_os("AWS_SECRET_ACCESS_KEY").is_some() {
+        eprintln!(
+            "pgvault: note: restore_command does not carry AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY; \
+             the restored server's user needs them from a credentials file (AWS_SHARED_CREDENTIALS_FILE \
+             when running restore names one, else ~/.aws/credentials), an instance role, or its environment"
+        );
+    }
+    out
 }
 
 /// `restore`: plan and check everything, then extract and configure.

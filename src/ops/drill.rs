@@ -585,7 +585,7 @@ async fn base_body(
 
     stage_wal(repo, &d.plan, &wal_dir).await?;
     let mut target = d.target.clone();
-    target.push(("recovery_target_timeline", "current".into()));
+    target.push(("recovery_target_timeline", d.plan.timeline.to_string()));
     recovery::write_recovery_config(
         &pgdata,
         &RecoverySettings {
@@ -713,42 +713,14 @@ async fn base_body(
     })
 }
 
-/// Fetches (and so verifies) the WAL the plan needs into `dir`: the base backup's
-/// timeline from its first segment to the newest one archived without a gap, and
-/// the timeline's history file.
+/// Fetches (and so verifies) the WAL the plan needs into `dir`: every stretch of the
+/// timeline path from the base backup's first segment to the newest one archived
+/// without a gap, and the history files of the timelines it enters.
 ///
 /// Errors: `Corrupt` or backend errors from fetching; `Io` when writing.
 async fn stage_wal(repo: &Repository, plan: &RestorePlan, dir: &Path) -> Result<()> {
     let catalog = repo.wal_catalog().await?;
-    let info = plan.base.base.as_ref().expect("planned from a base backup");
-    let seg = |name: &str| {
-        crate::wal_name::WalFileKind::parse(name)
-            .ok()
-            .and_then(|k| k.segno(catalog.segment_size))
-    };
-    let (first, last) = match (seg(&plan.wal_first), seg(&plan.wal_newest)) {
-        (Some(a), Some(b)) => (a, b),
-        _ => {
-            return Err(Error::InvalidInput(format!(
-                "The restore plan names no WAL range ({} .. {})",
-                plan.wal_first, plan.wal_newest
-            )))
-        }
-    };
-    let tl = catalog
-        .timelines
-        .get(&info.timeline)
-        .cloned()
-        .unwrap_or_default();
-    let mut names: Vec<String> = tl
-        .segments
-        .iter()
-        .filter(|s| (first..=last).contains(*s))
-        .map(|s| catalog.name(info.timeline, *s))
-        .collect();
-    if tl.history {
-        names.push(format!("{:08X}.history", info.timeline));
-    }
+    let names = plan.wal_names(catalog.segment_size);
     let slots = Arc::new(tokio::sync::Semaphore::new(4));
     let mut tasks = JoinSet::new();
     for name in names {

@@ -13,7 +13,7 @@ use crate::store::wal::WalCatalog;
 use crate::store::writer::NoProgress;
 use crate::store::Repository;
 use crate::time::{pg_timestamptz, rfc3339};
-use crate::wal_name::{segno_of, Lsn};
+use crate::wal_name::{segment_name, segno_of, Lsn};
 
 /// Where recovery should stop.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -30,11 +30,114 @@ pub enum RecoveryTarget {
 pub struct RestorePlan {
     pub base: SnapshotManifest,
     pub target: RecoveryTarget,
+    /// The timeline recovery ends on (`recovery_target_timeline`): the newest one
+    /// that descends from the base backup's after it became consistent.
+    pub timeline: u32,
+    /// The WAL replay reads, in order: the base backup's timeline up to its switch,
+    /// then each later timeline of the path, the last one up to its newest segment
+    /// archived without a gap.
+    pub stretches: Vec<WalStretch>,
+    /// The history files of the timelines the path enters.
+    pub history_files: Vec<String>,
     /// The first and last segment names replay needs at the least.
     pub wal_first: String,
     pub wal_last_needed: String,
     /// The newest archived segment that follows the base backup without a gap.
     pub wal_newest: String,
+}
+
+/// Segments `first..=last` of one timeline, as recovery reads them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WalStretch {
+    pub timeline: u32,
+    pub first: u64,
+    pub last: u64,
+}
+
+impl RestorePlan {
+    /// Every WAL file names the plan replays: the stretches' segments and the
+    /// history files.
+    pub fn wal_names(&self, segment_size: u64) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .stretches
+            .iter()
+            .flat_map(|s| (s.first..=s.last).map(|n| segment_name(s.timeline, n, segment_size)))
+            .collect();
+        names.extend(self.history_files.iter().cloned());
+        names
+    }
+}
+
+/// The entries of a timeline history file: each earlier timeline of the path and
+/// the LSN where it was left.
+///
+/// Errors: `Corrupt` for a line that is not "timeline, LSN, reason".
+pub fn parse_history(name: &str, text: &[u8]) -> Result<Vec<(u32, Lsn)>> {
+    let text = String::from_utf8_lossy(text);
+    let mut out = Vec::new();
+    for line in text.lines() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let mut fields = line.split_whitespace();
+        let parsed = (|| {
+            let tl: u32 = fields.next()?.parse().ok()?;
+            let lsn = Lsn::parse(fields.next()?).ok()?;
+            Some((tl, lsn))
+        })();
+        match parsed {
+            Some(e) => out.push(e),
+            None => {
+                return Err(Error::Corrupt(format!(
+                    "Timeline history file {name} has a line that is not \"timeline LSN reason\": {line:?}"
+                )))
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The timelines recovery passes from `base_tl` (left at each one's switch LSN) to
+/// the newest timeline that branched from it at or after `stop_lsn` and holds the
+/// segment it starts with; just `base_tl` when none did.
+///
+/// Errors: backend errors and `Corrupt` from reading history files.
+async fn timeline_path(
+    repo: &Repository,
+    catalog: &WalCatalog,
+    base_tl: u32,
+    stop_lsn: Lsn,
+) -> Result<Vec<(u32, Option<Lsn>)>> {
+    for (&tl, w) in catalog.timelines.iter().rev() {
+        if tl <= base_tl {
+            break;
+        }
+        if !w.history {
+            continue;
+        }
+        let name = format!("{tl:08X}.history");
+        let entries = parse_history(&name, &repo.wal_fetch(&name).await?)?;
+        let Some(i) = entries.iter().position(|(t, _)| *t == base_tl) else {
+            continue;
+        };
+        // Left before the base backup was consistent: not a continuation of it.
+        if entries[i].1 < stop_lsn {
+            continue;
+        }
+        let entered_at = entries.last().expect("found one").1;
+        if !w
+            .segments
+            .contains(&segno_of(entered_at, catalog.segment_size))
+        {
+            continue;
+        }
+        let mut path: Vec<(u32, Option<Lsn>)> =
+            entries[i..].iter().map(|(t, l)| (*t, Some(*l))).collect();
+        path.push((tl, None));
+        return Ok(path);
+    }
+    Ok(vec![(base_tl, None)])
 }
 
 /// Chooses the base backup for `target` (or checks the one named) and checks that
@@ -116,27 +219,78 @@ async fn check_wal(
     let size = catalog.segment_size;
     let first = segno_of(info.start_lsn, size);
     let consistent = segno_of(info.stop_lsn, size);
-    let tl = catalog
-        .timelines
-        .get(&info.timeline)
-        .cloned()
-        .unwrap_or_default();
-    if let Some(missing) = tl.first_missing(first, consistent) {
-        return Err(Error::InvalidInput(format!(
-            "WAL segment {} is missing from the archive: base backup {} needs {}..{} to become consistent",
-            catalog.name(info.timeline, missing),
-            base.short_id(),
-            catalog.name(info.timeline, first),
-            catalog.name(info.timeline, consistent)
-        )));
+    let path = timeline_path(repo, catalog, info.timeline, info.stop_lsn).await?;
+    let timeline = path.last().expect("never empty").0;
+    let mut stretches = Vec::new();
+    let mut history_files = Vec::new();
+    let mut start = first;
+    for (tl, left_at) in &path {
+        let w = catalog.timelines.get(tl).cloned().unwrap_or_default();
+        if w.history {
+            history_files.push(format!("{tl:08X}.history"));
+        }
+        match left_at {
+            Some(lsn) => {
+                // The segment holding the switch is read from the next timeline,
+                // which starts with a copy of it.
+                let switch_seg = segno_of(*lsn, size);
+                if switch_seg > start {
+                    if let Some(missing) = w.first_missing(start, switch_seg - 1) {
+                        return Err(Error::InvalidInput(format!(
+                            "WAL segment {} is missing from the archive: recovery from base backup {} \
+                             to timeline {timeline} needs {}..{} of timeline {tl}",
+                            catalog.name(*tl, missing),
+                            base.short_id(),
+                            catalog.name(*tl, start),
+                            catalog.name(*tl, switch_seg - 1)
+                        )));
+                    }
+                    stretches.push(WalStretch {
+                        timeline: *tl,
+                        first: start,
+                        last: switch_seg - 1,
+                    });
+                }
+                start = start.max(switch_seg);
+            }
+            None => {
+                let newest = w
+                    .ranges()
+                    .into_iter()
+                    .find(|&(a, b)| a <= start && start <= b)
+                    .map(|(_, b)| b);
+                if let Some(newest) = newest {
+                    stretches.push(WalStretch {
+                        timeline: *tl,
+                        first: start,
+                        last: newest,
+                    });
+                }
+                if newest.is_none_or(|n| n < consistent) {
+                    let missing = newest.map_or(start, |n| n + 1);
+                    return Err(Error::InvalidInput(format!(
+                        "WAL segment {} is missing from the archive: base backup {} needs {}..{} to become consistent",
+                        catalog.name(*tl, missing),
+                        base.short_id(),
+                        catalog.name(info.timeline, first),
+                        catalog.name(*tl, consistent)
+                    )));
+                }
+            }
+        }
     }
-    let newest = tl
-        .ranges()
-        .into_iter()
-        .find(|&(a, b)| a <= first && consistent <= b)
-        .map(|(_, b)| b)
-        .expect("checked contiguous above");
-    let newest_name = catalog.name(info.timeline, newest);
+    let last = stretches
+        .last()
+        .expect("the final timeline holds a stretch");
+    let newest = last.last;
+    let newest_name = catalog.name(last.timeline, newest);
+    let name_at = |segno: u64| {
+        let tl = stretches
+            .iter()
+            .find(|s| s.first <= segno && segno <= s.last)
+            .map_or(timeline, |s| s.timeline);
+        catalog.name(tl, segno)
+    };
     let needed = match &target {
         RecoveryTarget::Lsn(l) => {
             let seg = segno_of(*l, size);
@@ -169,9 +323,12 @@ async fn check_wal(
     Ok(RestorePlan {
         base,
         target,
-        wal_first: catalog.name(info.timeline, first),
-        wal_last_needed: catalog.name(info.timeline, needed.max(consistent)),
+        timeline,
+        wal_first: name_at(first),
+        wal_last_needed: name_at(needed.max(consistent)),
         wal_newest: newest_name,
+        stretches,
+        history_files,
     })
 }
 
@@ -207,9 +364,12 @@ pub struct RestoreOptions {
 pub async fn restore(repo: &Repository, opts: &RestoreOptions) -> Result<RestorePlan> {
     recovery::check_empty_pgdata(&opts.pgdata)?;
     let plan = plan_restore(repo, opts.target.clone(), opts.base.as_deref()).await?;
+    let mut target = opts.target.settings();
+    // Named, not 'latest': the plan checked the WAL of exactly this path.
+    target.push(("recovery_target_timeline", plan.timeline.to_string()));
     let settings = RecoverySettings {
         restore_command: opts.restore_command.clone(),
-        target: opts.target.settings(),
+        target,
     };
     extract_base_into(repo, &plan.base, &opts.pgdata).await?;
     recovery::write_recovery_config(&opts.pgdata, &settings)?;
@@ -233,4 +393,21 @@ pub(crate) async fn extract_base_into(
     drop(writer);
     thread_joined("extraction", extractor.join())??;
     copied.map(|_| ())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn history_files_parse_as_postgresql_writes_them() {
+        let text =
+            b"1\t0/3000158\tno recovery target specified\n\n2\t0/5000000\tat restore point \"x\"\n";
+        assert_eq!(
+            parse_history("00000003.history", text).unwrap(),
+            vec![(1, Lsn(0x300_0158)), (2, Lsn(0x500_0000))]
+        );
+        let e = parse_history("00000003.history", b"1\tnot-an-lsn\treason\n").unwrap_err();
+        assert!(e.to_string().contains("00000003.history"), "{e}");
+    }
 }

@@ -56,6 +56,23 @@ pub enum WalFileKind {
     Backup { timeline: u32 },
     /// `TTTTTTTTXXXXXXXXYYYYYYYY.partial`: the last, incomplete segment of a timeline.
     Partial { timeline: u32 },
+    /// `TTTTTTTTXXXXXXXXYYYYYYYY.RRRRRRRR.streamed`: a segment as `wal-receive` had
+    /// received it so far, its first `RRRRRRRR` bytes (pgvault's own name: served in
+    /// place of the segment only while the segment itself is not archived).
+    Streamed { timeline: u32 },
+}
+
+/// The archive name of segment `segment` as streamed up to byte `received`.
+pub fn streamed_name(segment: &str, received: u32) -> String {
+    format!("{segment}.{received:08X}.streamed")
+}
+
+/// The segment and received byte count a `.streamed` name stands for.
+pub fn parse_streamed(name: &str) -> Option<(&str, u32)> {
+    let rest = name.strip_suffix(".streamed")?;
+    let (seg, received) = rest.split_once('.')?;
+    (seg.len() == 24).then_some(())?;
+    Some((seg, hex8(received)?))
 }
 
 fn hex8(s: &str) -> Option<u32> {
@@ -94,6 +111,12 @@ impl WalFileKind {
             let (timeline, _, _) = seg_of(seg).ok_or_else(bad)?;
             return Ok(WalFileKind::Backup { timeline });
         }
+        if let Some(rest) = name.strip_suffix(".streamed") {
+            let (seg, received) = rest.split_once('.').ok_or_else(bad)?;
+            hex8(received).ok_or_else(bad)?;
+            let (timeline, _, _) = seg_of(seg).ok_or_else(bad)?;
+            return Ok(WalFileKind::Streamed { timeline });
+        }
         if let Some(seg) = name.strip_suffix(".partial") {
             let (timeline, _, _) = seg_of(seg).ok_or_else(bad)?;
             return Ok(WalFileKind::Partial { timeline });
@@ -112,7 +135,8 @@ impl WalFileKind {
             WalFileKind::Segment { timeline, .. }
             | WalFileKind::History { timeline }
             | WalFileKind::Backup { timeline }
-            | WalFileKind::Partial { timeline } => timeline,
+            | WalFileKind::Partial { timeline }
+            | WalFileKind::Streamed { timeline } => timeline,
         }
     }
 

@@ -851,3 +851,92 @@ fn a_target_after_a_promotion_is_reached_through_the_new_timeline() {
     let restored = restore_and_start(&v, &["--latest"]);
     assert_eq!(tags(&restored), "A,B,C");
 }
+
+#[test]
+fn wal_receive_loses_at_most_a_partial_interval_when_the_primary_dies() {
+    // A primary that archives nothing: its WAL reaches the repository only through
+    // wal-receive.
+    let pg = PgCluster::start_with(&[
+        "wal_level = replica",
+        "max_wal_senders = 4",
+        "max_replication_slots = 4",
+    ]);
+    let mut v = Vault::for_server(PgCluster::server_user());
+    v.use_pg(&pg);
+    pg.psql("postgres", "CREATE TABLE ticks (id int PRIMARY KEY)");
+    let log = v.dir.path().join("wal-receive.log");
+    let mut receiver = v
+        .command(&[
+            "wal-receive",
+            "--create-slot",
+            "--partial-interval",
+            "1s",
+            "-v",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while pg.psql(
+        "postgres",
+        "SELECT count(*) FROM pg_replication_slots WHERE active",
+    ) != "1"
+    {
+        assert!(
+            Instant::now() < deadline,
+            "no active slot: {}",
+            std::fs::read_to_string(&log).unwrap()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    v.run(&["backup", "--base"]).ok();
+
+    // Commits, one at a time, each acknowledged before the next; then the primary
+    // dies in the middle of a segment.
+    let started = Instant::now();
+    let mut acked = 0;
+    while started.elapsed() < Duration::from_secs(4) {
+        pg.psql(
+            "postgres",
+            &format!("INSERT INTO ticks VALUES ({})", acked + 1),
+        );
+        acked += 1;
+    }
+    let per_second = acked as f64 / started.elapsed().as_secs_f64();
+    pg.crash();
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(kill("-TERM", receiver.id()));
+    let status = receiver.wait().unwrap();
+    let said = std::fs::read_to_string(&log).unwrap();
+    assert!(status.success(), "wal-receive: {status}\n{said}");
+    let list = v.run(&["wal", "list", "--json"]).ok().json();
+    // One copy stays: of the segment being written; the copies that newer ones or
+    // the completed segments superseded are gone.
+    assert_eq!(
+        list["timelines"][0]["streamed_files"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1,
+        "{list}\n{said}"
+    );
+
+    // Everything up to the last stored copy of the segment being written comes back.
+    let restored = restore_and_start(&v, &["--latest"]);
+    let got: i64 = restored
+        .psql("postgres", "SELECT count(*) FROM ticks")
+        .parse()
+        .unwrap();
+    let max: i64 = restored
+        .psql("postgres", "SELECT coalesce(max(id), 0) FROM ticks")
+        .parse()
+        .unwrap();
+    assert_eq!(got, max, "the restored commits have a gap");
+    let lost = acked - max;
+    assert!(
+        lost >= 0 && (lost as f64) <= per_second * 1.0 + 1.0,
+        "lost {lost} of {acked} acknowledged commits ({per_second:.0}/s, interval 1s)\n{said}"
+    );
+    eprintln!("acknowledged {acked}, restored {max}, lost {lost}");
+}

@@ -114,6 +114,9 @@ pub enum Command {
     /// Restore one WAL file: restore_command = 'pgvault wal-fetch %f %p'
     /// (exit 1: not archived; above 125: the archive could not be read)
     WalFetch(wal::WalFetchArgs),
+    /// Stream WAL from the primary with pg_receivewal (a service): completed segments,
+    /// and the segment being written every --partial-interval, for an RPO in seconds
+    WalReceive(wal::WalReceiveArgs),
     /// Serve wal-push --async and wal-fetch --async for one repository: started on
     /// demand by them, or run as a service (--idle 0s)
     WalAgent(wal::WalAgentArgs),
@@ -260,6 +263,7 @@ async fn run(cli: Cli) -> Result<()> {
         Command::WalPush(a) => wal::push(g, a).await,
         Command::WalFetch(a) => wal::fetch(g, a).await,
         Command::WalAgent(a) => wal::agent(g, a).await,
+        Command::WalReceive(a) => wal::receive(g, a).await,
         Command::Wal {
             command: wal::WalCommand::List { json },
         } => wal::list(g, *json).await,

@@ -31,6 +31,37 @@ pub struct WalPushArgs {
     pub asynchronous: bool,
 }
 
+/// `pgvault wal-receive`.
+#[derive(Debug, Args)]
+#[command(disable_help_flag = true)]
+pub struct WalReceiveArgs {
+    #[command(flatten)]
+    pub conn: args::ConnArgs,
+    /// A libpq connection string for the primary instead ('host=db1 user=replicator
+    /// sslmode=require'), passed to pg_receivewal only
+    #[arg(long, value_name = "CONNINFO")]
+    pub db: Option<String>,
+    /// The replication slot that keeps the primary from recycling WAL not yet stored
+    /// (an abandoned slot makes the primary keep WAL until its disk is full: drop it
+    /// with pg_drop_replication_slot when wal-receive is retired)
+    #[arg(long, default_value = "pgvault", value_name = "NAME")]
+    pub slot: String,
+    /// Create the slot when it does not exist
+    #[arg(long)]
+    pub create_slot: bool,
+    /// How often the segment being written is stored: at most this much of the
+    /// newest commits is lost with the primary
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = args::duration)]
+    pub partial_interval: std::time::Duration,
+    /// How long to wait for a prune holding the repository
+    #[arg(long, env = "PGVAULT_LOCK_WAIT", value_name = "DURATION", default_value = "10m",
+          value_parser = args::duration)]
+    pub lock_wait: std::time::Duration,
+    /// Print help
+    #[arg(long, action = clap::ArgAction::Help)]
+    pub help: Option<bool>,
+}
+
 /// `pgvault wal-agent`.
 #[derive(Debug, Args)]
 pub struct WalAgentArgs {
@@ -223,6 +254,7 @@ pub async fn list(g: &GlobalArgs, json_out: bool) -> Result<()> {
             "history_file": w.history,
             "backup_files": w.backup_files,
             "partial_files": w.partial_files,
+            "streamed_files": w.streamed_files,
         }));
     }
     if json_out {
@@ -634,4 +666,60 @@ pub async fn agent(g: &GlobalArgs, a: &WalAgentArgs) -> Result<()> {
         ahead: usize::from(a.ahead),
     };
     agent::serve(repo, access, claim, opts, || say("ready")).await
+}
+
+/// `wal-receive`: stream WAL from the primary until stopped (SIGTERM, SIGINT).
+///
+/// Errors: as [`crate::ops::receive::receive`] and opening the repository.
+pub async fn receive(g: &GlobalArgs, a: &WalReceiveArgs) -> Result<()> {
+    if a.partial_interval.is_zero() {
+        return Err(Error::InvalidInput(
+            "--partial-interval must be longer than 0s".into(),
+        ));
+    }
+    let access = super::access(g)?;
+    let mut conn = a.conn.options();
+    conn.conninfo = a.db.clone();
+    let where_from = format!(
+        "{}\n{:?}\n{:?}\n{:?}\n{}",
+        agent_identity(g)?,
+        a.conn.host,
+        a.conn.port,
+        a.db,
+        a.slot
+    );
+    let hash = blake3::hash(where_from.as_bytes()).to_hex();
+    let spool = access.cache_root.join("receive").join(&hash.as_str()[..16]);
+    let repo = access.open().await?;
+    let opts = crate::ops::receive::ReceiveOptions {
+        conn,
+        slot: a.slot.clone(),
+        create_slot: a.create_slot,
+        partial_interval: a.partial_interval,
+        spool,
+        lock_wait: a.lock_wait,
+    };
+    eprintln!(
+        "Receiving WAL through slot {} into {} (spool {})",
+        a.slot,
+        repo.location(),
+        opts.spool.display()
+    );
+    let stop = async {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(t) => t,
+                Err(_) => return std::future::pending().await,
+            };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+    };
+    let stats = crate::ops::receive::receive(&repo, &access, &opts, stop).await?;
+    eprintln!(
+        "Stopped: {} segments and {} streamed copies stored",
+        stats.segments_stored, stats.streamed_copies_stored
+    );
+    Ok(())
 }

@@ -563,9 +563,9 @@ impl Agent {
             Some(p) => match wait_for(p.rx, name).await {
                 Ok(d) => d,
                 // Not archived then, or failed: only a fresh answer counts.
-                Err(_) => Arc::new(self.repo.wal_fetch(name).await?),
+                Err(_) => Arc::new(self.repo.wal_fetch_for_recovery(name).await?),
             },
-            None => Arc::new(self.repo.wal_fetch(name).await?),
+            None => Arc::new(self.repo.wal_fetch_for_recovery(name).await?),
         };
         let (name, dest) = (name.to_string(), dest.to_path_buf());
         crate::blocking::try_blocking("WAL hand-over", move || {

@@ -20,6 +20,7 @@ pub mod forget;
 pub mod keys;
 pub mod locks;
 pub mod prune;
+pub mod receive;
 pub mod restore;
 pub mod retention;
 pub mod snapshots;

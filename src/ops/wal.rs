@@ -61,6 +61,18 @@ pub(crate) async fn push_opened(
     lock_wait: Duration,
 ) -> Result<WalPushOutcome> {
     let data = std::fs::read(path).map_err(|e| Error::io_path("read", path, e))?;
+    push_bytes(repo, name, data, lock_wait).await
+}
+
+/// Archives `data` as WAL file `name`, under a shared lock.
+///
+/// Errors: as [`push`], without the recording.
+pub(crate) async fn push_bytes(
+    repo: &Repository,
+    name: &str,
+    data: Vec<u8>,
+    lock_wait: Duration,
+) -> Result<WalPushOutcome> {
     // A prune must not delete a chunk this push found already stored and reused.
     let lock = repo.lock(LockKind::Shared, "wal-push", lock_wait).await?;
     let pushed = match repo.wal_push(name, data).await {
@@ -91,7 +103,7 @@ pub fn wal_file_name(path: &Path) -> Result<String> {
 /// means the answer is unknown.
 pub async fn fetch(repo: &Repository, name: &str, dest: &Path, prefetch: usize) -> Result<()> {
     let data = if prefetch == 0 {
-        repo.wal_fetch(name).await?
+        repo.wal_fetch_for_recovery(name).await?
     } else {
         repo.wal_fetch_spooled(name, prefetch).await?
     };

@@ -68,6 +68,8 @@ pub struct TimelineWal {
     pub history: bool,
     pub backup_files: Vec<String>,
     pub partial_files: Vec<String>,
+    /// Segments as `wal-receive` stored them while they were being written.
+    pub streamed_files: Vec<String>,
 }
 
 impl TimelineWal {
@@ -248,6 +250,64 @@ impl Repository {
         Ok(data)
     }
 
+    /// Reads WAL file `name` for recovery: the archived file, or for a segment that
+    /// is not archived (yet), the newest copy `wal-receive` stored while it was being
+    /// written. PostgreSQL replays such a copy up to its end and then asks for the
+    /// next segment, so a lost primary costs at most what was not yet streamed.
+    ///
+    /// Errors: as [`Repository::wal_fetch`]: `NotFound` only when neither exists.
+    pub async fn wal_fetch_for_recovery(&self, name: &str) -> Result<Vec<u8>> {
+        match self.wal_fetch(name).await {
+            Err(e) if e.kind() == ErrorKind::NotFound => {
+                let kind = WalFileKind::parse(name)?;
+                if !matches!(kind, WalFileKind::Segment { .. }) {
+                    return Err(e);
+                }
+                match self.wal_newest_streamed(&kind, name).await? {
+                    Some(streamed) => {
+                        tracing::info!("Serving {streamed} for {name}, which is not archived");
+                        self.wal_fetch(&streamed).await
+                    }
+                    None => Err(e),
+                }
+            }
+            other => other,
+        }
+    }
+
+    /// Deletes the manifest of archived WAL file `name`; its chunks go with the next
+    /// prune. For superseded `.streamed` copies: archived WAL is otherwise removed
+    /// only by retention.
+    ///
+    /// Errors: `InvalidInput` for a bad name; backend errors.
+    pub async fn wal_delete(&self, name: &str) -> Result<()> {
+        let kind = WalFileKind::parse(name)?;
+        self.backend().delete(&wal_key(&kind, name)).await
+    }
+
+    /// The name of the newest stored `.streamed` copy of segment `name`, if any.
+    ///
+    /// Errors: backend errors.
+    pub async fn wal_newest_streamed(
+        &self,
+        kind: &WalFileKind,
+        name: &str,
+    ) -> Result<Option<String>> {
+        let prefix = layout::wal(kind.timeline(), &format!("{name}."));
+        Ok(self
+            .backend()
+            .list(&prefix)
+            .await?
+            .into_iter()
+            .filter_map(|o| {
+                let n = o.key.rsplit('/').next()?.to_string();
+                let (seg, received) = crate::wal_name::parse_streamed(&n)?;
+                (seg == name).then_some((received, n))
+            })
+            .max()
+            .map(|(_, n)| n))
+    }
+
     /// Lists the archive by timeline, from object names alone (plus one manifest
     /// for the segment size).
     ///
@@ -267,6 +327,7 @@ impl Repository {
                 WalFileKind::History { .. } => tl.history = true,
                 WalFileKind::Backup { .. } => tl.backup_files.push(e.name),
                 WalFileKind::Partial { .. } => tl.partial_files.push(e.name),
+                WalFileKind::Streamed { .. } => tl.streamed_files.push(e.name),
             }
         }
         for tl in cat.timelines.values_mut() {
@@ -321,7 +382,7 @@ impl Repository {
                 });
             }
         }
-        let data = self.wal_fetch(name).await;
+        let data = self.wal_fetch_for_recovery(name).await;
         while next.join_next().await.is_some() {}
         data
     }
@@ -458,11 +519,11 @@ impl Repository {
                 WalFileKind::Segment { .. } => e.kind.segno(segment_size),
                 // `<segment>.<offset>.backup` and `<segment>.partial` belong to the
                 // segment their name starts with.
-                WalFileKind::Backup { .. } | WalFileKind::Partial { .. } => {
-                    WalFileKind::parse(&e.name[..24])
-                        .ok()
-                        .and_then(|k| k.segno(segment_size))
-                }
+                WalFileKind::Backup { .. }
+                | WalFileKind::Partial { .. }
+                | WalFileKind::Streamed { .. } => WalFileKind::parse(&e.name[..24])
+                    .ok()
+                    .and_then(|k| k.segno(segment_size)),
             };
             if let Some(segno) = segno {
                 if e.kind.timeline() <= oldest.timeline && segno < first_needed {

@@ -423,6 +423,23 @@ impl PgCluster {
 }
 
 impl PgCluster {
+    /// Stops the server as a crash would (`pg_ctl -m immediate`): nothing is flushed
+    /// or archived on the way out.
+    pub fn crash(&self) {
+        let out = self
+            .server_command("pg_ctl")
+            .arg("-D")
+            .arg(&self.data_dir)
+            .args(["-m", "immediate", "-w", "-t", "60", "stop"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "pg_ctl stop -m immediate: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     /// Stops the server cleanly (`pg_ctl -m fast`): the archiver archives what is
     /// ready before it exits, and pg_wal is at rest afterwards.
     pub fn stop_fast(&self) {

@@ -922,6 +922,27 @@ fn wal_receive_loses_at_most_a_partial_interval_when_the_primary_dies() {
         "{list}\n{said}"
     );
 
+    // status and metrics show the recovery point: the streamed copy, newer than
+    // the newest complete segment.
+    let status = v.run(&["status", "--json"]).ok().json();
+    let w = &status["wal"][0];
+    assert!(
+        w["newest_streamed"]
+            .as_str()
+            .unwrap()
+            .ends_with(".streamed"),
+        "{status}"
+    );
+    assert!(
+        w["rpo_seconds"].as_f64().unwrap() <= w["lag_seconds"].as_f64().unwrap(),
+        "{status}"
+    );
+    let metrics = v.run(&["metrics"]).ok().out();
+    assert!(
+        metrics.contains("pgvault_wal_newest_stored_timestamp_seconds{timeline=\"00000001\"}"),
+        "{metrics}"
+    );
+
     // Everything up to the last stored copy of the segment being written comes back.
     let restored = restore_and_start(&v, &["--latest"]);
     let got: i64 = restored
@@ -939,4 +960,96 @@ fn wal_receive_loses_at_most_a_partial_interval_when_the_primary_dies() {
         "lost {lost} of {acked} acknowledged commits ({per_second:.0}/s, interval 1s)\n{said}"
     );
     eprintln!("acknowledged {acked}, restored {max}, lost {lost}");
+}
+
+#[test]
+fn base_backups_and_dumps_taken_from_a_hot_standby_restore_with_the_primary_s_archive() {
+    let (pg, mut v) = archiving_cluster();
+    pg.create_footdash("footdash", 1);
+    pg.psql("footdash", "CREATE TABLE marks (tag text)");
+    pg.psql("footdash", "INSERT INTO marks VALUES ('A')");
+    // A streaming standby of the primary (archive_mode = on does not archive there).
+    let populate = |dir: &Path| {
+        let mut c = pg.command("pg_basebackup");
+        c.args([
+            "-D",
+            dir.to_str().unwrap(),
+            "-R",
+            "-X",
+            "stream",
+            "--checkpoint=fast",
+        ]);
+        if let Some((uid, gid)) = pg.run_as() {
+            use std::os::unix::process::CommandExt;
+            c.uid(uid).gid(gid);
+        }
+        let out = c.output().unwrap();
+        assert!(
+            out.status.success(),
+            "pg_basebackup: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let standby = PgCluster::start_restored(&populate, &[]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while standby
+        .command("psql")
+        .args([
+            "-X",
+            "-At",
+            "-d",
+            "footdash",
+            "-c",
+            "SELECT count(*) FROM marks",
+        ])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() != "1")
+        .unwrap_or(true)
+    {
+        assert!(Instant::now() < deadline, "standby did not catch up");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(standby.psql("postgres", "SELECT pg_is_in_recovery()"), "t");
+
+    // Both kinds of backup pointed at the standby.
+    v.use_pg(&standby);
+    let base = v.run(&["backup", "--base", "--json"]).ok().json();
+    let dump = v.run(&["backup", "--db", "footdash", "--json"]).ok().json();
+    assert_eq!(
+        base["base"]["system_identifier"].as_str().unwrap(),
+        pg.psql(
+            "postgres",
+            "SELECT system_identifier FROM pg_control_system()"
+        )
+    );
+
+    // The primary goes on and archives; the standby's base backup recovers with it.
+    pg.psql("footdash", "INSERT INTO marks VALUES ('B')");
+    switch_and_wait_archived(&pg);
+    let id = base["snapshot_id"].as_str().unwrap();
+    let restored = restore_and_start(&v, &["--latest", "--base", id]);
+    assert_eq!(tags(&restored), "A,B");
+    assert_eq!(
+        restored.row_counts("footdash")["users"],
+        pg.row_counts("footdash")["users"]
+    );
+
+    // The dump taken on the standby restores with pg_restore.
+    let file = v.dir.path().join("standby.dump");
+    std::fs::write(&file, v.cat(dump["snapshot_id"].as_str().unwrap())).unwrap();
+    restored.create_db("scratch");
+    let out = restored
+        .command("pg_restore")
+        .args(["-d", "scratch", file.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        restored.psql("scratch", "SELECT string_agg(tag, ',') FROM marks"),
+        "A"
+    );
 }

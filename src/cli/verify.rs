@@ -304,6 +304,13 @@ fn print_status(r: &StatusReport) {
             ),
             _ => println!("WAL timeline {}: no segments", w.timeline),
         }
+        if let (Some(name), Some(t)) = (&w.newest_streamed, &w.newest_streamed_at) {
+            println!(
+                "  streaming: {name} stored {} ({} ago)",
+                rfc3339(t),
+                human_age(w.rpo_seconds.unwrap_or(0.0))
+            );
+        }
     }
     let a = &r.wal_archiving;
     if let Some(f) = &a.last_failure {

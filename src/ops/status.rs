@@ -77,6 +77,14 @@ pub struct WalStatus {
     pub newest_archived: Option<chrono::DateTime<chrono::Utc>>,
     /// How long ago that was: the archive lag.
     pub lag_seconds: Option<f64>,
+    /// The newest copy `wal-receive` stored of a segment still being written, when
+    /// it is newer than the newest segment.
+    pub newest_streamed: Option<String>,
+    /// When it was stored.
+    pub newest_streamed_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// How old the newest WAL in the repository is, segment or streamed copy: what a
+    /// restore after losing the primary now would lose, at most.
+    pub rpo_seconds: Option<f64>,
 }
 
 /// Whether WAL archiving works: failed pushes against the newest archived file.
@@ -272,12 +280,36 @@ pub async fn status(repo: &Repository, threshold: f64) -> Result<StatusReport> {
             Some(name) => Some(repo.wal_manifest(name).await?.pushed),
             None => None,
         };
+        // Names sort by segment, then by bytes received.
+        let newest_streamed = w
+            .streamed_files
+            .iter()
+            .max()
+            .filter(|n| {
+                newest_segment
+                    .as_ref()
+                    .is_none_or(|seg| n.as_str() > seg.as_str())
+            })
+            .cloned();
+        let newest_streamed_at = match &newest_streamed {
+            Some(name) => match repo.wal_manifest(name).await {
+                Ok(m) => Some(m.pushed),
+                // Replaced by a newer copy since the listing.
+                Err(e) if e.kind() == crate::error::ErrorKind::NotFound => None,
+                Err(e) => return Err(e),
+            },
+            None => None,
+        };
+        let newest = newest_archived.max(newest_streamed_at);
         wal.push(WalStatus {
             timeline: *tl,
             segments: w.segments.len(),
             newest_segment,
             newest_archived,
             lag_seconds: newest_archived.map(|t| age(now, t)),
+            newest_streamed,
+            newest_streamed_at,
+            rpo_seconds: newest.map(|t| age(now, t)),
         });
     }
     // .partial files are whole segments too.
@@ -550,6 +582,21 @@ pub fn render_prometheus(r: &StatusReport) -> String {
                 &[("timeline", &tl)],
                 ts(w.newest_archived.as_ref().expect("filtered")),
             );
+        }
+    }
+    let with_rpo: Vec<&WalStatus> = r.wal.iter().filter(|w| w.rpo_seconds.is_some()).collect();
+    if !with_rpo.is_empty() {
+        let name = "pgvault_wal_newest_stored_timestamp_seconds";
+        let mut f = Family::new(
+            &mut out,
+            name,
+            "gauge",
+            "When the newest WAL of the timeline was stored, a segment or a copy streamed by wal-receive, in seconds since the epoch: the recovery point a lost primary leaves",
+        );
+        for w in &with_rpo {
+            let tl = format!("{:08X}", w.timeline);
+            let newest = w.newest_archived.max(w.newest_streamed_at);
+            f.sample(name, &[("timeline", &tl)], ts(&newest.expect("filtered")));
         }
     }
     if !r.wal.is_empty() {

@@ -60,7 +60,8 @@ fn conf_quote(v: &str) -> String {
     format!("'{}'", v.replace('\'', "''"))
 }
 
-/// Writes `recovery.signal` and appends the settings to `postgresql.auto.conf`.
+/// Writes `recovery.signal` (removing a `standby.signal` the backup carried) and
+/// appends the settings to `postgresql.auto.conf`.
 ///
 /// Errors: `Io` when the files cannot be written.
 pub fn write_recovery_config(pgdata: &Path, s: &RecoverySettings) -> Result<()> {
@@ -86,6 +87,18 @@ pub fn write_recovery_config(pgdata: &Path, s: &RecoverySettings) -> Result<()> 
         .map_err(|e| Error::io_path("write", &conf, e))?;
     let signal = pgdata.join("recovery.signal");
     std::fs::write(&signal, b"").map_err(|e| Error::io_path("write", &signal, e))?;
+    // A base backup taken from a standby carries its standby.signal (pg_basebackup
+    // copies it), which would win over recovery.signal: the restored server would
+    // wait for the old primary forever instead of recovering to the target.
+    let standby = pgdata.join("standby.signal");
+    match std::fs::remove_file(&standby) {
+        Ok(()) => tracing::info!(
+            "Removed {}: the base backup was taken from a standby",
+            standby.display()
+        ),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(Error::io_path("remove", &standby, e)),
+    }
     Ok(())
 }
 

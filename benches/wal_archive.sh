@@ -11,17 +11,23 @@
 #           from an empty archive. Reported: median wall time, segments/s, machine
 #           CPU seconds per GB of WAL (from /proc/stat, so background agents count),
 #           stored bytes, and zstd -3 of the segments for scale.
+#   lag   - pgbench -c 4 at full speed on a fresh cluster per mode, archiving with
+#           pgvault wal-push, pgvault --async and pgbackrest async: WAL made per
+#           second, the largest backlog of .ready files, and how long the backlog
+#           takes to drain after pgbench stops (0: the archiver kept up).
 #   pitr  - a restore of each tool's base backup to the end of the archive (every
 #           segment replayed), with the server started and timed until it is
 #           promoted: pgvault (restore writes wal-fetch --async), pgvault with the
 #           synchronous wal-fetch, pgbackrest archive-get, pgbackrest with its async
 #           prefetch. The restored row count is checked against the source's.
 # Both tools encrypt (pgBackRest aes-256-cbc) and compress with zstd level 3.
-# Not run in CI. Usage: benches/wal_archive.sh [segments] [runs]
+# Not run in CI. Usage: [PHASES="push pitr lag"] benches/wal_archive.sh [segments] [runs] [lag seconds]
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 SEGMENTS=${1:-64}
 RUNS=${2:-3}
+LAG_SECONDS=${3:-30}
+PHASES=${PHASES:-push pitr lag}
 PGBIN=${PG_BIN_DIR:-/usr/lib/postgresql/15/bin}
 PGVAULT=${PGVAULT_BIN:-${CARGO_TARGET_DIR:-$here/target}/release/pgvault}
 die() { echo "wal_archive.sh: $*" >&2; exit 1; }
@@ -81,6 +87,7 @@ BR="pgbackrest --config=$WORK/pgbr.conf --stanza=bench"
 BR_ASYNC="pgbackrest --config=$WORK/pgbr-async.conf --stanza=bench"
 PV="env PGVAULT_PASSWORD_FILE=$WORK/pass PGVAULT_CACHE_DIR=$WORK/cache $PGVAULT"
 
+if [[ " $PHASES " == *" push "* || " $PHASES " == *" pitr "* ]]; then
 echo "== making WAL: pgbench on a throwaway cluster, archived with cp"
 as_pg "$PGBIN/initdb" -D "$WORK/pgdata" -A trust -U postgres --no-sync >/dev/null
 cat >> "$WORK/pgdata/postgresql.conf" <<CONF
@@ -124,6 +131,7 @@ mkdir -p "$FAKE/global"
 cp "$WORK/pgdata/global/pg_control" "$FAKE/global/"
 cp "$WORK/pgdata/PG_VERSION" "$FAKE/"
 [ "$(id -u)" -eq 0 ] && chown -R postgres "$FAKE"
+fi
 # drain MODE: push the backlog with MODE's archive_command; prints "wall cpu_s bytes".
 drain() {
     local mode=$1 dir=$FAKE/pg_wal dest
@@ -167,6 +175,7 @@ drain() {
     echo "$(awk "BEGIN {print $t1 - $t0}") $(awk "BEGIN {print ($c1 - $c0) / $(getconf CLK_TCK)}") $bytes"
 }
 
+if [[ " $PHASES " == *" push "* ]]; then
 echo "== push: $RUNS runs of each, interleaved"
 modes="cp pgvault pgvault-async pgbackrest pgbackrest-async"
 declare -A wall cpu stored
@@ -187,7 +196,9 @@ for m in $modes; do
         "$(awk "BEGIN {print $c / $gb}")" "$(awk "BEGIN {print ${stored[$m]} / 1e6}")"
 done
 echo "zstd -3 of the segments: $(awk "BEGIN {printf \"%.1f\", $zstd3 / 1e6}") MB"
+fi
 
+if [[ " $PHASES " == *" pitr "* ]]; then
 echo
 echo "== pitr: restore to the end of the archive and recover, $RUNS runs of each"
 stop_all
@@ -242,3 +253,84 @@ for m in $pmodes; do
     a=$(echo "${rest[$m]}" | median); b=$(echo "${reco[$m]}" | median)
     printf "%-18s %10.2f %11.2f %9.2f\n" "$m" "$a" "$b" "$(awk "BEGIN {print $a + $b}")"
 done
+fi
+
+if [[ " $PHASES " == *" lag "* ]]; then
+echo
+echo "== lag: pgbench -c 4 for ${LAG_SECONDS}s on a fresh cluster per mode"
+stop_all
+# lag MODE: prints "tps segments_per_s max_backlog drain_s failures".
+lag() {
+    local mode=$1 d=$WORK/pgdata-lag cmd
+    stop_all
+    rm -rf "$d" "$WORK/pvlag" "$WORK/pgbr-lag" "$WORK/cache" "$WORK/spool"/*
+    as_pg "$PGBIN/initdb" -D "$d" -A trust -U postgres --no-sync >/dev/null
+    as_pg env PGVAULT_REPO="$WORK/pvlag" $PV init >/dev/null
+    cat > "$WORK/pgbr-lag.conf" <<CONF
+[global]
+repo1-path=$WORK/pgbr-lag
+repo1-cipher-type=aes-256-cbc
+repo1-cipher-pass=bench passphrase
+compress-type=zst
+compress-level=3
+log-level-console=warn
+log-level-file=off
+lock-path=$WORK/pgbr-lock
+spool-path=$WORK/spool
+archive-async=y
+process-max=4
+archive-check=n
+
+[lag]
+pg1-path=$d
+pg1-port=$PORT
+pg1-socket-path=$WORK/sock
+CONF
+    [ "$(id -u)" -eq 0 ] && chown postgres "$WORK/pgbr-lag.conf" "$WORK/spool"
+    case $mode in
+        pgvault) cmd="PGVAULT_REPO=$WORK/pvlag $PV wal-push %p" ;;
+        pgvault-async) cmd="PGVAULT_REPO=$WORK/pvlag $PV wal-push --async %p" ;;
+        pgbackrest-async) cmd="pgbackrest --config=$WORK/pgbr-lag.conf --stanza=lag archive-push %p" ;;
+    esac
+    cat >> "$d/postgresql.conf" <<CONF
+port = $PORT
+unix_socket_directories = '$WORK/sock'
+listen_addresses = ''
+wal_level = replica
+archive_mode = on
+archive_command = '$cmd'
+max_wal_size = 4GB
+CONF
+    as_pg "$PGBIN/pg_ctl" -D "$d" -l "$WORK/lag.log" -w start >/dev/null
+    if [ "$mode" = pgbackrest-async ]; then
+        as_pg pgbackrest --config="$WORK/pgbr-lag.conf" --stanza=lag stanza-create >/dev/null
+    fi
+    "$PGBIN/pgbench" -q -i -s 10 postgres >/dev/null 2>&1
+    local ready
+    ready() { ls "$d/pg_wal/archive_status" 2>/dev/null | grep -c '\.ready$' || true; }
+    while [ "$(ready)" -gt 0 ]; do sleep 0.5; done
+    local lsn0 max=0 r
+    lsn0=$(psql_ "SELECT pg_current_wal_lsn()")
+    "$PGBIN/pgbench" -c 4 -j 2 -T "$LAG_SECONDS" -n postgres > "$WORK/lag-pgbench.out" 2>&1 &
+    local bench=$!
+    while kill -0 $bench 2>/dev/null; do
+        r=$(ready); [ "$r" -gt "$max" ] && max=$r
+        sleep 1
+    done
+    local segs t0 drain
+    segs=$(psql_ "SELECT round(pg_wal_lsn_diff(pg_current_wal_lsn(), '$lsn0') / 16777216.0 / $LAG_SECONDS, 2)")
+    t0=$(date +%s.%N)
+    while [ "$(ready)" -gt 0 ]; do sleep 0.2; done
+    drain=$(awk "BEGIN {printf \"%.1f\", $(date +%s.%N) - $t0}")
+    local tps failed
+    tps=$(grep -o 'tps = [0-9.]*' "$WORK/lag-pgbench.out" | head -1 | cut -d' ' -f3)
+    failed=$(psql_ "SELECT failed_count FROM pg_stat_archiver")
+    as_pg "$PGBIN/pg_ctl" -D "$d" -m immediate stop >/dev/null
+    echo "$tps $segs $max $drain $failed"
+}
+printf "%-18s %9s %13s %12s %14s %9s\n" mode tps "WAL seg/s" "max backlog" "drain after s" failures
+for m in pgvault pgvault-async pgbackrest-async; do
+    read -r tps segs max drain failed < <(lag "$m")
+    printf "%-18s %9.0f %13s %12s %14s %9s\n" "$m" "$tps" "$segs" "$max" "$drain" "$failed"
+done
+fi

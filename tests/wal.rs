@@ -788,10 +788,26 @@ fn the_wal_agent_keeps_the_push_and_fetch_contracts() {
     assert!(kill("-KILL", agent));
     std::fs::write(pg_wal.join(name(5)), segment(5)).unwrap();
     v.run(&["wal-push", "--async", &path(5)]).ok();
-    let next = v.agent_pid().expect("a new agent");
-    assert_ne!(next, agent);
+    let replaced = v.agent_pid().expect("a new agent");
+    assert_ne!(replaced, agent);
     v.run(&["wal-fetch", "--async", &name(5), out_s]).ok();
     assert!(std::fs::read(&out).unwrap() == segment(5));
+
+    // A repository created anew at the same place (another key): the agent that
+    // opened the old one acknowledges nothing there and makes way for a new agent.
+    std::fs::remove_dir_all(v.repo_path()).unwrap();
+    v.init();
+    std::fs::write(pg_wal.join(name(6)), segment(6)).unwrap();
+    // Either the agent notices before the push (and a new agent does it) or after
+    // (and the push fails, to be retried): never acknowledged under the old key.
+    let r = v.run(&["wal-push", "--async", &path(6)]);
+    if r.code != 0 {
+        assert!(r.stderr.contains("another repository"), "{}", r.stderr);
+        v.run(&["wal-push", "--async", &path(6)]).ok();
+    }
+    v.run(&["wal-fetch", &name(6), out_s]).ok();
+    assert!(std::fs::read(&out).unwrap() == segment(6));
+    let next = v.agent_pid().expect("an agent for the new repository");
 
     // An agent whose socket is gone (its cache removed) leaves.
     std::fs::remove_dir_all(v.cache.join("agents")).unwrap();

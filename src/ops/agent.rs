@@ -59,6 +59,8 @@ const REQUEST_MAX_BYTES: usize = 64 * 1024;
 const FORGET_AFTER: Duration = Duration::from_secs(600);
 /// At most this many segments are held in memory, fetched ahead.
 const FETCHED_AHEAD_MAX: usize = 64;
+/// How often the agent checks that the location still holds its repository.
+const RECHECK_AFTER: Duration = Duration::from_secs(5);
 /// How often an idle agent checks that its socket is still there.
 const TICK: Duration = Duration::from_secs(2);
 
@@ -282,6 +284,7 @@ pub async fn serve(
         fetched: Mutex::new(HashMap::new()),
         retire: Notify::new(),
         busy: std::sync::atomic::AtomicUsize::new(0),
+        checked: Mutex::new(Instant::now()),
     });
     ready();
     tracing::info!(
@@ -398,6 +401,8 @@ struct Agent {
     retire: Notify,
     /// Requests being answered: an agent is not idle while one waits.
     busy: std::sync::atomic::AtomicUsize,
+    /// When the repository was last found still there.
+    checked: Mutex<Instant>,
 }
 
 impl Agent {
@@ -415,6 +420,10 @@ impl Agent {
                 self.retire.notify_one();
                 Reply::Retired
             }
+            Ok(_) if !self.same_repository().await => {
+                self.retire.notify_one();
+                Reply::Retired
+            }
             Ok(env) => {
                 self.busy.fetch_add(1, Ordering::SeqCst);
                 let r = self.clone().handle(env.request).await;
@@ -429,6 +438,31 @@ impl Agent {
         let mut out = serde_json::to_vec(&reply).expect("a reply serializes");
         out.push(b'\n');
         let _ = write.write_all(&out).await;
+    }
+
+    /// Whether the location still holds the repository this agent opened, checked
+    /// at most every [`RECHECK_AFTER`]: a repository created anew there (a new key)
+    /// needs a new agent. A store that does not answer is not a new repository.
+    async fn same_repository(&self) -> bool {
+        {
+            let mut checked = self.checked.lock().expect("not poisoned");
+            if checked.elapsed() < RECHECK_AFTER {
+                return true;
+            }
+            *checked = Instant::now();
+        }
+        match self.repo.is_still_there().await {
+            Ok(same) => {
+                if !same {
+                    tracing::warn!(
+                        "{} no longer holds the repository this agent opened: leaving",
+                        self.repo.location()
+                    );
+                }
+                same
+            }
+            Err(_) => true,
+        }
     }
 
     async fn handle(self: Arc<Self>, request: Request) -> Reply {
@@ -502,9 +536,26 @@ impl Agent {
         let (name, path) = (name.to_string(), path.to_path_buf());
         tokio::spawn(async move {
             let _permit = agent.permits.clone().acquire_owned().await;
-            let r = super::wal::push_opened(&agent.repo, &path, &name, lock_wait)
-                .await
-                .map_err(|e| (e.kind(), e.to_string()));
+            // Before anything is written: a repository created anew at this location
+            // has another key, and an object sealed with the old one would block
+            // the name there for good.
+            let r = match agent.repo.is_still_there().await {
+                Ok(true) => super::wal::push_opened(&agent.repo, &path, &name, lock_wait)
+                    .await
+                    .map_err(|e| (e.kind(), e.to_string())),
+                Ok(false) => {
+                    agent.retire.notify_one();
+                    Err((
+                        ErrorKind::Unavailable,
+                        format!(
+                            "{} holds another repository than the one the WAL agent opened; \
+                             {name} was not pushed, and the next call starts a new agent",
+                            agent.repo.location()
+                        ),
+                    ))
+                }
+                Err(e) => Err((e.kind(), e.to_string())),
+            };
             let _ = tx.send(Some(r));
         });
         rx

@@ -314,6 +314,21 @@ impl Repository {
         &self.backend
     }
 
+    /// Whether the location still holds this repository: its config names the same
+    /// repository id. A long-lived process (the WAL agent) asks, so that it never
+    /// writes with an old key into a repository created anew at the same place.
+    ///
+    /// Errors: backend errors other than a missing config.
+    pub async fn is_still_there(&self) -> Result<bool> {
+        let location = self.location();
+        match self.backend().get(layout::CONFIG).await {
+            Ok(bytes) => Ok(RepoConfig::parse(&bytes, &location)
+                .is_ok_and(|c| c.repo_id == self.config().repo_id)),
+            Err(e) if e.kind() == crate::error::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
     /// The repository's config.
     pub fn config(&self) -> &RepoConfig {
         &self.config

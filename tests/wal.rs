@@ -807,7 +807,37 @@ fn the_wal_agent_keeps_the_push_and_fetch_contracts() {
     }
     v.run(&["wal-fetch", &name(6), out_s]).ok();
     assert!(std::fs::read(&out).unwrap() == segment(6));
-    let next = v.agent_pid().expect("an agent for the new repository");
+
+    // A socket that another user planted where this user's agent would listen is
+    // never trusted with a segment.
+    if v.run_as.is_some() {
+        let pid = v.agent_pid().expect("an agent");
+        assert!(kill("-KILL", pid));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while common::vault::alive(pid) {
+            assert!(Instant::now() < deadline, "agent {pid} stayed");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let dir = std::fs::read_dir(v.cache.join("agents"))
+            .unwrap()
+            .flatten()
+            .next()
+            .unwrap()
+            .path();
+        let socket = dir.join("agent.sock");
+        let _ = std::fs::remove_file(&socket);
+        let planted = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o777)).unwrap();
+        std::fs::write(pg_wal.join(name(7)), segment(7)).unwrap();
+        let r = v.run(&["wal-push", "--async", &path(7)]);
+        assert_ne!(r.code, 0, "a planted socket was trusted");
+        assert!(r.stderr.contains("another user"), "{}", r.stderr);
+        drop(planted);
+        std::fs::remove_file(&socket).unwrap();
+        v.run(&["wal-push", "--async", &path(7)]).ok();
+    }
+    let next = v.agent_pid().expect("an agent");
 
     // An agent whose socket is gone (its cache removed) leaves.
     std::fs::remove_dir_all(v.cache.join("agents")).unwrap();

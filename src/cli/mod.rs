@@ -7,7 +7,7 @@
 //! | this one | the command tree, global options, passphrases, exit codes |
 //! | `repo` | `init`, `snapshots`, `cat`, `index`, `key` |
 //! | `backup` | `backup` |
-//! | `wal` | `wal-push`, `wal-fetch`, `wal list`, `restore` |
+//! | `wal` | `wal-push`, `wal-fetch`, `wal-agent`, `wal-receive`, `wal list`, `restore` |
 //! | `retention` | `forget`, `prune`, `du`, `locks`, `unlock` |
 //! | `verify` | `check`, `drill`, `status`, `metrics` |
 //! | `mount` | `mount` |

@@ -8,7 +8,7 @@ use serde_json::json;
 
 use super::{args, open_repo, output, GlobalArgs};
 use crate::error::{Error, ErrorKind, Result};
-use crate::ops::agent::{Reply, Request};
+use crate::ops::agent::{Answer, Reply, Request};
 use crate::ops::restore::{RecoveryTarget, RestoreOptions};
 use crate::pg::recovery;
 use crate::store::wal::WalPushOutcome;
@@ -157,7 +157,7 @@ pub async fn push(g: &GlobalArgs, a: &WalPushArgs) -> Result<()> {
             lock_wait_secs: a.lock_wait.as_secs(),
         };
         let deadline = a.lock_wait + g.io_timeout.call() * 4;
-        match ask_agent(g, &request, deadline).await? {
+        match ask_agent(g, &request, deadline).await?.map(|a| a.reply) {
             Some(Reply::Pushed { already_archived }) => {
                 if already_archived {
                     tracing::info!("{name} was archived already with the same content");
@@ -190,11 +190,8 @@ pub async fn fetch(g: &GlobalArgs, a: &WalFetchArgs) -> Result<()> {
     }
     if a.asynchronous {
         WalFileKind::parse(&a.name)?;
-        let dest =
-            std::path::absolute(&a.dest).map_err(|e| Error::io_path("resolve", &a.dest, e))?;
         let request = Request::Fetch {
             name: a.name.clone(),
-            dest,
             prefetch: a.prefetch,
         };
         // The agent's own fetch is bounded by the store's deadlines; this bounds an
@@ -204,8 +201,11 @@ pub async fn fetch(g: &GlobalArgs, a: &WalFetchArgs) -> Result<()> {
             .await
             .map_err(crate::ops::wal::open_error_for_fetch)?
         {
-            Some(Reply::Fetched) => return Ok(()),
-            Some(other) => return Err(reply_error(other)),
+            Some(Answer {
+                reply: Reply::Fetched { .. },
+                data,
+            }) => return crate::ops::wal::hand_over(&a.name, &data, &a.dest),
+            Some(other) => return Err(reply_error(other.reply)),
             None => {}
         }
     }
@@ -333,9 +333,25 @@ fn restore_command(g: &GlobalArgs) -> Result<String> {
              needs PGVAULT_PASSWORD in its environment for restore_command"
         ),
     }
+    // PostgreSQL expands %f, %p and %% in restore_command: a % in a path or an
+    // endpoint must reach the shell as itself.
+    let mut cmd = cmd.replace('%', "%%");
     cmd.push_str(" wal-fetch --async %f %p");
     Ok(cmd)
 }
+
+/// The AWS settings that pick the store and where its credentials come from, none
+/// of them secret.
+const AWS_SETTINGS: [&str; 8] = [
+    "AWS_ENDPOINT_URL",
+    "AWS_ENDPOINT_URL_S3",
+    "AWS_REGION",
+    "AWS_DEFAULT_REGION",
+    "AWS_PROFILE",
+    "AWS_CONFIG_FILE",
+    "AWS_SHARED_CREDENTIALS_FILE",
+    "AWS_CA_BUNDLE",
+];
 
 /// The S3 settings a restored server's restore_command needs, as `NAME=value `
 /// assignments: where the store is and where credentials come from, never the
@@ -343,18 +359,8 @@ fn restore_command(g: &GlobalArgs) -> Result<String> {
 /// PGDATA, and is copied by every base backup). A note says where the secret must
 /// come from when it was given in this environment.
 fn s3_settings_for_restore_command(g: &GlobalArgs) -> String {
-    const CARRIED: [&str; 8] = [
-        "AWS_ENDPOINT_URL",
-        "AWS_ENDPOINT_URL_S3",
-        "AWS_REGION",
-        "AWS_DEFAULT_REGION",
-        "AWS_PROFILE",
-        "AWS_CONFIG_FILE",
-        "AWS_SHARED_CREDENTIALS_FILE",
-        "AWS_CA_BUNDLE",
-    ];
     let mut out = String::new();
-    for name in CARRIED {
+    for name in AWS_SETTINGS {
         if let Some(v) = std::env::var_os(name).filter(|v| !v.is_empty()) {
             let v = v.to_string_lossy();
             let v = if name.ends_with("_FILE") || name == "AWS_CA_BUNDLE" {
@@ -424,22 +430,17 @@ pub async fn restore(g: &GlobalArgs, a: &RestoreArgs) -> Result<()> {
     Ok(())
 }
 
-/// What names this repository to the WAL agent: the location, and what else picks
-/// the store (endpoint, profile, addressing), so two repositories never share one.
+/// What names this repository to the WAL agent: the location, and everything else
+/// that picks the store or its credentials (the settings restore_command carries,
+/// and the addressing), so two repositories never share an agent.
 fn agent_identity(g: &GlobalArgs) -> Result<String> {
-    let location = match super::location(g)? {
-        crate::backend::Location::Local(p) => {
-            std::path::absolute(&p).unwrap_or(p).display().to_string()
-        }
-        s3 => s3.to_string(),
-    };
-    let env = |v: &str| std::env::var(v).unwrap_or_default();
-    Ok(format!(
-        "{location}\n{}\n{}\n{}",
-        env("AWS_ENDPOINT_URL"),
-        env("AWS_PROFILE"),
-        g.s3_path_style
-    ))
+    let mut id = agent_location_arg(g)?;
+    for name in AWS_SETTINGS {
+        id.push('\n');
+        id.push_str(&std::env::var(name).unwrap_or_default());
+    }
+    id.push_str(&format!("\n{}", g.s3_path_style));
+    Ok(id)
 }
 
 /// Asks this user's WAL agent for the repository, starting one when none listens.
@@ -452,7 +453,7 @@ async fn ask_agent(
     g: &GlobalArgs,
     request: &Request,
     deadline: std::time::Duration,
-) -> Result<Option<Reply>> {
+) -> Result<Option<Answer>> {
     use crate::ops::agent;
     let cache_root = crate::store::cache::default_root()?;
     let dir = agent::agent_dir(&cache_root, &agent_identity(g)?);
@@ -463,13 +464,24 @@ async fn ask_agent(
         );
         return Ok(None);
     };
+    if !is_private_dir(&dir) {
+        tracing::warn!(
+            "{} is not a private directory of this user: working without the WAL agent",
+            dir.display()
+        );
+        return Ok(None);
+    }
     let start_by = std::time::Instant::now() + g.io_timeout.call();
     let mut listening = false;
+    let mut last_start: Option<std::time::Instant> = None;
     loop {
         match agent::ask(&socket, request, deadline).await? {
-            Some(Reply::Retired) => listening = false,
+            Some(Answer {
+                reply: Reply::Retired,
+                ..
+            }) => listening = false,
             None => {}
-            Some(reply) => return Ok(Some(reply)),
+            Some(answer) => return Ok(Some(answer)),
         }
         if std::time::Instant::now() > start_by {
             return Err(Error::Unavailable(format!(
@@ -478,7 +490,12 @@ async fn ask_agent(
                 dir.join(agent::LOG).display()
             )));
         }
-        if !listening {
+        // Another agent that holds the place is opening the repository: it is asked
+        // again rather than joined by one more process, and replaced only if it is
+        // still not there a second later (it failed, or retired).
+        if !listening && last_start.is_none_or(|t| t.elapsed() >= std::time::Duration::from_secs(1))
+        {
+            last_start = Some(std::time::Instant::now());
             listening = start_agent(g, &cache_root, &dir).await?;
         }
         if !listening {
@@ -486,6 +503,20 @@ async fn ask_agent(
             // retiring one is finishing.
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         }
+    }
+}
+
+/// Whether agent directory `dir` is missing (to be made) or belongs to this user
+/// and no one else can enter it: a socket anyone else could plant must not be asked.
+fn is_private_dir(dir: &std::path::Path) -> bool {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    match std::fs::symlink_metadata(dir) {
+        Ok(m) => {
+            m.is_dir()
+                && m.uid() == nix::unistd::geteuid().as_raw()
+                && m.permissions().mode() & 0o077 == 0
+        }
+        Err(e) => e.kind() == std::io::ErrorKind::NotFound,
     }
 }
 
@@ -609,11 +640,11 @@ fn reply_error(reply: Reply) -> Error {
 pub async fn agent(g: &GlobalArgs, a: &WalAgentArgs) -> Result<()> {
     use crate::ops::agent;
     let passphrase = if a.passphrase_stdin {
-        let mut line = String::new();
-        std::io::stdin()
-            .read_line(&mut line)
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut std::io::stdin(), &mut text)
             .map_err(|e| Error::io("Cannot read the passphrase from stdin", e))?;
-        let line = line.trim_end_matches(['\n', '\r']).to_string();
+        // Exactly the one newline the caller added: the passphrase is as it was read.
+        let line = text.strip_suffix('\n').unwrap_or(&text).to_string();
         if line.is_empty() {
             return Err(Error::InvalidInput("No passphrase on stdin".into()));
         }

@@ -85,13 +85,10 @@ pub fn socket_path(dir: &Path) -> Option<PathBuf> {
 pub enum Request {
     /// Archive the WAL file at this absolute path.
     Push { path: PathBuf, lock_wait_secs: u64 },
-    /// Write archived WAL file `name` to absolute path `dest`, and fetch the next
-    /// `prefetch` segments ahead.
-    Fetch {
-        name: String,
-        dest: PathBuf,
-        prefetch: u16,
-    },
+    /// Send archived WAL file `name` (the bytes follow the reply on the socket;
+    /// the caller writes them, so an agent still working after its caller gave up
+    /// never writes into PGDATA), and fetch the next `prefetch` segments ahead.
+    Fetch { name: String, prefetch: u16 },
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -108,7 +105,10 @@ pub enum Reply {
     Pushed {
         already_archived: bool,
     },
-    Fetched,
+    /// Followed on the socket by the file's `size_bytes` bytes.
+    Fetched {
+        size_bytes: u64,
+    },
     Failed {
         kind: ErrorKind,
         message: String,
@@ -126,12 +126,24 @@ impl Reply {
     }
 }
 
-/// Asks the agent listening on `socket`, waiting at most `deadline` for the answer.
-/// Returns `None` when no agent listens there.
+/// The largest file a fetch reply may announce: the largest WAL segment size.
+const FETCHED_MAX_BYTES: u64 = 1 << 30;
+
+/// An agent's answer: its reply, and for a fetch the file's bytes.
+#[derive(Debug)]
+pub struct Answer {
+    pub reply: Reply,
+    pub data: Vec<u8>,
+}
+
+/// Asks the agent listening on `socket`, waiting at most `deadline` for the whole
+/// answer. Returns `None` when no agent listens there.
 ///
-/// Errors: `Unavailable` when the agent closes the connection before answering (it
-/// died), does not answer in time, or answers something that does not parse.
-pub async fn ask(socket: &Path, request: &Request, deadline: Duration) -> Result<Option<Reply>> {
+/// Errors: `InvalidInput` when the socket's process runs as another user (a socket
+/// planted where this user's agent would be); `Unavailable` when the agent closes
+/// the connection before answering (it died), does not answer in time, or answers
+/// something that does not parse.
+pub async fn ask(socket: &Path, request: &Request, deadline: Duration) -> Result<Option<Answer>> {
     let mut stream = match UnixStream::connect(socket).await {
         Ok(s) => s,
         Err(e)
@@ -144,6 +156,18 @@ pub async fn ask(socket: &Path, request: &Request, deadline: Duration) -> Result
         }
         Err(e) => return Err(Error::io_path("connect to the WAL agent at", socket, e)),
     };
+    let uid = nix::unistd::geteuid().as_raw();
+    match stream.peer_cred().map(|c| c.uid()) {
+        Ok(u) if u == uid => {}
+        other => {
+            return Err(Error::InvalidInput(format!(
+                "The process listening on {} runs as another user ({}), not this one: \
+                 it is not this user's WAL agent; remove it",
+                socket.display(),
+                other.map_or_else(|e| e.to_string(), |u| format!("uid {u}"))
+            )))
+        }
+    }
     let unavailable = |why: String| {
         Error::Unavailable(format!(
             "The WAL agent at {} {why}; its log is {}",
@@ -152,33 +176,48 @@ pub async fn ask(socket: &Path, request: &Request, deadline: Duration) -> Result
         ))
     };
     let exchange = async {
+        let (read, mut write) = stream.split();
         let mut line = serde_json::to_vec(&Envelope {
             version: env!("CARGO_PKG_VERSION").into(),
             request: request.clone(),
         })
         .expect("a request serializes");
         line.push(b'\n');
-        stream.write_all(&line).await?;
+        write.write_all(&line).await?;
+        let mut reader = BufReader::new(read);
         let mut answer = String::new();
-        BufReader::new(&mut stream).read_line(&mut answer).await?;
-        Ok::<_, std::io::Error>(answer)
-    };
-    let answer = match tokio::time::timeout(deadline, exchange).await {
-        Err(_) => {
-            return Err(unavailable(format!(
-                "gave no answer within {}",
-                crate::time::format_duration(deadline)
-            )))
+        reader.read_line(&mut answer).await?;
+        if answer.is_empty() {
+            return Ok(Err("ended before answering".to_string()));
         }
-        Ok(Err(e)) => return Err(unavailable(format!("failed: {e}"))),
-        Ok(Ok(a)) => a,
+        let reply: Reply = match serde_json::from_str(&answer) {
+            Ok(r) => r,
+            Err(e) => return Ok(Err(format!("answered something unreadable ({e})"))),
+        };
+        let mut data = Vec::new();
+        if let Reply::Fetched { size_bytes } = reply {
+            if size_bytes > FETCHED_MAX_BYTES {
+                return Ok(Err(format!(
+                    "announced {size_bytes} bytes, more than any WAL file"
+                )));
+            }
+            data = vec![0u8; size_bytes as usize];
+            use tokio::io::AsyncReadExt;
+            if let Err(e) = reader.read_exact(&mut data).await {
+                return Ok(Err(format!("ended after part of the file ({e})")));
+            }
+        }
+        Ok::<_, std::io::Error>(Ok(Answer { reply, data }))
     };
-    if answer.is_empty() {
-        return Err(unavailable("ended before answering".into()));
+    match tokio::time::timeout(deadline, exchange).await {
+        Err(_) => Err(unavailable(format!(
+            "gave no answer within {}",
+            crate::time::format_duration(deadline)
+        ))),
+        Ok(Err(e)) => Err(unavailable(format!("failed: {e}"))),
+        Ok(Ok(Err(why))) => Err(unavailable(why)),
+        Ok(Ok(Ok(a))) => Ok(Some(a)),
     }
-    serde_json::from_str(&answer)
-        .map(Some)
-        .map_err(|e| unavailable(format!("answered something unreadable ({e})")))
 }
 
 /// The lock that makes this process the only agent of its directory.
@@ -285,6 +324,7 @@ pub async fn serve(
         retire: Notify::new(),
         busy: std::sync::atomic::AtomicUsize::new(0),
         checked: Mutex::new(Instant::now()),
+        retiring: std::sync::atomic::AtomicBool::new(false),
     });
     ready();
     tracing::info!(
@@ -334,8 +374,19 @@ pub async fn serve(
             }
         }
     }
-    // Another agent may start now; calls in progress still get their answers.
+    // Callers that find no socket start a new agent; those already queued on this
+    // one are answered (dropping them unanswered would make wal-fetch stop recovery).
+    let _ = std::fs::remove_file(&socket);
+    while let Ok(Ok((stream, _))) =
+        tokio::time::timeout(Duration::from_millis(50), listener.accept()).await
+    {
+        if stream.peer_cred().map(|c| c.uid()).ok() == Some(uid) {
+            let agent = agent.clone();
+            connections.spawn(async move { agent.answer(stream).await });
+        }
+    }
     drop(listener);
+    // Another agent may start now; calls in progress still get their answers.
     claim.release();
     while connections.join_next().await.is_some() {}
     Ok(())
@@ -403,6 +454,8 @@ struct Agent {
     busy: std::sync::atomic::AtomicUsize,
     /// When the repository was last found still there.
     checked: Mutex<Instant>,
+    /// Set once the location was found to hold another repository.
+    retiring: std::sync::atomic::AtomicBool,
 }
 
 impl Agent {
@@ -418,11 +471,11 @@ impl Agent {
         let reply = match serde_json::from_slice::<Envelope>(&line) {
             Ok(env) if env.version != env!("CARGO_PKG_VERSION") => {
                 self.retire.notify_one();
-                Reply::Retired
+                (Reply::Retired, None)
             }
             Ok(_) if !self.same_repository().await => {
                 self.retire.notify_one();
-                Reply::Retired
+                (Reply::Retired, None)
             }
             Ok(env) => {
                 self.busy.fetch_add(1, Ordering::SeqCst);
@@ -430,14 +483,22 @@ impl Agent {
                 self.busy.fetch_sub(1, Ordering::SeqCst);
                 r
             }
-            Err(e) => Reply::Failed {
-                kind: ErrorKind::InvalidInput,
-                message: format!("The WAL agent cannot read the request: {e}"),
-            },
+            Err(e) => (
+                Reply::Failed {
+                    kind: ErrorKind::InvalidInput,
+                    message: format!("The WAL agent cannot read the request: {e}"),
+                },
+                None,
+            ),
         };
+        let (reply, data) = reply;
         let mut out = serde_json::to_vec(&reply).expect("a reply serializes");
         out.push(b'\n');
-        let _ = write.write_all(&out).await;
+        if write.write_all(&out).await.is_ok() {
+            if let Some(data) = data {
+                let _ = write.write_all(&data).await;
+            }
+        }
     }
 
     /// Whether the location still holds the repository this agent opened, checked
@@ -454,6 +515,8 @@ impl Agent {
         match self.repo.is_still_there().await {
             Ok(same) => {
                 if !same {
+                    self.retiring
+                        .store(true, std::sync::atomic::Ordering::SeqCst);
                     tracing::warn!(
                         "{} no longer holds the repository this agent opened: leaving",
                         self.repo.location()
@@ -465,25 +528,31 @@ impl Agent {
         }
     }
 
-    async fn handle(self: Arc<Self>, request: Request) -> Reply {
+    async fn handle(self: Arc<Self>, request: Request) -> (Reply, Option<Arc<Vec<u8>>>) {
         match request {
             Request::Push {
                 path,
                 lock_wait_secs,
             } => match self.push(&path, Duration::from_secs(lock_wait_secs)).await {
-                Ok(o) => Reply::Pushed {
-                    already_archived: o == WalPushOutcome::AlreadyArchived,
-                },
-                Err(e) => Reply::failed(&e),
+                Ok(o) => (
+                    Reply::Pushed {
+                        already_archived: o == WalPushOutcome::AlreadyArchived,
+                    },
+                    None,
+                ),
+                Err(e) => (Reply::failed(&e), None),
             },
-            Request::Fetch {
-                name,
-                dest,
-                prefetch,
-            } => match self.fetch(&name, &dest, usize::from(prefetch)).await {
-                Ok(()) => Reply::Fetched,
-                Err(e) => Reply::failed(&e),
-            },
+            Request::Fetch { name, prefetch } => {
+                match self.fetch(&name, usize::from(prefetch)).await {
+                    Ok(data) => (
+                        Reply::Fetched {
+                            size_bytes: data.len() as u64,
+                        },
+                        Some(data),
+                    ),
+                    Err(e) => (Reply::failed(&e), None),
+                }
+            }
         }
     }
 
@@ -519,7 +588,11 @@ impl Agent {
                     error: e.to_string(),
                     hostname: crate::host::hostname(),
                 };
-                super::record_or_spool(&self.access, Some(&self.repo), &failure).await;
+                // Not through a repository this agent no longer holds: its records
+                // would be sealed with the old key.
+                let repo = (!self.retiring.load(std::sync::atomic::Ordering::SeqCst))
+                    .then_some(&self.repo);
+                super::record_or_spool(&self.access, repo, &failure).await;
             }
         }
         result
@@ -544,6 +617,9 @@ impl Agent {
                     .await
                     .map_err(|e| (e.kind(), e.to_string())),
                 Ok(false) => {
+                    agent
+                        .retiring
+                        .store(true, std::sync::atomic::Ordering::SeqCst);
                     agent.retire.notify_one();
                     Err((
                         ErrorKind::Unavailable,
@@ -603,26 +679,21 @@ impl Agent {
         }
     }
 
-    async fn fetch(self: &Arc<Self>, name: &str, dest: &Path, prefetch: usize) -> Result<()> {
+    async fn fetch(self: &Arc<Self>, name: &str, prefetch: usize) -> Result<Arc<Vec<u8>>> {
         let kind = WalFileKind::parse(name)?;
         let ahead = self.fetched.lock().expect("not poisoned").remove(name);
         if let WalFileKind::Segment { timeline, .. } = kind {
             let segno = kind.segno(DEFAULT_SEGMENT_SIZE).expect("a segment");
             self.fetch_ahead(timeline, segno, prefetch);
         }
-        let data = match ahead {
+        match ahead {
             Some(p) => match wait_for(p.rx, name).await {
-                Ok(d) => d,
+                Ok(d) => Ok(d),
                 // Not archived then, or failed: only a fresh answer counts.
-                Err(_) => Arc::new(self.repo.wal_fetch_for_recovery(name).await?),
+                Err(_) => Ok(Arc::new(self.repo.wal_fetch_for_recovery(name).await?)),
             },
-            None => Arc::new(self.repo.wal_fetch_for_recovery(name).await?),
-        };
-        let (name, dest) = (name.to_string(), dest.to_path_buf());
-        crate::blocking::try_blocking("WAL hand-over", move || {
-            super::wal::hand_over(&name, &data, &dest)
-        })
-        .await
+            None => Ok(Arc::new(self.repo.wal_fetch_for_recovery(name).await?)),
+        }
     }
 
     /// Starts fetching the `count` segments after `segno` that are not held already.

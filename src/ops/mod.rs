@@ -7,6 +7,8 @@
 //! | [`snapshots`] | `snapshots`, `cat`, `index rebuild` |
 //! | [`keys`] | `key list/add/remove/passwd` |
 //! | [`wal`] | `wal-push`, `wal-fetch`, `wal list` |
+//! | [`agent`] | `wal-agent`, the process behind `wal-push --async` and `wal-fetch --async` |
+//! | [`receive`] | `wal-receive` (streaming WAL with pg_receivewal) |
 //! | [`restore`] | `restore` (planning a point-in-time recovery, then doing it) |
 //! | [`retention`], [`forget`], [`prune`], [`du`], [`locks`] | retention and space |
 //! | [`check`], [`drill`], [`status`] | verification and monitoring |

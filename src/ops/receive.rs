@@ -165,8 +165,10 @@ pub fn received_bytes(data: &[u8]) -> u32 {
 
 #[derive(Default)]
 struct Spool {
-    /// The newest `.streamed` copy stored: the same bytes are not stored twice.
-    last_streamed: Option<String>,
+    /// The newest `.streamed` copy this run stored, by segment: the same bytes are
+    /// not stored twice, and a copy is deleted only once a newer copy of the same
+    /// segment or the segment itself is stored.
+    streamed: std::collections::BTreeMap<String, String>,
     stats: ReceiveStats,
 }
 
@@ -204,12 +206,7 @@ impl Spool {
                     tracing::info!("Stored streamed {name}");
                     self.stats.segments_stored += 1;
                     let _ = std::fs::remove_file(&path);
-                    if self
-                        .last_streamed
-                        .as_deref()
-                        .is_some_and(|s| s.starts_with(&format!("{name}.")))
-                    {
-                        let copy = self.last_streamed.take().expect("checked");
+                    if let Some(copy) = self.streamed.remove(&name) {
                         self.drop_superseded(repo, &copy).await;
                     }
                 }
@@ -222,7 +219,8 @@ impl Spool {
                         hostname: crate::host::hostname(),
                     };
                     super::record_or_spool(access, Some(repo), &failure).await;
-                    return;
+                    // The later files are stored all the same: one that cannot be
+                    // (refused, unreadable) must not hold up the rest.
                 }
             }
         }
@@ -244,14 +242,14 @@ impl Spool {
             return;
         }
         let name = streamed_name(&segment, received);
-        if self.last_streamed.as_deref() == Some(name.as_str()) {
+        if self.streamed.get(&segment) == Some(&name) {
             return;
         }
         match super::wal::push_bytes(repo, &name, data, opts.lock_wait).await {
             Ok(_) => {
                 tracing::debug!("Stored {name}");
                 self.stats.streamed_copies_stored += 1;
-                if let Some(older) = self.last_streamed.replace(name) {
+                if let Some(older) = self.streamed.insert(segment, name) {
                     self.drop_superseded(repo, &older).await;
                 }
             }

@@ -272,22 +272,33 @@ impl Repository {
     ///
     /// Errors: as [`Repository::wal_fetch`]: `NotFound` only when neither exists.
     pub async fn wal_fetch_for_recovery(&self, name: &str) -> Result<Vec<u8>> {
-        match self.wal_fetch(name).await {
-            Err(e) if e.kind() == ErrorKind::NotFound => {
-                let kind = WalFileKind::parse(name)?;
-                if !matches!(kind, WalFileKind::Segment { .. }) {
-                    return Err(e);
-                }
-                match self.wal_newest_streamed(&kind, name).await? {
-                    Some(streamed) => {
-                        tracing::info!("Serving {streamed} for {name}, which is not archived");
-                        self.wal_fetch(&streamed).await
-                    }
-                    None => Err(e),
+        let kind = WalFileKind::parse(name)?;
+        // wal-receive replaces copies and stores the segment while we look: a copy
+        // that vanishes between the listing and the read means "look again", never
+        // "not archived".
+        for _ in 0..3 {
+            let missing = match self.wal_fetch(name).await {
+                Err(e) if e.kind() == ErrorKind::NotFound => e,
+                other => return other,
+            };
+            if !matches!(kind, WalFileKind::Segment { .. }) {
+                return Err(missing);
+            }
+            let Some(streamed) = self.wal_newest_streamed(&kind, name).await? else {
+                return Err(missing);
+            };
+            match self.wal_fetch(&streamed).await {
+                Err(e) if e.kind() == ErrorKind::NotFound => continue,
+                other => {
+                    tracing::info!("Serving {streamed} for {name}, which is not archived");
+                    return other;
                 }
             }
-            other => other,
         }
+        Err(Error::Unavailable(format!(
+            "WAL file {name} and its streamed copies kept changing while being read from {}",
+            self.location()
+        )))
     }
 
     /// Deletes the manifest of archived WAL file `name`; its chunks go with the next

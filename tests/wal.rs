@@ -1099,3 +1099,57 @@ fn base_backups_and_dumps_taken_from_a_hot_standby_restore_with_the_primary_s_ar
         "A"
     );
 }
+
+#[test]
+fn a_second_cluster_in_the_same_repository_is_named_and_its_base_is_not_recovered_with_foreign_wal()
+{
+    let (a, mut v) = archiving_cluster();
+    switch_and_wait_archived(&a);
+    switch_and_wait_archived(&a);
+    let sysid = |pg: &PgCluster| {
+        pg.psql(
+            "postgres",
+            "SELECT system_identifier FROM pg_control_system()",
+        )
+    };
+    // Another cluster, its WAL pushed into the same repository by hand: its first
+    // segments have the names cluster A archived already.
+    let b = PgCluster::start_with(&["wal_level = replica", "max_wal_senders = 4"]);
+    let seg = b.psql("postgres", "SELECT pg_walfile_name(pg_current_wal_lsn())");
+    let path = b.data_dir().join("pg_wal").join(&seg);
+    let e = v.run(&["wal-push", path.to_str().unwrap()]).fails();
+    assert!(
+        e.contains(&seg)
+            && e.contains(&sysid(&a))
+            && e.contains(&sysid(&b))
+            && e.contains("its own repository"),
+        "{e}"
+    );
+
+    // A base backup of cluster B, planned against cluster A's WAL: refused before
+    // anything is written.
+    v.use_pg(&b);
+    let base = v.run(&["backup", "--base", "--json"]).ok().json();
+    // Cluster A's archive covers the names B's base backup needs.
+    a.psql("postgres", "CREATE TABLE filler (x int)");
+    for _ in 0..4 {
+        a.psql("postgres", "INSERT INTO filler VALUES (1)");
+        switch_and_wait_archived(&a);
+    }
+    let target = v.dir.path().join("restore-b");
+    let e = v
+        .run(&[
+            "restore",
+            "--pgdata",
+            target.to_str().unwrap(),
+            "--latest",
+            "--base",
+            base["snapshot_id"].as_str().unwrap(),
+        ])
+        .fails();
+    assert!(
+        e.contains("database system") && e.contains(&sysid(&b)),
+        "{e}"
+    );
+    assert!(!target.join("PG_VERSION").exists());
+}

@@ -279,6 +279,20 @@ async fn check_wal(
             }
         }
     }
+    // The archive may hold another cluster's WAL under the same names (a copy of
+    // the repository, a second cluster pointed at it): PostgreSQL would refuse it
+    // mid-recovery, so refuse it here, before anything is written.
+    let first_name = catalog.name(info.timeline, first);
+    if let Some(sysid) = repo.wal_manifest(&first_name).await?.system_identifier {
+        if sysid != info.system_identifier {
+            return Err(Error::InvalidInput(format!(
+                "WAL segment {first_name} in the archive was written by database system {sysid}, \
+                 but base backup {} is of database system {}: this archive's WAL cannot recover it",
+                base.short_id(),
+                info.system_identifier
+            )));
+        }
+    }
     let last = stretches
         .last()
         .expect("the final timeline holds a stretch");

@@ -28,6 +28,23 @@ pub struct WalManifest {
     /// When it was archived: a segment holds records from before this time.
     pub pushed: chrono::DateTime<chrono::Utc>,
     pub hostname: String,
+    /// The cluster that wrote it, from the segment's first page header (absent in
+    /// files archived before it was recorded, and in history files).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub system_identifier: Option<u64>,
+}
+
+/// The system identifier in a WAL segment's first page: the long page header
+/// (`XLP_LONG_HEADER` in `xlp_info`) holds it at byte 24, after the 24-byte
+/// standard header, in the machine's byte order (little-endian here).
+pub fn segment_system_identifier(data: &[u8]) -> Option<u64> {
+    const XLP_LONG_HEADER: u16 = 0x0002;
+    let info = u16::from_le_bytes(data.get(2..4)?.try_into().ok()?);
+    if info & XLP_LONG_HEADER == 0 {
+        return None;
+    }
+    let sysid = u64::from_le_bytes(data.get(24..32)?.try_into().ok()?);
+    (sysid != 0).then_some(sysid)
 }
 
 /// What `wal_push` did.
@@ -157,6 +174,10 @@ impl Repository {
             chunks,
             pushed: chrono::Utc::now(),
             hostname: crate::host::hostname(),
+            system_identifier: match kind {
+                WalFileKind::History { .. } => None,
+                _ => segment_system_identifier(&data),
+            },
         };
         let json = serde_json::to_vec(&manifest).expect("WAL manifest serialises");
         let sealed = self.seal_json(&key, &json);
@@ -182,8 +203,24 @@ impl Repository {
             Some(m) => m,
             None => self.wal_manifest(name).await?,
         };
+        let ours = segment_system_identifier(&data)
+            .filter(|_| !matches!(kind, WalFileKind::History { .. }));
         if existing.content_id == content_id {
             Ok(WalPushOutcome::AlreadyArchived)
+        } else if let (Some(theirs), Some(ours)) = (
+            existing.system_identifier,
+            ours.filter(|o| Some(*o) != existing.system_identifier),
+        ) {
+            // Two clusters, one archive: their segment names collide and the
+            // second would fail here forever, so say what is wrong.
+            Err(Error::AlreadyExists {
+                what: format!(
+                    "WAL file {name} of database system {ours} (different content: it was archived from \
+                     database system {theirs}; one repository holds one cluster's WAL, so give this \
+                     cluster its own repository)"
+                ),
+                location: self.location(),
+            })
         } else {
             Err(Error::AlreadyExists {
                 what: format!(

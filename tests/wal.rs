@@ -942,13 +942,20 @@ fn wal_receive_loses_at_most_a_partial_interval_when_the_primary_dies() {
     // dies in the middle of a segment.
     let started = Instant::now();
     let mut acked = 0;
+    let mut midway = None;
     while started.elapsed() < Duration::from_secs(4) {
         pg.psql(
             "postgres",
             &format!("INSERT INTO ticks VALUES ({})", acked + 1),
         );
         acked += 1;
+        if midway.is_none() && started.elapsed() > Duration::from_secs(2) {
+            std::thread::sleep(Duration::from_millis(20));
+            midway = Some((acked, server_time(&pg)));
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
+    let (midway_acked, midway_time) = midway.expect("two seconds passed");
     let per_second = acked as f64 / started.elapsed().as_secs_f64();
     pg.crash();
     std::thread::sleep(Duration::from_secs(3));
@@ -1006,6 +1013,25 @@ fn wal_receive_loses_at_most_a_partial_interval_when_the_primary_dies() {
         "lost {lost} of {acked} acknowledged commits ({per_second:.0}/s, interval 1s)\n{said}"
     );
     eprintln!("acknowledged {acked}, restored {max}, lost {lost}");
+
+    // A time inside the segment that was being written is reachable too: exactly
+    // the commits before it.
+    let populate = |dir: &Path| {
+        v.run(&[
+            "restore",
+            "--pgdata",
+            dir.to_str().unwrap(),
+            "--target-time",
+            &midway_time,
+        ])
+        .ok();
+    };
+    let restored = PgCluster::start_restored(&populate, &["archive_mode = off"]);
+    restored.wait_until_promoted();
+    assert_eq!(
+        restored.psql("postgres", "SELECT count(*) FROM ticks"),
+        midway_acked.to_string()
+    );
 }
 
 #[test]

@@ -292,6 +292,18 @@ pub async fn list(g: &GlobalArgs, json_out: bool) -> Result<()> {
         for b in t["backup_files"].as_array().expect("array") {
             println!("  backup file {}", b.as_str().unwrap_or(""));
         }
+        let streamed: Vec<&str> = t["streamed_files"]
+            .as_array()
+            .expect("array")
+            .iter()
+            .filter_map(|v| v.as_str())
+            .collect();
+        if let Some(newest) = streamed.iter().max() {
+            println!(
+                "  streamed by wal-receive: newest copy {newest} ({} copies kept)",
+                streamed.len()
+            );
+        }
     }
     Ok(())
 }

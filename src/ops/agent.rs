@@ -57,8 +57,9 @@ const REQUEST_MAX_BYTES: usize = 64 * 1024;
 /// Segments pushed ahead and never asked for (the server stopped, say) are forgotten
 /// after this long.
 const FORGET_AFTER: Duration = Duration::from_secs(600);
-/// At most this many segments are held in memory, fetched ahead.
-const FETCHED_AHEAD_MAX: usize = 64;
+/// At most this many segments are held in memory, fetched ahead: 256 MiB at the
+/// default segment size, on a host that is recovering a database.
+const FETCHED_AHEAD_MAX: usize = 16;
 /// How often the agent checks that the location still holds its repository.
 const RECHECK_AFTER: Duration = Duration::from_secs(5);
 /// How often an idle agent checks that its socket is still there.

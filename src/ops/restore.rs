@@ -321,12 +321,29 @@ async fn check_wal(
             // A segment holds only records written before it was archived, so the
             // target is reachable once some later segment was archived after it.
             let m = repo.wal_manifest(&newest_name).await?;
-            if m.pushed < *t {
+            // So does a copy of the next segment that wal-receive stored while it
+            // was being written (wal-fetch serves it in the segment's place).
+            let mut reached = m.pushed;
+            if reached < *t {
+                let next = format!("{}.", catalog.name(last.timeline, newest + 1));
+                let streamed = catalog.timelines.get(&last.timeline).and_then(|w| {
+                    w.streamed_files
+                        .iter()
+                        .filter(|n| n.starts_with(&next))
+                        .max()
+                });
+                if let Some(name) = streamed {
+                    if let Ok(c) = repo.wal_manifest(name).await {
+                        reached = reached.max(c.pushed);
+                    }
+                }
+            }
+            if reached < *t {
                 return Err(Error::InvalidInput(format!(
                     "Target time {} is after the newest archived WAL: segment {newest_name} was archived \
                      at {}, and nothing after it follows base backup {} without a gap",
                     rfc3339(t),
-                    rfc3339(&m.pushed),
+                    rfc3339(&reached),
                     base.short_id()
                 )));
             }

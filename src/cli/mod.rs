@@ -7,12 +7,14 @@
 //! | this one | the command tree, global options, passphrases, exit codes |
 //! | `repo` | `init`, `snapshots`, `cat`, `index`, `key` |
 //! | `backup` | `backup` |
-//! | `wal` | `wal-push`, `wal-fetch`, `wal-agent`, `wal-receive`, `wal list`, `restore` |
+//! | `wal` | `wal-push`, `wal-fetch`, `wal-receive`, `wal list`, `restore` |
+//! | `agent` | `wal-agent`, and asking or starting the agent for `--async` |
 //! | `retention` | `forget`, `prune`, `du`, `locks`, `unlock` |
 //! | `verify` | `check`, `drill`, `status`, `metrics` |
 //! | `mount` | `mount` |
 //! | `args`, `output` | option value parsers; tables, JSON and progress bars |
 
+mod agent;
 mod args;
 mod backup;
 mod mount;
@@ -119,7 +121,7 @@ pub enum Command {
     WalReceive(wal::WalReceiveArgs),
     /// Serve wal-push --async and wal-fetch --async for one repository: started on
     /// demand by them, or run as a service (--idle 0s)
-    WalAgent(wal::WalAgentArgs),
+    WalAgent(agent::WalAgentArgs),
     /// Inspect the WAL archive
     Wal {
         #[command(subcommand)]
@@ -262,7 +264,7 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Metrics(a) => verify::metrics(g, a).await,
         Command::WalPush(a) => wal::push(g, a).await,
         Command::WalFetch(a) => wal::fetch(g, a).await,
-        Command::WalAgent(a) => wal::agent(g, a).await,
+        Command::WalAgent(a) => agent::run(g, a).await,
         Command::WalReceive(a) => wal::receive(g, a).await,
         Command::Wal {
             command: wal::WalCommand::List { json },

@@ -1188,3 +1188,73 @@ fn a_second_cluster_in_the_same_repository_is_named_and_its_base_is_not_recovere
     );
     assert!(!target.join("PG_VERSION").exists());
 }
+
+#[test]
+fn wal_receive_beside_archive_command_stores_each_segment_once_without_a_conflict() {
+    // The primary archives with wal-push and is streamed by wal-receive, into one
+    // repository: the same segments arrive twice, with the same bytes.
+    let (pg, mut v) = archiving_cluster();
+    v.use_pg(&pg);
+    let log = v.dir.path().join("wal-receive.log");
+    let mut receiver = v
+        .command(&[
+            "wal-receive",
+            "--create-slot",
+            "--partial-interval",
+            "1s",
+            "-v",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while pg.psql(
+        "postgres",
+        "SELECT count(*) FROM pg_replication_slots WHERE active",
+    ) != "1"
+    {
+        assert!(Instant::now() < deadline, "no active slot");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    pg.psql("postgres", "CREATE TABLE t (x int)");
+    let mut last = String::new();
+    for i in 0..4 {
+        pg.psql(
+            "postgres",
+            &format!(
+                "INSERT INTO t SELECT generate_series(1, {})",
+                1000 * (i + 1)
+            ),
+        );
+        last = switch_and_wait_archived(&pg);
+    }
+    // wal-receive has stored the last switched segment too.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !std::fs::read_to_string(&log)
+        .unwrap()
+        .contains(&format!("Stored streamed {last}"))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "wal-receive did not store {last}:\n{}",
+            std::fs::read_to_string(&log).unwrap()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(kill("-TERM", receiver.id()));
+    assert!(receiver.wait().unwrap().success());
+    let said = std::fs::read_to_string(&log).unwrap();
+    assert!(!said.contains("Cannot store"), "{said}");
+    let status = v.run(&["status", "--json"]).ok().json();
+    assert_eq!(
+        status["wal_archiving"]["failures_total"], 0,
+        "{status}\n{said}"
+    );
+    let list = v.run(&["wal", "list", "--json"]).ok().json();
+    assert_eq!(
+        list["timelines"][0]["gaps"].as_array().unwrap().len(),
+        0,
+        "{list}"
+    );
+}

@@ -54,12 +54,12 @@ PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); pr
 export PGHOST=$WORK/sock PGPORT=$PORT PGUSER=postgres
 psql_() { "$PGBIN/psql" -X -At -d postgres -c "$1"; }
 
-# pgBackRest: one stanza, zstd 3 and encryption as pgvault; a second config adds the
-# async archive-push/archive-get (spool, 4 processes, as pgvault's --jobs).
-write_conf() { # file async
+# pgBackRest: one stanza, zstd 3 and encryption as pgvault; async=y adds the async
+# archive-push/archive-get (spool, 4 processes, as pgvault's --jobs).
+write_conf() { # file async stanza repo pgdata
     cat > "$1" <<CONF
 [global]
-repo1-path=$WORK/pgbr
+repo1-path=$4
 repo1-cipher-type=aes-256-cbc
 repo1-cipher-pass=bench passphrase
 compress-type=zst
@@ -74,14 +74,14 @@ archive-get-queue-max=256MiB
 start-fast=y
 archive-check=n
 
-[bench]
-pg1-path=$WORK/pgdata
+[$3]
+pg1-path=$5
 pg1-port=$PORT
 pg1-socket-path=$WORK/sock
 CONF
 }
-write_conf "$WORK/pgbr.conf" n
-write_conf "$WORK/pgbr-async.conf" y
+write_conf "$WORK/pgbr.conf" n bench "$WORK/pgbr" "$WORK/pgdata"
+write_conf "$WORK/pgbr-async.conf" y bench "$WORK/pgbr" "$WORK/pgdata"
 [ "$(id -u)" -eq 0 ] && chown postgres "$WORK"/pgbr*.conf
 BR="pgbackrest --config=$WORK/pgbr.conf --stanza=bench"
 BR_ASYNC="pgbackrest --config=$WORK/pgbr-async.conf --stanza=bench"
@@ -266,26 +266,7 @@ lag() {
     rm -rf "$d" "$WORK/pvlag" "$WORK/pgbr-lag" "$WORK/cache" "$WORK/spool"/*
     as_pg "$PGBIN/initdb" -D "$d" -A trust -U postgres --no-sync >/dev/null
     as_pg env PGVAULT_REPO="$WORK/pvlag" $PV init >/dev/null
-    cat > "$WORK/pgbr-lag.conf" <<CONF
-[global]
-repo1-path=$WORK/pgbr-lag
-repo1-cipher-type=aes-256-cbc
-repo1-cipher-pass=bench passphrase
-compress-type=zst
-compress-level=3
-log-level-console=warn
-log-level-file=off
-lock-path=$WORK/pgbr-lock
-spool-path=$WORK/spool
-archive-async=y
-process-max=4
-archive-check=n
-
-[lag]
-pg1-path=$d
-pg1-port=$PORT
-pg1-socket-path=$WORK/sock
-CONF
+    write_conf "$WORK/pgbr-lag.conf" y lag "$WORK/pgbr-lag" "$d"
     [ "$(id -u)" -eq 0 ] && chown postgres "$WORK/pgbr-lag.conf" "$WORK/spool"
     case $mode in
         pgvault) cmd="PGVAULT_REPO=$WORK/pvlag $PV wal-push %p" ;;

@@ -907,20 +907,12 @@ fn a_target_after_a_promotion_is_reached_through_the_new_timeline() {
     assert_eq!(tags(&restored), "A,B,C");
 }
 
-#[test]
-fn wal_receive_loses_at_most_a_partial_interval_when_the_primary_dies() {
-    // A primary that archives nothing: its WAL reaches the repository only through
-    // wal-receive.
-    let pg = PgCluster::start_with(&[
-        "wal_level = replica",
-        "max_wal_senders = 4",
-        "max_replication_slots = 4",
-    ]);
-    let mut v = Vault::for_server(PgCluster::server_user());
-    v.use_pg(&pg);
-    pg.psql("postgres", "CREATE TABLE ticks (id int PRIMARY KEY)");
+/// Starts `wal-receive --create-slot --partial-interval 1s -v` for `pg` into `v`,
+/// logging to a file, and waits until its slot is active. Returns the process and
+/// its log.
+fn start_wal_receive(v: &Vault, pg: &PgCluster) -> (std::process::Child, std::path::PathBuf) {
     let log = v.dir.path().join("wal-receive.log");
-    let mut receiver = v
+    let receiver = v
         .command(&[
             "wal-receive",
             "--create-slot",
@@ -945,6 +937,22 @@ fn wal_receive_loses_at_most_a_partial_interval_when_the_primary_dies() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+    (receiver, log)
+}
+
+#[test]
+fn wal_receive_loses_at_most_a_partial_interval_when_the_primary_dies() {
+    // A primary that archives nothing: its WAL reaches the repository only through
+    // wal-receive.
+    let pg = PgCluster::start_with(&[
+        "wal_level = replica",
+        "max_wal_senders = 4",
+        "max_replication_slots = 4",
+    ]);
+    let mut v = Vault::for_server(PgCluster::server_user());
+    v.use_pg(&pg);
+    pg.psql("postgres", "CREATE TABLE ticks (id int PRIMARY KEY)");
+    let (mut receiver, log) = start_wal_receive(&v, &pg);
     v.run(&["backup", "--base"]).ok();
 
     // Commits, one at a time, each acknowledged before the next; then the primary
@@ -1195,28 +1203,7 @@ fn wal_receive_beside_archive_command_stores_each_segment_once_without_a_conflic
     // repository: the same segments arrive twice, with the same bytes.
     let (pg, mut v) = archiving_cluster();
     v.use_pg(&pg);
-    let log = v.dir.path().join("wal-receive.log");
-    let mut receiver = v
-        .command(&[
-            "wal-receive",
-            "--create-slot",
-            "--partial-interval",
-            "1s",
-            "-v",
-        ])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while pg.psql(
-        "postgres",
-        "SELECT count(*) FROM pg_replication_slots WHERE active",
-    ) != "1"
-    {
-        assert!(Instant::now() < deadline, "no active slot");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let (mut receiver, log) = start_wal_receive(&v, &pg);
     pg.psql("postgres", "CREATE TABLE t (x int)");
     let mut last = String::new();
     for i in 0..4 {

@@ -41,7 +41,7 @@ pub struct WalAgentArgs {
 /// that picks the store or its credentials (the settings restore_command carries,
 /// and the addressing), so two repositories never share an agent.
 pub(super) fn agent_identity(g: &GlobalArgs) -> Result<String> {
-    let mut id = agent_location_arg(g)?;
+    let mut id = super::location_arg(g)?;
     for name in AWS_SETTINGS {
         id.push('\n');
         id.push_str(&std::env::var(name).unwrap_or_default());
@@ -166,7 +166,7 @@ async fn start_agent(
         .env_remove("PGVAULT_PASSWORD")
         .env_remove("PGVAULT_PASSWORD_FILE")
         .arg("--repo")
-        .arg(agent_location_arg(g)?)
+        .arg(super::location_arg(g)?)
         .args(["wal-agent", "--passphrase-stdin"])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -222,15 +222,6 @@ async fn start_agent(
             "The WAL agent exited as it started; its log is {log_shown}"
         ))),
     }
-}
-
-pub(super) fn agent_location_arg(g: &GlobalArgs) -> Result<String> {
-    Ok(match super::location(g)? {
-        crate::backend::Location::Local(p) => {
-            std::path::absolute(&p).unwrap_or(p).display().to_string()
-        }
-        s3 => s3.to_string(),
-    })
 }
 
 /// The error an agent's reply carries (anything but success).

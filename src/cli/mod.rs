@@ -293,6 +293,18 @@ pub(crate) fn location(g: &GlobalArgs) -> Result<Location> {
     })
 }
 
+/// The repository's location as a command line for another process names it: a
+/// local directory made absolute (the other process may run elsewhere), an S3 URL
+/// as given.
+///
+/// Errors: as [`location`].
+pub(crate) fn location_arg(g: &GlobalArgs) -> Result<String> {
+    Ok(match location(g)? {
+        Location::Local(p) => std::path::absolute(&p).unwrap_or(p).display().to_string(),
+        s3 => s3.to_string(),
+    })
+}
+
 fn s3_options(g: &GlobalArgs) -> S3Options {
     S3Options {
         path_style: g.s3_path_style,

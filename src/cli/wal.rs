@@ -299,13 +299,7 @@ pub async fn list(g: &GlobalArgs, json_out: bool) -> Result<()> {
 fn restore_command(g: &GlobalArgs) -> Result<String> {
     let exe =
         std::env::current_exe().map_err(|e| Error::io("Cannot find the pgvault binary", e))?;
-    let repo = match g.repo.as_ref().expect("open_repo checked it") {
-        crate::backend::Location::Local(p) => std::path::absolute(p)
-            .unwrap_or_else(|_| p.clone())
-            .display()
-            .to_string(),
-        s3 => s3.to_string(),
-    };
+    let repo = super::location_arg(g)?;
     let mut cmd = String::new();
     if !matches!(g.repo, Some(crate::backend::Location::Local(_))) {
         cmd.push_str(&s3_settings_for_restore_command(g));

@@ -426,33 +426,28 @@ impl PgCluster {
     /// Stops the server as a crash would (`pg_ctl -m immediate`): nothing is flushed
     /// or archived on the way out.
     pub fn crash(&self) {
-        let out = self
-            .server_command("pg_ctl")
-            .arg("-D")
-            .arg(&self.data_dir)
-            .args(["-m", "immediate", "-w", "-t", "60", "stop"])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "pg_ctl stop -m immediate: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        self.stop_with("immediate", "60");
     }
 
     /// Stops the server cleanly (`pg_ctl -m fast`): the archiver archives what is
     /// ready before it exits, and pg_wal is at rest afterwards.
     pub fn stop_fast(&self) {
+        self.stop_with("fast", "120");
+    }
+
+    /// `pg_ctl stop -m <mode>`, waiting up to `timeout` seconds; panics with the
+    /// server's log when it fails.
+    fn stop_with(&self, mode: &str, timeout: &str) {
         let out = self
             .server_command("pg_ctl")
             .arg("-D")
             .arg(&self.data_dir)
-            .args(["-m", "fast", "-w", "-t", "120", "stop"])
+            .args(["-m", mode, "-w", "-t", timeout, "stop"])
             .output()
             .unwrap();
         assert!(
             out.status.success(),
-            "pg_ctl stop: {}\n{}",
+            "pg_ctl stop -m {mode}: {}\n{}",
             String::from_utf8_lossy(&out.stderr),
             self.log()
         );

@@ -86,6 +86,25 @@ pub struct S3Server {
     dir: tempfile::TempDir,
 }
 
+/// Free space where test servers keep their data. A volume server keeps 1% of the
+/// disk free and refuses every write below that, which shows only as "no volume
+/// server capacity" in its log.
+fn disk_space() -> String {
+    let tmp = std::env::temp_dir();
+    match nix::sys::statvfs::statvfs(&tmp) {
+        Ok(st) => {
+            let gib = |blocks: u64| (blocks * st.fragment_size()) as f64 / (1u64 << 30) as f64;
+            format!(
+                "{:.2} GiB free of {:.2} GiB on {}; weed writes nothing below 1% free",
+                gib(st.blocks_available()),
+                gib(st.blocks()),
+                tmp.display()
+            )
+        }
+        Err(e) => format!("free space on {} unknown: {e}", tmp.display()),
+    }
+}
+
 /// The `weed` binary.
 pub fn weed_bin() -> PathBuf {
     std::env::var_os("WEED_BIN")
@@ -106,7 +125,11 @@ impl S3Server {
                 Err(e) => errors.push(format!("{e}\n--- weed log ---\n{}", server.log())),
             }
         }
-        panic!("weed mini did not start:\n{}", errors.join("\n\n"));
+        panic!(
+            "weed mini did not start ({}):\n{}",
+            disk_space(),
+            errors.join("\n\n")
+        );
     }
 
     /// A directory, identity file, ports and client; no process yet.

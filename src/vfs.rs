@@ -29,7 +29,10 @@
 //! - The list of backup points is reloaded when a directory is looked up or listed and
 //!   the last reload is older than [`VfsOptions::refresh_after`]; a reload first lists
 //!   the snapshot ids, which is one cheap listing, and fetches only new manifests.
-//! - `/wal/` shows every archived WAL file, and a directory per timeline.
+//! - `/wal/<system>/` shows every WAL file archived for one database system, and a
+//!   directory per timeline; `/wal/` itself shows the same for the names that only
+//!   one system archived (all of them in a single-cluster repository), so that
+//!   `cp …/wal/%f %p` works there.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -40,7 +43,7 @@ use chrono::{DateTime, Datelike, SecondsFormat, Utc};
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::store::reader::{ChunkCache, FileReader};
-use crate::store::wal::WalManifest;
+use crate::store::wal::{SystemWalName, WalManifest};
 use crate::store::{Repository, SnapshotManifest};
 use crate::time::rfc3339;
 use crate::wal_name::WalFileKind;
@@ -171,11 +174,16 @@ enum Node {
     Data(String),
     /// The manifest.json of a snapshot.
     Manifest(String),
-    /// `wal/`: every archived WAL file by name (so `cp …/wal/%f %p` works), and a
-    /// directory per timeline.
+    /// `wal/`: the archived WAL files whose name only one system archived (so
+    /// `cp …/wal/%f %p` works), a directory per timeline, and one per system.
     Wal,
-    WalTimeline(u32),
-    WalFile(String),
+    /// `wal/<system>/`: one database system's archive.
+    WalSystem(u64),
+    /// A timeline's directory, in `wal/` or in a system's.
+    WalTimeline(Option<u64>, u32),
+    /// An archived file, of the system named (`None`: the only one holding the name,
+    /// found when its manifest is read).
+    WalFile(Option<u64>, String),
 }
 
 /// One backup point and its names in the tree.
@@ -297,6 +305,13 @@ impl Tree {
     }
 }
 
+/// The system identifier a `wal/` entry names, spelled as pgvault spells it.
+fn layout_system(name: &str) -> Option<u64> {
+    name.parse::<u64>()
+        .ok()
+        .filter(|s| *s != 0 && s.to_string() == name)
+}
+
 /// A node as a person would name it, for messages.
 fn describe(node: &Node) -> String {
     match node {
@@ -308,8 +323,11 @@ fn describe(node: &Node) -> String {
         Node::Manifest(id) => format!("The manifest.json of snapshot {id}"),
         Node::Point(_, id) => format!("The directory of snapshot {id}"),
         Node::Wal => "Directory wal".into(),
-        Node::WalTimeline(tl) => format!("Directory wal/{tl:08X}"),
-        Node::WalFile(name) => format!("WAL file {name}"),
+        Node::WalSystem(s) => format!("Directory wal/{s}"),
+        Node::WalTimeline(None, tl) => format!("Directory wal/{tl:08X}"),
+        Node::WalTimeline(Some(s), tl) => format!("Directory wal/{s}/{tl:08X}"),
+        Node::WalFile(None, name) => format!("WAL file {name}"),
+        Node::WalFile(Some(s), name) => format!("WAL file {name} of database system {s}"),
         other => format!("Node {other:?}"),
     }
 }
@@ -384,10 +402,11 @@ struct Inner {
     /// Every manifest seen while mounted, so that files already looked up stay
     /// readable (and their attributes stable) even if their snapshot goes away.
     known: Mutex<HashMap<String, Arc<SnapshotManifest>>>,
-    /// Archived WAL file names and their timelines, as of the last reload.
-    wal: RwLock<Arc<BTreeMap<String, u32>>>,
+    /// Archived WAL file names and the systems that archived each, as of the last
+    /// reload.
+    wal: RwLock<Arc<BTreeMap<String, BTreeSet<Option<u64>>>>>,
     /// WAL manifests fetched by lookups; archived files never change.
-    wal_manifests: Mutex<HashMap<String, Arc<WalManifest>>>,
+    wal_manifests: Mutex<HashMap<SystemWalName, Arc<WalManifest>>>,
     readers: Mutex<HashMap<String, Arc<FileReader>>>,
     inodes: Mutex<Inodes>,
     handles: Mutex<HashMap<u64, Arc<Handle>>>,
@@ -583,35 +602,54 @@ impl Vfs {
     }
 
     async fn reload_wal(&self) -> Result<()> {
-        let names = self.inner.repo.wal_names().await?;
+        let mut names: BTreeMap<String, BTreeSet<Option<u64>>> = BTreeMap::new();
+        for e in self.inner.repo.wal_entries().await? {
+            names.entry(e.name).or_default().insert(e.system);
+        }
         *self.inner.wal.write().expect("wal lock") = Arc::new(names);
         Ok(())
     }
 
-    fn wal(&self) -> Arc<BTreeMap<String, u32>> {
+    fn wal(&self) -> Arc<BTreeMap<String, BTreeSet<Option<u64>>>> {
         self.inner.wal.read().expect("wal lock").clone()
     }
 
+    /// The files `wal/` (`None`) or `wal/<system>/` shows: name, system and timeline.
+    fn wal_files(&self, scope: Option<u64>) -> Vec<(String, Option<u64>, u32)> {
+        self.wal()
+            .iter()
+            .filter_map(|(name, systems)| {
+                let system = match scope {
+                    Some(s) => systems.contains(&Some(s)).then_some(Some(s))?,
+                    None if systems.len() == 1 => *systems.first().expect("one"),
+                    None => return None,
+                };
+                let tl = WalFileKind::parse(name).ok()?.timeline();
+                Some((name.clone(), system, tl))
+            })
+            .collect()
+    }
+
     /// The manifest of an archived WAL file, fetched once.
-    async fn wal_manifest(&self, name: &str) -> Result<Arc<WalManifest>> {
-        if let Some(m) = self.cached_wal_manifest(name) {
+    async fn wal_manifest(&self, system: Option<u64>, name: &str) -> Result<Arc<WalManifest>> {
+        if let Some(m) = self.cached_wal_manifest(system, name) {
             return Ok(m);
         }
-        let m = Arc::new(self.inner.repo.wal_manifest(name).await?);
+        let m = Arc::new(self.inner.repo.wal_manifest(system, name).await?);
         self.inner
             .wal_manifests
             .lock()
             .expect("wal manifests lock")
-            .insert(name.to_string(), m.clone());
+            .insert((system, name.to_string()), m.clone());
         Ok(m)
     }
 
-    fn cached_wal_manifest(&self, name: &str) -> Option<Arc<WalManifest>> {
+    fn cached_wal_manifest(&self, system: Option<u64>, name: &str) -> Option<Arc<WalManifest>> {
         self.inner
             .wal_manifests
             .lock()
             .expect("wal manifests lock")
-            .get(name)
+            .get(&(system, name.to_string()))
             .cloned()
     }
 
@@ -763,10 +801,12 @@ impl Vfs {
                     ttl: LONG_TTL,
                 }
             }
-            Node::Wal | Node::WalTimeline(_) => dir_attr(ino, newest, SHORT_TTL),
-            Node::WalFile(name) => {
+            Node::Wal | Node::WalSystem(_) | Node::WalTimeline(..) => {
+                dir_attr(ino, newest, SHORT_TTL)
+            }
+            Node::WalFile(system, name) => {
                 let m = self
-                    .cached_wal_manifest(name)
+                    .cached_wal_manifest(*system, name)
                     .ok_or_else(|| not_found(format!("WAL file {name}")))?;
                 Attr {
                     ino,
@@ -818,21 +858,38 @@ impl Vfs {
                 v.push(("wal".into(), Node::Wal));
                 v
             }
-            Node::Wal => {
-                let wal = self.wal();
-                let timelines: BTreeSet<u32> = wal.values().copied().collect();
+            Node::Wal | Node::WalSystem(_) => {
+                let scope = match node {
+                    Node::WalSystem(s) => Some(*s),
+                    _ => None,
+                };
+                let files = self.wal_files(scope);
+                let timelines: BTreeSet<u32> = files.iter().map(|(_, _, tl)| *tl).collect();
                 let mut v: Vec<(String, Node)> = timelines
                     .into_iter()
-                    .map(|tl| (format!("{tl:08X}"), Node::WalTimeline(tl)))
+                    .map(|tl| (format!("{tl:08X}"), Node::WalTimeline(scope, tl)))
                     .collect();
-                v.extend(wal.keys().map(|n| (n.clone(), Node::WalFile(n.clone()))));
+                if scope.is_none() {
+                    let systems: BTreeSet<u64> =
+                        self.wal().values().flatten().flatten().copied().collect();
+                    v.extend(
+                        systems
+                            .into_iter()
+                            .map(|s| (s.to_string(), Node::WalSystem(s))),
+                    );
+                }
+                v.extend(
+                    files
+                        .into_iter()
+                        .map(|(n, s, _)| (n.clone(), Node::WalFile(s, n))),
+                );
                 v
             }
-            Node::WalTimeline(tl) => self
-                .wal()
-                .iter()
-                .filter(|(_, t)| *t == tl)
-                .map(|(n, _)| (n.clone(), Node::WalFile(n.clone())))
+            Node::WalTimeline(scope, tl) => self
+                .wal_files(*scope)
+                .into_iter()
+                .filter(|(_, _, t)| t == tl)
+                .map(|(n, s, _)| (n.clone(), Node::WalFile(s, n)))
                 .collect(),
             Node::ByDate => {
                 let years: BTreeSet<i32> = tree.by_date.keys().map(|k| k.0).collect();
@@ -911,7 +968,7 @@ impl Vfs {
             | Node::DbLatest(_)
             | Node::Data(_)
             | Node::Manifest(_)
-            | Node::WalFile(_) => {
+            | Node::WalFile(..) => {
                 return Err(Error::InvalidInput(format!(
                     "{} is not a directory",
                     describe(node)
@@ -928,7 +985,8 @@ impl Vfs {
             Node::Day(y, m, _) => Node::Month(*y, *m),
             Node::Db(_) => Node::ByDb,
             Node::AtTime(_) => Node::At,
-            Node::WalTimeline(_) => Node::Wal,
+            Node::WalSystem(_) | Node::WalTimeline(None, _) => Node::Wal,
+            Node::WalTimeline(Some(s), _) => Node::WalSystem(*s),
             Node::Point(View::Snapshots, _) => Node::Snapshots,
             Node::Point(View::ByDate, id) => match self.snapshot_of(tree, id) {
                 Ok(m) => Node::Day(m.time.year(), m.time.month(), m.time.day()),
@@ -969,12 +1027,33 @@ impl Vfs {
             // store did not answer. The manifest is the definitive answer: not there
             // is ENOENT, a store that cannot say is EIO, never a stale ENOENT that a
             // restore_command would take for the end of the archive.
-            Node::Wal | Node::WalTimeline(_) if WalFileKind::parse(name).is_ok() => {
+            Node::Wal | Node::WalSystem(_) | Node::WalTimeline(..)
+                if WalFileKind::parse(name).is_ok() =>
+            {
                 let timeline = WalFileKind::parse(name)?.timeline();
-                if matches!(parent_node, Node::WalTimeline(t) if t != timeline) {
-                    return Err(not_found(format!("WAL file {name} on this timeline")));
-                }
-                Node::WalFile(name.to_string())
+                let scope = match parent_node {
+                    Node::WalSystem(s) => Some(s),
+                    Node::WalTimeline(_, t) if t != timeline => {
+                        return Err(not_found(format!("WAL file {name} on this timeline")))
+                    }
+                    Node::WalTimeline(s, _) => s,
+                    _ => None,
+                };
+                // In `wal/`, the system the listing names, else the one the
+                // manifest read finds (which refuses a name several archived).
+                let system = scope.or_else(|| {
+                    self.wal()
+                        .get(name)
+                        .filter(|s| s.len() == 1)
+                        .and_then(|s| *s.first().expect("one"))
+                });
+                Node::WalFile(system, name.to_string())
+            }
+            // Any system's directory exists, empty or not: a restore_command reading
+            // `wal/<system>/%f` must get the manifest's answer, never a stale ENOENT
+            // from a listing made before the system's first file was archived.
+            Node::Wal if layout_system(name).is_some() => {
+                Node::WalSystem(layout_system(name).expect("checked"))
             }
             _ => {
                 let find = |tree: &Tree| -> Result<Option<Node>> {
@@ -996,8 +1075,8 @@ impl Vfs {
                 }
             }
         };
-        if let Node::WalFile(name) = &child {
-            self.wal_manifest(name).await?;
+        if let Node::WalFile(system, name) = &child {
+            self.wal_manifest(*system, name).await?;
         }
         let ino = self.ino(child.clone());
         let attr = self.attr_of(&tree, &child, ino)?;
@@ -1045,7 +1124,7 @@ impl Vfs {
         for (name, child) in children {
             let kind = match child {
                 Node::Latest | Node::DbLatest(_) => NodeKind::Symlink,
-                Node::Data(_) | Node::Manifest(_) | Node::WalFile(_) => NodeKind::File,
+                Node::Data(_) | Node::Manifest(_) | Node::WalFile(..) => NodeKind::File,
                 _ => NodeKind::Dir,
             };
             out.push(DirEntry {
@@ -1094,9 +1173,9 @@ impl Vfs {
             Node::Manifest(id) => Content::Bytes(Arc::new(manifest_json(
                 self.snapshot_of(&tree, id)?.as_ref(),
             ))),
-            Node::WalFile(name) => {
+            Node::WalFile(system, name) => {
                 let m = self
-                    .cached_wal_manifest(name)
+                    .cached_wal_manifest(*system, name)
                     .ok_or_else(|| not_found(format!("WAL file {name}")))?;
                 Content::Data(Arc::new(FileReader::for_chunks(
                     self.inner.repo.clone(),

@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 use common::mount::Mount;
 use common::pg::PgCluster;
 use common::s3::S3Server;
-use common::vault::{archiving_async_cluster, archiving_cluster, switch_and_wait_archived, Vault};
+use common::vault::{
+    archiving_async_cluster, archiving_beside, archiving_cluster, switch_and_wait_archived, Vault,
+};
 
 fn server_time(pg: &PgCluster) -> String {
     pg.psql(
@@ -65,7 +67,7 @@ fn point_in_time_recovery_from_a_base_backup_and_archived_wal() {
 
     // The listing shows one timeline without gaps, and the base backup's .backup file.
     let list = v.run(&["wal", "list", "--json"]).ok().json();
-    let tl = &list["timelines"][0];
+    let tl = &list["systems"][0]["timelines"][0];
     assert_eq!(tl["timeline"], 1);
     assert_eq!(tl["gaps"].as_array().unwrap().len(), 0, "{list}");
     assert_eq!(tl["backup_files"].as_array().unwrap().len(), 1, "{list}");
@@ -194,7 +196,8 @@ fn wal_push_and_fetch_keep_postgresql_s_contracts() {
     let spooled: Vec<_> = std::fs::read_dir(&v.cache)
         .unwrap()
         .flatten()
-        .map(|d| d.path().join("wal-spool/000000010000000000000008"))
+        // One spool per cluster: this made-up WAL names none.
+        .map(|d| d.path().join("wal-spool/unknown/000000010000000000000008"))
         .filter(|p| p.exists())
         .collect();
     assert_eq!(spooled.len(), 1, "segment 8 should have been prefetched");
@@ -298,7 +301,7 @@ fn wal_retention_follows_the_surviving_base_backups_and_prune_keeps_wal_chunks()
     pg.footdash_day("footdash", 3);
     let last = switch_and_wait_archived(&pg);
     let before = v.run(&["wal", "list", "--json"]).ok().json();
-    let first_before = before["timelines"][0]["ranges"][0]["first"]
+    let first_before = before["systems"][0]["timelines"][0]["ranges"][0]["first"]
         .as_str()
         .unwrap()
         .to_string();
@@ -339,7 +342,7 @@ fn wal_retention_follows_the_surviving_base_backups_and_prune_keeps_wal_chunks()
     // What remains starts where the surviving base backup starts, and nothing it
     // needs lost its chunks.
     let after = v.run(&["wal", "list", "--json"]).ok().json();
-    let first_after = after["timelines"][0]["ranges"][0]["first"]
+    let first_after = after["systems"][0]["timelines"][0]["ranges"][0]["first"]
         .as_str()
         .unwrap()
         .to_string();
@@ -351,7 +354,9 @@ fn wal_retention_follows_the_surviving_base_backups_and_prune_keeps_wal_chunks()
     );
     assert!(first_after <= start_seg, "{first_after} > {start_seg}");
     assert_eq!(
-        after["timelines"][0]["ranges"][0]["last"].as_str().unwrap(),
+        after["systems"][0]["timelines"][0]["ranges"][0]["last"]
+            .as_str()
+            .unwrap(),
         last
     );
     v.run(&["check", "--read-data"]).ok();
@@ -688,7 +693,7 @@ fn async_archiving_under_pgbench_loses_nothing_when_its_agent_is_killed() {
         );
     }
     let list = v.run(&["wal", "list", "--json"]).ok().json();
-    let tl = &list["timelines"][0];
+    let tl = &list["systems"][0]["timelines"][0];
     assert_eq!(tl["gaps"].as_array().unwrap().len(), 0, "{list}");
     assert!(
         tl["ranges"][0]["last"].as_str().unwrap() >= last.as_str(),
@@ -733,7 +738,7 @@ fn the_wal_agent_keeps_the_push_and_fetch_contracts() {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let list = v.run(&["wal", "list", "--json"]).ok().json();
-        if list["timelines"][0]["segments"] == 4 {
+        if list["systems"][0]["timelines"][0]["segments"] == 4 {
             break;
         }
         assert!(Instant::now() < deadline, "not pushed ahead: {list}");
@@ -793,8 +798,14 @@ fn the_wal_agent_keeps_the_push_and_fetch_contracts() {
         started.elapsed()
     );
 
-    // A killed agent is replaced by the next call.
+    // A killed agent is replaced by the next call (once it is gone: a call that
+    // connects while it dies fails, and archive_command would retry).
     assert!(kill("-KILL", agent));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while common::vault::alive(agent) {
+        assert!(Instant::now() < deadline, "agent {agent} stayed");
+        std::thread::sleep(Duration::from_millis(50));
+    }
     std::fs::write(pg_wal.join(name(5)), segment(5)).unwrap();
     v.run(&["wal-push", "--async", &path(5)]).ok();
     let replaced = v.agent_pid().expect("a new agent");
@@ -883,8 +894,11 @@ fn a_target_after_a_promotion_is_reached_through_the_new_timeline() {
     promoted.psql("footdash", "INSERT INTO marks VALUES ('C')");
     switch_and_wait_archived(&promoted);
     let list = v.run(&["wal", "list", "--json"]).ok().json();
-    assert_eq!(list["timelines"][1]["timeline"], 2, "{list}");
-    assert_eq!(list["timelines"][1]["history_file"], true, "{list}");
+    assert_eq!(list["systems"][0]["timelines"][1]["timeline"], 2, "{list}");
+    assert_eq!(
+        list["systems"][0]["timelines"][1]["history_file"], true,
+        "{list}"
+    );
 
     // From the base backup of timeline 1, across the switch, to a time on timeline 2.
     let populate = |dir: &Path| {
@@ -910,6 +924,25 @@ fn a_target_after_a_promotion_is_reached_through_the_new_timeline() {
 /// Starts `wal-receive --create-slot --partial-interval 1s -v` for `pg` into `v`,
 /// logging to a file, and waits until its slot is active. Returns the process and
 /// its log.
+/// Waits until the wal-receive logging to `log` has stored `segment`, then stops it
+/// (SIGTERM) and checks that it left cleanly.
+fn stop_wal_receive_once_stored(mut receiver: std::process::Child, log: &Path, segment: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !std::fs::read_to_string(log)
+        .unwrap()
+        .contains(&format!("Stored streamed {segment}"))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "wal-receive did not store {segment}:\n{}",
+            std::fs::read_to_string(log).unwrap()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(kill("-TERM", receiver.id()));
+    assert!(receiver.wait().unwrap().success());
+}
+
 fn start_wal_receive(v: &Vault, pg: &PgCluster) -> (std::process::Child, std::path::PathBuf) {
     let log = v.dir.path().join("wal-receive.log");
     let receiver = v
@@ -984,7 +1017,7 @@ fn wal_receive_loses_at_most_a_partial_interval_when_the_primary_dies() {
     // One copy stays: of the segment being written; the copies that newer ones or
     // the completed segments superseded are gone.
     assert_eq!(
-        list["timelines"][0]["streamed_files"]
+        list["systems"][0]["timelines"][0]["streamed_files"]
             .as_array()
             .unwrap()
             .len(),
@@ -1009,7 +1042,10 @@ fn wal_receive_loses_at_most_a_partial_interval_when_the_primary_dies() {
     );
     let metrics = v.run(&["metrics"]).ok().out();
     assert!(
-        metrics.contains("pgvault_wal_newest_stored_timestamp_seconds{timeline=\"00000001\"}"),
+        metrics.contains(&format!(
+            "pgvault_wal_newest_stored_timestamp_seconds{{system=\"{}\",timeline=\"00000001\"}}",
+            w["system_identifier"].as_str().unwrap()
+        )),
         "{metrics}"
     );
 
@@ -1144,57 +1180,160 @@ fn base_backups_and_dumps_taken_from_a_hot_standby_restore_with_the_primary_s_ar
 }
 
 #[test]
-fn a_second_cluster_in_the_same_repository_is_named_and_its_base_is_not_recovered_with_foreign_wal()
-{
+fn two_clusters_archive_into_one_repository_and_each_is_restored_to_a_time() {
     let (a, mut v) = archiving_cluster();
-    switch_and_wait_archived(&a);
-    switch_and_wait_archived(&a);
+    // A second cluster archives into the same repository: its first segments have
+    // the names cluster A archives too.
+    let b = archiving_beside(&v);
     let sysid = |pg: &PgCluster| {
         pg.psql(
             "postgres",
             "SELECT system_identifier FROM pg_control_system()",
         )
     };
-    // Another cluster, its WAL pushed into the same repository by hand: its first
-    // segments have the names cluster A archived already.
-    let b = PgCluster::start_with(&["wal_level = replica", "max_wal_senders = 4"]);
-    let seg = b.psql("postgres", "SELECT pg_walfile_name(pg_current_wal_lsn())");
-    let path = b.data_dir().join("pg_wal").join(&seg);
-    let e = v.run(&["wal-push", path.to_str().unwrap()]).fails();
-    assert!(
-        e.contains(&seg)
-            && e.contains(&sysid(&a))
-            && e.contains(&sysid(&b))
-            && e.contains("its own repository"),
-        "{e}"
+    let (sys_a, sys_b) = (sysid(&a), sysid(&b));
+    assert_ne!(sys_a, sys_b);
+    let mut targets = Vec::new();
+    let mut bases = Vec::new();
+    for (pg, tag) in [(&a, "A"), (&b, "B")] {
+        v.use_pg(pg);
+        pg.create_footdash("footdash", 1);
+        pg.psql("footdash", "CREATE TABLE marks (tag text)");
+        bases.push(v.run(&["backup", "--base", "--json"]).ok().json());
+        pg.psql("footdash", &format!("INSERT INTO marks VALUES ('{tag}1')"));
+        std::thread::sleep(Duration::from_millis(1100));
+        targets.push(server_time(pg));
+        std::thread::sleep(Duration::from_millis(1100));
+        pg.psql("footdash", &format!("INSERT INTO marks VALUES ('{tag}2')"));
+        switch_and_wait_archived(pg);
+    }
+    for pg in [&a, &b] {
+        assert_eq!(
+            pg.psql("postgres", "SELECT failed_count FROM pg_stat_archiver"),
+            "0",
+            "{}",
+            pg.log()
+        );
+    }
+    // Both base backups are of their own systems, and the archive lists each
+    // system's WAL apart, the same names in both.
+    assert_eq!(bases[0]["base"]["system_identifier"], sys_a.as_str());
+    assert_eq!(bases[1]["base"]["system_identifier"], sys_b.as_str());
+    let list = v.run(&["wal", "list", "--json"]).ok().json();
+    let systems: Vec<&str> = list["systems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["system_identifier"].as_str().unwrap())
+        .collect();
+    let mut expected = vec![sys_a.as_str(), sys_b.as_str()];
+    expected.sort();
+    assert_eq!(systems, expected, "{list}");
+    let first = |i: usize| list["systems"][i]["timelines"][0]["ranges"][0]["first"].clone();
+    assert_eq!(
+        first(0),
+        first(1),
+        "both archived the same first name: {list}"
     );
 
-    // A base backup of cluster B, planned against cluster A's WAL: refused before
-    // anything is written.
-    v.use_pg(&b);
-    let base = v.run(&["backup", "--base", "--json"]).ok().json();
-    // Cluster A's archive covers the names B's base backup needs.
-    a.psql("postgres", "CREATE TABLE filler (x int)");
-    for _ in 0..4 {
-        a.psql("postgres", "INSERT INTO filler VALUES (1)");
-        switch_and_wait_archived(&a);
-    }
-    let target = v.dir.path().join("restore-b");
+    // Which cluster to restore must be said: the newest base is no answer.
+    let target = v.dir.path().join("restore-any");
     let e = v
-        .run(&[
-            "restore",
-            "--pgdata",
-            target.to_str().unwrap(),
-            "--latest",
-            "--base",
-            base["snapshot_id"].as_str().unwrap(),
-        ])
+        .run(&["restore", "--pgdata", target.to_str().unwrap(), "--latest"])
         .fails();
     assert!(
-        e.contains("database system") && e.contains(&sysid(&b)),
+        e.contains("2 database systems") && e.contains(&sys_a) && e.contains(&sys_b),
         "{e}"
     );
-    assert!(!target.join("PG_VERSION").exists());
+    assert!(!target.exists());
+
+    // Each to its own target: chosen by system, or by base backup.
+    let base_b = bases[1]["snapshot_id"].as_str().unwrap();
+    let choices = [["--system-id", sys_a.as_str()], ["--base", base_b]];
+    for (i, (source, tag)) in [(&a, "A1"), (&b, "B1")].into_iter().enumerate() {
+        let mut args = vec!["--target-time", targets[i].as_str()];
+        args.extend(choices[i]);
+        let restored = restore_and_start(&v, &args);
+        assert_eq!(tags(&restored), tag);
+        assert_eq!(sysid(&restored), sysid(source));
+        let (mut got, mut want) = (
+            restored.row_counts("footdash"),
+            source.row_counts("footdash"),
+        );
+        got.remove("marks");
+        want.remove("marks");
+        assert_eq!(got, want);
+    }
+
+    // The mount shows each system's WAL in its own directory; a name both
+    // archived is in neither's place at the top.
+    let name = first(0).as_str().unwrap().to_string();
+    // Mounted by root: FUSE needs /dev/fuse.
+    let server_user = v.run_as.take();
+    let mnt = Mount::start(&v, &v.dir.path().join("mnt"), &[]);
+    let from_a = std::fs::read(mnt.join(&format!("wal/{sys_a}/{name}"))).unwrap();
+    let from_b = std::fs::read(mnt.join(&format!("wal/{sys_b}/{name}"))).unwrap();
+    assert_ne!(from_a, from_b);
+    assert_eq!(
+        &from_a[24..32],
+        &sys_a.parse::<u64>().unwrap().to_le_bytes()
+    );
+    assert!(!mnt.join(&format!("wal/{name}")).exists());
+    drop(mnt);
+
+    // A restore_command without --system-id finds the system in pg_control (run
+    // by root here, who owns the copy).
+    let dest = v.dir.path().join("fetch");
+    std::fs::create_dir_all(dest.join("pg_wal")).unwrap();
+    std::fs::create_dir_all(dest.join("global")).unwrap();
+    std::fs::copy(
+        b.data_dir().join("global/pg_control"),
+        dest.join("global/pg_control"),
+    )
+    .unwrap();
+    let got = dest.join("pg_wal/RECOVERYXLOG");
+    v.run(&["wal-fetch", &name, got.to_str().unwrap()]).ok();
+    assert_eq!(std::fs::read(&got).unwrap(), from_b);
+    let e = v
+        .run(&["wal-fetch", &name, dest.join("elsewhere").to_str().unwrap()])
+        .fails();
+    assert!(e.contains("--system-id"), "{e}");
+    v.run_as = server_user;
+
+    // Retention keeps each cluster apart, though both base backups carry the label
+    // "cluster": a new base backup of A lets A's older one and the WAL before the
+    // new one go, while B's only base backup and all its WAL stay.
+    v.use_pg(&a);
+    v.run(&["backup", "--base"]).ok();
+    switch_and_wait_archived(&a);
+    let out = v.run(&["forget", "--keep-last", "1", "--json"]).ok().json();
+    assert_eq!(out["removed"], 1, "{out}");
+    assert!(out["wal_files_removed"].as_u64().unwrap() > 0, "{out}");
+    // Each system's WAL now starts where its oldest surviving base backup does.
+    let after = v.run(&["wal", "list", "--json"]).ok().json();
+    for s in after["systems"].as_array().unwrap() {
+        let tl = &s["timelines"][0];
+        let first = tl["ranges"][0]["first"].as_str().unwrap();
+        let backup_files = tl["backup_files"].as_array().unwrap();
+        assert_eq!(backup_files.len(), 1, "{after}");
+        assert_eq!(first, &backup_files[0].as_str().unwrap()[..24], "{after}");
+        if s["system_identifier"] == sys_b.as_str() {
+            let before = list["systems"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|s| s["system_identifier"] == sys_b.as_str())
+                .unwrap();
+            assert_eq!(
+                tl["ranges"][0]["last"], before["timelines"][0]["ranges"][0]["last"],
+                "{after}"
+            );
+        } else {
+            assert!(first > name.as_str(), "{after}");
+        }
+    }
+    let latest_b = restore_and_start(&v, &["--latest", "--system-id", &sys_b]);
+    assert_eq!(tags(&latest_b), "B1,B2");
 }
 
 #[test]
@@ -1203,7 +1342,7 @@ fn wal_receive_beside_archive_command_stores_each_segment_once_without_a_conflic
     // repository: the same segments arrive twice, with the same bytes.
     let (pg, mut v) = archiving_cluster();
     v.use_pg(&pg);
-    let (mut receiver, log) = start_wal_receive(&v, &pg);
+    let (receiver, log) = start_wal_receive(&v, &pg);
     pg.psql("postgres", "CREATE TABLE t (x int)");
     let mut last = String::new();
     for i in 0..4 {
@@ -1217,20 +1356,7 @@ fn wal_receive_beside_archive_command_stores_each_segment_once_without_a_conflic
         last = switch_and_wait_archived(&pg);
     }
     // wal-receive has stored the last switched segment too.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !std::fs::read_to_string(&log)
-        .unwrap()
-        .contains(&format!("Stored streamed {last}"))
-    {
-        assert!(
-            Instant::now() < deadline,
-            "wal-receive did not store {last}:\n{}",
-            std::fs::read_to_string(&log).unwrap()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    assert!(kill("-TERM", receiver.id()));
-    assert!(receiver.wait().unwrap().success());
+    stop_wal_receive_once_stored(receiver, &log, &last);
     let said = std::fs::read_to_string(&log).unwrap();
     assert!(!said.contains("Cannot store"), "{said}");
     let status = v.run(&["status", "--json"]).ok().json();
@@ -1238,10 +1364,92 @@ fn wal_receive_beside_archive_command_stores_each_segment_once_without_a_conflic
         status["wal_archiving"]["failures_total"], 0,
         "{status}\n{said}"
     );
+    // The receiver reported its slot: how much WAL it makes the primary keep.
+    let r = &status["wal_receivers"][0];
+    assert_eq!(r["slot"], "pgvault", "{status}");
+    assert!(r["error"].is_null(), "{status}");
+    let retained = r["slot_retained_bytes"].as_u64().expect("a number");
+    let (from, to) = (
+        r["slot_restart_lsn"].as_str().unwrap(),
+        r["server_lsn"].as_str().unwrap(),
+    );
+    assert_eq!(
+        pg.psql(
+            "postgres",
+            &format!("SELECT pg_wal_lsn_diff('{to}', '{from}')::bigint")
+        ),
+        retained.to_string(),
+        "{status}"
+    );
+    // A slot only moves forward: the one reported is at or behind the slot now.
+    let reported = r["slot_restart_lsn"].as_str().unwrap();
+    assert_eq!(
+        pg.psql(
+            "postgres",
+            &format!(
+                "SELECT pg_wal_lsn_diff(restart_lsn, '{reported}') >= 0 \
+                 FROM pg_replication_slots WHERE slot_name = 'pgvault'"
+            ),
+        ),
+        "t"
+    );
+    assert!(r["age_seconds"].as_f64().unwrap() < 120.0, "{status}");
+    let metrics = v.run(&["metrics"]).ok().out();
+    assert!(
+        metrics.contains(&format!(
+            "pgvault_wal_receive_slot_retained_bytes{{host=\"{}\",slot=\"pgvault\"}} {retained}",
+            r["hostname"].as_str().unwrap()
+        )),
+        "{metrics}"
+    );
     let list = v.run(&["wal", "list", "--json"]).ok().json();
     assert_eq!(
-        list["timelines"][0]["gaps"].as_array().unwrap().len(),
+        list["systems"][0]["timelines"][0]["gaps"]
+            .as_array()
+            .unwrap()
+            .len(),
         0,
         "{list}"
     );
+    // A run that stops leaves a copy of the segment being written.
+    let copies_of = |list: &serde_json::Value, seg: &str| -> usize {
+        list["systems"][0]["timelines"][0]["streamed_files"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|f| f.as_str().unwrap().starts_with(seg))
+            .count()
+    };
+    let (mut receiver, _) = start_wal_receive(&v, &pg);
+    pg.psql("postgres", "INSERT INTO t VALUES (1)");
+    // After the row: on a segment boundary pg_walfile_name names the segment before.
+    let current = pg.psql(
+        "postgres",
+        "SELECT pg_walfile_name(pg_current_wal_insert_lsn())",
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(kill("-TERM", receiver.id()));
+    assert!(receiver.wait().unwrap().success());
+    let list = v.run(&["wal", "list", "--json"]).ok().json();
+    assert!(copies_of(&list, &current) > 0, "{current}: {list}");
+
+    // A second run, after a change of options left WAL in another spool: it warns
+    // of that spool, and once it stores the segment the first run left a copy of,
+    // the copy goes.
+    let stale = v.cache.join("receive").join("0123456789abcdef");
+    std::fs::create_dir_all(&stale).unwrap();
+    std::fs::write(stale.join("000000010000000000000001"), b"x").unwrap();
+    if let Some((uid, gid)) = v.run_as {
+        std::os::unix::fs::chown(&stale, Some(uid), Some(gid)).unwrap();
+    }
+    let (receiver, log) = start_wal_receive(&v, &pg);
+    switch_and_wait_archived(&pg);
+    stop_wal_receive_once_stored(receiver, &log, &current);
+    let said = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        said.contains(&format!("Spool {}", stale.display())) && said.contains("holds 1 WAL files"),
+        "{said}"
+    );
+    let list = v.run(&["wal", "list", "--json"]).ok().json();
+    assert_eq!(copies_of(&list, &current), 0, "{list}");
 }

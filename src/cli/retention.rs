@@ -326,6 +326,7 @@ fn forget_json(out: &ForgetOutcome, dry_run: bool) -> Value {
             json!({
                 "db": g.db,
                 "kind": g.kind.as_str(),
+                "system_identifier": g.system.map(|s| s.to_string()),
                 "keep": g.decisions.iter().filter(|d| d.keep()).map(entry).collect::<Vec<_>>(),
                 "remove": g.decisions.iter().filter(|d| !d.keep()).map(entry).collect::<Vec<_>>(),
             })
@@ -349,8 +350,9 @@ fn print_forget(out: &ForgetOutcome, dry_run: bool) {
     println!("Policy: {}", plan.policy.describe());
     for g in &plan.groups {
         let keep = g.decisions.iter().filter(|d| d.keep()).count();
+        let of = g.system.map_or(String::new(), |s| format!(", system {s}"));
         println!(
-            "{} ({}): keep {keep}, remove {}",
+            "{} ({}{of}): keep {keep}, remove {}",
             g.db,
             g.kind,
             g.decisions.len() - keep

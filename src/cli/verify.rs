@@ -294,15 +294,19 @@ fn print_status(r: &StatusReport) {
         }
     }
     for w in &r.wal {
+        let of = w
+            .system_identifier
+            .as_ref()
+            .map_or(String::new(), |s| format!(" of system {s}"));
         match (&w.newest_segment, &w.newest_archived) {
             (Some(seg), Some(t)) => println!(
-                "WAL timeline {}: {} segments, newest {seg} archived {} ({} ago)",
+                "WAL{of} timeline {}: {} segments, newest {seg} archived {} ({} ago)",
                 w.timeline,
                 w.segments,
                 rfc3339(t),
                 human_age(w.lag_seconds.unwrap_or(0.0))
             ),
-            _ => println!("WAL timeline {}: no segments", w.timeline),
+            _ => println!("WAL{of} timeline {}: no segments", w.timeline),
         }
         if let (Some(name), Some(t)) = (&w.newest_streamed, &w.newest_streamed_at) {
             println!(
@@ -311,6 +315,25 @@ fn print_status(r: &StatusReport) {
                 human_age(w.rpo_seconds.unwrap_or(0.0))
             );
         }
+    }
+    for w in &r.wal_receivers {
+        let rep = &w.report;
+        let lag = match (rep.slot_retained_bytes, &rep.error) {
+            (Some(b), _) => format!("keeps {} of WAL on the server", HumanBytes(b)),
+            (None, Some(e)) => format!("slot unreadable: {e}"),
+            (None, None) => "slot lag unknown".to_string(),
+        };
+        println!(
+            "wal-receive on {} (slot {}): {lag}; reported {} ago{}",
+            rep.hostname,
+            rep.slot,
+            human_age(w.age_seconds),
+            if w.age_seconds > 300.0 {
+                " - NOT RUNNING? its slot keeps WAL on the server until it is dropped"
+            } else {
+                ""
+            }
+        );
     }
     let a = &r.wal_archiving;
     if let Some(f) = &a.last_failure {

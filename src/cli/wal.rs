@@ -29,6 +29,10 @@ pub struct WalPushArgs {
     /// ready ahead, several at once. Still exits 0 only once this file is durable
     #[arg(long = "async")]
     pub asynchronous: bool,
+    /// The cluster's system identifier (pg_controldata prints it), for a .history or
+    /// .backup file outside the data directory's pg_wal; segments name their own
+    #[arg(long, value_name = "ID", value_parser = parse_system_id)]
+    pub system_id: Option<u64>,
 }
 
 /// `pgvault wal-receive`.
@@ -83,6 +87,11 @@ pub struct WalFetchArgs {
     /// memory; the exit codes stay the same
     #[arg(long = "async")]
     pub asynchronous: bool,
+    /// The cluster whose WAL to fetch, by system identifier (`restore` writes it);
+    /// default: the cluster whose pg_wal the destination is in, else the only one
+    /// that archived the name
+    #[arg(long, value_name = "ID", value_parser = parse_system_id)]
+    pub system_id: Option<u64>,
 }
 
 /// `pgvault wal ...`.
@@ -120,10 +129,24 @@ pub struct RestoreArgs {
     /// Use this base backup (id or prefix) instead of the newest that fits
     #[arg(long, value_name = "ID")]
     pub base: Option<String>,
+    /// Only base backups of this cluster, by system identifier (pg_controldata
+    /// prints it): needed when several clusters back up into the repository
+    #[arg(long, value_name = "ID", value_parser = parse_system_id)]
+    pub system_id: Option<u64>,
 }
 
 fn parse_lsn(s: &str) -> std::result::Result<Lsn, String> {
     Lsn::parse(s).map_err(|e| e.to_string())
+}
+
+/// A system identifier as pg_controldata prints it: a non-zero decimal number.
+fn parse_system_id(s: &str) -> std::result::Result<u64, String> {
+    match s.parse::<u64>() {
+        Ok(id) if id != 0 => Ok(id),
+        _ => Err(format!(
+            "'{s}' is no system identifier: pg_controldata prints it as a decimal number"
+        )),
+    }
 }
 
 /// `wal-push`: exit 0 only once the file is durably archived.
@@ -138,6 +161,7 @@ pub async fn push(g: &GlobalArgs, a: &WalPushArgs) -> Result<()> {
         let request = Request::Push {
             path,
             lock_wait_secs: a.lock_wait.as_secs(),
+            system: a.system_id,
         };
         let deadline = a.lock_wait + g.io_timeout.call() * 4;
         match super::agent::ask_agent(g, &request, deadline)
@@ -157,7 +181,7 @@ pub async fn push(g: &GlobalArgs, a: &WalPushArgs) -> Result<()> {
             None => {}
         }
     }
-    match crate::ops::wal::push(&super::access(g)?, &a.path, a.lock_wait).await? {
+    match crate::ops::wal::push(&super::access(g)?, &a.path, a.system_id, a.lock_wait).await? {
         WalPushOutcome::Stored => tracing::info!("Archived {name}"),
         WalPushOutcome::AlreadyArchived => {
             tracing::info!("{name} was archived already with the same content")
@@ -172,13 +196,23 @@ pub async fn push(g: &GlobalArgs, a: &WalPushArgs) -> Result<()> {
 /// is unknown.
 pub async fn fetch(g: &GlobalArgs, a: &WalFetchArgs) -> Result<()> {
     if let Some(mount) = &a.from_mount {
-        return crate::ops::wal::fetch_from_mount(mount, &a.name, &a.dest, g.io_timeout.call());
+        return crate::ops::wal::fetch_from_mount(
+            mount,
+            a.system_id,
+            &a.name,
+            &a.dest,
+            g.io_timeout.call(),
+        );
     }
+    let system = a
+        .system_id
+        .or_else(|| crate::pg::system_identifier_beside_wal(&a.dest));
     if a.asynchronous {
         WalFileKind::parse(&a.name)?;
         let request = Request::Fetch {
             name: a.name.clone(),
             prefetch: a.prefetch,
+            system,
         };
         // The agent's own fetch is bounded by the store's deadlines; this bounds an
         // agent that hangs, so that recovery stops rather than waits forever.
@@ -198,7 +232,7 @@ pub async fn fetch(g: &GlobalArgs, a: &WalFetchArgs) -> Result<()> {
     let repo = open_repo(g)
         .await
         .map_err(crate::ops::wal::open_error_for_fetch)?;
-    crate::ops::wal::fetch(&repo, &a.name, &a.dest, usize::from(a.prefetch)).await
+    crate::ops::wal::fetch(&repo, system, &a.name, &a.dest, usize::from(a.prefetch)).await
 }
 
 /// `wal-fetch`'s exit code for "could not find out": above 125, so PostgreSQL stops
@@ -224,7 +258,38 @@ pub fn fetch_exit_code(e: &Error) -> i32 {
 /// Errors: backend errors.
 pub async fn list(g: &GlobalArgs, json_out: bool) -> Result<()> {
     let repo = open_repo(g).await?;
-    let cat = crate::ops::wal::list(&repo).await?;
+    let catalogs = crate::ops::wal::list(&repo).await?;
+    let systems: Vec<serde_json::Value> = catalogs
+        .iter()
+        .map(|(system, cat)| {
+            json!({
+                // A string: JSON readers that parse numbers as doubles would round it.
+                "system_identifier": system.map(|s| s.to_string()),
+                "segment_size": cat.segment_size,
+                "timelines": timelines_json(cat),
+            })
+        })
+        .collect();
+    if json_out {
+        output::print_json(&json!({ "systems": systems }));
+        return Ok(());
+    }
+    if systems.is_empty() {
+        println!("The WAL archive is empty");
+    }
+    for s in &systems {
+        match s["system_identifier"].as_str() {
+            Some(id) => println!("database system {id}:"),
+            None => println!("database system not recorded (archived by an older pgvault):"),
+        }
+        for t in s["timelines"].as_array().expect("array") {
+            print_timeline(t);
+        }
+    }
+    Ok(())
+}
+
+fn timelines_json(cat: &crate::store::wal::WalCatalog) -> Vec<serde_json::Value> {
     let mut tls = Vec::new();
     for (tl, w) in &cat.timelines {
         let ranges = w.ranges();
@@ -243,60 +308,54 @@ pub async fn list(g: &GlobalArgs, json_out: bool) -> Result<()> {
             "streamed_files": w.streamed_files,
         }));
     }
-    if json_out {
-        output::print_json(&json!({ "segment_size": cat.segment_size, "timelines": tls }));
-        return Ok(());
-    }
-    if tls.is_empty() {
-        println!("The WAL archive is empty");
-    }
-    for t in &tls {
+    tls
+}
+
+fn print_timeline(t: &serde_json::Value) {
+    println!(
+        "  timeline {}: {} segments{}",
+        t["timeline"],
+        t["segments"],
+        if t["history_file"] == true {
+            ", history file"
+        } else {
+            ""
+        }
+    );
+    for r in t["ranges"].as_array().expect("array") {
         println!(
-            "timeline {}: {} segments{}",
-            t["timeline"],
-            t["segments"],
-            if t["history_file"] == true {
-                ", history file"
-            } else {
-                ""
-            }
+            "    {} .. {}",
+            r["first"].as_str().unwrap_or(""),
+            r["last"].as_str().unwrap_or("")
         );
-        for r in t["ranges"].as_array().expect("array") {
-            println!(
-                "  {} .. {}",
-                r["first"].as_str().unwrap_or(""),
-                r["last"].as_str().unwrap_or("")
-            );
-        }
-        for gap in t["gaps"].as_array().expect("array") {
-            println!(
-                "  GAP: {} .. {} missing",
-                gap["first"].as_str().unwrap_or(""),
-                gap["last"].as_str().unwrap_or("")
-            );
-        }
-        for b in t["backup_files"].as_array().expect("array") {
-            println!("  backup file {}", b.as_str().unwrap_or(""));
-        }
-        let streamed: Vec<&str> = t["streamed_files"]
-            .as_array()
-            .expect("array")
-            .iter()
-            .filter_map(|v| v.as_str())
-            .collect();
-        if let Some(newest) = streamed.iter().max() {
-            println!(
-                "  streamed by wal-receive: newest copy {newest} ({} copies kept)",
-                streamed.len()
-            );
-        }
     }
-    Ok(())
+    for gap in t["gaps"].as_array().expect("array") {
+        println!(
+            "    GAP: {} .. {} missing",
+            gap["first"].as_str().unwrap_or(""),
+            gap["last"].as_str().unwrap_or("")
+        );
+    }
+    for b in t["backup_files"].as_array().expect("array") {
+        println!("    backup file {}", b.as_str().unwrap_or(""));
+    }
+    let streamed: Vec<&str> = t["streamed_files"]
+        .as_array()
+        .expect("array")
+        .iter()
+        .filter_map(|v| v.as_str())
+        .collect();
+    if let Some(newest) = streamed.iter().max() {
+        println!(
+            "    streamed by wal-receive: newest copy {newest} ({} copies kept)",
+            streamed.len()
+        );
+    }
 }
 
 /// The restore_command the restored server will run: this binary, this repository,
 /// and where the passphrase is.
-fn restore_command(g: &GlobalArgs) -> Result<String> {
+fn restore_command(g: &GlobalArgs, system: u64) -> Result<String> {
     let exe =
         std::env::current_exe().map_err(|e| Error::io("Cannot find the pgvault binary", e))?;
     let repo = super::location_arg(g)?;
@@ -328,7 +387,7 @@ fn restore_command(g: &GlobalArgs) -> Result<String> {
     // PostgreSQL expands %f, %p and %% in restore_command: a % in a path or an
     // endpoint must reach the shell as itself.
     let mut cmd = cmd.replace('%', "%%");
-    cmd.push_str(" wal-fetch --async %f %p");
+    cmd.push_str(&format!(" wal-fetch --async --system-id {system} %f %p"));
     Ok(cmd)
 }
 
@@ -384,10 +443,11 @@ pub async fn restore(g: &GlobalArgs, a: &RestoreArgs) -> Result<()> {
         pgdata: a.pgdata.clone(),
         target,
         base: a.base.clone(),
-        restore_command: restore_command(g)?,
+        system: a.system_id,
     };
     eprintln!("Restoring into {}", a.pgdata.display());
-    let plan = crate::ops::restore::restore(&repo, &opts).await?;
+    let plan =
+        crate::ops::restore::restore(&repo, &opts, |system| restore_command(g, system)).await?;
     let info = plan.base.base.clone().expect("planned from a base backup");
     println!(
         "Restored base backup {} ({}, timeline {}, LSN {}..{}) into {}. WAL {}..{} is needed (archived up to {} without a gap).",

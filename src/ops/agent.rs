@@ -37,7 +37,7 @@ use tokio::sync::{watch, Notify, Semaphore};
 use super::RepoAccess;
 use crate::error::{Error, ErrorKind, Result};
 use crate::store::records::WalPushFailure;
-use crate::store::wal::WalPushOutcome;
+use crate::store::wal::{SystemWalName, WalPushOutcome};
 use crate::store::Repository;
 use crate::wal_name::{segment_name, WalFileKind, DEFAULT_SEGMENT_SIZE};
 
@@ -85,11 +85,23 @@ pub fn socket_path(dir: &Path) -> Option<PathBuf> {
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum Request {
     /// Archive the WAL file at this absolute path.
-    Push { path: PathBuf, lock_wait_secs: u64 },
+    /// `system`: the caller's `--system-id`, for a file that names none.
+    Push {
+        path: PathBuf,
+        lock_wait_secs: u64,
+        #[serde(default)]
+        system: Option<u64>,
+    },
     /// Send archived WAL file `name` (the bytes follow the reply on the socket;
     /// the caller writes them, so an agent still working after its caller gave up
     /// never writes into PGDATA), and fetch the next `prefetch` segments ahead.
-    Fetch { name: String, prefetch: u16 },
+    /// `system`: the database system whose archive holds it, when the caller knows.
+    Fetch {
+        name: String,
+        prefetch: u16,
+        #[serde(default)]
+        system: Option<u64>,
+    },
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -449,7 +461,7 @@ struct Agent {
     opts: AgentOptions,
     permits: Arc<Semaphore>,
     pushed: Mutex<HashMap<String, PushedAhead>>,
-    fetched: Mutex<HashMap<String, Pending<Arc<Vec<u8>>>>>,
+    fetched: Mutex<HashMap<SystemWalName, Pending<Arc<Vec<u8>>>>>,
     retire: Notify,
     /// Requests being answered: an agent is not idle while one waits.
     busy: std::sync::atomic::AtomicUsize,
@@ -534,7 +546,11 @@ impl Agent {
             Request::Push {
                 path,
                 lock_wait_secs,
-            } => match self.push(&path, Duration::from_secs(lock_wait_secs)).await {
+                system,
+            } => match self
+                .push(&path, system, Duration::from_secs(lock_wait_secs))
+                .await
+            {
                 Ok(o) => (
                     Reply::Pushed {
                         already_archived: o == WalPushOutcome::AlreadyArchived,
@@ -543,21 +559,28 @@ impl Agent {
                 ),
                 Err(e) => (Reply::failed(&e), None),
             },
-            Request::Fetch { name, prefetch } => {
-                match self.fetch(&name, usize::from(prefetch)).await {
-                    Ok(data) => (
-                        Reply::Fetched {
-                            size_bytes: data.len() as u64,
-                        },
-                        Some(data),
-                    ),
-                    Err(e) => (Reply::failed(&e), None),
-                }
-            }
+            Request::Fetch {
+                name,
+                prefetch,
+                system,
+            } => match self.fetch(system, &name, usize::from(prefetch)).await {
+                Ok(data) => (
+                    Reply::Fetched {
+                        size_bytes: data.len() as u64,
+                    },
+                    Some(data),
+                ),
+                Err(e) => (Reply::failed(&e), None),
+            },
         }
     }
 
-    async fn push(self: &Arc<Self>, path: &Path, lock_wait: Duration) -> Result<WalPushOutcome> {
+    async fn push(
+        self: &Arc<Self>,
+        path: &Path,
+        system: Option<u64>,
+        lock_wait: Duration,
+    ) -> Result<WalPushOutcome> {
         let name = super::wal::wal_file_name(path)?;
         let time = chrono::Utc::now();
         let result = match file_id(path) {
@@ -570,7 +593,7 @@ impl Agent {
                 };
                 let rx = match ahead {
                     Some(p) => p.pending.rx,
-                    None => self.start_push(&name, path, lock_wait),
+                    None => self.start_push(&name, path, system, lock_wait),
                 };
                 self.push_ahead(path, &name, lock_wait);
                 wait_for(rx, &name).await
@@ -603,6 +626,7 @@ impl Agent {
         self: &Arc<Self>,
         name: &str,
         path: &Path,
+        system: Option<u64>,
         lock_wait: Duration,
     ) -> watch::Receiver<Option<Outcome<WalPushOutcome>>> {
         let (tx, rx) = watch::channel(None);
@@ -614,7 +638,7 @@ impl Agent {
             // has another key, and an object sealed with the old one would block
             // the name there for good.
             let r = match agent.repo.is_still_there().await {
-                Ok(true) => super::wal::push_opened(&agent.repo, &path, &name, lock_wait)
+                Ok(true) => super::wal::push_opened(&agent.repo, &path, &name, system, lock_wait)
                     .await
                     .map_err(|e| (e.kind(), e.to_string())),
                 Ok(false) => {
@@ -666,7 +690,7 @@ impl Agent {
         for n in fresh {
             let p = dir.join(&n);
             let Ok(file) = file_id(&p) else { continue };
-            let rx = self.start_push(&n, &p, lock_wait);
+            let rx = self.start_push(&n, &p, None, lock_wait);
             pushed.insert(
                 n,
                 PushedAhead {
@@ -680,45 +704,58 @@ impl Agent {
         }
     }
 
-    async fn fetch(self: &Arc<Self>, name: &str, prefetch: usize) -> Result<Arc<Vec<u8>>> {
+    async fn fetch(
+        self: &Arc<Self>,
+        system: Option<u64>,
+        name: &str,
+        prefetch: usize,
+    ) -> Result<Arc<Vec<u8>>> {
         let kind = WalFileKind::parse(name)?;
-        let ahead = self.fetched.lock().expect("not poisoned").remove(name);
+        let ahead = self
+            .fetched
+            .lock()
+            .expect("not poisoned")
+            .remove(&(system, name.to_string()));
         if let WalFileKind::Segment { timeline, .. } = kind {
             let segno = kind.segno(DEFAULT_SEGMENT_SIZE).expect("a segment");
-            self.fetch_ahead(timeline, segno, prefetch);
+            self.fetch_ahead(system, timeline, segno, prefetch);
         }
-        match ahead {
-            Some(p) => match wait_for(p.rx, name).await {
-                Ok(d) => Ok(d),
-                // Not archived then, or failed: only a fresh answer counts.
-                Err(_) => Ok(Arc::new(self.repo.wal_fetch_for_recovery(name).await?)),
-            },
-            None => Ok(Arc::new(self.repo.wal_fetch_for_recovery(name).await?)),
+        if let Some(p) = ahead {
+            // Not archived then, or failed: only a fresh answer counts.
+            if let Ok(d) = wait_for(p.rx, name).await {
+                return Ok(d);
+            }
         }
+        Ok(Arc::new(
+            self.repo.wal_fetch_for_recovery(system, name).await?,
+        ))
     }
 
     /// Starts fetching the `count` segments after `segno` that are not held already.
     /// The segment size is only known once one is read; the default is assumed, which
     /// only costs a wasted guess on unusual clusters.
-    fn fetch_ahead(self: &Arc<Self>, timeline: u32, segno: u64, count: usize) {
+    fn fetch_ahead(self: &Arc<Self>, system: Option<u64>, timeline: u32, segno: u64, count: usize) {
         let mut fetched = self.fetched.lock().expect("not poisoned");
         fetched.retain(|_, p| p.started.elapsed() < FORGET_AFTER);
         for n in 1..=count as u64 {
             if fetched.len() >= FETCHED_AHEAD_MAX {
                 break;
             }
-            let next = segment_name(timeline, segno + n, DEFAULT_SEGMENT_SIZE);
+            let next = (
+                system,
+                segment_name(timeline, segno + n, DEFAULT_SEGMENT_SIZE),
+            );
             if fetched.contains_key(&next) {
                 continue;
             }
             let (tx, rx) = watch::channel(None);
             let agent = self.clone();
-            let name = next.clone();
+            let name = next.1.clone();
             tokio::spawn(async move {
                 let _permit = agent.permits.clone().acquire_owned().await;
                 let r = agent
                     .repo
-                    .wal_fetch(&name)
+                    .wal_fetch(system, &name)
                     .await
                     .map(Arc::new)
                     .map_err(|e| (e.kind(), e.to_string()));

@@ -517,23 +517,27 @@ async fn check_wal_manifests(
 ) -> Result<Vec<WalManifest>> {
     let mut keys = Vec::new();
     for o in repo.backend().list(layout::WAL).await? {
-        let name = o.key.rsplit('/').next().unwrap_or("");
-        if WalFileKind::parse(name).is_ok() {
-            keys.push(o.key);
-        } else {
-            bad.push(BadManifest {
+        match layout::wal_key_parts(&o.key) {
+            Some((_, name)) if WalFileKind::parse(name).is_ok() => keys.push(o.key),
+            _ => bad.push(BadManifest {
                 key: o.key.clone(),
-                error: format!("Object {} has no WAL file name", o.key),
-            });
+                error: format!("Object {} is not named as a WAL file's manifest", o.key),
+            }),
         }
     }
     let results = fetch_all(repo, keys, |repo, key| async move {
-        let name = key.rsplit('/').next().unwrap_or("").to_string();
-        let m = repo.wal_manifest(&name).await?;
-        let expected = wal_key(&WalFileKind::parse(&name)?, &name);
-        if expected != key {
+        let (system, name) = layout::wal_key_parts(&key).expect("checked above");
+        let m = repo.wal_manifest_at(&key, name).await?;
+        if wal_key(system, &WalFileKind::parse(name)?, name) != key {
             return Err(Error::Corrupt(format!(
                 "WAL manifest {key} is stored under the wrong timeline"
+            )));
+        }
+        if system.is_some() && m.system_identifier != system {
+            return Err(Error::Corrupt(format!(
+                "WAL manifest {key} describes a file of database system {}",
+                m.system_identifier
+                    .map_or("unknown".to_string(), |s| s.to_string())
             )));
         }
         Ok(m)

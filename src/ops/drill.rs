@@ -122,7 +122,7 @@ pub enum Drill {
 pub async fn prepare(repo: &Repository, o: &DrillOptions) -> Result<Drill> {
     repo.flush_spool(usize::MAX).await;
     if let Some(target) = &o.pitr {
-        let plan = plan_restore(repo, target.clone(), o.snapshot.as_deref()).await?;
+        let plan = plan_restore(repo, target.clone(), o.snapshot.as_deref(), None).await?;
         let target_label = match target {
             RecoveryTarget::Time(t) => rfc3339(t),
             _ => "latest".to_string(),
@@ -715,21 +715,41 @@ async fn base_body(
 
 /// Fetches (and so verifies) the WAL the plan needs into `dir`: every stretch of the
 /// timeline path from the base backup's first segment to the newest one archived
-/// without a gap, and the history files of the timelines it enters.
+/// without a gap, the history files of the timelines it enters, and the newest copy
+/// `wal-receive` stored of the segment after that (as restore_command would serve it).
 ///
 /// Errors: `Corrupt` or backend errors from fetching; `Io` when writing.
 async fn stage_wal(repo: &Repository, plan: &RestorePlan, dir: &Path) -> Result<()> {
-    let catalog = repo.wal_catalog().await?;
-    let names = plan.wal_names(catalog.segment_size);
+    let system = plan.system();
+    let catalog = repo.wal_catalog(system).await?;
+    let mut names: Vec<(String, String)> = plan
+        .wal_names(catalog.segment_size)
+        .into_iter()
+        .map(|n| (n.clone(), n))
+        .collect();
+    if let Some(last) = plan.stretches.last() {
+        let next = catalog.name(last.timeline, last.last + 1);
+        let kind = crate::wal_name::WalFileKind::parse(&next)?;
+        if let Some(copy) = repo.wal_newest_streamed(Some(system), &kind, &next).await? {
+            names.push((copy, next));
+        }
+    }
     let slots = Arc::new(tokio::sync::Semaphore::new(4));
     let mut tasks = JoinSet::new();
-    for name in names {
+    for (name, staged_as) in names {
         let repo = repo.clone();
-        let path = dir.join(&name);
+        let path = dir.join(&staged_as);
         let slots = slots.clone();
         tasks.spawn(async move {
             let _permit = slots.acquire_owned().await.expect("never closed");
-            let data = repo.wal_fetch(&name).await?;
+            let data = match repo.wal_fetch(Some(system), &name).await {
+                // A streamed copy replaced since the listing: replay ends a little
+                // earlier, as it would have a moment before.
+                Err(e) if e.kind() == crate::error::ErrorKind::NotFound && name != staged_as => {
+                    return Ok(())
+                }
+                other => other?,
+            };
             std::fs::write(&path, data).map_err(|e| Error::io_path("write", &path, e))
         });
     }

@@ -20,11 +20,14 @@ use super::RepoAccess;
 use crate::error::{Error, Result};
 use crate::pg::{pg_program, ConnectOptions};
 use crate::store::records::WalPushFailure;
+use crate::store::wal::segment_system_identifier;
 use crate::store::Repository;
 use crate::wal_name::{streamed_name, WalFileKind};
 
 /// How long after pg_receivewal exits it is started again.
 pub const RESTART_AFTER: Duration = Duration::from_secs(5);
+/// How often the slot's lag is read from the server and reported to the repository.
+pub const REPORT_EVERY: Duration = Duration::from_secs(30);
 const TICK: Duration = Duration::from_millis(500);
 
 /// What `wal-receive` does.
@@ -62,13 +65,18 @@ pub async fn receive(
     stop: impl Future<Output = ()>,
 ) -> Result<ReceiveStats> {
     crate::store::cache::create_private_dir(&opts.spool)?;
+    warn_of_other_spools(&opts.spool);
     if opts.create_slot {
         create_slot(opts).await?;
     }
-    let mut spool = Spool::default();
+    let mut spool = Spool {
+        system: server_system(opts).await,
+        ..Spool::default()
+    };
     let mut child: Option<tokio::process::Child> = None;
     let mut last_start: Option<Instant> = None;
     let mut last_partial = Instant::now();
+    let mut last_report: Option<Instant> = None;
     let mut tick = tokio::time::interval(TICK);
     tokio::pin!(stop);
     loop {
@@ -103,6 +111,15 @@ pub async fn receive(
             spool.store_partial(repo, opts).await;
             last_partial = Instant::now();
         }
+        // The first report once pg_receivewal had a moment to take the slot.
+        let due = match last_report {
+            Some(t) => t.elapsed() >= REPORT_EVERY,
+            None => last_start.is_some_and(|t| t.elapsed() >= 4 * TICK),
+        };
+        if due {
+            last_report = Some(Instant::now());
+            report_slot(repo, opts).await;
+        }
     }
     if let Some(mut c) = child {
         // SIGTERM: pg_receivewal flushes what it has and exits cleanly.
@@ -116,7 +133,87 @@ pub async fn receive(
     }
     spool.store_completed(repo, access, opts).await;
     spool.store_partial(repo, opts).await;
+    // The last word: where the slot was left, for as long as nobody streams from it.
+    report_slot(repo, opts).await;
     Ok(spool.stats)
+}
+
+/// The server's system identifier, asked over an ordinary connection; `None` when
+/// that is refused (a role that may only replicate), and the segments tell.
+async fn server_system(opts: &ReceiveOptions) -> Option<u64> {
+    let db = opts.conn.conninfo.as_deref().unwrap_or("postgres");
+    let sql = "SELECT system_identifier FROM pg_control_system()";
+    match tokio::time::timeout(
+        Duration::from_secs(10),
+        crate::pg::client::psql(&opts.conn, db, sql),
+    )
+    .await
+    {
+        Ok(Ok(out)) => out.trim().parse().ok(),
+        Ok(Err(e)) => {
+            tracing::info!(
+                "Cannot ask the server its system identifier ({e}): the segments will tell"
+            );
+            None
+        }
+        Err(_) => None,
+    }
+}
+
+/// Reads the slot's position and the server's, and stores them as this receiver's
+/// report. Failures are logged and reported, never fatal: streaming matters more.
+async fn report_slot(repo: &Repository, opts: &ReceiveOptions) {
+    let sql = format!(
+        "WITH s AS (SELECT CASE WHEN pg_is_in_recovery() THEN pg_last_wal_receive_lsn() \
+         ELSE pg_current_wal_lsn() END AS lsn) \
+         SELECT s.lsn, r.restart_lsn, pg_wal_lsn_diff(s.lsn, r.restart_lsn)::bigint, r.active \
+         FROM s LEFT JOIN pg_replication_slots r ON r.slot_name = {}",
+        crate::pg::client::quote_literal(&opts.slot)
+    );
+    let db = opts.conn.conninfo.as_deref().unwrap_or("postgres");
+    let read = tokio::time::timeout(
+        Duration::from_secs(10),
+        crate::pg::client::psql(&opts.conn, db, &sql),
+    )
+    .await
+    .unwrap_or_else(|_| {
+        Err(Error::External(
+            "Reading the replication slot took over 10s".into(),
+        ))
+    });
+    let mut report = crate::store::records::ReceiverReport {
+        time: chrono::Utc::now(),
+        slot: opts.slot.clone(),
+        hostname: crate::host::hostname(),
+        server_lsn: None,
+        slot_restart_lsn: None,
+        slot_retained_bytes: None,
+        slot_active: None,
+        error: None,
+    };
+    match read {
+        Ok(row) => {
+            let f: Vec<&str> = row.split('|').collect();
+            let field = |i: usize| f.get(i).filter(|v| !v.is_empty()).map(|v| v.to_string());
+            report.server_lsn = field(0);
+            report.slot_restart_lsn = field(1);
+            report.slot_retained_bytes = field(2).and_then(|v| v.parse().ok());
+            report.slot_active = field(3).map(|v| v == "t");
+            if report.slot_restart_lsn.is_none() {
+                report.error = Some(format!(
+                    "Replication slot {} does not exist on the server, or holds no WAL yet",
+                    opts.slot
+                ));
+            }
+        }
+        Err(e) => {
+            tracing::warn!("Cannot read replication slot {}: {e}", opts.slot);
+            report.error = Some(e.to_string());
+        }
+    }
+    if let Err(e) = repo.put_receiver_report(&report).await {
+        tracing::warn!("Cannot store the report of slot {}: {e}", opts.slot);
+    }
 }
 
 async fn create_slot(opts: &ReceiveOptions) -> Result<()> {
@@ -168,7 +265,10 @@ struct Spool {
     /// The newest `.streamed` copy this run stored, by segment: the same bytes are
     /// not stored twice, and a copy is deleted only once a newer copy of the same
     /// segment or the segment itself is stored.
-    streamed: std::collections::BTreeMap<String, String>,
+    streamed: std::collections::BTreeMap<String, (Option<u64>, String)>,
+    /// The database system of the newest segment stored: the one a `.history` file
+    /// pg_receivewal fetches belongs to.
+    system: Option<u64>,
     stats: ReceiveStats,
 }
 
@@ -201,13 +301,34 @@ impl Spool {
         for name in names {
             let path = opts.spool.join(&name);
             let time = chrono::Utc::now();
-            match super::wal::push_opened(repo, &path, &name, opts.lock_wait).await {
+            // A history file names no system: it is the one whose segments came
+            // before it on this connection.
+            let segment = matches!(WalFileKind::parse(&name), Ok(WalFileKind::Segment { .. }));
+            if let Some(system) = read_head(&path)
+                .filter(|_| segment)
+                .and_then(|h| segment_system_identifier(&name, &h))
+            {
+                self.system = Some(system);
+            }
+            if !segment && self.system.is_none() {
+                self.system = newest_partial(&opts.spool).and_then(|(seg, partial)| {
+                    segment_system_identifier(&seg, &read_head(&partial)?)
+                });
+            }
+            if !segment && self.system.is_none() {
+                // Stored without its system it would land where every cluster's
+                // recovery finds it: kept until a segment says whose it is.
+                tracing::debug!("Keeping {name} until the server's system identifier is known");
+                continue;
+            }
+            match super::wal::push_opened(repo, &path, &name, self.system, opts.lock_wait).await {
                 Ok(_) => {
                     tracing::info!("Stored streamed {name}");
                     self.stats.segments_stored += 1;
                     let _ = std::fs::remove_file(&path);
-                    if let Some(copy) = self.streamed.remove(&name) {
-                        self.drop_superseded(repo, &copy).await;
+                    self.streamed.remove(&name);
+                    if segment {
+                        drop_copies(repo, self.system, &name, None).await;
                     }
                 }
                 Err(e) => {
@@ -242,15 +363,25 @@ impl Spool {
             return;
         }
         let name = streamed_name(&segment, received);
-        if self.streamed.get(&segment) == Some(&name) {
+        if self.streamed.get(&segment).is_some_and(|(_, n)| *n == name) {
             return;
         }
-        match super::wal::push_bytes(repo, &name, data, opts.lock_wait).await {
+        let system = segment_system_identifier(&segment, &data);
+        match super::wal::push_bytes(repo, &name, data, system, opts.lock_wait).await {
             Ok(_) => {
                 tracing::debug!("Stored {name}");
                 self.stats.streamed_copies_stored += 1;
-                if let Some(older) = self.streamed.insert(segment, name) {
-                    self.drop_superseded(repo, &older).await;
+                match self
+                    .streamed
+                    .insert(segment.clone(), (system, name.clone()))
+                {
+                    Some((system, older)) => {
+                        if let Err(e) = repo.wal_delete(system, &older).await {
+                            tracing::warn!("Cannot delete the superseded {older}: {e}");
+                        }
+                    }
+                    // The first copy of this run: an earlier run may have left some.
+                    None => drop_copies(repo, system, &segment, Some(&name)).await,
                 }
             }
             Err(e) => tracing::warn!("Cannot store {name}: {e}"),
@@ -258,16 +389,76 @@ impl Spool {
     }
 }
 
-impl Spool {
-    /// Deletes a `.streamed` copy that a newer copy or the completed segment
-    /// replaces: kept, one every interval, they would cost a chunk each for as long
-    /// as retention keeps the segment. Copies left by an earlier run of wal-receive
-    /// stay until retention removes their segment.
-    async fn drop_superseded(&self, repo: &Repository, name: &str) {
-        if let Err(e) = repo.wal_delete(name).await {
-            tracing::warn!("Cannot delete the superseded {name}: {e}");
+/// Deletes the stored `.streamed` copies of `segment` once the segment itself is
+/// stored (`keep` is `None`), or those holding less than copy `keep`: kept, one
+/// every interval, they would cost a chunk each for as long as retention keeps the
+/// segment. A copy holding more (another receiver ahead of this one) stays. A
+/// recovery reading one meanwhile looks again (see `wal_fetch_for_recovery`).
+async fn drop_copies(repo: &Repository, system: Option<u64>, segment: &str, keep: Option<&str>) {
+    let Ok(kind) = WalFileKind::parse(segment) else {
+        return;
+    };
+    let copies = match repo.wal_streamed_copies(system, &kind, segment).await {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!("Cannot list the streamed copies of {segment}: {e}");
+            return;
+        }
+    };
+    let kept = keep
+        .and_then(crate::wal_name::parse_streamed)
+        .map(|(_, r)| r);
+    let superseded = |c: &String| match (kept, crate::wal_name::parse_streamed(c)) {
+        (None, _) => true,
+        (Some(k), Some((_, r))) => r < k,
+        (Some(_), None) => false,
+    };
+    for copy in copies.iter().filter(|c| superseded(c)) {
+        if let Err(e) = repo.wal_delete(system, copy).await {
+            tracing::warn!("Cannot delete the superseded {copy}: {e}");
         }
     }
+}
+
+/// Warns of spools beside `spool` that still hold WAL not stored: the spool is chosen
+/// by the repository, server and slot, so a changed connection option starts a new
+/// one, and what the old one held would otherwise wait there unnoticed.
+fn warn_of_other_spools(spool: &Path) {
+    let Some(Ok(siblings)) = spool.parent().map(std::fs::read_dir) else {
+        return;
+    };
+    for dir in siblings.flatten().map(|e| e.path()) {
+        if dir == spool {
+            continue;
+        }
+        let waiting = std::fs::read_dir(&dir)
+            .map(|d| {
+                d.flatten()
+                    .filter(|e| {
+                        let n = e.file_name();
+                        let n = n.to_string_lossy();
+                        WalFileKind::parse(n.trim_end_matches(".partial")).is_ok()
+                    })
+                    .count()
+            })
+            .unwrap_or(0);
+        if waiting > 0 {
+            tracing::warn!(
+                "Spool {} of an earlier wal-receive (other connection options or slot) still \
+                 holds {waiting} WAL files not stored: run wal-receive with those options, or \
+                 store them with `pgvault wal-push` and remove the directory",
+                dir.display()
+            );
+        }
+    }
+}
+
+/// The first page header of a WAL file, where a segment names its system.
+fn read_head(path: &Path) -> Option<Vec<u8>> {
+    use std::io::Read;
+    let mut head = vec![0u8; 40];
+    std::fs::File::open(path).ok()?.read_exact(&mut head).ok()?;
+    Some(head)
 }
 
 /// The `.partial` file pg_receivewal is writing, with its segment name.

@@ -2,6 +2,7 @@
 //! WAL, and whether the target can be reached at all, before anything is written;
 //! then the base backup is extracted and recovery is configured.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -55,6 +56,15 @@ pub struct WalStretch {
 }
 
 impl RestorePlan {
+    /// The database system of the base backup, whose WAL the plan replays.
+    pub fn system(&self) -> u64 {
+        self.base
+            .base
+            .as_ref()
+            .expect("planned from a base backup")
+            .system_identifier
+    }
+
     /// Every WAL file names the plan replays: the stretches' segments and the
     /// history files.
     pub fn wal_names(&self, segment_size: u64) -> Vec<String> {
@@ -106,6 +116,7 @@ pub fn parse_history(name: &str, text: &[u8]) -> Result<Vec<(u32, Lsn)>> {
 async fn timeline_path(
     repo: &Repository,
     catalog: &WalCatalog,
+    system: u64,
     base_tl: u32,
     stop_lsn: Lsn,
 ) -> Result<Vec<(u32, Option<Lsn>)>> {
@@ -117,7 +128,7 @@ async fn timeline_path(
             continue;
         }
         let name = format!("{tl:08X}.history");
-        let entries = parse_history(&name, &repo.wal_fetch(&name).await?)?;
+        let entries = parse_history(&name, &repo.wal_fetch(Some(system), &name).await?)?;
         let Some(i) = entries.iter().position(|(t, _)| *t == base_tl) else {
             continue;
         };
@@ -140,16 +151,19 @@ async fn timeline_path(
     Ok(vec![(base_tl, None)])
 }
 
-/// Chooses the base backup for `target` (or checks the one named) and checks that
-/// the archive holds the WAL to make it consistent and to reach the target.
+/// Chooses the base backup for `target` (or checks the one named), of database
+/// system `system` when given, and checks that the archive holds that system's WAL
+/// to make it consistent and to reach the target.
 ///
 /// Errors: `InvalidInput` when no base backup fits the target, the named one is
-/// not a base backup or ends after the target, or the WAL needed is missing;
-/// `NotFound`/`InvalidInput` for a bad `base` id; backend errors.
+/// not a base backup, ends after the target or is of another system than `system`,
+/// base backups of several systems fit and `system` does not choose, or the WAL
+/// needed is missing; `NotFound`/`InvalidInput` for a bad `base` id; backend errors.
 pub async fn plan_restore(
     repo: &Repository,
     target: RecoveryTarget,
     base: Option<&str>,
+    system: Option<u64>,
 ) -> Result<RestorePlan> {
     let fits = |m: &SnapshotManifest| -> bool {
         let Some(info) = &m.base else { return false };
@@ -177,6 +191,14 @@ pub async fn plan_restore(
                     m.base.as_ref().expect("checked").stop_lsn
                 )));
             }
+            let of = m.base.as_ref().expect("checked").system_identifier;
+            if system.is_some_and(|s| s != of) {
+                return Err(Error::InvalidInput(format!(
+                    "Base backup {} is of database system {of}, not {}",
+                    m.short_id(),
+                    system.expect("checked")
+                )));
+            }
             m
         }
         None => {
@@ -184,18 +206,42 @@ pub async fn plan_restore(
                 .snapshots()
                 .await?
                 .into_iter()
-                .filter(|m| m.kind == SnapshotKind::Base && m.base.is_some())
+                .filter(|m| {
+                    m.kind == SnapshotKind::Base
+                        && m.base
+                            .as_ref()
+                            .is_some_and(|b| system.is_none_or(|s| s == b.system_identifier))
+                })
                 .collect();
             if bases.is_empty() {
+                let of = system.map_or(String::new(), |s| format!(" of database system {s}"));
                 return Err(Error::InvalidInput(format!(
-                    "Repository {} holds no base backup: run `pgvault backup --base` first",
+                    "Repository {} holds no base backup{of}: run `pgvault backup --base` first",
                     repo.location()
                 )));
             }
             let oldest_end = bases.iter().map(|m| m.finished).min().expect("not empty");
-            bases
+            let fitting: Vec<SnapshotManifest> = bases.into_iter().filter(|m| fits(m)).collect();
+            let mut systems: BTreeMap<u64, &str> = BTreeMap::new();
+            for m in &fitting {
+                systems.insert(m.base.as_ref().expect("a base").system_identifier, &m.db);
+            }
+            if systems.len() > 1 {
+                // Choosing by age alone would restore whichever cluster was backed
+                // up last: never what a fleet's operator meant.
+                return Err(Error::InvalidInput(format!(
+                    "Base backups of {} database systems fit the target ({}): choose one with \
+                     --system-id or --base",
+                    systems.len(),
+                    systems
+                        .iter()
+                        .map(|(s, db)| format!("{s} \"{db}\""))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )));
+            }
+            fitting
                 .into_iter()
-                .filter(|m| fits(m))
                 .max_by_key(|m| m.finished)
                 .ok_or_else(|| {
                     Error::InvalidInput(format!(
@@ -205,7 +251,12 @@ pub async fn plan_restore(
                 })?
         }
     };
-    let catalog = repo.wal_catalog().await?;
+    let system = chosen
+        .base
+        .as_ref()
+        .expect("a base backup")
+        .system_identifier;
+    let catalog = repo.wal_catalog(system).await?;
     check_wal(repo, chosen, target, &catalog).await
 }
 
@@ -219,7 +270,14 @@ async fn check_wal(
     let size = catalog.segment_size;
     let first = segno_of(info.start_lsn, size);
     let consistent = segno_of(info.stop_lsn, size);
-    let path = timeline_path(repo, catalog, info.timeline, info.stop_lsn).await?;
+    let path = timeline_path(
+        repo,
+        catalog,
+        info.system_identifier,
+        info.timeline,
+        info.stop_lsn,
+    )
+    .await?;
     let timeline = path.last().expect("never empty").0;
     let mut stretches = Vec::new();
     let mut history_files = Vec::new();
@@ -283,7 +341,11 @@ async fn check_wal(
     // the repository, a second cluster pointed at it): PostgreSQL would refuse it
     // mid-recovery, so refuse it here, before anything is written.
     let first_name = catalog.name(info.timeline, first);
-    if let Some(sysid) = repo.wal_manifest(&first_name).await?.system_identifier {
+    if let Some(sysid) = repo
+        .wal_manifest(Some(info.system_identifier), &first_name)
+        .await?
+        .system_identifier
+    {
         if sysid != info.system_identifier {
             return Err(Error::InvalidInput(format!(
                 "WAL segment {first_name} in the archive was written by database system {sysid}, \
@@ -320,7 +382,9 @@ async fn check_wal(
         RecoveryTarget::Time(t) => {
             // A segment holds only records written before it was archived, so the
             // target is reachable once some later segment was archived after it.
-            let m = repo.wal_manifest(&newest_name).await?;
+            let m = repo
+                .wal_manifest(Some(info.system_identifier), &newest_name)
+                .await?;
             // So does a copy of the next segment that wal-receive stored while it
             // was being written (wal-fetch serves it in the segment's place).
             let mut reached = m.pushed;
@@ -333,7 +397,7 @@ async fn check_wal(
                         .max()
                 });
                 if let Some(name) = streamed {
-                    if let Ok(c) = repo.wal_manifest(name).await {
+                    if let Ok(c) = repo.wal_manifest(Some(info.system_identifier), name).await {
                         reached = reached.max(c.pushed);
                     }
                 }
@@ -383,23 +447,28 @@ pub struct RestoreOptions {
     pub target: RecoveryTarget,
     /// A base backup id (or prefix) instead of the newest that fits.
     pub base: Option<String>,
-    /// The restore_command the restored server will run.
-    pub restore_command: String,
+    /// Only base backups of this database system.
+    pub system: Option<u64>,
 }
 
 /// Plans and checks everything, then extracts the base backup into `pgdata` and
-/// writes the recovery settings. Returns the plan it carried out.
+/// writes the recovery settings, with the restore_command that `restore_command`
+/// makes for the chosen backup's system identifier. Returns the plan it carried out.
 ///
 /// Errors: `InvalidInput` for a non-empty PGDATA or an unreachable target (nothing
-/// is written then); I/O and backend errors.
-pub async fn restore(repo: &Repository, opts: &RestoreOptions) -> Result<RestorePlan> {
+/// is written then); those of `restore_command`; I/O and backend errors.
+pub async fn restore(
+    repo: &Repository,
+    opts: &RestoreOptions,
+    restore_command: impl FnOnce(u64) -> Result<String>,
+) -> Result<RestorePlan> {
     recovery::check_empty_pgdata(&opts.pgdata)?;
-    let plan = plan_restore(repo, opts.target.clone(), opts.base.as_deref()).await?;
+    let plan = plan_restore(repo, opts.target.clone(), opts.base.as_deref(), opts.system).await?;
     let mut target = opts.target.settings();
     // Named, not 'latest': the plan checked the WAL of exactly this path.
     target.push(("recovery_target_timeline", plan.timeline.to_string()));
     let settings = RecoverySettings {
-        restore_command: opts.restore_command.clone(),
+        restore_command: restore_command(plan.system())?,
         target,
     };
     extract_base_into(repo, &plan.base, &opts.pgdata).await?;

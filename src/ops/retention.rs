@@ -240,6 +240,9 @@ impl Decision {
 pub struct GroupPlan {
     pub db: String,
     pub kind: SnapshotKind,
+    /// For base backups, the cluster's system identifier: clusters of a fleet that
+    /// share a label are kept apart, so one's backups never count for another's.
+    pub system: Option<u64>,
     pub decisions: Vec<Decision>,
 }
 
@@ -302,7 +305,7 @@ pub fn pitr_anchor(
 }
 
 /// Applies `policy` at time `now` to the backup points `filter` selects, grouped by
-/// database and kind.
+/// database and kind (and base backups by cluster).
 ///
 /// Errors: `InvalidInput` when the policy is empty or invalid, or would remove every
 /// backup point of some group (naming the group).
@@ -319,21 +322,24 @@ pub fn plan(
         )));
     }
     policy.validate()?;
-    let mut groups: BTreeMap<(String, SnapshotKind), Vec<SnapshotManifest>> = BTreeMap::new();
+    type Group = (String, SnapshotKind, Option<u64>);
+    let mut groups: BTreeMap<Group, Vec<SnapshotManifest>> = BTreeMap::new();
     for m in snapshots.iter().filter(|m| filter.matches(m)) {
+        let system = m.base.as_ref().map(|b| b.system_identifier);
         groups
-            .entry((m.db.clone(), m.kind))
+            .entry((m.db.clone(), m.kind, system))
             .or_default()
             .push(m.clone());
     }
     let mut out = Vec::with_capacity(groups.len());
-    for ((db, kind), mut snaps) in groups {
+    for ((db, kind, system), mut snaps) in groups {
         snaps.sort_by(|a, b| b.time.cmp(&a.time).then_with(|| b.id.cmp(&a.id)));
         let reasons = evaluate(&snaps, policy, kind, now);
         if policy.applies_to(kind) && reasons.iter().all(|r| r.is_empty()) {
             let newest = &snaps[0];
+            let of = system.map_or(String::new(), |s| format!(" of database system {s}"));
             return Err(Error::InvalidInput(format!(
-                "Policy {} would remove all {} backup points of {db} ({kind}), the newest \
+                "Policy {} would remove all {} backup points of {db} ({kind}{of}), the newest \
                  being {} from {}: refusing (have backups stopped?); add --keep-last 1 to keep the newest",
                 policy.describe(),
                 snaps.len(),
@@ -352,6 +358,7 @@ pub fn plan(
         out.push(GroupPlan {
             db,
             kind,
+            system,
             decisions,
         });
     }

@@ -12,7 +12,9 @@ use serde::Serialize;
 
 use crate::error::Result;
 use crate::store::manifest::SnapshotKind;
-use crate::store::records::{BackupAttempt, CheckRecord, DrillRecord, WalPushFailure};
+use crate::store::records::{
+    BackupAttempt, CheckRecord, DrillRecord, ReceiverReport, WalPushFailure,
+};
 use crate::store::Repository;
 
 /// How far back the success rate looks.
@@ -67,9 +69,13 @@ pub struct BackupStatus {
     pub last_drill: Option<DrillSummary>,
 }
 
-/// One timeline of the WAL archive.
+/// One timeline of one database system's WAL archive.
 #[derive(Debug, Clone, Serialize)]
 pub struct WalStatus {
+    /// The cluster's system identifier, as a string (JSON readers that parse
+    /// numbers as doubles would round it); `None` for files archived before it was
+    /// recorded, when the repository holds several clusters' WAL.
+    pub system_identifier: Option<String>,
     pub timeline: u32,
     pub segments: usize,
     pub newest_segment: Option<String>,
@@ -85,6 +91,13 @@ pub struct WalStatus {
     /// How old the newest WAL in the repository is, segment or streamed copy: what a
     /// restore after losing the primary now would lose, at most.
     pub rpo_seconds: Option<f64>,
+}
+
+impl WalStatus {
+    /// The `system` label of its metrics: empty when the system is not known.
+    fn system_label(&self) -> &str {
+        self.system_identifier.as_deref().unwrap_or("")
+    }
 }
 
 /// Whether WAL archiving works: failed pushes against the newest archived file.
@@ -123,7 +136,19 @@ pub struct StatusReport {
     pub backups: Vec<BackupStatus>,
     pub wal: Vec<WalStatus>,
     pub wal_archiving: WalArchiving,
+    /// The latest report of each `wal-receive`: its slot's lag.
+    pub wal_receivers: Vec<ReceiverStatus>,
     pub last_check: Option<CheckRecord>,
+}
+
+/// A `wal-receive` as it last reported.
+#[derive(Debug, Clone, Serialize)]
+pub struct ReceiverStatus {
+    #[serde(flatten)]
+    pub report: ReceiverReport,
+    /// How old the report is. Far beyond the report interval (30 s), the receiver
+    /// is gone, and its slot keeps WAL on the server until it is dropped.
+    pub age_seconds: f64,
 }
 
 fn age(now: chrono::DateTime<chrono::Utc>, t: chrono::DateTime<chrono::Utc>) -> f64 {
@@ -171,7 +196,7 @@ pub async fn status(repo: &Repository, threshold: f64) -> Result<StatusReport> {
     let drills: Vec<DrillRecord> = repo.records().await?;
     let checks: Vec<CheckRecord> = repo.records().await?;
     let wal_failures: Vec<WalPushFailure> = repo.records().await?;
-    let catalog = repo.wal_catalog().await?;
+    let catalogs = repo.wal_catalogs().await?;
     let objects = repo.backend().list("").await?;
 
     let mut rows: BTreeMap<(String, SnapshotKind), BackupStatus> = BTreeMap::new();
@@ -272,60 +297,62 @@ pub async fn status(repo: &Repository, threshold: f64) -> Result<StatusReport> {
     }
 
     let mut wal = Vec::new();
-    let mut segments_total = 0u64;
-    for (tl, w) in &catalog.timelines {
-        segments_total += w.segments.len() as u64;
-        let newest_segment = w.segments.last().map(|s| catalog.name(*tl, *s));
-        let newest_archived = match &newest_segment {
-            Some(name) => Some(repo.wal_manifest(name).await?.pushed),
-            None => None,
-        };
-        // Names sort by segment, then by bytes received.
-        let newest_streamed = w
-            .streamed_files
-            .iter()
-            .max()
-            .filter(|n| {
-                newest_segment
-                    .as_ref()
-                    .is_none_or(|seg| n.as_str() > seg.as_str())
-            })
-            .cloned();
-        let newest_streamed_at = match &newest_streamed {
-            Some(name) => match repo.wal_manifest(name).await {
-                Ok(m) => Some(m.pushed),
-                // Replaced by a newer copy since the listing.
-                Err(e) if e.kind() == crate::error::ErrorKind::NotFound => None,
-                Err(e) => return Err(e),
-            },
-            None => None,
-        };
-        let newest = newest_archived.max(newest_streamed_at);
-        wal.push(WalStatus {
-            timeline: *tl,
-            segments: w.segments.len(),
-            newest_segment,
-            newest_archived,
-            lag_seconds: newest_archived.map(|t| age(now, t)),
-            newest_streamed,
-            newest_streamed_at,
-            rpo_seconds: newest.map(|t| age(now, t)),
-        });
+    let mut wal_logical_bytes = 0u64;
+    for (system, catalog) in &catalogs {
+        // .partial files are whole segments too.
+        let segments: u64 = catalog
+            .timelines
+            .values()
+            .map(|t| (t.segments.len() + t.partial_files.len()) as u64)
+            .sum();
+        wal_logical_bytes += segments * catalog.segment_size;
+        for (tl, w) in &catalog.timelines {
+            let newest_segment = w.segments.last().map(|s| catalog.name(*tl, *s));
+            let newest_archived = match &newest_segment {
+                Some(name) => Some(repo.wal_manifest_of(*system, name).await?.pushed),
+                None => None,
+            };
+            // Names sort by segment, then by bytes received.
+            let newest_streamed = w
+                .streamed_files
+                .iter()
+                .max()
+                .filter(|n| {
+                    newest_segment
+                        .as_ref()
+                        .is_none_or(|seg| n.as_str() > seg.as_str())
+                })
+                .cloned();
+            let newest_streamed_at = match &newest_streamed {
+                Some(name) => match repo.wal_manifest_of(*system, name).await {
+                    Ok(m) => Some(m.pushed),
+                    // Replaced by a newer copy since the listing.
+                    Err(e) if e.kind() == crate::error::ErrorKind::NotFound => None,
+                    Err(e) => return Err(e),
+                },
+                None => None,
+            };
+            let newest = newest_archived.max(newest_streamed_at);
+            wal.push(WalStatus {
+                system_identifier: system.map(|s| s.to_string()),
+                timeline: *tl,
+                segments: w.segments.len(),
+                newest_segment,
+                newest_archived,
+                lag_seconds: newest_archived.map(|t| age(now, t)),
+                newest_streamed,
+                newest_streamed_at,
+                rpo_seconds: newest.map(|t| age(now, t)),
+            });
+        }
     }
-    // .partial files are whole segments too.
-    segments_total += catalog
-        .timelines
-        .values()
-        .map(|t| t.partial_files.len() as u64)
-        .sum::<u64>();
     let stored_bytes = objects.iter().map(|o| o.size_bytes).sum();
     let chunk_objects: Vec<_> = objects
         .iter()
         .filter(|o| o.key.starts_with("chunks/"))
         .collect();
     let chunk_bytes: u64 = chunk_objects.iter().map(|o| o.size_bytes).sum();
-    let logical_bytes =
-        snapshots.iter().map(|s| s.size_bytes).sum::<u64>() + segments_total * catalog.segment_size;
+    let logical_bytes = snapshots.iter().map(|s| s.size_bytes).sum::<u64>() + wal_logical_bytes;
     Ok(StatusReport {
         generated: now,
         location: repo.location(),
@@ -349,6 +376,15 @@ pub async fn status(repo: &Repository, threshold: f64) -> Result<StatusReport> {
             last_failure: wal_failures.last().cloned(),
         },
         wal,
+        wal_receivers: repo
+            .receiver_reports()
+            .await?
+            .into_iter()
+            .map(|report| ReceiverStatus {
+                age_seconds: age(now, report.time),
+                report,
+            })
+            .collect(),
         last_check: checks.last().cloned(),
     })
 }
@@ -579,7 +615,7 @@ pub fn render_prometheus(r: &StatusReport) -> String {
             let tl = format!("{:08X}", w.timeline);
             f.sample(
                 name,
-                &[("timeline", &tl)],
+                &[("system", w.system_label()), ("timeline", &tl)],
                 ts(w.newest_archived.as_ref().expect("filtered")),
             );
         }
@@ -596,7 +632,11 @@ pub fn render_prometheus(r: &StatusReport) -> String {
         for w in &with_rpo {
             let tl = format!("{:08X}", w.timeline);
             let newest = w.newest_archived.max(w.newest_streamed_at);
-            f.sample(name, &[("timeline", &tl)], ts(&newest.expect("filtered")));
+            f.sample(
+                name,
+                &[("system", w.system_label()), ("timeline", &tl)],
+                ts(&newest.expect("filtered")),
+            );
         }
     }
     if !r.wal.is_empty() {
@@ -609,7 +649,43 @@ pub fn render_prometheus(r: &StatusReport) -> String {
         );
         for w in &r.wal {
             let tl = format!("{:08X}", w.timeline);
-            f.sample(name, &[("timeline", &tl)], w.segments as f64);
+            f.sample(
+                name,
+                &[("system", w.system_label()), ("timeline", &tl)],
+                w.segments as f64,
+            );
+        }
+    }
+    if !r.wal_receivers.is_empty() {
+        let name = "pgvault_wal_receive_slot_retained_bytes";
+        let mut f = Family::new(
+            &mut out,
+            name,
+            "gauge",
+            "WAL the replication slot of a wal-receive makes the server keep, as last reported",
+        );
+        for w in &r.wal_receivers {
+            if let Some(b) = w.report.slot_retained_bytes {
+                let labels = [
+                    ("host", w.report.hostname.as_str()),
+                    ("slot", &w.report.slot),
+                ];
+                f.sample(name, &labels, b as f64);
+            }
+        }
+        let name = "pgvault_wal_receive_reported_timestamp_seconds";
+        let mut f = Family::new(
+            &mut out,
+            name,
+            "gauge",
+            "When a wal-receive last reported, in seconds since the epoch (every 30 s while it runs)",
+        );
+        for w in &r.wal_receivers {
+            let labels = [
+                ("host", w.report.hostname.as_str()),
+                ("slot", &w.report.slot),
+            ];
+            f.sample(name, &labels, ts(&w.report.time));
         }
     }
     let a = &r.wal_archiving;

@@ -15,22 +15,28 @@ use crate::wal_name::WalFileKind;
 /// How many spooled records one successful `wal-push` uploads.
 pub(crate) const SPOOL_UPLOADS_PER_PUSH: usize = 8;
 
-/// Archives the WAL file at `path` under its own file name. Returns only once the
-/// file and its manifest are durable. A failure is recorded (in the repository, or
+/// Archives the WAL file at `path` under its own file name, for database system
+/// `system` (see [`push_opened`]). Returns only once the file and its manifest are
+/// durable. A failure is recorded (in the repository, or
 /// spooled here while it cannot be reached), so that `status` and `metrics` show
 /// archiving as failing, with the cause.
 ///
 /// Errors: `InvalidInput` for a file that is not a WAL file; `AlreadyExists` for a
 /// different file under an archived name; `Locked` when a prune holds the repository
 /// past `lock_wait`; I/O and backend errors.
-pub async fn push(access: &RepoAccess, path: &Path, lock_wait: Duration) -> Result<WalPushOutcome> {
+pub async fn push(
+    access: &RepoAccess,
+    path: &Path,
+    system: Option<u64>,
+    lock_wait: Duration,
+) -> Result<WalPushOutcome> {
     let name = wal_file_name(path)?;
     let time = chrono::Utc::now();
     let mut opened = None;
     let result = async {
         let repo = access.open().await?;
         opened = Some(repo.clone());
-        push_opened(&repo, path, &name, lock_wait).await
+        push_opened(&repo, path, &name, system, lock_wait).await
     }
     .await;
     match &result {
@@ -54,14 +60,21 @@ pub async fn push(access: &RepoAccess, path: &Path, lock_wait: Duration) -> Resu
     result
 }
 
+/// Archives the WAL file at `path` as `name`. A segment belongs to the database
+/// system its first page names; a `.history` or `.backup` file to `system`, or
+/// when that is not given, to the cluster whose `pg_wal` holds it.
+///
+/// Errors: as [`push`], without the recording.
 pub(crate) async fn push_opened(
     repo: &Repository,
     path: &Path,
     name: &str,
+    system: Option<u64>,
     lock_wait: Duration,
 ) -> Result<WalPushOutcome> {
     let data = std::fs::read(path).map_err(|e| Error::io_path("read", path, e))?;
-    push_bytes(repo, name, data, lock_wait).await
+    let system = system.or_else(|| crate::pg::system_identifier_beside_wal(path));
+    push_bytes(repo, name, data, system, lock_wait).await
 }
 
 /// Archives `data` as WAL file `name`, under a shared lock.
@@ -71,11 +84,12 @@ pub(crate) async fn push_bytes(
     repo: &Repository,
     name: &str,
     data: Vec<u8>,
+    system: Option<u64>,
     lock_wait: Duration,
 ) -> Result<WalPushOutcome> {
     // A prune must not delete a chunk this push found already stored and reused.
     let lock = repo.lock(LockKind::Shared, "wal-push", lock_wait).await?;
-    let pushed = match repo.wal_push(name, data).await {
+    let pushed = match repo.wal_push(name, data, system).await {
         Ok(p) => lock.ensure_held().await.map(|()| p),
         Err(e) => Err(e),
     };
@@ -95,17 +109,27 @@ pub fn wal_file_name(path: &Path) -> Result<String> {
     Ok(name)
 }
 
-/// Fetches WAL file `name` into `dest`, through a temporary name so PostgreSQL never
-/// sees a partial file; with `prefetch` > 0 the next segments are fetched into this
-/// machine's spool at the same time.
+/// Fetches WAL file `name` of database system `system` into `dest`, through a
+/// temporary name so PostgreSQL never sees a partial file; with `prefetch` > 0 the
+/// next segments are fetched into this machine's spool at the same time. Without
+/// `system`, the cluster is the one whose `pg_wal` `dest` is in (restore_command's
+/// `%p`), else the only one that archived the name.
 ///
-/// Errors: `NotFound` when the file is not archived, and only then; anything else
-/// means the answer is unknown.
-pub async fn fetch(repo: &Repository, name: &str, dest: &Path, prefetch: usize) -> Result<()> {
+/// Errors: `NotFound` when the file is not archived, and only then; `InvalidInput`
+/// when the system is not given and several archived the name; anything else means
+/// the answer is unknown.
+pub async fn fetch(
+    repo: &Repository,
+    system: Option<u64>,
+    name: &str,
+    dest: &Path,
+    prefetch: usize,
+) -> Result<()> {
+    let system = system.or_else(|| crate::pg::system_identifier_beside_wal(dest));
     let data = if prefetch == 0 {
-        repo.wal_fetch_for_recovery(name).await?
+        repo.wal_fetch_for_recovery(system, name).await?
     } else {
-        repo.wal_fetch_spooled(name, prefetch).await?
+        repo.wal_fetch_spooled(system, name, prefetch).await?
     };
     hand_over(name, &data, dest)
 }
@@ -139,7 +163,9 @@ pub(crate) fn hand_over(name: &str, data: &[u8], dest: &Path) -> Result<()> {
 
 /// Fetches WAL file `name` from a pgvault mount at `mount` into `dest`: a
 /// restore_command that needs neither the passphrase nor the repository, only read
-/// access to the mount (`mount --uid postgres`).
+/// access to the mount (`mount --uid postgres`). The file is read from the
+/// directory of database system `system` (or of the cluster whose `pg_wal` `dest`
+/// is in), else from `wal/` itself, which shows the names only one system archived.
 ///
 /// A plain `cp` from the mount cannot serve: it exits 1 both when the file is not
 /// archived and when the mount is dead or the store did not answer, and PostgreSQL
@@ -152,8 +178,15 @@ pub(crate) fn hand_over(name: &str, data: &[u8], dest: &Path) -> Result<()> {
 /// `Unavailable` when `mount` is no pgvault mount (not mounted, another file system),
 /// is dead or hung, or the read fails; `InvalidInput` for a name that is not a WAL
 /// file name; `Corrupt` when the file read does not have the form of its name.
-pub fn fetch_from_mount(mount: &Path, name: &str, dest: &Path, deadline: Duration) -> Result<()> {
+pub fn fetch_from_mount(
+    mount: &Path,
+    system: Option<u64>,
+    name: &str,
+    dest: &Path,
+    deadline: Duration,
+) -> Result<()> {
     WalFileKind::parse(name)?;
+    let system = system.or_else(|| crate::pg::system_identifier_beside_wal(dest));
     let (tx, rx) = std::sync::mpsc::channel();
     let (mount_owned, name_owned) = (mount.to_path_buf(), name.to_string());
     // A FUSE daemon that is stopped leaves every call into its mount waiting; the
@@ -162,7 +195,7 @@ pub fn fetch_from_mount(mount: &Path, name: &str, dest: &Path, deadline: Duratio
     std::thread::Builder::new()
         .name("wal-fetch-mount".into())
         .spawn(move || {
-            let _ = tx.send(read_from_mount(&mount_owned, &name_owned));
+            let _ = tx.send(read_from_mount(&mount_owned, system, &name_owned));
         })
         .map_err(|e| Error::Unavailable(format!("Cannot start a thread to read the mount: {e}")))?;
     let data = match rx.recv_timeout(deadline) {
@@ -178,7 +211,7 @@ pub fn fetch_from_mount(mount: &Path, name: &str, dest: &Path, deadline: Duratio
     hand_over(name, &data, dest)
 }
 
-fn read_from_mount(mount: &Path, name: &str) -> Result<Vec<u8>> {
+fn read_from_mount(mount: &Path, system: Option<u64>, name: &str) -> Result<Vec<u8>> {
     use std::io::Read;
     let shown = mount.display();
     let cannot_tell = |why: String| {
@@ -202,7 +235,11 @@ fn read_from_mount(mount: &Path, name: &str) -> Result<Vec<u8>> {
         }
         None => return Err(cannot_tell(format!("nothing is mounted on {shown}"))),
     }
-    let path = abs.join("wal").join(name);
+    let dir = match system {
+        Some(s) => abs.join("wal").join(s.to_string()),
+        None => abs.join("wal"),
+    };
+    let path = dir.join(name);
     let dead = |e: &std::io::Error| e.raw_os_error() == Some(libc::ENOTCONN);
     let mut file = match std::fs::File::open(&path) {
         Ok(f) => f,
@@ -238,9 +275,12 @@ pub fn open_error_for_fetch(e: Error) -> Error {
     }
 }
 
-/// Timelines, segment ranges and gaps of the archive.
+/// Timelines, segment ranges and gaps of the archive, by database system (`None`:
+/// files whose system is not known, when several systems are known).
 ///
 /// Errors: backend errors.
-pub async fn list(repo: &Repository) -> Result<WalCatalog> {
-    repo.wal_catalog().await
+pub async fn list(
+    repo: &Repository,
+) -> Result<std::collections::BTreeMap<Option<u64>, WalCatalog>> {
+    repo.wal_catalogs().await
 }

@@ -18,6 +18,25 @@ use std::thread::JoinHandle;
 use crate::error::{Error, Result};
 use crate::store::writer::{Inspected, StreamInspector};
 
+/// The system identifier of the cluster whose `pg_wal` directory holds `wal_path`,
+/// from its `global/pg_control` (the first field of ControlFileData, in the
+/// machine's byte order): archive_command and restore_command run in the data
+/// directory and name files in `pg_wal/`. `None` when the path is not in a `pg_wal`
+/// directory or pg_control cannot be read.
+pub fn system_identifier_beside_wal(wal_path: &std::path::Path) -> Option<u64> {
+    let dir = wal_path.parent()?;
+    if dir.file_name()? != "pg_wal" {
+        return None;
+    }
+    let control = dir.parent()?.join("global").join("pg_control");
+    let mut id = [0u8; 8];
+    std::fs::File::open(control)
+        .ok()?
+        .read_exact(&mut id)
+        .ok()?;
+    Some(u64::from_le_bytes(id)).filter(|id| *id != 0)
+}
+
 /// Where to find PostgreSQL client programs: `$PGVAULT_PG_BINDIR`, then `PATH`, then
 /// the newest `/usr/lib/postgresql/<major>/bin`.
 pub fn pg_program(name: &str) -> PathBuf {

@@ -12,8 +12,14 @@ use crate::chunker::ChunkerParams;
 use crate::crypto::MasterKey;
 use crate::error::{Error, Result};
 
-/// The repository format this build writes and reads.
-pub const FORMAT_VERSION: u32 = 1;
+/// The repository format this build writes. Version 2 keeps WAL under the system
+/// identifier of its cluster (`wal/<system>/...`); a version 1 repository is read
+/// as it is and raised to 2 before its first such WAL file is written, so that a
+/// pgvault that knows only version 1 refuses it rather than miss that WAL (its
+/// prune would free the chunks, its wal-fetch would call the files not archived).
+pub const FORMAT_VERSION: u32 = 2;
+/// The oldest repository format this build reads.
+pub const OLDEST_FORMAT_VERSION: u32 = 1;
 
 /// The plaintext `config` object: everything needed before a key is opened.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -131,9 +137,10 @@ impl RepoConfig {
                 cfg.zstd_level
             )));
         }
-        if cfg.format_version != FORMAT_VERSION {
+        if !(OLDEST_FORMAT_VERSION..=FORMAT_VERSION).contains(&cfg.format_version) {
             return Err(Error::InvalidInput(format!(
-                "Repository {location} has format version {}, this pgvault reads version {FORMAT_VERSION}",
+                "Repository {location} has format version {}, this pgvault reads versions \
+                 {OLDEST_FORMAT_VERSION} to {FORMAT_VERSION}",
                 cfg.format_version
             )));
         }

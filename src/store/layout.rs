@@ -6,8 +6,14 @@
 //! keys/<key id>               the master key, wrapped by one passphrase
 //! chunks/<2 hex>/<64 hex>     one chunk (full or delta), created with put-if-absent
 //! snapshots/<id>              one backup point's manifest
-//! wal/<timeline>/<name>       one archived WAL file's manifest
+//! wal/<system>/<timeline>/<name>
+//!                             one archived WAL file's manifest, by the cluster's
+//!                             system identifier (decimal, as pg_controldata prints it)
+//! wal/<timeline>/<name>       the same, for files whose cluster is not known (archived
+//!                             before WAL was namespaced by system; read, never written
+//!                             for a known system)
 //! locks/<id>                  a shared or exclusive lock
+//! receivers/<id>              what a running wal-receive last reported (replaced)
 //! prunes/<time>-<random>      left by prune before it deletes (see `sync`)
 //! attempts/, drills/, checks/, wal-failures/
 //!                             history records (see `records`)
@@ -32,6 +38,8 @@ pub const SNAPSHOTS: &str = "snapshots/";
 pub const WAL: &str = "wal/";
 /// Lock objects.
 pub const LOCKS: &str = "locks/";
+/// The latest report of each `wal-receive`.
+pub const RECEIVERS: &str = "receivers/";
 /// Prune markers.
 pub const PRUNE_MARKERS: &str = "prunes/";
 /// Backup attempt records.
@@ -75,9 +83,29 @@ pub fn snapshot_id(key: &str) -> Option<&str> {
     key.strip_prefix(SNAPSHOTS).filter(|id| !id.is_empty())
 }
 
-/// The key of a WAL file's manifest.
-pub fn wal(timeline: u32, name: &str) -> String {
-    format!("{WAL}{timeline:08X}/{name}")
+/// The key of a WAL file's manifest: in the namespace of database system `system`,
+/// or in the one of files whose system is not known.
+pub fn wal(system: Option<u64>, timeline: u32, name: &str) -> String {
+    match system {
+        Some(s) => format!("{WAL}{s}/{timeline:08X}/{name}"),
+        None => format!("{WAL}{timeline:08X}/{name}"),
+    }
+}
+
+/// The system and file name of a WAL manifest's key, if it is one in either layout
+/// (the timeline in the key is the name's own, checked by the caller).
+pub fn wal_key_parts(key: &str) -> Option<(Option<u64>, &str)> {
+    let parts: Vec<&str> = key.strip_prefix(WAL)?.split('/').collect();
+    let is_timeline = |t: &str| t.len() == 8 && t.bytes().all(|b| b.is_ascii_hexdigit());
+    match parts.as_slice() {
+        [tl, name] if is_timeline(tl) => Some((None, name)),
+        [sys, tl, name] if is_timeline(tl) => {
+            let system: u64 = sys.parse().ok().filter(|s| *s != 0)?;
+            // Only the spelling pgvault writes: "007" would be a second key for 7.
+            (system.to_string() == *sys).then_some((Some(system), name))
+        }
+        _ => None,
+    }
 }
 
 /// The key of a lock object.
@@ -103,8 +131,22 @@ mod tests {
         assert_eq!(snapshot_id(&snapshot("8c2e")), Some("8c2e"));
         assert_eq!(snapshot_id("snapshots/"), None);
         assert_eq!(
-            wal(1, "000000010000000000000002"),
+            wal(None, 1, "000000010000000000000002"),
             "wal/00000001/000000010000000000000002"
         );
+        let key = wal(Some(7301234567890123456), 2, "00000002.history");
+        assert_eq!(key, "wal/7301234567890123456/00000002/00000002.history");
+        assert_eq!(
+            wal_key_parts(&key),
+            Some((Some(7301234567890123456), "00000002.history"))
+        );
+        assert_eq!(
+            wal_key_parts("wal/00000001/000000010000000000000002"),
+            Some((None, "000000010000000000000002"))
+        );
+        assert_eq!(wal_key_parts("wal/0073/00000001/x"), None);
+        assert_eq!(wal_key_parts("wal/0/00000001/x"), None);
+        assert_eq!(wal_key_parts("wal/abc/00000001/x"), None);
+        assert_eq!(wal_key_parts("wal/1/2/00000001/x"), None);
     }
 }

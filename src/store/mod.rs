@@ -78,6 +78,11 @@ pub struct Repository {
     cache: RepoCache,
     /// Base chunks read lately, shared by clones (one process, one cache).
     bases: chunks::BaseCache,
+    /// Set once the stored config is known to be of the current format.
+    format_current: Arc<tokio::sync::OnceCell<()>>,
+    /// The system whose WAL the unnamespaced layout holds, once looked up: that
+    /// layout is no longer written for a known system, so the answer stands.
+    unnamespaced_owner: Arc<tokio::sync::OnceCell<Option<u64>>>,
 }
 
 /// Memory for base chunks kept by [`chunks::BaseCache`]: sixteen 256 KiB bases, enough
@@ -211,7 +216,54 @@ impl Repository {
             key_id,
             cache,
             bases: chunks::BaseCache::new(BASE_CACHE_BYTES),
+            format_current: Arc::new(tokio::sync::OnceCell::new()),
+            unnamespaced_owner: Arc::new(tokio::sync::OnceCell::new()),
         }
+    }
+
+    /// The cell of [`Repository::unnamespaced_owner`]'s answer.
+    pub(crate) fn unnamespaced_owner_cell(&self) -> &Arc<tokio::sync::OnceCell<Option<u64>>> {
+        &self.unnamespaced_owner
+    }
+
+    /// Raises the stored config to the current format version, if it is older,
+    /// before something only the current format has is written (see
+    /// [`config::FORMAT_VERSION`]).
+    ///
+    /// Errors: `Corrupt` when the stored config fails authentication;
+    /// `Unavailable` when the location now holds another repository; backend errors.
+    pub async fn require_current_format(&self) -> Result<()> {
+        if self.config.format_version >= config::FORMAT_VERSION {
+            return Ok(());
+        }
+        self.format_current
+            .get_or_try_init(|| async {
+                let location = self.location();
+                let stored =
+                    RepoConfig::parse(&self.backend.get(layout::CONFIG).await?, &location)?;
+                if stored.repo_id != self.config.repo_id {
+                    return Err(Error::Unavailable(format!(
+                        "{location} holds another repository than the one opened"
+                    )));
+                }
+                if stored.format_version >= config::FORMAT_VERSION {
+                    return Ok(());
+                }
+                // Signed anew only what is authentic: an edited config stays refused.
+                stored.verify(&self.key, &location)?;
+                let mut raised = stored;
+                raised.format_version = config::FORMAT_VERSION;
+                raised.sign(&self.key);
+                let bytes = serde_json::to_vec_pretty(&raised).expect("config serialises");
+                self.backend.put(layout::CONFIG, bytes).await?;
+                tracing::info!(
+                    "Raised repository {location} to format version {}",
+                    config::FORMAT_VERSION
+                );
+                Ok(())
+            })
+            .await
+            .map(|_| ())
     }
 
     /// Opens an existing repository with a passphrase, with its local files under

@@ -1,6 +1,6 @@
 //! What happened to the repository over time: every backup attempt (failures too),
 //! every restore drill and every check, as small sealed records under `attempts/`,
-//! `drills/` and `checks/`.
+//! `drills/` and `checks/`; and the latest report of each `wal-receive`.
 //!
 //! Snapshots say what succeeded; only a record of every attempt makes a success rate
 //! true. A record is written after the fact and never changes the outcome it
@@ -446,5 +446,73 @@ mod tests {
         let (kind, stamp) = RecordKind::from_spool_name(&name).unwrap();
         assert_eq!(kind, RecordKind::Attempt);
         assert_eq!(format!("attempts/{stamp}"), key);
+    }
+}
+
+/// What a running `wal-receive` last reported about its replication slot. One
+/// object per host and slot, replaced at each report (history would be thousands of
+/// objects a day, and only the latest matters), so that `status` shows how much WAL
+/// the slot makes the server keep, and when a receiver stopped reporting: then its
+/// slot holds WAL on the server until the disk is full.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ReceiverReport {
+    pub time: chrono::DateTime<chrono::Utc>,
+    pub slot: String,
+    pub hostname: String,
+    /// The server's WAL position (on a standby, what it received).
+    pub server_lsn: Option<String>,
+    pub slot_restart_lsn: Option<String>,
+    /// WAL the slot makes the server keep: from its restart LSN to the server's.
+    pub slot_retained_bytes: Option<u64>,
+    pub slot_active: Option<bool>,
+    /// Why the slot could not be read, when it could not.
+    pub error: Option<String>,
+}
+
+impl Repository {
+    /// Stores `report` in place of the previous one of its host and slot.
+    ///
+    /// Errors: backend errors.
+    pub async fn put_receiver_report(&self, report: &ReceiverReport) -> Result<()> {
+        let id = self
+            .key()
+            .chunk_id(format!("{}\0{}", report.hostname, report.slot).as_bytes())
+            .to_hex();
+        let key = format!("{}{}", layout::RECEIVERS, &id[..16]);
+        let json = serde_json::to_vec(report).expect("reports serialise");
+        self.backend().put(&key, self.seal_json(&key, &json)).await
+    }
+
+    /// The latest report of every `wal-receive`, oldest first. Reports that fail
+    /// authentication are skipped with a warning.
+    ///
+    /// Errors: backend errors.
+    pub async fn receiver_reports(&self) -> Result<Vec<ReceiverReport>> {
+        let mut out = Vec::new();
+        for obj in self.backend().list(layout::RECEIVERS).await? {
+            if obj.size_bytes > layout::SMALL_OBJECT_MAX_BYTES {
+                tracing::warn!(
+                    "Skipping {}: too large for a report",
+                    obj.key.escape_debug()
+                );
+                continue;
+            }
+            let parsed = match self.get_json(&obj.key).await {
+                Ok(json) => serde_json::from_slice::<ReceiverReport>(&json)
+                    .map_err(|e| Error::Corrupt(format!("Report {} does not parse: {e}", obj.key))),
+                // Replaced or removed since the listing.
+                Err(e) if e.kind() == ErrorKind::NotFound => continue,
+                Err(e) => Err(e),
+            };
+            match parsed {
+                Ok(r) => out.push(r),
+                Err(e) if e.kind() == ErrorKind::Corrupt => {
+                    tracing::warn!("Skipping {}: {e}", obj.key.escape_debug())
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        out.sort_by_key(|r| r.time);
+        Ok(out)
     }
 }

@@ -257,14 +257,207 @@ async fn a_store_that_ignores_conditional_writes_never_gets_an_archived_segment_
     assert!(!repo.config().conditional_writes);
     let name = "000000010000000000000002";
     let first = rows(8, 2_000);
-    repo.wal_push(name, first.clone()).await.unwrap();
+    repo.wal_push(name, first.clone(), None).await.unwrap();
     assert_eq!(
-        repo.wal_push(name, first.clone()).await.unwrap(),
+        repo.wal_push(name, first.clone(), None).await.unwrap(),
         super::wal::WalPushOutcome::AlreadyArchived
     );
-    let e = repo.wal_push(name, rows(9, 2_000)).await.unwrap_err();
+    let e = repo.wal_push(name, rows(9, 2_000), None).await.unwrap_err();
     assert_eq!(e.kind(), ErrorKind::AlreadyExists, "{e}");
-    assert_eq!(repo.wal_fetch(name).await.unwrap(), first);
+    assert_eq!(repo.wal_fetch(None, name).await.unwrap(), first);
+}
+
+/// The start of segment `segno` of timeline 1 as `system` writes it: the long page
+/// header names the system.
+fn segment_of(system: u64, segno: u64, fill: u8) -> Vec<u8> {
+    let seg_size = 1u64 << 20;
+    let mut seg = vec![fill; 64 * 1024];
+    seg[2..4].copy_from_slice(&2u16.to_le_bytes());
+    seg[4..8].copy_from_slice(&1u32.to_le_bytes());
+    seg[8..16].copy_from_slice(&(segno * seg_size).to_le_bytes());
+    seg[24..32].copy_from_slice(&system.to_le_bytes());
+    seg[32..36].copy_from_slice(&(seg_size as u32).to_le_bytes());
+    seg
+}
+
+#[test]
+fn only_a_header_written_for_the_named_segment_names_a_system() {
+    use super::wal::segment_system_identifier;
+    let seg = segment_of(77, 3, 0);
+    let name = "000000010000000000000003";
+    assert_eq!(segment_system_identifier(name, &seg), Some(77));
+    assert_eq!(
+        segment_system_identifier("000000010000000000000003.partial", &seg),
+        Some(77)
+    );
+    assert_eq!(
+        segment_system_identifier("000000010000000000000004", &seg),
+        None
+    );
+    assert_eq!(
+        segment_system_identifier("000000020000000000000003", &seg),
+        None
+    );
+    let mut odd = seg.clone();
+    odd[32..36].copy_from_slice(&12345u32.to_le_bytes());
+    assert_eq!(
+        segment_system_identifier(name, &odd),
+        None,
+        "no such segment size"
+    );
+    let mut short = seg.clone();
+    short[2] = 0;
+    assert_eq!(
+        segment_system_identifier(name, &short),
+        None,
+        "no long header"
+    );
+    assert_eq!(segment_system_identifier(name, &seg[..30]), None);
+}
+
+#[tokio::test]
+async fn two_clusters_archive_the_same_segment_names_side_by_side() {
+    let dir = tempfile::tempdir().unwrap();
+    let (repo, _) = memory_repo(&dir).await;
+    let (a, b) = (7_300_000_000_000_000_001u64, 7_300_000_000_000_000_002u64);
+    let name = "000000010000000000000003";
+    for (system, fill) in [(a, 1u8), (b, 2u8)] {
+        assert_eq!(
+            repo.wal_push(name, segment_of(system, 3, fill), None)
+                .await
+                .unwrap(),
+            super::wal::WalPushOutcome::Stored
+        );
+    }
+    // History files name no system: the caller says whose it is.
+    repo.wal_push("00000002.history", b"1\t0/3000000\tno\n".to_vec(), Some(b))
+        .await
+        .unwrap();
+    assert_eq!(
+        repo.wal_fetch(Some(a), name).await.unwrap(),
+        segment_of(a, 3, 1)
+    );
+    assert_eq!(
+        repo.wal_fetch(Some(b), name).await.unwrap(),
+        segment_of(b, 3, 2)
+    );
+    let e = repo.wal_fetch(None, name).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidInput, "{e}");
+    assert!(
+        e.to_string().contains(&a.to_string()) && e.to_string().contains(&b.to_string()),
+        "{e}"
+    );
+    let e = repo
+        .wal_fetch(Some(a), "00000002.history")
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::NotFound, "{e}");
+    assert!(
+        repo.wal_fetch(None, "00000002.history").await.is_ok(),
+        "only b has it"
+    );
+    let e = repo
+        .wal_push(name, segment_of(a, 3, 3), Some(b))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        e.kind(),
+        ErrorKind::InvalidInput,
+        "a segment of a given as b's: {e}"
+    );
+    let e = repo
+        .wal_push(name, segment_of(a, 3, 3), None)
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::AlreadyExists, "{e}");
+    let cats = repo.wal_catalogs().await.unwrap();
+    assert_eq!(
+        cats.keys().copied().collect::<Vec<_>>(),
+        vec![Some(a), Some(b)]
+    );
+    assert!(!cats[&Some(a)].timelines.contains_key(&2));
+    assert!(cats[&Some(b)].timelines[&2].history);
+    assert_eq!(
+        repo.wal_catalog(a).await.unwrap().timelines[&1].segments,
+        vec![3]
+    );
+}
+
+#[tokio::test]
+async fn wal_archived_before_namespacing_is_read_where_it_is_and_attributed() {
+    let dir = tempfile::tempdir().unwrap();
+    let (repo, backend) = memory_repo(&dir).await;
+    let (a, b) = (7_300_000_000_000_000_001u64, 7_300_000_000_000_000_002u64);
+    // What an older pgvault wrote: the manifest under wal/<timeline>/<name>.
+    for (name, data) in [
+        ("000000010000000000000001", segment_of(a, 1, 1)),
+        ("000000010000000000000002", segment_of(a, 2, 2)),
+    ] {
+        repo.wal_push(name, data, None).await.unwrap();
+        let new_key = layout::wal(Some(a), 1, name);
+        let m = repo.wal_manifest_at(&new_key, name).await.unwrap();
+        let old_key = layout::wal(None, 1, name);
+        let json = serde_json::to_vec(&m).unwrap();
+        backend
+            .put(&old_key, repo.seal_json(&old_key, &json))
+            .await
+            .unwrap();
+        backend.delete(&new_key).await.unwrap();
+    }
+    // And a history file, which names no system.
+    repo.wal_push("00000002.history", b"1\t0/3000000\tno\n".to_vec(), None)
+        .await
+        .unwrap();
+    let entries = repo.wal_entries().await.unwrap();
+    assert!(entries.iter().all(|e| e.system == Some(a)), "{entries:?}");
+    assert!(entries.iter().all(|e| !e.key.contains(&a.to_string())));
+    assert_eq!(
+        repo.wal_fetch(Some(a), "000000010000000000000002")
+            .await
+            .unwrap(),
+        segment_of(a, 2, 2)
+    );
+    assert_eq!(
+        repo.wal_fetch(None, "000000010000000000000002")
+            .await
+            .unwrap(),
+        segment_of(a, 2, 2)
+    );
+    let e = repo
+        .wal_fetch(Some(b), "000000010000000000000002")
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::NotFound, "another system's file: {e}");
+    // New pushes of the same cluster go to its namespace and join the old ones.
+    repo.wal_push("000000010000000000000003", segment_of(a, 3, 3), None)
+        .await
+        .unwrap();
+    let cat = repo.wal_catalog(a).await.unwrap();
+    assert_eq!(cat.timelines[&1].segments, vec![1, 2, 3]);
+    assert!(cat.timelines[&2].history);
+    let cats = repo.wal_catalogs().await.unwrap();
+    assert_eq!(cats.keys().copied().collect::<Vec<_>>(), vec![Some(a)]);
+    // Nor the history file, which names no system: it is the old layout's cluster's.
+    let e = repo
+        .wal_fetch(Some(b), "00000002.history")
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::NotFound, "{e}");
+    assert!(repo.wal_fetch(Some(a), "00000002.history").await.is_ok());
+    // A second cluster sees none of them.
+    repo.wal_push("000000010000000000000001", segment_of(b, 1, 9), None)
+        .await
+        .unwrap();
+    assert_eq!(
+        repo.wal_catalog(b).await.unwrap().timelines[&1].segments,
+        vec![1]
+    );
+    assert_eq!(
+        repo.wal_fetch(Some(b), "000000010000000000000001")
+            .await
+            .unwrap(),
+        segment_of(b, 1, 9)
+    );
 }
 
 #[test]
@@ -346,4 +539,44 @@ async fn spooled_records_go_up_in_bounded_batches_and_listed_keys_never_name_a_l
     assert_eq!(repo.flush_spool(usize::MAX).await, 1);
     assert_eq!(repo.flush_spool(usize::MAX).await, 0);
     assert_eq!(repo.records::<BackupAttempt>().await.unwrap().len(), 4);
+}
+
+#[tokio::test]
+async fn a_format_1_repository_is_raised_before_its_first_namespaced_wal() {
+    use super::config::{RepoConfig, FORMAT_VERSION};
+    let dir = tempfile::tempdir().unwrap();
+    let (repo, backend) = memory_repo(&dir).await;
+    let stored = |backend: MemoryBackend| async move {
+        let bytes = backend.get(layout::CONFIG).await.unwrap();
+        RepoConfig::parse(&bytes, "test").unwrap()
+    };
+    // What a pgvault of format 1 made.
+    let mut old = stored(backend.clone()).await;
+    assert_eq!(old.format_version, FORMAT_VERSION);
+    old.format_version = 1;
+    old.sign(repo.key());
+    backend
+        .put(layout::CONFIG, serde_json::to_vec(&old).unwrap())
+        .await
+        .unwrap();
+    let repo = Repository::open(Arc::new(backend.clone()), b"pw", dir.path())
+        .await
+        .unwrap();
+    // A file of no known system goes where format 1 keeps WAL: nothing to raise.
+    repo.wal_push("000000010000000000000001", rows(1, 100), None)
+        .await
+        .unwrap();
+    assert_eq!(stored(backend.clone()).await.format_version, 1);
+    repo.wal_push("000000010000000000000002", segment_of(5, 2, 1), None)
+        .await
+        .unwrap();
+    let raised = stored(backend.clone()).await;
+    assert_eq!(raised.format_version, FORMAT_VERSION);
+    raised.verify(repo.key(), "test").unwrap();
+    // A format this build does not know is refused.
+    let mut newer = raised.clone();
+    newer.format_version = FORMAT_VERSION + 1;
+    newer.sign(repo.key());
+    let e = RepoConfig::parse(&serde_json::to_vec(&newer).unwrap(), "test").unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidInput, "{e}");
 }

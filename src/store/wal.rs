@@ -1,6 +1,16 @@
 //! The WAL archive: each segment, `.history` and `.backup` file stored through the
 //! same chunk store as everything else, with one small manifest per file under
-//! `wal/<timeline>/<name>`. No backup point per segment.
+//! `wal/<system>/<timeline>/<name>`. No backup point per segment.
+//!
+//! One repository serves a fleet: clusters share chunks (dumps and base backups of a
+//! clone deduplicate against the original), while each cluster's WAL lives under its
+//! system identifier, so that two clusters writing the same segment names never meet.
+//! Files archived before that (`wal/<timeline>/<name>`) are read where they are, never
+//! moved: rewriting the archive in place would be a window in which a crash loses WAL.
+//! Such a file is attributed to the system its manifest names, or, for the files
+//! that name none, to the system of the newest segment in that layout (a repository
+//! then held one cluster's WAL: pushes from a second one failed on the first
+//! colliding name).
 
 use std::collections::BTreeMap;
 
@@ -15,6 +25,9 @@ use crate::blocking::joined;
 use crate::crypto::ChunkId;
 use crate::error::{Error, ErrorKind, Result};
 use crate::wal_name::{segment_name, WalFileKind, DEFAULT_SEGMENT_SIZE};
+
+/// Which WAL file of a fleet: its database system (`None`: not known) and name.
+pub type SystemWalName = (Option<u64>, String);
 
 /// One archived WAL file.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -34,17 +47,32 @@ pub struct WalManifest {
     pub system_identifier: Option<u64>,
 }
 
-/// The system identifier in a WAL segment's first page: the long page header
-/// (`XLP_LONG_HEADER` in `xlp_info`) holds it at byte 24, after the 24-byte
-/// standard header, in the machine's byte order (little-endian here).
-pub fn segment_system_identifier(data: &[u8]) -> Option<u64> {
+/// The system identifier in the first page of WAL segment `name` (or of its
+/// `.partial` or `.streamed` copy). The long page header (`XLP_LONG_HEADER` in
+/// `xlp_info`) holds it at byte 24, after the 24-byte standard header, in the
+/// machine's byte order (little-endian here). It is believed only when the header is
+/// the one PostgreSQL writes at the start of that very segment: the timeline and the
+/// page address agree with the name, the segment size is one initdb allows. Other
+/// bytes that happen to have the flag set would otherwise file a copied or damaged
+/// file under a made-up cluster.
+pub fn segment_system_identifier(name: &str, data: &[u8]) -> Option<u64> {
     const XLP_LONG_HEADER: u16 = 0x0002;
-    let info = u16::from_le_bytes(data.get(2..4)?.try_into().ok()?);
-    if info & XLP_LONG_HEADER == 0 {
+    let u16_at = |at: usize| Some(u16::from_le_bytes(data.get(at..at + 2)?.try_into().ok()?));
+    let u32_at = |at: usize| Some(u32::from_le_bytes(data.get(at..at + 4)?.try_into().ok()?));
+    let u64_at = |at: usize| Some(u64::from_le_bytes(data.get(at..at + 8)?.try_into().ok()?));
+    if u16_at(2)? & XLP_LONG_HEADER == 0 {
         return None;
     }
-    let sysid = u64::from_le_bytes(data.get(24..32)?.try_into().ok()?);
-    (sysid != 0).then_some(sysid)
+    let segment = WalFileKind::parse(name.get(..24)?).ok()?;
+    let seg_size = u64::from(u32_at(32)?);
+    let plausible = seg_size.is_power_of_two() && (1 << 20..=1 << 30).contains(&seg_size);
+    if !plausible
+        || u32_at(4)? != segment.timeline()
+        || Some(u64_at(8)?) != segment.segno(seg_size).map(|n| n * seg_size)
+    {
+        return None;
+    }
+    u64_at(24).filter(|s| *s != 0)
 }
 
 /// What `wal_push` did.
@@ -71,18 +99,22 @@ fn wal_cuts(len: usize, size: usize) -> Vec<(usize, usize)> {
         .collect()
 }
 
-/// The key of a WAL file's manifest.
-pub fn wal_key(kind: &WalFileKind, name: &str) -> String {
-    layout::wal(kind.timeline(), name)
+/// The key of a WAL file's manifest in the namespace of database system `system`
+/// (`None`: the files whose system is not known).
+pub fn wal_key(system: Option<u64>, kind: &WalFileKind, name: &str) -> String {
+    layout::wal(system, kind.timeline(), name)
 }
 
-/// One archived file as a listing shows it (no manifest downloaded).
+/// One archived file as a listing shows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WalEntry {
     /// The manifest's object key.
     pub key: String,
     pub name: String,
     pub kind: WalFileKind,
+    /// The database system whose WAL it is: from the key, or for a file archived
+    /// before WAL was namespaced, as the module doc says; `None` when not known.
+    pub system: Option<u64>,
 }
 
 /// Everything in the archive, by timeline.
@@ -131,14 +163,38 @@ impl WalCatalog {
 }
 
 impl Repository {
-    /// Archives one WAL file. Returns only once the file and its manifest are durable.
+    /// Archives one WAL file in the namespace of its database system: the one its
+    /// first page names, or for files that name none (`.history`, `.backup`),
+    /// `system` (from the cluster's pg_control). Returns only once the file and its
+    /// manifest are durable.
     ///
-    /// Errors: `InvalidInput` for a name that is not a WAL file name;
-    /// `AlreadyExists` when the name is archived with different content (PostgreSQL's
-    /// archive_command contract: never overwrite, fail loudly); backend errors.
-    pub async fn wal_push(&self, name: &str, data: Vec<u8>) -> Result<WalPushOutcome> {
+    /// Errors: `InvalidInput` for a name that is not a WAL file name, or a segment
+    /// of another system than `system`; `AlreadyExists` when the name is archived
+    /// for the same system with different content (PostgreSQL's archive_command
+    /// contract: never overwrite, fail loudly); backend errors.
+    pub async fn wal_push(
+        &self,
+        name: &str,
+        data: Vec<u8>,
+        system: Option<u64>,
+    ) -> Result<WalPushOutcome> {
         let kind = WalFileKind::parse(name)?;
-        let key = wal_key(&kind, name);
+        let written_by = match kind {
+            WalFileKind::History { .. } | WalFileKind::Backup { .. } => None,
+            _ => segment_system_identifier(name, &data),
+        };
+        let system = match (written_by, system) {
+            (Some(w), Some(s)) if w != s => {
+                return Err(Error::InvalidInput(format!(
+                    "WAL file {name} was written by database system {w}, not by {s}"
+                )))
+            }
+            (w, s) => w.or(s),
+        };
+        let key = wal_key(system, &kind, name);
+        if system.is_some() {
+            self.require_current_format().await?;
+        }
         let content_id = self.key().chunk_id(&data);
         let cuts = wal_cuts(data.len(), self.config().chunker.max_size_bytes as usize);
         let mut chunks = Vec::with_capacity(cuts.len());
@@ -174,10 +230,7 @@ impl Repository {
             chunks,
             pushed: chrono::Utc::now(),
             hostname: crate::host::hostname(),
-            system_identifier: match kind {
-                WalFileKind::History { .. } => None,
-                _ => segment_system_identifier(&data),
-            },
+            system_identifier: system,
         };
         let json = serde_json::to_vec(&manifest).expect("WAL manifest serialises");
         let sealed = self.seal_json(&key, &json);
@@ -190,7 +243,7 @@ impl Repository {
             }
             None
         } else {
-            match self.wal_manifest(name).await {
+            match self.wal_manifest_at(&key, name).await {
                 Ok(m) => Some(m),
                 Err(e) if e.kind() == ErrorKind::NotFound => {
                     self.backend().put(&key, sealed).await?;
@@ -201,30 +254,15 @@ impl Repository {
         };
         let existing = match already {
             Some(m) => m,
-            None => self.wal_manifest(name).await?,
+            None => self.wal_manifest_at(&key, name).await?,
         };
-        let ours = segment_system_identifier(&data)
-            .filter(|_| !matches!(kind, WalFileKind::History { .. }));
         if existing.content_id == content_id {
             Ok(WalPushOutcome::AlreadyArchived)
-        } else if let (Some(theirs), Some(ours)) = (
-            existing.system_identifier,
-            ours.filter(|o| Some(*o) != existing.system_identifier),
-        ) {
-            // Two clusters, one archive: their segment names collide and the
-            // second would fail here forever, so say what is wrong.
-            Err(Error::AlreadyExists {
-                what: format!(
-                    "WAL file {name} of database system {ours} (different content: it was archived from \
-                     database system {theirs}; one repository holds one cluster's WAL, so give this \
-                     cluster its own repository)"
-                ),
-                location: self.location(),
-            })
         } else {
+            let of = system.map_or(String::new(), |s| format!(" of database system {s}"));
             Err(Error::AlreadyExists {
                 what: format!(
-                    "WAL file {name} with different content ({} bytes archived at {}, {} bytes now)",
+                    "WAL file {name}{of} with different content ({} bytes archived at {}, {} bytes now)",
                     existing.size_bytes,
                     existing.pushed.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
                     data.len()
@@ -234,14 +272,158 @@ impl Repository {
         }
     }
 
-    /// The manifest of one archived WAL file.
+    /// The manifest of archived WAL file `name` of database system `system`: in its
+    /// namespace, or archived before WAL was namespaced unless that copy names
+    /// another system. With `system` unknown (`None`), the file is looked up in every
+    /// namespace, which must hold it for one system only.
     ///
-    /// Errors: `NotFound` when the file is not archived; `InvalidInput` for a bad
-    /// name; `Corrupt` when the manifest fails authentication; backend errors.
-    pub async fn wal_manifest(&self, name: &str) -> Result<WalManifest> {
+    /// Errors: `NotFound` when the file is not archived (for that system);
+    /// `InvalidInput` for a bad name, or a name archived for several systems when
+    /// `system` is `None`; `Corrupt` when the manifest fails authentication; backend
+    /// errors.
+    pub async fn wal_manifest(&self, system: Option<u64>, name: &str) -> Result<WalManifest> {
         let kind = WalFileKind::parse(name)?;
-        let key = wal_key(&kind, name);
-        let json = match self.get_json(&key).await {
+        let system = match system {
+            Some(s) => Some(s),
+            None => self.wal_system_of(name).await?,
+        };
+        if let Some(s) = system {
+            match self
+                .wal_manifest_at(&wal_key(system, &kind, name), name)
+                .await
+            {
+                Err(e) if e.kind() == ErrorKind::NotFound => {}
+                other => return other,
+            }
+            let m = self
+                .wal_manifest_at(&wal_key(None, &kind, name), name)
+                .await?;
+            // A file that names no system (a history file, or anything archived
+            // before systems were recorded) is the cluster's whose WAL the old
+            // layout held.
+            let owner = match m.system_identifier {
+                Some(theirs) => Some(theirs),
+                None => self.unnamespaced_owner().await?,
+            };
+            if owner.is_some_and(|theirs| theirs != s) {
+                return Err(Error::NotFound {
+                    what: format!("WAL file {name} of database system {s}"),
+                    location: self.location(),
+                });
+            }
+            return Ok(m);
+        }
+        self.wal_manifest_at(&wal_key(None, &kind, name), name)
+            .await
+    }
+
+    /// The manifest of `name` as [`Repository::wal_catalogs`] lists it under
+    /// `system`: for a known system as [`Repository::wal_manifest`] finds it, for
+    /// `None` in the layout of files whose system is not known, never looked up
+    /// among other systems.
+    ///
+    /// Errors: as [`Repository::wal_manifest`].
+    pub async fn wal_manifest_of(&self, system: Option<u64>, name: &str) -> Result<WalManifest> {
+        match system {
+            Some(_) => self.wal_manifest(system, name).await,
+            None => {
+                let kind = WalFileKind::parse(name)?;
+                self.wal_manifest_at(&wal_key(None, &kind, name), name)
+                    .await
+            }
+        }
+    }
+
+    /// The database system that archived a file named `name` (or, for a segment,
+    /// a `.streamed` copy of it), when one did.
+    ///
+    /// Errors: `InvalidInput` when several did; backend errors.
+    async fn wal_system_of(&self, name: &str) -> Result<Option<u64>> {
+        let dotted = format!("{name}.");
+        let systems: std::collections::BTreeSet<Option<u64>> = self
+            .wal_entries()
+            .await?
+            .into_iter()
+            .filter(|e| {
+                e.name == name
+                    || (matches!(e.kind, WalFileKind::Streamed { .. })
+                        && e.name.starts_with(&dotted))
+            })
+            .map(|e| e.system)
+            .collect();
+        match systems.len() {
+            0 => Ok(None),
+            1 => Ok(systems.into_iter().next().expect("one")),
+            _ => Err(Error::InvalidInput(format!(
+                "WAL file {name} is archived for {} database systems ({}): name the cluster's \
+                 with --system-id (pg_controldata prints it)",
+                systems.len(),
+                systems
+                    .iter()
+                    .map(|s| s.map_or("unknown".to_string(), |s| s.to_string()))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))),
+        }
+    }
+
+    /// The database system whose WAL the unnamespaced layout holds: the one its
+    /// newest segment names, in its manifest or (archived before manifests
+    /// recorded it) in its first page. Before WAL was namespaced, a repository held
+    /// one cluster's WAL: a second one's pushes failed on the first colliding name.
+    /// `None` when that layout holds no segment, or it cannot be told.
+    ///
+    /// Errors: backend errors.
+    async fn unnamespaced_owner(&self) -> Result<Option<u64>> {
+        let cell = self.unnamespaced_owner_cell().clone();
+        cell.get_or_try_init(|| self.look_up_unnamespaced_owner())
+            .await
+            .copied()
+    }
+
+    async fn look_up_unnamespaced_owner(&self) -> Result<Option<u64>> {
+        // Timeline directories of the old layout are 8 hex digits starting with 0
+        // (timelines below 2^28); system directories never start with 0.
+        let mut newest: Option<(String, String)> = None;
+        for o in self.backend().list(&format!("{}0", layout::WAL)).await? {
+            let Some((None, name)) = layout::wal_key_parts(&o.key) else {
+                continue;
+            };
+            let segment_like = matches!(
+                WalFileKind::parse(name),
+                Ok(WalFileKind::Segment { .. } | WalFileKind::Partial { .. })
+            );
+            if segment_like && newest.as_ref().is_none_or(|(n, _)| name > n.as_str()) {
+                newest = Some((name.to_string(), o.key.clone()));
+            }
+        }
+        let Some((name, key)) = newest else {
+            return Ok(None);
+        };
+        let m = match self.wal_manifest_at(&key, &name).await {
+            Ok(m) => m,
+            Err(e) if e.kind() == ErrorKind::Corrupt => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        if m.system_identifier.is_some() {
+            return Ok(m.system_identifier);
+        }
+        match m.chunks.first() {
+            Some(first) => Ok(self
+                .load_ref(first)
+                .await
+                .ok()
+                .and_then(|page| segment_system_identifier(&name, &page))),
+            None => Ok(None),
+        }
+    }
+
+    /// The manifest stored under `key`, which must describe WAL file `name`.
+    ///
+    /// Errors: `NotFound` when there is none; `Corrupt` when it fails authentication
+    /// or describes another file; backend errors.
+    pub async fn wal_manifest_at(&self, key: &str, name: &str) -> Result<WalManifest> {
+        let json = match self.get_json(key).await {
             Ok(j) => j,
             Err(e) if e.kind() == ErrorKind::NotFound => {
                 return Err(Error::NotFound {
@@ -262,12 +444,24 @@ impl Repository {
         Ok(m)
     }
 
-    /// Reads one archived WAL file whole, verifying every chunk and the whole content.
+    /// Reads archived WAL file `name` of database system `system` (looked up as
+    /// [`Repository::wal_manifest`] does) whole, verifying every chunk and the whole
+    /// content.
     ///
     /// Errors: `NotFound` when the file is not archived (and only then); `Corrupt`
-    /// when anything fails verification; backend errors.
-    pub async fn wal_fetch(&self, name: &str) -> Result<Vec<u8>> {
-        let m = self.wal_manifest(name).await?;
+    /// when anything fails verification; `InvalidInput` as for
+    /// [`Repository::wal_manifest`]; backend errors.
+    pub async fn wal_fetch(&self, system: Option<u64>, name: &str) -> Result<Vec<u8>> {
+        let m = self.wal_manifest(system, name).await?;
+        self.wal_read(&m).await
+    }
+
+    /// Reads the file a WAL manifest describes, verifying every chunk and the whole.
+    ///
+    /// Errors: `Corrupt` when anything fails verification (a missing chunk too);
+    /// backend errors.
+    pub async fn wal_read(&self, m: &WalManifest) -> Result<Vec<u8>> {
+        let name = &m.name;
         let mut tasks = JoinSet::new();
         for (i, c) in m.chunks.iter().enumerate() {
             let repo = self.clone();
@@ -308,23 +502,27 @@ impl Repository {
     /// next segment, so a lost primary costs at most what was not yet streamed.
     ///
     /// Errors: as [`Repository::wal_fetch`]: `NotFound` only when neither exists.
-    pub async fn wal_fetch_for_recovery(&self, name: &str) -> Result<Vec<u8>> {
+    pub async fn wal_fetch_for_recovery(&self, system: Option<u64>, name: &str) -> Result<Vec<u8>> {
         let kind = WalFileKind::parse(name)?;
+        let system = match system {
+            Some(s) => Some(s),
+            None => self.wal_system_of(name).await?,
+        };
         // wal-receive replaces copies and stores the segment while we look: a copy
         // that vanishes between the listing and the read means "look again", never
         // "not archived".
         for _ in 0..3 {
-            let missing = match self.wal_fetch(name).await {
+            let missing = match self.wal_fetch(system, name).await {
                 Err(e) if e.kind() == ErrorKind::NotFound => e,
                 other => return other,
             };
             if !matches!(kind, WalFileKind::Segment { .. }) {
                 return Err(missing);
             }
-            let Some(streamed) = self.wal_newest_streamed(&kind, name).await? else {
+            let Some(streamed) = self.wal_newest_streamed(system, &kind, name).await? else {
                 return Err(missing);
             };
-            match self.wal_fetch(&streamed).await {
+            match self.wal_fetch(system, &streamed).await {
                 Err(e) if e.kind() == ErrorKind::NotFound => continue,
                 other => {
                     tracing::info!("Serving {streamed} for {name}, which is not archived");
@@ -338,25 +536,48 @@ impl Repository {
         )))
     }
 
-    /// Deletes the manifest of archived WAL file `name`; its chunks go with the next
-    /// prune. For superseded `.streamed` copies: archived WAL is otherwise removed
-    /// only by retention.
+    /// Deletes the manifest of archived WAL file `name` of `system`; its chunks go
+    /// with the next prune. For superseded `.streamed` copies: archived WAL is
+    /// otherwise removed only by retention.
     ///
     /// Errors: `InvalidInput` for a bad name; backend errors.
-    pub async fn wal_delete(&self, name: &str) -> Result<()> {
+    pub async fn wal_delete(&self, system: Option<u64>, name: &str) -> Result<()> {
         let kind = WalFileKind::parse(name)?;
-        self.backend().delete(&wal_key(&kind, name)).await
+        self.backend().delete(&wal_key(system, &kind, name)).await
     }
 
-    /// The name of the newest stored `.streamed` copy of segment `name`, if any.
+    /// The name of the newest stored `.streamed` copy of segment `name` in the
+    /// namespace of `system`, if any.
     ///
     /// Errors: backend errors.
     pub async fn wal_newest_streamed(
         &self,
+        system: Option<u64>,
         kind: &WalFileKind,
         name: &str,
     ) -> Result<Option<String>> {
-        let prefix = layout::wal(kind.timeline(), &format!("{name}."));
+        // Only this system's: wal-receive wrote `.streamed` copies in the namespaced
+        // layout from the start, so a copy in the other one is another cluster's or
+        // of an unknown one, and serving it would fail recovery for good.
+        let copies = self.wal_streamed_copies(system, kind, name).await?;
+        Ok(copies
+            .into_iter()
+            .filter_map(|n| Some((crate::wal_name::parse_streamed(&n)?.1, n)))
+            .max()
+            .map(|(_, n)| n))
+    }
+
+    /// The names of the stored `.streamed` copies of segment `name` in the namespace
+    /// of `system` alone.
+    ///
+    /// Errors: backend errors.
+    pub async fn wal_streamed_copies(
+        &self,
+        system: Option<u64>,
+        kind: &WalFileKind,
+        name: &str,
+    ) -> Result<Vec<String>> {
+        let prefix = layout::wal(system, kind.timeline(), &format!("{name}."));
         Ok(self
             .backend()
             .list(&prefix)
@@ -364,19 +585,48 @@ impl Repository {
             .into_iter()
             .filter_map(|o| {
                 let n = o.key.rsplit('/').next()?.to_string();
-                let (seg, received) = crate::wal_name::parse_streamed(&n)?;
-                (seg == name).then_some((received, n))
+                let (seg, _) = crate::wal_name::parse_streamed(&n)?;
+                (seg == name).then_some(n)
             })
-            .max()
-            .map(|(_, n)| n))
+            .collect())
     }
 
-    /// Lists the archive by timeline, from object names alone (plus one manifest
-    /// for the segment size).
+    /// Lists the archive of database system `system` by timeline (with the files
+    /// whose system is not known), from object names alone plus a manifest or two.
     ///
     /// Errors: backend errors.
-    pub async fn wal_catalog(&self) -> Result<WalCatalog> {
+    pub async fn wal_catalog(&self, system: u64) -> Result<WalCatalog> {
+        let entries: Vec<WalEntry> = self
+            .wal_entries()
+            .await?
+            .into_iter()
+            .filter(|e| e.system.is_none_or(|s| s == system))
+            .collect();
+        Ok(self.catalog_of(entries).await)
+    }
+
+    /// The archive of every database system in it, by system: the files whose
+    /// system is not known count as the only system's when there is one, else they
+    /// are listed apart, under `None`.
+    ///
+    /// Errors: backend errors.
+    pub async fn wal_catalogs(&self) -> Result<BTreeMap<Option<u64>, WalCatalog>> {
         let entries = self.wal_entries().await?;
+        let known: std::collections::BTreeSet<u64> =
+            entries.iter().filter_map(|e| e.system).collect();
+        let only = (known.len() == 1).then(|| *known.first().expect("one"));
+        let mut by_system: BTreeMap<Option<u64>, Vec<WalEntry>> = BTreeMap::new();
+        for e in entries {
+            by_system.entry(e.system.or(only)).or_default().push(e);
+        }
+        let mut out = BTreeMap::new();
+        for (system, entries) in by_system {
+            out.insert(system, self.catalog_of(entries).await);
+        }
+        Ok(out)
+    }
+
+    async fn catalog_of(&self, entries: Vec<WalEntry>) -> WalCatalog {
         let mut cat = WalCatalog {
             segment_size: self.wal_segment_size(&entries).await,
             ..Default::default()
@@ -393,10 +643,20 @@ impl Repository {
                 WalFileKind::Streamed { .. } => tl.streamed_files.push(e.name),
             }
         }
+        // A file archived both before and after WAL was namespaced shows once.
         for tl in cat.timelines.values_mut() {
             tl.segments.sort_unstable();
+            tl.segments.dedup();
+            for names in [
+                &mut tl.backup_files,
+                &mut tl.partial_files,
+                &mut tl.streamed_files,
+            ] {
+                names.sort();
+                names.dedup();
+            }
         }
-        Ok(cat)
+        cat
     }
 
     /// Fetches a WAL file through this machine's spool: a segment prefetched by an
@@ -406,18 +666,40 @@ impl Repository {
     ///
     /// Errors: as [`Repository::wal_fetch`] for `name`; problems with the following
     /// segments are not errors (recovery asks for them again).
-    pub async fn wal_fetch_spooled(&self, name: &str, ahead: usize) -> Result<Vec<u8>> {
+    pub async fn wal_fetch_spooled(
+        &self,
+        system: Option<u64>,
+        name: &str,
+        ahead: usize,
+    ) -> Result<Vec<u8>> {
         let kind = WalFileKind::parse(name)?;
-        let spool_dir = self.cache().wal_spool();
+        let system = match system {
+            Some(s) => Some(s),
+            None => self.wal_system_of(name).await?,
+        };
+        // One spool per system: two clusters recovering on one host ask for the
+        // same names.
+        let spool_dir = self
+            .cache()
+            .wal_spool()
+            .join(system.map_or("unknown".to_string(), |s| s.to_string()));
         let spool = spool_dir.as_path();
         let spooled = spool.join(name);
         if let Ok(data) = std::fs::read(&spooled) {
             let _ = std::fs::remove_file(&spooled);
             // Checked against what was archived before it is handed to PostgreSQL:
             // the spool is only a local copy, and one small manifest read is cheap.
-            let m = self.wal_manifest(name).await?;
-            if data.len() as u64 == m.size_bytes && self.key().chunk_id(&data) == m.content_id {
-                return Ok(data);
+            // Not archived (any more) falls through to the full lookup, which may
+            // find a streamed copy.
+            match self.wal_manifest(system, name).await {
+                Ok(m)
+                    if data.len() as u64 == m.size_bytes
+                        && self.key().chunk_id(&data) == m.content_id =>
+                {
+                    return Ok(data)
+                }
+                Err(e) if e.kind() != ErrorKind::NotFound => return Err(e),
+                _ => {}
             }
             tracing::warn!(
                 "Spooled copy of WAL file {name} in {} differs from the archived one: fetching it again",
@@ -426,6 +708,7 @@ impl Repository {
         }
         let mut next = JoinSet::new();
         if let WalFileKind::Segment { timeline, .. } = kind {
+            let _ = create_private_dir(spool.parent().unwrap_or(spool));
             let _ = create_private_dir(spool);
             clean_spool(spool);
             // The segment size is only known once one is read; assume the default
@@ -436,7 +719,7 @@ impl Repository {
                 let repo = self.clone();
                 let spool = spool.to_path_buf();
                 next.spawn(async move {
-                    if let Ok(data) = repo.wal_fetch(&next_name).await {
+                    if let Ok(data) = repo.wal_fetch(system, &next_name).await {
                         let tmp = spool.join(format!(".{next_name}.{}", std::process::id()));
                         if write_private(&tmp, &data).is_ok() {
                             let _ = std::fs::rename(&tmp, spool.join(&next_name));
@@ -445,15 +728,17 @@ impl Repository {
                 });
             }
         }
-        let data = self.wal_fetch_for_recovery(name).await;
+        let data = self.wal_fetch_for_recovery(system, name).await;
         while next.join_next().await.is_some() {}
         data
     }
 }
 
 impl Repository {
-    /// Every archived WAL file, from one listing of `wal/`, sorted by name; objects
-    /// not named like WAL files are left out.
+    /// Every archived WAL file of every system, from one listing of `wal/`, sorted
+    /// by name; objects not named as pgvault names WAL manifests are left out. A
+    /// file archived before WAL was namespaced is attributed as the module doc says
+    /// (one manifest read).
     ///
     /// Errors: backend errors.
     pub async fn wal_entries(&self) -> Result<Vec<WalEntry>> {
@@ -463,16 +748,27 @@ impl Repository {
             .await?
             .into_iter()
             .filter_map(|o| {
-                let name = o.key.rsplit('/').next()?.to_string();
+                let (system, name) = layout::wal_key_parts(&o.key)?;
+                let name = name.to_string();
                 let kind = WalFileKind::parse(&name).ok()?;
-                Some(WalEntry {
-                    key: o.key,
+                // Only the key pgvault writes for this name: a copy under another
+                // timeline's folder is no archived file.
+                (wal_key(system, &kind, &name) == o.key).then_some(WalEntry {
                     name,
+                    key: o.key,
                     kind,
+                    system,
                 })
             })
             .collect();
-        entries.sort_by(|a, b| a.name.cmp(&b.name));
+        entries.sort_by(|a, b| a.name.cmp(&b.name).then(a.key.cmp(&b.key)));
+        if entries.iter().any(|e| e.system.is_none()) {
+            if let Some(system) = self.unnamespaced_owner().await? {
+                for e in entries.iter_mut().filter(|e| e.system.is_none()) {
+                    e.system = Some(system);
+                }
+            }
+        }
         Ok(entries)
     }
 
@@ -484,7 +780,7 @@ impl Repository {
             .rev()
             .find(|e| matches!(e.kind, WalFileKind::Segment { .. }));
         if let Some(seg) = newest {
-            if let Ok(m) = self.wal_manifest(&seg.name).await {
+            if let Ok(m) = self.wal_manifest_at(&seg.key, &seg.name).await {
                 // PostgreSQL's own range (initdb --wal-segsize 1..1024 MiB); anything
                 // else is a file that only looks like a segment.
                 if m.size_bytes.is_power_of_two() && (1 << 20..=1 << 30).contains(&m.size_bytes) {
@@ -493,18 +789,6 @@ impl Repository {
             }
         }
         DEFAULT_SEGMENT_SIZE
-    }
-
-    /// The names of all archived WAL files with their timelines, from one listing.
-    ///
-    /// Errors: backend errors.
-    pub async fn wal_names(&self) -> Result<BTreeMap<String, u32>> {
-        Ok(self
-            .wal_entries()
-            .await?
-            .into_iter()
-            .map(|e| (e.name, e.kind.timeline()))
-            .collect())
     }
 
     /// The chunks of every archived WAL file, except the files whose keys are in
@@ -521,12 +805,11 @@ impl Repository {
             if excluded.contains(&e.key) {
                 continue;
             }
-            let name = e.name;
             let repo = self.clone();
             let slots = slots.clone();
             tasks.spawn(async move {
                 let _slot = slots.acquire_owned().await.expect("never closed");
-                match repo.wal_manifest(&name).await {
+                match repo.wal_manifest_at(&e.key, &e.name).await {
                     Ok(m) => Ok(m.chunks),
                     // Deleted by a WAL retention between our listing and our read.
                     Err(e) if e.kind() == ErrorKind::NotFound => Ok(Vec::new()),
@@ -558,25 +841,47 @@ impl Repository {
             .collect())
     }
 
-    /// The keys of archived WAL files that no surviving base backup needs: segments,
-    /// `.backup` and `.partial` files before the segment where the oldest surviving base
-    /// backup starts. Timeline history files always stay. With no surviving base
-    /// backup nothing is unneeded: without one, pgvault cannot tell what the WAL is for.
+    /// The keys of archived WAL files that no surviving base backup needs: of each
+    /// database system, the segments, `.backup`, `.partial` and `.streamed` files
+    /// before the segment where its oldest surviving base backup starts (for files
+    /// whose system is not known, the oldest of all). Timeline history files always
+    /// stay. A system with no surviving base backup keeps all its WAL: without one,
+    /// pgvault cannot tell what the WAL is for.
     ///
     /// Errors: backend errors.
     pub async fn wal_unneeded(&self, surviving_bases: &[&SnapshotManifest]) -> Result<Vec<String>> {
-        let Some(oldest) = surviving_bases
-            .iter()
-            .filter_map(|m| m.base.as_ref())
-            .min_by_key(|b| (b.timeline, b.start_lsn))
-        else {
-            return Ok(Vec::new());
+        let oldest_of = |system: Option<u64>| {
+            surviving_bases
+                .iter()
+                .filter_map(|m| m.base.as_ref())
+                .filter(|b| system.is_none_or(|s| s == b.system_identifier))
+                .min_by_key(|b| (b.timeline, b.start_lsn))
         };
         let entries = self.wal_entries().await?;
-        let segment_size = self.wal_segment_size(&entries).await;
-        let first_needed = crate::wal_name::segno_of(oldest.start_lsn, segment_size);
+        let mut sizes: BTreeMap<Option<u64>, u64> = BTreeMap::new();
+        for system in entries
+            .iter()
+            .map(|e| e.system)
+            .collect::<std::collections::BTreeSet<_>>()
+        {
+            let of_system: Vec<WalEntry> = entries
+                .iter()
+                .filter(|e| e.system == system)
+                .cloned()
+                .collect();
+            sizes.insert(system, self.wal_segment_size(&of_system).await);
+        }
         let mut out = Vec::new();
         for e in entries {
+            // A file of the old layout is attributed by one segment of it: where two
+            // clusters' WAL may have met there (a pg_upgrade), it is judged by the
+            // oldest base backup of any, so that none loses what it needs.
+            let namespaced = layout::wal_key_parts(&e.key).is_some_and(|(s, _)| s.is_some());
+            let Some(oldest) = oldest_of(if namespaced { e.system } else { None }) else {
+                continue;
+            };
+            let segment_size = sizes[&e.system];
+            let first_needed = crate::wal_name::segno_of(oldest.start_lsn, segment_size);
             let segno = match e.kind {
                 WalFileKind::History { .. } => None,
                 WalFileKind::Segment { .. } => e.kind.segno(segment_size),

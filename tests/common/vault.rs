@@ -364,16 +364,24 @@ pub fn archiving_async_cluster() -> (super::pg::PgCluster, Vault) {
 }
 
 fn archiving_with(mut v: Vault, env: &str, push: &str) -> (super::pg::PgCluster, Vault) {
-    use super::pg::PgCluster;
+    let pg = start_archiving(&v, env, push);
+    v.use_pg(&pg);
+    (pg, v)
+}
+
+/// Another cluster archiving into `v`'s repository through `pgvault wal-push`.
+pub fn archiving_beside(v: &Vault) -> super::pg::PgCluster {
+    start_archiving(v, "", "wal-push %p")
+}
+
+fn start_archiving(v: &Vault, env: &str, push: &str) -> super::pg::PgCluster {
     let archive = format!("archive_command = '{env} {} {push}'", v.shell_prefix());
-    let pg = PgCluster::start_with(&[
+    super::pg::PgCluster::start_with(&[
         "wal_level = replica",
         "archive_mode = on",
         &archive,
         "max_wal_senders = 4",
-    ]);
-    v.use_pg(&pg);
-    (pg, v)
+    ])
 }
 
 impl Vault {

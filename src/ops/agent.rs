@@ -150,12 +150,15 @@ pub struct Answer {
 }
 
 /// Asks the agent listening on `socket`, waiting at most `deadline` for the whole
-/// answer. Returns `None` when no agent listens there.
+/// answer. Returns `None` when no agent listens there, or the one there went away
+/// before it began to answer (killed as the call connected): the caller starts a
+/// new one and asks again, which is safe because a push of the same file and a
+/// fetch can both be repeated.
 ///
 /// Errors: `InvalidInput` when the socket's process runs as another user (a socket
-/// planted where this user's agent would be); `Unavailable` when the agent closes
-/// the connection before answering (it died), does not answer in time, or answers
-/// something that does not parse.
+/// planted where this user's agent would be); `Unavailable` when the agent stops
+/// in the middle of its answer, does not answer in time, or answers something that
+/// does not parse.
 pub async fn ask(socket: &Path, request: &Request, deadline: Duration) -> Result<Option<Answer>> {
     let mut stream = match UnixStream::connect(socket).await {
         Ok(s) => s,
@@ -196,12 +199,26 @@ pub async fn ask(socket: &Path, request: &Request, deadline: Duration) -> Result
         })
         .expect("a request serializes");
         line.push(b'\n');
-        write.write_all(&line).await?;
+        let gone = |e: &std::io::Error| {
+            matches!(
+                e.kind(),
+                std::io::ErrorKind::ConnectionReset
+                    | std::io::ErrorKind::BrokenPipe
+                    | std::io::ErrorKind::UnexpectedEof
+            )
+        };
+        match write.write_all(&line).await {
+            Err(e) if gone(&e) => return Ok(Ok(None)),
+            other => other?,
+        }
         let mut reader = BufReader::new(read);
         let mut answer = String::new();
-        reader.read_line(&mut answer).await?;
+        match reader.read_line(&mut answer).await {
+            Err(e) if gone(&e) => return Ok(Ok(None)),
+            other => other?,
+        };
         if answer.is_empty() {
-            return Ok(Err("ended before answering".to_string()));
+            return Ok(Ok(None));
         }
         let reply: Reply = match serde_json::from_str(&answer) {
             Ok(r) => r,
@@ -220,7 +237,7 @@ pub async fn ask(socket: &Path, request: &Request, deadline: Duration) -> Result
                 return Ok(Err(format!("ended after part of the file ({e})")));
             }
         }
-        Ok::<_, std::io::Error>(Ok(Answer { reply, data }))
+        Ok::<_, std::io::Error>(Ok(Some(Answer { reply, data })))
     };
     match tokio::time::timeout(deadline, exchange).await {
         Err(_) => Err(unavailable(format!(
@@ -229,7 +246,14 @@ pub async fn ask(socket: &Path, request: &Request, deadline: Duration) -> Result
         ))),
         Ok(Err(e)) => Err(unavailable(format!("failed: {e}"))),
         Ok(Ok(Err(why))) => Err(unavailable(why)),
-        Ok(Ok(Ok(a))) => Ok(Some(a)),
+        Ok(Ok(Ok(None))) => {
+            tracing::info!(
+                "The WAL agent at {} went away before answering: asking a new one",
+                socket.display()
+            );
+            Ok(None)
+        }
+        Ok(Ok(Ok(a))) => Ok(a),
     }
 }
 
@@ -769,5 +793,45 @@ impl Agent {
                 },
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An "agent" that takes each connection and lets it go: after reading the
+    /// request, or at once.
+    async fn vanishing_agent(read_first: bool) -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join(SOCKET);
+        let listener = UnixListener::bind(&socket).unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                if read_first {
+                    let mut line = String::new();
+                    let _ = BufReader::new(&mut stream).read_line(&mut line).await;
+                }
+                drop(stream);
+            }
+        });
+        (dir, socket)
+    }
+
+    #[tokio::test]
+    async fn an_agent_gone_before_answering_is_no_agent_to_the_caller() {
+        let request = Request::Fetch {
+            name: "000000010000000000000001".into(),
+            prefetch: 0,
+            system: None,
+        };
+        for read_first in [false, true] {
+            let (_dir, socket) = vanishing_agent(read_first).await;
+            let answer = ask(&socket, &request, Duration::from_secs(10)).await;
+            assert!(matches!(answer, Ok(None)), "{answer:?}");
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let answer = ask(&dir.path().join(SOCKET), &request, Duration::from_secs(10)).await;
+        assert!(matches!(answer, Ok(None)), "nobody listens: {answer:?}");
     }
 }

@@ -428,6 +428,23 @@ async fn wal_archived_before_namespacing_is_read_where_it_is_and_attributed() {
         .await
         .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::NotFound, "another system's file: {e}");
+    // The archive_command contract holds across the layouts: the same file again is
+    // archived already (and not stored twice), another under its name is refused.
+    assert_eq!(
+        repo.wal_push("000000010000000000000002", segment_of(a, 2, 2), None)
+            .await
+            .unwrap(),
+        super::wal::WalPushOutcome::AlreadyArchived
+    );
+    assert!(!backend
+        .exists(&layout::wal(Some(a), 1, "000000010000000000000002"))
+        .await
+        .unwrap());
+    let e = repo
+        .wal_push("000000010000000000000002", segment_of(a, 2, 7), None)
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::AlreadyExists, "{e}");
     // New pushes of the same cluster go to its namespace and join the old ones.
     repo.wal_push("000000010000000000000003", segment_of(a, 3, 3), None)
         .await

@@ -196,6 +196,26 @@ impl Repository {
             self.require_current_format().await?;
         }
         let content_id = self.key().chunk_id(&data);
+        if let Some(s) = system {
+            // Archived before WAL was namespaced, for this system: the contract
+            // (never overwrite, fail loudly) holds across the layouts.
+            if let Some(old) = self.unnamespaced_copy_of(s, &kind, name).await? {
+                if old.content_id == content_id {
+                    return Ok(WalPushOutcome::AlreadyArchived);
+                }
+                return Err(Error::AlreadyExists {
+                    what: format!(
+                        "WAL file {name} of database system {s} with different content ({} bytes \
+                         archived at {} before WAL was kept by system, {} bytes now)",
+                        old.size_bytes,
+                        old.pushed
+                            .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                        data.len()
+                    ),
+                    location: self.location(),
+                });
+            }
+        }
         let cuts = wal_cuts(data.len(), self.config().chunker.max_size_bytes as usize);
         let mut chunks = Vec::with_capacity(cuts.len());
         let mut tasks = JoinSet::new();
@@ -365,6 +385,28 @@ impl Repository {
                     .join(", ")
             ))),
         }
+    }
+
+    /// The manifest of `name` in the unnamespaced layout, when it is there and of
+    /// system `system` (as its manifest or the layout's owner says).
+    ///
+    /// Errors: `Corrupt` when the manifest fails authentication; backend errors.
+    async fn unnamespaced_copy_of(
+        &self,
+        system: u64,
+        kind: &WalFileKind,
+        name: &str,
+    ) -> Result<Option<WalManifest>> {
+        let m = match self.wal_manifest_at(&wal_key(None, kind, name), name).await {
+            Ok(m) => m,
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let owner = match m.system_identifier {
+            Some(s) => Some(s),
+            None => self.unnamespaced_owner().await?,
+        };
+        Ok(owner.is_none_or(|o| o == system).then_some(m))
     }
 
     /// The database system whose WAL the unnamespaced layout holds: the one its

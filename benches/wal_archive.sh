@@ -15,19 +15,26 @@
 #           pgvault wal-push, pgvault --async and pgbackrest async: WAL made per
 #           second, the largest backlog of .ready files, and how long the backlog
 #           takes to drain after pgbench stops (0: the archiver kept up).
+#   rpo   - what losing the primary costs: one commit at a time (each acknowledged
+#           before the next, its time noted by the client) for RPO_SECONDS (default
+#           90), then the primary is killed (pg_ctl -m immediate) and restored
+#           --latest from the repository. Reported: commits and seconds lost, with
+#           wal-push --async and archive_timeout = 60, and with wal-receive
+#           (--partial-interval 10s, the default) and no archive_command.
 #   pitr  - a restore of each tool's base backup to the end of the archive (every
 #           segment replayed), with the server started and timed until it is
 #           promoted: pgvault (restore writes wal-fetch --async), pgvault with the
 #           synchronous wal-fetch, pgbackrest archive-get, pgbackrest with its async
 #           prefetch. The restored row count is checked against the source's.
 # Both tools encrypt (pgBackRest aes-256-cbc) and compress with zstd level 3.
-# Not run in CI. Usage: [PHASES="push pitr lag"] benches/wal_archive.sh [segments] [runs] [lag seconds]
+# Not run in CI. Usage: [PHASES="push pitr lag rpo"] [RPO_SECONDS=90] benches/wal_archive.sh [segments] [runs] [lag seconds]
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 SEGMENTS=${1:-64}
 RUNS=${2:-3}
 LAG_SECONDS=${3:-30}
-PHASES=${PHASES:-push pitr lag}
+PHASES=${PHASES:-push pitr lag rpo}
+RPO_SECONDS=${RPO_SECONDS:-90}
 PGBIN=${PG_BIN_DIR:-/usr/lib/postgresql/15/bin}
 PGVAULT=${PGVAULT_BIN:-${CARGO_TARGET_DIR:-$here/target}/release/pgvault}
 die() { echo "wal_archive.sh: $*" >&2; exit 1; }
@@ -40,6 +47,8 @@ WORK=$(mktemp -d /tmp/pgvault-walarchive.XXXXXX)
 chmod 755 "$WORK"
 as_pg() { if [ "$(id -u)" -eq 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
 stop_all() {
+    # Its own d: bash scope is dynamic, and callers keep their data directory in d.
+    local d
     for d in "$WORK"/pgdata*; do
         [ -f "$d/postmaster.pid" ] && as_pg "$PGBIN/pg_ctl" -D "$d" -m immediate stop >/dev/null 2>&1 || true
     done
@@ -313,5 +322,80 @@ printf "%-18s %9s %13s %12s %14s %9s\n" mode tps "WAL seg/s" "max backlog" "drai
 for m in pgvault pgvault-async pgbackrest-async; do
     read -r tps segs max drain failed < <(lag "$m")
     printf "%-18s %9.0f %13s %12s %14s %9s\n" "$m" "$tps" "$segs" "$max" "$drain" "$failed"
+done
+fi
+
+if [[ " $PHASES " == *" rpo "* ]]; then
+echo
+echo "== rpo: commits for ${RPO_SECONDS}s, then the primary killed and restored --latest"
+stop_all
+# rpo MODE: prints "acknowledged commits_lost seconds_lost".
+rpo() {
+    local mode=$1 d=$WORK/pgdata-rpo r=$WORK/pgdata-rpo-r receiver=
+    stop_all
+    rm -rf "$d" "$r" "$WORK/pvrpo" "$WORK/cache" "$WORK/acked"
+    as_pg "$PGBIN/initdb" -D "$d" -A trust -U postgres --no-sync >/dev/null
+    as_pg env PGVAULT_REPO="$WORK/pvrpo" $PV init >/dev/null
+    cat >> "$d/postgresql.conf" <<CONF
+port = $PORT
+unix_socket_directories = '$WORK/sock'
+listen_addresses = ''
+wal_level = replica
+max_wal_senders = 4
+max_replication_slots = 4
+CONF
+    if [ "$mode" = archive ]; then
+        cat >> "$d/postgresql.conf" <<CONF
+archive_mode = on
+archive_command = 'PGVAULT_REPO=$WORK/pvrpo $PV wal-push --async %p'
+archive_timeout = 60
+CONF
+    fi
+    as_pg "$PGBIN/pg_ctl" -D "$d" -l "$WORK/rpo.log" -w start >/dev/null
+    psql_ "CREATE TABLE ticks (n int PRIMARY KEY)" >/dev/null
+    if [ "$mode" = receive ]; then
+        as_pg env PGVAULT_REPO="$WORK/pvrpo" $PV wal-receive --create-slot > "$WORK/receive.log" 2>&1 &
+        receiver=$!
+        until [ "$(psql_ "SELECT count(*) FROM pg_replication_slots WHERE active")" = 1 ]; do sleep 0.1; done
+    fi
+    as_pg env PGVAULT_REPO="$WORK/pvrpo" $PV backup --base >/dev/null 2>&1
+    local n=0 end=$(( $(date +%s) + RPO_SECONDS ))
+    while [ "$(date +%s)" -lt "$end" ]; do
+        n=$((n + 1))
+        psql_ "INSERT INTO ticks VALUES ($n)" >/dev/null
+        echo "$n $(date +%s.%N)" >> "$WORK/acked"
+    done
+    as_pg "$PGBIN/pg_ctl" -D "$d" -m immediate stop >/dev/null
+    if [ -n "$receiver" ]; then
+        sleep 3
+        kill -TERM "$receiver"; wait "$receiver" || true
+    else
+        pkill -f "$PGVAULT.* wal-agent" 2>/dev/null || true
+    fi
+    mkdir -m 700 "$r"; [ "$(id -u)" -eq 0 ] && chown postgres "$r"
+    as_pg env PGVAULT_REPO="$WORK/pvrpo" $PV restore --pgdata "$r" --latest >/dev/null 2>&1
+    cat >> "$r/postgresql.auto.conf" <<CONF
+port = $PORT
+unix_socket_directories = '$WORK/sock'
+archive_mode = off
+CONF
+    as_pg "$PGBIN/pg_ctl" -D "$r" -l "$WORK/rpo-restored.log" start >/dev/null
+    until [ "$(psql_ 'SELECT pg_is_in_recovery()' 2>/dev/null)" = f ]; do sleep 0.1; done
+    local kept last_t kept_t
+    kept=$(psql_ "SELECT coalesce(max(n), 0) FROM ticks")
+    as_pg "$PGBIN/pg_ctl" -D "$r" -m immediate stop >/dev/null
+    last_t=$(tail -1 "$WORK/acked" | cut -d' ' -f2)
+    kept_t=$(awk -v k="$kept" '$1 == k {print $2}' "$WORK/acked")
+    [ -n "$kept_t" ] || kept_t=$(head -1 "$WORK/acked" | cut -d' ' -f2)
+    echo "$n $((n - kept)) $(awk "BEGIN {printf \"%.1f\", $last_t - $kept_t}")"
+}
+printf "%-34s %12s %13s %13s\n" mode acknowledged "commits lost" "seconds lost"
+for m in archive receive; do
+    read -r acked lost secs < <(rpo "$m")
+    case $m in
+        archive) label="wal-push --async, archive_timeout 60" ;;
+        receive) label="wal-receive, --partial-interval 10s" ;;
+    esac
+    printf "%-34s %12s %13s %13s\n" "$label" "$acked" "$lost" "$secs"
 done
 fi

@@ -53,6 +53,7 @@ stop_all() {
         [ -f "$d/postmaster.pid" ] && as_pg "$PGBIN/pg_ctl" -D "$d" -m immediate stop >/dev/null 2>&1 || true
     done
     pkill -f "$PGVAULT.* wal-agent" 2>/dev/null || true
+    pkill -f "$PGVAULT.* wal-receive" 2>/dev/null || true
 }
 cleanup() { stop_all; rm -rf "$WORK"; }
 trap cleanup EXIT

@@ -369,7 +369,9 @@ CONF
     as_pg "$PGBIN/pg_ctl" -D "$d" -m immediate stop >/dev/null
     if [ -n "$receiver" ]; then
         sleep 3
-        kill -TERM "$receiver"; wait "$receiver" || true
+        # To pgvault itself: runuser does not pass SIGTERM on.
+        pkill -TERM -f "$PGVAULT.* wal-receive" || true
+        wait "$receiver" || true
     else
         pkill -f "$PGVAULT.* wal-agent" 2>/dev/null || true
     fi

@@ -93,6 +93,17 @@ CONF
 write_conf "$WORK/pgbr.conf" n bench "$WORK/pgbr" "$WORK/pgdata"
 write_conf "$WORK/pgbr-async.conf" y bench "$WORK/pgbr" "$WORK/pgdata"
 [ "$(id -u)" -eq 0 ] && chown postgres "$WORK"/pgbr*.conf
+# start_promoted DIR LOG: starts a restored data directory on the bench's port, not
+# archiving, and waits until recovery has ended and promoted it.
+start_promoted() {
+    cat >> "$1/postgresql.auto.conf" <<CONF
+port = $PORT
+unix_socket_directories = '$WORK/sock'
+archive_mode = off
+CONF
+    as_pg "$PGBIN/pg_ctl" -D "$1" -l "$2" start >/dev/null
+    until [ "$(psql_ 'SELECT pg_is_in_recovery()' 2>/dev/null)" = f ]; do sleep 0.05; done
+}
 BR="pgbackrest --config=$WORK/pgbr.conf --stanza=bench"
 BR_ASYNC="pgbackrest --config=$WORK/pgbr-async.conf --stanza=bench"
 PV="env PGVAULT_PASSWORD_FILE=$WORK/pass PGVAULT_CACHE_DIR=$WORK/cache $PGVAULT"
@@ -233,13 +244,7 @@ recover() {
         pgbackrest) echo "restore_command = '$BR archive-get %f \"%p\"'" >> "$d/postgresql.auto.conf" ;;
         pgbackrest-async) echo "restore_command = '$BR_ASYNC archive-get %f \"%p\"'" >> "$d/postgresql.auto.conf" ;;
     esac
-    cat >> "$d/postgresql.auto.conf" <<CONF
-port = $PORT
-unix_socket_directories = '$WORK/sock'
-archive_mode = off
-CONF
-    as_pg "$PGBIN/pg_ctl" -D "$d" -l "$WORK/restored.log" start >/dev/null
-    until [ "$(psql_ 'SELECT pg_is_in_recovery()' 2>/dev/null)" = f ]; do sleep 0.05; done
+    start_promoted "$d" "$WORK/restored.log"
     t2=$(date +%s.%N)
     local got
     got=$(psql_ "SELECT count(*) || ' ' || sum(delta) FROM pgbench_history")
@@ -377,13 +382,7 @@ CONF
     fi
     mkdir -m 700 "$r"; [ "$(id -u)" -eq 0 ] && chown postgres "$r"
     as_pg env PGVAULT_REPO="$WORK/pvrpo" $PV restore --pgdata "$r" --latest >/dev/null 2>&1
-    cat >> "$r/postgresql.auto.conf" <<CONF
-port = $PORT
-unix_socket_directories = '$WORK/sock'
-archive_mode = off
-CONF
-    as_pg "$PGBIN/pg_ctl" -D "$r" -l "$WORK/rpo-restored.log" start >/dev/null
-    until [ "$(psql_ 'SELECT pg_is_in_recovery()' 2>/dev/null)" = f ]; do sleep 0.1; done
+    start_promoted "$r" "$WORK/rpo-restored.log"
     local kept last_t kept_t
     kept=$(psql_ "SELECT coalesce(max(n), 0) FROM ticks")
     as_pg "$PGBIN/pg_ctl" -D "$r" -m immediate stop >/dev/null

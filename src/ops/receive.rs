@@ -138,25 +138,31 @@ pub async fn receive(
     Ok(spool.stats)
 }
 
-/// The server's system identifier, asked over an ordinary connection; `None` when
-/// that is refused (a role that may only replicate), and the segments tell.
-async fn server_system(opts: &ReceiveOptions) -> Option<u64> {
+/// Runs one query on the server over an ordinary connection (the `postgres`
+/// database, or the one the connection string names), for at most 10 s.
+///
+/// Errors: `External` when psql fails, cannot start or takes longer.
+async fn ask_server(opts: &ReceiveOptions, sql: &str) -> Result<String> {
     let db = opts.conn.conninfo.as_deref().unwrap_or("postgres");
-    let sql = "SELECT system_identifier FROM pg_control_system()";
-    match tokio::time::timeout(
+    tokio::time::timeout(
         Duration::from_secs(10),
         crate::pg::client::psql(&opts.conn, db, sql),
     )
     .await
-    {
-        Ok(Ok(out)) => out.trim().parse().ok(),
-        Ok(Err(e)) => {
+    .unwrap_or_else(|_| Err(Error::External("The server took over 10s to answer".into())))
+}
+
+/// The server's system identifier; `None` when the query is refused (a role that
+/// may only replicate), and the segments tell.
+async fn server_system(opts: &ReceiveOptions) -> Option<u64> {
+    match ask_server(opts, "SELECT system_identifier FROM pg_control_system()").await {
+        Ok(out) => out.trim().parse().ok(),
+        Err(e) => {
             tracing::info!(
                 "Cannot ask the server its system identifier ({e}): the segments will tell"
             );
             None
         }
-        Err(_) => None,
     }
 }
 
@@ -170,17 +176,7 @@ async fn report_slot(repo: &Repository, opts: &ReceiveOptions) {
          FROM s LEFT JOIN pg_replication_slots r ON r.slot_name = {}",
         crate::pg::client::quote_literal(&opts.slot)
     );
-    let db = opts.conn.conninfo.as_deref().unwrap_or("postgres");
-    let read = tokio::time::timeout(
-        Duration::from_secs(10),
-        crate::pg::client::psql(&opts.conn, db, &sql),
-    )
-    .await
-    .unwrap_or_else(|_| {
-        Err(Error::External(
-            "Reading the replication slot took over 10s".into(),
-        ))
-    });
+    let read = ask_server(opts, &sql).await;
     let mut report = crate::store::records::ReceiverReport {
         time: chrono::Utc::now(),
         slot: opts.slot.clone(),

@@ -315,23 +315,13 @@ impl Repository {
                 Err(e) if e.kind() == ErrorKind::NotFound => {}
                 other => return other,
             }
-            let m = self
-                .wal_manifest_at(&wal_key(None, &kind, name), name)
-                .await?;
-            // A file that names no system (a history file, or anything archived
-            // before systems were recorded) is the cluster's whose WAL the old
-            // layout held.
-            let owner = match m.system_identifier {
-                Some(theirs) => Some(theirs),
-                None => self.unnamespaced_owner().await?,
-            };
-            if owner.is_some_and(|theirs| theirs != s) {
-                return Err(Error::NotFound {
+            return self
+                .unnamespaced_copy_of(s, &kind, name)
+                .await?
+                .ok_or_else(|| Error::NotFound {
                     what: format!("WAL file {name} of database system {s}"),
                     location: self.location(),
                 });
-            }
-            return Ok(m);
         }
         self.wal_manifest_at(&wal_key(None, &kind, name), name)
             .await
@@ -388,7 +378,9 @@ impl Repository {
     }
 
     /// The manifest of `name` in the unnamespaced layout, when it is there and of
-    /// system `system` (as its manifest or the layout's owner says).
+    /// system `system`: as its manifest says, or for a file that names no system (a
+    /// history file, or anything archived before systems were recorded), as the
+    /// layout's owner says.
     ///
     /// Errors: `Corrupt` when the manifest fails authentication; backend errors.
     async fn unnamespaced_copy_of(

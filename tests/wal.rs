@@ -11,7 +11,8 @@ use common::mount::Mount;
 use common::pg::PgCluster;
 use common::s3::S3Server;
 use common::vault::{
-    archiving_async_cluster, archiving_beside, archiving_cluster, switch_and_wait_archived, Vault,
+    archiving_async_cluster, archiving_beside, archiving_cluster, switch_and_wait_archived,
+    switch_and_wait_archived_explained, Vault,
 };
 
 fn server_time(pg: &PgCluster) -> String {
@@ -660,7 +661,7 @@ fn async_archiving_under_pgbench_loses_nothing_when_its_agent_is_killed() {
         killed
     });
     assert_eq!(killed.len(), 2, "no agent to kill: {}", pg.log());
-    let last = switch_and_wait_archived(&pg);
+    let last = switch_and_wait_archived_explained(&pg, || v.explain_agents());
     let history = "SELECT count(*), sum(delta) FROM pgbench_history";
     let committed = pg.psql("postgres", history);
     // Usually both kills hit a push in flight (failed_count 2), which PostgreSQL retried.

@@ -79,15 +79,14 @@ pub(super) async fn ask_agent(
         return Ok(None);
     }
     let start_by = std::time::Instant::now() + g.io_timeout.call();
-    let mut listening = false;
-    let mut last_start: Option<std::time::Instant> = None;
+    let mut starts = AgentStarts::default();
     loop {
         match agent::ask(&socket, request, deadline).await? {
             Some(Answer {
                 reply: Reply::Retired,
                 ..
-            }) => listening = false,
-            None => {}
+            })
+            | None => {}
             Some(answer) => return Ok(Some(answer)),
         }
         if std::time::Instant::now() > start_by {
@@ -97,19 +96,39 @@ pub(super) async fn ask_agent(
                 dir.join(agent::LOG).display()
             )));
         }
-        // Another agent that holds the place is opening the repository: it is asked
-        // again rather than joined by one more process, and replaced only if it is
-        // still not there a second later (it failed, or retired).
-        if !listening && last_start.is_none_or(|t| t.elapsed() >= std::time::Duration::from_secs(1))
-        {
-            last_start = Some(std::time::Instant::now());
-            listening = start_agent(g, &cache_root, &dir).await?;
-        }
-        if !listening {
-            // Another agent holds the place: it is opening the repository, or a
-            // retiring one is finishing.
+        if starts.start_now(std::time::Instant::now()) {
+            if !start_agent(g, &cache_root, &dir).await? {
+                // Another agent holds the place: it is opening the repository, or a
+                // retiring one is finishing.
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        } else {
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         }
+    }
+}
+
+/// When a caller that found no agent to answer starts one.
+#[derive(Debug, Default)]
+struct AgentStarts {
+    last: Option<std::time::Instant>,
+}
+
+impl AgentStarts {
+    /// Whether to start an agent at `now`, having found none that answers. Every
+    /// such finding counts, also right after an agent said it listens: one killed
+    /// since then is replaced, never waited for until the deadline. An agent that
+    /// holds the place while it opens the repository is asked again rather than
+    /// joined by one more process, and replaced only if it is still not there a
+    /// second after the last start (it failed, or retired).
+    fn start_now(&mut self, now: std::time::Instant) -> bool {
+        let due = self
+            .last
+            .is_none_or(|t| now.duration_since(t) >= std::time::Duration::from_secs(1));
+        if due {
+            self.last = Some(now);
+        }
+        due
     }
 }
 
@@ -295,4 +314,23 @@ pub async fn run(g: &GlobalArgs, a: &WalAgentArgs) -> Result<()> {
         ahead: usize::from(a.ahead),
     };
     agent::serve(repo, access, claim, opts, || say("ready")).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::AgentStarts;
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn an_agent_gone_after_it_said_ready_is_replaced_a_second_later() {
+        let mut starts = AgentStarts::default();
+        let t0 = Instant::now();
+        assert!(starts.start_now(t0), "no agent at all: start one");
+        // It said ready, then was killed before it answered: asked again and again.
+        assert!(!starts.start_now(t0 + Duration::from_millis(50)));
+        assert!(!starts.start_now(t0 + Duration::from_millis(900)));
+        assert!(starts.start_now(t0 + Duration::from_millis(1000)));
+        assert!(!starts.start_now(t0 + Duration::from_millis(1500)));
+        assert!(starts.start_now(t0 + Duration::from_millis(2100)));
+    }
 }

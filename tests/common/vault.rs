@@ -385,6 +385,34 @@ fn start_archiving(v: &Vault, env: &str, push: &str) -> super::pg::PgCluster {
 }
 
 impl Vault {
+    /// This vault's WAL agent logs and the pgvault processes running now, to
+    /// explain an archive_command that hangs.
+    pub fn explain_agents(&self) -> String {
+        let mut out = String::new();
+        for d in std::fs::read_dir(self.cache.join("agents"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let log = std::fs::read_to_string(d.path().join("agent.log")).unwrap_or_default();
+            out.push_str(&format!("agent log {}:\n{log}\n", d.path().display()));
+        }
+        let ps = Command::new("ps")
+            .args(["-eo", "pid,ppid,stat,wchan:24,etime,args"])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
+        out.push_str("processes:\n");
+        for line in ps
+            .lines()
+            .filter(|l| l.contains("pgvault") || l.contains("archiver"))
+        {
+            out.push_str(line);
+            out.push('\n');
+        }
+        out
+    }
+
     /// The process id of this vault's running WAL agent, if one runs.
     pub fn agent_pid(&self) -> Option<u32> {
         let agents = std::fs::read_dir(self.cache.join("agents")).ok()?;
@@ -409,6 +437,15 @@ pub fn alive(pid: u32) -> bool {
 
 /// Forces a segment switch, waits until the archiver has pushed it, and returns its name.
 pub fn switch_and_wait_archived(pg: &super::pg::PgCluster) -> String {
+    switch_and_wait_archived_explained(pg, String::new)
+}
+
+/// As [`switch_and_wait_archived`]; a failure also shows what `explain` says (the
+/// WAL agents' logs and processes, for an asynchronous archive_command).
+pub fn switch_and_wait_archived_explained(
+    pg: &super::pg::PgCluster,
+    explain: impl Fn() -> String,
+) -> String {
     let seg = pg.psql("postgres", "SELECT pg_walfile_name(pg_switch_wal())");
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     loop {
@@ -422,8 +459,9 @@ pub fn switch_and_wait_archived(pg: &super::pg::PgCluster) -> String {
         let failed = pg.psql("postgres", "SELECT failed_count FROM pg_stat_archiver");
         assert!(
             std::time::Instant::now() < deadline,
-            "segment {seg} not archived in 60 s (failed_count {failed}); log:\n{}",
-            pg.log()
+            "segment {seg} not archived in 60 s (failed_count {failed}); log:\n{}\n{}",
+            pg.log(),
+            explain()
         );
         std::thread::sleep(std::time::Duration::from_millis(100));
     }

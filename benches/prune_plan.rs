@@ -89,6 +89,7 @@ fn synthetic(n: u64) -> (Vec<ObjectStat>, Vec<SnapshotManifest>) {
             stats: BackupStats::default(),
             dump_offsets_filled: false,
             base: None,
+            dump_contents: None,
             sketches: Vec::new(),
         });
         start += PER_MANIFEST / 2;

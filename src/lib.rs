@@ -14,7 +14,7 @@
 //! | [`index`] | this machine's sled cache of chunks, sketches and manifests |
 //! | [`backend`] | object stores: local directory, S3, in memory |
 //! | [`crypto`], [`chunker`], [`sketch`] | sealing and keys; FastCDC; similarity sketches |
-//! | [`wal_name`], [`time`], [`host`], [`error`] | WAL names and LSNs; times and durations; this machine's name and processes; the error type |
+//! | [`wal_name`], [`dump_data`], [`time`], [`host`], [`error`] | WAL names and LSNs; where each table's rows lie in a dump; times and durations; this machine's name and processes; the error type |
 //! | `blocking`, `pipe` (private) | the one bridge to the blocking pool; a byte pipe between threads |
 //!
 //! `pg` sits beside `ops`, below it: its stream inspectors implement the write path's
@@ -26,6 +26,7 @@ mod blocking;
 pub mod chunker;
 pub mod cli;
 pub mod crypto;
+pub mod dump_data;
 pub mod error;
 pub mod fuse;
 #[doc(hidden)]

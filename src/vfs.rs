@@ -7,10 +7,12 @@
 //!
 //! ```text
 //! /latest                                   -> by-date/…/<newest backup point>
-//! /by-date/YYYY/MM/DD/HHMMSSZ-<db>-<kind>/  <file_name>, manifest.json
+//! /by-date/YYYY/MM/DD/HHMMSSZ-<db>-<kind>/  <file_name>, manifest.json, and for a dump
+//!                                           tables/<schema>.<table>.copy
 //! /by-db/<db>/<RFC3339>-<kind>/             the same; by-db/<db>/latest -> its newest
 //! /at/<time>/<file_name>                    per file name (one per database and kind),
 //!                                           the newest backup point at or before the time
+//! /at/<time>/<db>.tables/                   that dump's tables/
 //! /snapshots/<id>/                          every backup point by id
 //! ```
 //!
@@ -43,6 +45,7 @@ use chrono::{DateTime, Datelike, SecondsFormat, Utc};
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::store::reader::{ChunkCache, FileReader};
+use crate::store::table_reader::TableCopyReader;
 use crate::store::wal::{SystemWalName, WalManifest};
 use crate::store::{Repository, SnapshotManifest};
 use crate::time::rfc3339;
@@ -81,6 +84,9 @@ pub const DIR_MODE: u16 = 0o550;
 
 /// The name of every backup point's manifest file.
 pub const MANIFEST_FILE: &str = "manifest.json";
+
+/// The directory of a dump's tables in its backup point's directory.
+pub const TABLES_DIR: &str = "tables";
 
 /// What kind of thing a node is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -174,6 +180,12 @@ enum Node {
     Data(String),
     /// The manifest.json of a snapshot.
     Manifest(String),
+    /// `tables/` in a dump's directory: one file per table with its COPY text.
+    Tables(View, String),
+    /// `at/<name>/<db>.tables/`: the same beside a dump chosen by time.
+    AtTables(String, String),
+    /// The COPY text of a dump's table, by its place in the dump's table list.
+    TableCopy(String, usize),
     /// `wal/`: the archived WAL files whose name only one system archived (so
     /// `cp …/wal/%f %p` works), a directory per timeline, and one per system.
     Wal,
@@ -322,6 +334,10 @@ fn describe(node: &Node) -> String {
         Node::Data(id) => format!("The backup file of snapshot {id}"),
         Node::Manifest(id) => format!("The manifest.json of snapshot {id}"),
         Node::Point(_, id) => format!("The directory of snapshot {id}"),
+        Node::Tables(_, id) | Node::AtTables(_, id) => {
+            format!("The tables directory of snapshot {id}")
+        }
+        Node::TableCopy(id, i) => format!("Table file {i} of snapshot {id}"),
         Node::Wal => "Directory wal".into(),
         Node::WalSystem(s) => format!("Directory wal/{s}"),
         Node::WalTimeline(None, tl) => format!("Directory wal/{tl:08X}"),
@@ -378,6 +394,7 @@ impl Inodes {
 #[derive(Debug)]
 enum Content {
     Data(Arc<FileReader>),
+    Table(Arc<TableCopyReader>),
     Bytes(Arc<Vec<u8>>),
 }
 
@@ -790,6 +807,21 @@ impl Vfs {
                     ttl: LONG_TTL,
                 }
             }
+            Node::Tables(_, id) | Node::AtTables(_, id) => {
+                let m = self.snapshot_of(tree, id)?;
+                dir_attr(ino, SystemTime::from(m.time), LONG_TTL)
+            }
+            Node::TableCopy(id, i) => {
+                let m = self.snapshot_of(tree, id)?;
+                Attr {
+                    ino,
+                    kind: NodeKind::File,
+                    size_bytes: table_of(&m, *i)?.0.copy_len_bytes,
+                    mtime: SystemTime::from(m.time),
+                    perm: FILE_MODE,
+                    ttl: LONG_TTL,
+                }
+            }
             Node::Manifest(id) => {
                 let m = self.snapshot_of(tree, id)?;
                 Attr {
@@ -947,27 +979,47 @@ impl Vfs {
             }
             Node::AtTime(name) => {
                 let t = parse_at(name).ok_or_else(|| not_found(format!("at/{name}")))?;
-                tree.at(t)
-                    .into_iter()
-                    .map(|(file, p)| (file, Node::Data(p.m.id.clone())))
-                    .collect()
+                let mut v = Vec::new();
+                for (file, p) in tree.at(t) {
+                    if p.m.dump_contents.is_some() {
+                        v.push((
+                            at_tables_name(&file),
+                            Node::AtTables(name.clone(), p.m.id.clone()),
+                        ));
+                    }
+                    v.push((file, Node::Data(p.m.id.clone())));
+                }
+                v
             }
             Node::Snapshots => tree
                 .order
                 .iter()
                 .map(|id| (id.clone(), Node::Point(View::Snapshots, id.clone())))
                 .collect(),
-            Node::Point(_, id) => {
+            Node::Point(view, id) => {
                 let m = self.snapshot_of(tree, id)?;
-                vec![
+                let mut v = vec![
                     (safe_name(&m.file_name), Node::Data(id.clone())),
                     (MANIFEST_FILE.to_string(), Node::Manifest(id.clone())),
-                ]
+                ];
+                if m.dump_contents.is_some() {
+                    v.push((TABLES_DIR.to_string(), Node::Tables(*view, id.clone())));
+                }
+                v
+            }
+            Node::Tables(_, id) | Node::AtTables(_, id) => {
+                let m = self.snapshot_of(tree, id)?;
+                m.dump_contents
+                    .iter()
+                    .flat_map(|c| c.tables.iter().enumerate())
+                    .map(|(i, t)| (t.file_name(), Node::TableCopy(id.clone(), i)))
+                    .collect()
             }
             Node::Latest
             | Node::DbLatest(_)
             | Node::Data(_)
             | Node::Manifest(_)
+            | Node::TableCopy(..)
             | Node::WalFile(..) => {
                 return Err(Error::InvalidInput(format!(
                     "{} is not a directory",
@@ -988,6 +1040,8 @@ impl Vfs {
             Node::WalSystem(_) | Node::WalTimeline(None, _) => Node::Wal,
             Node::WalTimeline(Some(s), _) => Node::WalSystem(*s),
             Node::Point(View::Snapshots, _) => Node::Snapshots,
+            Node::Tables(view, id) => Node::Point(*view, id.clone()),
+            Node::AtTables(name, _) => Node::AtTime(name.clone()),
             Node::Point(View::ByDate, id) => match self.snapshot_of(tree, id) {
                 Ok(m) => Node::Day(m.time.year(), m.time.month(), m.time.day()),
                 Err(_) => Node::ByDate,
@@ -1083,7 +1137,7 @@ impl Vfs {
         // Inside a backup point nothing ever changes; elsewhere a name may come to
         // mean another node (latest, at/<time>/…) or appear when a backup arrives.
         let entry_ttl = match parent_node {
-            Node::Point(..) => LONG_TTL,
+            Node::Point(..) | Node::Tables(..) | Node::AtTables(..) => LONG_TTL,
             _ => SHORT_TTL,
         };
         Ok(Entry { attr, entry_ttl })
@@ -1124,7 +1178,9 @@ impl Vfs {
         for (name, child) in children {
             let kind = match child {
                 Node::Latest | Node::DbLatest(_) => NodeKind::Symlink,
-                Node::Data(_) | Node::Manifest(_) | Node::WalFile(..) => NodeKind::File,
+                Node::Data(_) | Node::Manifest(_) | Node::TableCopy(..) | Node::WalFile(..) => {
+                    NodeKind::File
+                }
                 _ => NodeKind::Dir,
             };
             out.push(DirEntry {
@@ -1152,23 +1208,16 @@ impl Vfs {
         let node = self.node(ino)?;
         let tree = self.tree();
         let content = match &node {
-            Node::Data(id) => {
+            Node::Data(id) => Content::Data(self.snapshot_reader(&tree, id)?),
+            Node::TableCopy(id, i) => {
                 let m = self.snapshot_of(&tree, id)?;
-                let reader = self
-                    .inner
-                    .readers
-                    .lock()
-                    .expect("readers lock")
-                    .entry(id.clone())
-                    .or_insert_with(|| {
-                        Arc::new(FileReader::new(
-                            self.inner.repo.clone(),
-                            m,
-                            self.inner.cache.clone(),
-                        ))
-                    })
-                    .clone();
-                Content::Data(reader)
+                let (table, int_size) = table_of(&m, *i)?;
+                // One per open file: each keeps where its own reader stopped.
+                Content::Table(Arc::new(TableCopyReader::new(
+                    self.snapshot_reader(&tree, id)?,
+                    table.clone(),
+                    int_size,
+                )))
             }
             Node::Manifest(id) => Content::Bytes(Arc::new(manifest_json(
                 self.snapshot_of(&tree, id)?.as_ref(),
@@ -1202,6 +1251,25 @@ impl Vfs {
         Ok(fh)
     }
 
+    /// The reader of snapshot `id`'s backup file, shared by all its open files.
+    fn snapshot_reader(&self, tree: &Tree, id: &str) -> Result<Arc<FileReader>> {
+        let m = self.snapshot_of(tree, id)?;
+        Ok(self
+            .inner
+            .readers
+            .lock()
+            .expect("readers lock")
+            .entry(id.to_string())
+            .or_insert_with(|| {
+                Arc::new(FileReader::new(
+                    self.inner.repo.clone(),
+                    m,
+                    self.inner.cache.clone(),
+                ))
+            })
+            .clone())
+    }
+
     /// Forgets an open file.
     pub fn release(&self, fh: u64) {
         self.inner.handles.lock().expect("handles lock").remove(&fh);
@@ -1228,6 +1296,21 @@ impl Vfs {
                 let end = (start + size as usize).min(b.len());
                 return Ok(b[start..end].to_vec());
             }
+            Content::Table(t) => {
+                let before = handle
+                    .read_end
+                    .swap(offset + u64::from(size), Ordering::Relaxed);
+                let data = t
+                    .read_at(offset, size as usize)
+                    .await
+                    .map_err(|e| read_failed(&t.what(), offset, size, e))?;
+                if offset.abs_diff(before) <= SEQUENTIAL_SLACK {
+                    if let Some(reached) = t.dump_offset_reached() {
+                        prefetch_ahead(t.dump(), reached + 1);
+                    }
+                }
+                return Ok(data);
+            }
             Content::Data(r) => r,
         };
         let end = offset.saturating_add(u64::from(size)).min(reader.len());
@@ -1236,24 +1319,10 @@ impl Vfs {
         if sequential && end > offset {
             prefetch_ahead(reader, end);
         }
-        match reader.read_at(offset, size as usize).await {
-            Ok(data) => Ok(data),
-            Err(e) => {
-                tracing::error!(
-                    "Read of {} at offset {offset}, {size} bytes, failed: {e}",
-                    reader.what()
-                );
-                // A missing chunk of a file that is open is damage: "no such file"
-                // would tell `cp` or a restore_command the file was never there.
-                Err(match e {
-                    Error::NotFound { what, location } => Error::Corrupt(format!(
-                        "{what} of {} is missing from {location}",
-                        reader.what()
-                    )),
-                    e => e,
-                })
-            }
-        }
+        reader
+            .read_at(offset, size as usize)
+            .await
+            .map_err(|e| read_failed(reader.what(), offset, size, e))
     }
 
     /// Totals for `df`.
@@ -1267,6 +1336,35 @@ impl Vfs {
 }
 
 /// Starts loading the chunks after byte `end` up to [`PREFETCH_BYTES`] ahead.
+/// The name in `at/<time>/` of the tables of the dump shown there as `file`:
+/// `footdash.dump` gives `footdash.tables`.
+fn at_tables_name(file: &str) -> String {
+    let stem = file.strip_suffix(".dump").unwrap_or(file);
+    format!("{stem}.{TABLES_DIR}")
+}
+
+/// A failed read of an open file, logged (the reader only sees EIO).
+fn read_failed(what: &str, offset: u64, size: u32, e: Error) -> Error {
+    tracing::error!("Read of {what} at offset {offset}, {size} bytes, failed: {e}");
+    // A missing chunk of a file that is open is damage: "no such file" would tell
+    // `cp` or a restore_command the file was never there.
+    match e {
+        Error::NotFound {
+            what: chunk,
+            location,
+        } => Error::Corrupt(format!("{chunk} of {what} is missing from {location}")),
+        e => e,
+    }
+}
+
+/// Table `i` of dump `m` and the width of its frames' length fields.
+fn table_of(m: &SnapshotManifest, i: usize) -> Result<(&crate::dump_data::TableData, u8)> {
+    m.dump_contents
+        .as_ref()
+        .and_then(|c| c.tables.get(i).map(|t| (t, c.int_size)))
+        .ok_or_else(|| not_found(format!("Table file {i} of snapshot {}", m.id)))
+}
+
 fn prefetch_ahead(reader: &FileReader, end: u64) {
     let chunks = reader.chunks();
     let last = reader.chunk_index_at(end.saturating_sub(1));
@@ -1302,6 +1400,7 @@ mod tests {
             stats: BackupStats::default(),
             dump_offsets_filled: false,
             base: None,
+            dump_contents: None,
             sketches: Vec::new(),
         })
     }

@@ -776,3 +776,186 @@ fn a_base_backup_shows_as_base_tar() {
         ["base.tar".to_string()].into()
     );
 }
+
+/// Awkward names and kinds: several schemas, quoted and non-ASCII names, a dot in a
+/// schema's name, escapes in rows, a partitioned table, an empty table, a sequence,
+/// a large object and a comment (none of the last three has COPY text).
+const AWKWARD: &str = r#"
+CREATE SCHEMA "Ligue 1";
+CREATE SCHEMA "a.b";
+CREATE TABLE public.users (id int PRIMARY KEY, email text, note text);
+INSERT INTO public.users SELECT g, 'user' || g || '@example.com', repeat('x', g % 97)
+  FROM generate_series(1, 20000) g;
+INSERT INTO public.users VALUES (0, 'alice@example.com', E'tab\there\nnew line \\ and é');
+COMMENT ON TABLE public.users IS 'people';
+CREATE TABLE "Ligue 1"."Équipes" (nom text, "points gagnés" int);
+INSERT INTO "Ligue 1"."Équipes" VALUES ('Paris', 70), ('Lens', NULL);
+CREATE TABLE "a.b".c (x int);
+INSERT INTO "a.b".c VALUES (1);
+CREATE TABLE public.empty (x int);
+CREATE TABLE public.matches (id int, played date, score text) PARTITION BY RANGE (played);
+CREATE TABLE public.matches_2025 PARTITION OF public.matches
+  FOR VALUES FROM ('2025-01-01') TO ('2026-01-01');
+CREATE TABLE public.matches_2026 PARTITION OF public.matches
+  FOR VALUES FROM ('2026-01-01') TO ('2027-01-01');
+INSERT INTO public.matches SELECT g, date '2025-01-01' + g % 700, g || '-' || g % 5
+  FROM generate_series(1, 3000) g;
+CREATE SEQUENCE public.s;
+SELECT nextval('public.s');
+SELECT lo_from_bytea(0, 'a large object');
+"#;
+
+/// Panics unless `got == want`, saying where they first differ.
+fn assert_same_bytes(got: &[u8], want: &[u8], what: &str) {
+    if got != want {
+        let at = got.iter().zip(want).take_while(|(a, b)| a == b).count();
+        let around = |b: &[u8]| {
+            String::from_utf8_lossy(&b[at.saturating_sub(40).min(b.len())..(at + 40).min(b.len())])
+                .into_owned()
+        };
+        panic!(
+            "{what}: {} bytes, expected {}; first difference at {at}: {:?} against {:?}",
+            got.len(),
+            want.len(),
+            around(got),
+            around(want)
+        );
+    }
+}
+
+/// `COPY <table> TO STDOUT` as psql prints it: the bytes pg_dump stored.
+fn copy_out(pg: &PgCluster, db: &str, table: &str) -> Vec<u8> {
+    let out = pg
+        .command("psql")
+        .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", db, "-c"])
+        .arg(format!("COPY {table} TO STDOUT"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    out.stdout
+}
+
+const COMPRESSED_AT: &str = "2026-01-01T00:00:00Z";
+
+#[test]
+fn each_table_of_a_dump_is_its_copy_text_in_the_mount_and_through_cat() {
+    let pg = PgCluster::start();
+    pg.create_db("awkward");
+    pg.psql_script("awkward", AWKWARD, true);
+    let tables = [
+        ("public.users.copy", "public.users"),
+        ("Ligue 1.Équipes.copy", r#""Ligue 1"."Équipes""#),
+        ("a%2Eb.c.copy", r#""a.b".c"#),
+        ("public.empty.copy", "public.empty"),
+        ("public.matches_2025.copy", "public.matches_2025"),
+        ("public.matches_2026.copy", "public.matches_2026"),
+    ];
+    let expected: Vec<(&str, Vec<u8>)> = tables
+        .iter()
+        .map(|(file, table)| (*file, copy_out(&pg, "awkward", table)))
+        .collect();
+    assert!(expected[0].1.len() > 1 << 20, "users spans many marks");
+
+    let mut v = small_chunk_vault();
+    v.use_pg(&pg);
+    // pg_dump's own default: compressed data, whose tables are not shown; imported
+    // as of an earlier time, so that the newest point is pgvault's own dump.
+    let tmp = tempfile::tempdir().unwrap();
+    let compressed = tmp.path().join("compressed.dump");
+    let out = pg
+        .command("pg_dump")
+        .args(["-Fc", "-d", "awkward", "-f"])
+        .arg(&compressed)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let compressed_id = v.import_id("awkward", &compressed, Some(COMPRESSED_AT));
+    let id = v.run(&["backup", "--db", "awkward", "--json"]).ok().json()["snapshot_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    // Without a mount: one table, by its full name or its name alone.
+    let by_cat = v.run(&["cat", &id, "--table", "public.users"]).ok();
+    assert_same_bytes(&by_cat.stdout, &expected[0].1, "cat --table public.users");
+    let by_cat = v.run(&["cat", &id, "--table", "Équipes"]).ok();
+    assert_same_bytes(&by_cat.stdout, &expected[1].1, "cat --table Équipes");
+    let err = v.run(&["cat", &id, "--table", "public.nosuch"]).fails();
+    assert!(err.contains("public.nosuch"), "{err}");
+    let err = v
+        .run(&["cat", &compressed_id, "--table", "public.users"])
+        .fails();
+    assert!(err.contains("pg_restore -t"), "{err}");
+
+    let m = Mount::start(&v, &mountpoint(&v), &[]);
+    let dir = m.join(&format!("snapshots/{id}/tables"));
+    assert_eq!(
+        names(&dir),
+        tables.iter().map(|(f, _)| f.to_string()).collect(),
+        "one file per table with data, none for the sequence or the large object"
+    );
+    assert!(names(&m.join(&format!("snapshots/{id}"))).contains("tables"));
+    assert!(
+        !names(&m.join(&format!("snapshots/{compressed_id}"))).contains("tables"),
+        "a compressed dump shows no tables"
+    );
+    for (file, bytes) in &expected {
+        let path = dir.join(file);
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().len(),
+            bytes.len() as u64,
+            "{file}: the size in stat is exact before any read"
+        );
+        assert_same_bytes(&std::fs::read(&path).unwrap(), bytes, file);
+    }
+
+    // Any offset, any length, in any order: the bytes of COPY's output there.
+    let users = &expected[0].1;
+    let f = File::open(dir.join("public.users.copy")).unwrap();
+    let mut rng = Rng::from_env_or_clock();
+    for _ in 0..200 {
+        let offset = rng.below(users.len() as u64 + 10);
+        let len = 1 + rng.below(300_000) as usize;
+        let start = (offset as usize).min(users.len());
+        let end = (start + len).min(users.len());
+        assert_same_bytes(
+            &pread(&f, offset, len).unwrap(),
+            &users[start..end],
+            &format!("users at {offset}, {len} bytes"),
+        );
+    }
+
+    // The same files under every view of the point, and psql reads them back.
+    let by_db = m.join("by-db/awkward");
+    let point = names(&by_db)
+        .into_iter()
+        .map(|n| by_db.join(n))
+        .find(|p| std::fs::read_to_string(p.join("manifest.json")).is_ok_and(|j| j.contains(&id)))
+        .expect("the dump under by-db");
+    let users_file = point.join("tables/public.users.copy");
+    assert_same_bytes(&std::fs::read(&users_file).unwrap(), users, "by-db tables");
+    for other in ["latest/tables", "at/2099-01-01T00:00:00Z/awkward.tables"] {
+        let path = m.join(&format!("{other}/public.users.copy"));
+        assert_same_bytes(&std::fs::read(&path).unwrap(), users, other);
+    }
+    let before = names(&m.join(&format!("at/{COMPRESSED_AT}")));
+    assert_eq!(before, BTreeSet::from(["awkward.dump".to_string()]));
+    pg.create_db("then");
+    pg.psql(
+        "then",
+        "CREATE TABLE users_then (id int PRIMARY KEY, email text, note text)",
+    );
+    let loaded = pg
+        .command("psql")
+        .args(["-X", "-v", "ON_ERROR_STOP=1", "-d", "then", "-c"])
+        .arg(format!("\\copy users_then FROM '{}'", users_file.display()))
+        .output()
+        .unwrap();
+    assert!(loaded.status.success(), "{loaded:?}");
+    let fingerprint = "SELECT count(*), md5(string_agg(id || email || note, ',' ORDER BY id))";
+    assert_eq!(
+        pg.psql("then", &format!("{fingerprint} FROM users_then")),
+        pg.psql("awkward", &format!("{fingerprint} FROM public.users"))
+    );
+    assert!(!m.log().contains("ERROR"), "{}", m.log());
+}

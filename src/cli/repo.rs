@@ -53,6 +53,11 @@ pub struct SnapshotsArgs {
 pub struct CatArgs {
     /// Snapshot id or a unique prefix of it
     pub snapshot: String,
+    /// Print one table's rows of a dump as COPY text (what `COPY t TO STDOUT`
+    /// printed then), reading only that table's chunks; `table` alone when one
+    /// schema has it
+    #[arg(long, value_name = "SCHEMA.TABLE")]
+    pub table: Option<String>,
 }
 
 /// `pgvault index ...`.
@@ -151,6 +156,11 @@ pub async fn snapshots(g: &GlobalArgs, a: &SnapshotsArgs) -> Result<()> {
 pub async fn cat(g: &GlobalArgs, a: &CatArgs) -> Result<()> {
     let repo = open_repo(g).await?;
     let m = crate::ops::snapshots::find(&repo, &a.snapshot).await?;
+    if let Some(table) = &a.table {
+        let mut out = std::io::BufWriter::with_capacity(1 << 20, std::io::stdout());
+        crate::ops::snapshots::cat_table(&repo, &m, table, &mut out).await?;
+        return Ok(());
+    }
     let progress = super::progress_for(m.size_bytes, "cat", std::io::stderr().is_terminal());
     let mut out = std::io::BufWriter::with_capacity(1 << 20, std::io::stdout());
     crate::ops::snapshots::cat(&repo, &m, &mut out, progress).await?;

@@ -463,6 +463,7 @@ mod tests {
             stats: BackupStats::default(),
             dump_offsets_filled: false,
             base: None,
+            dump_contents: None,
             sketches: Vec::new(),
         }
     }

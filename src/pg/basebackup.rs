@@ -205,6 +205,7 @@ impl StreamInspector for BaseTarInspector {
         Ok(Inspected {
             patched_head: None,
             base: Some(parse_info(found)?),
+            dump_contents: None,
         })
     }
 }

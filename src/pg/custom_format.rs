@@ -28,6 +28,8 @@
 use std::collections::HashMap;
 use std::ops::Range;
 
+use crate::dump_data::{DumpContents, FrameMark, TableData, MARK_EVERY_BYTES};
+
 /// Largest header plus table of contents that [`DumpInspector::new`] will buffer.
 ///
 /// The table of contents grows with the schema, not with the data: a million tables
@@ -51,6 +53,9 @@ const BLK_BLOBS: u8 = 3;
 const K_OFFSET_POS_NOT_SET: u8 = 1;
 const K_OFFSET_POS_SET: u8 = 2;
 const K_OFFSET_NO_DATA: u8 = 3;
+/// What pg_dump writes after a table's rows: the end-of-data line of a SQL script
+/// and two blank lines.
+const COPY_TERMINATOR: &[u8] = b"\\.\n\n\n";
 /// How much of the input the header parser copies at a time: big enough that a TOC
 /// of many small entries is not re-parsed once per feed, small enough that data
 /// bytes copied past the end of the TOC cost nothing worth mentioning.
@@ -162,6 +167,9 @@ pub struct DumpLayout {
     pub offsets_were_set: bool,
     /// The data blocks in archive order.
     pub data_blocks: Vec<DataBlock>,
+    /// Each table's COPY text and where it lies; `None` for a compressed archive,
+    /// whose frames hold compressed bytes, or names that are not UTF-8.
+    pub contents: Option<DumpContents>,
     off_size: u8,
     head_digest: u64,
     /// One per entry with data, in TOC order.
@@ -412,19 +420,31 @@ impl<'a> Cursor<'a> {
 
     /// Skips a string; returns false for NULL, which ends dependency lists.
     fn string(&mut self) -> Result<bool, Stop> {
+        Ok(self.string_bytes()?.is_some())
+    }
+
+    /// Takes a string's bytes; `None` for NULL.
+    fn string_bytes(&mut self) -> Result<Option<&'a [u8]>, Stop> {
         let at = self.pos;
         let len = self.int()?;
         if len < 0 {
-            return Ok(false);
+            return Ok(None);
         }
         // A length beyond the address space can never be satisfied; saturating makes
         // it a Short that the TOC size limit turns into an error. The Short names the
         // string's start, so that a size-limit error points at the length field.
         match self.take(usize::try_from(len).unwrap_or(usize::MAX)) {
-            Ok(_) => Ok(true),
+            Ok(bytes) => Ok(Some(bytes)),
             Err(Stop::Short { need, .. }) => Err(Stop::Short { at, need }),
             Err(stop) => Err(stop),
         }
+    }
+
+    /// Takes a string as text; `None` for NULL or bytes that are not UTF-8.
+    fn text(&mut self) -> Result<Option<String>, Stop> {
+        Ok(self
+            .string_bytes()?
+            .and_then(|b| String::from_utf8(b.to_vec()).ok()))
     }
 }
 
@@ -516,6 +536,10 @@ fn parse_header(c: &mut Cursor<'_>) -> Result<Header, Stop> {
 #[derive(Debug)]
 struct ParsedEntry {
     dump_id: i32,
+    /// What the entry names: the object (tag), its kind (desc), its schema.
+    tag: Option<String>,
+    desc: Option<String>,
+    namespace: Option<String>,
     /// Offset of the data offset's flag byte.
     field: usize,
     flag: u8,
@@ -535,13 +559,16 @@ fn parse_entry(c: &mut Cursor<'_>, header: &Header) -> Result<ParsedEntry, Stop>
             )
         })?;
     c.int()?; // hadDumper: the offset flag below is what pg_restore goes by.
-    for _ in 0..4 {
-        c.string()?; // tableoid, oid, tag, desc
-    }
+    c.string()?; // tableoid
+    c.string()?; // oid
+    let tag = c.text()?;
+    let desc = c.text()?;
     c.int()?; // section
-    for _ in 0..5 {
-        c.string()?; // defn, dropStmt, copyStmt, namespace, tablespace
+    for _ in 0..3 {
+        c.string()?; // defn, dropStmt, copyStmt
     }
+    let namespace = c.text()?;
+    c.string()?; // tablespace
     let minor = header.version.1;
     if minor >= MINOR_TABLEAM {
         c.string()?;
@@ -568,6 +595,9 @@ fn parse_entry(c: &mut Cursor<'_>, header: &Header) -> Result<ParsedEntry, Stop>
         .fold(0u64, |acc, &b| (acc << 8) | u64::from(b));
     Ok(ParsedEntry {
         dump_id,
+        tag,
+        desc,
+        namespace,
         field,
         flag,
         stored_offset,
@@ -704,6 +734,8 @@ impl HeadParser {
             by_id,
             block_order: Vec::new(),
             blocks_done: 0,
+            last_frame: Vec::new(),
+            last_frame_len: 0,
             toc_entries: self.entries_parsed,
             header,
             head_digest: fnv1a(&head),
@@ -735,6 +767,12 @@ impl HeadParser {
 #[derive(Debug)]
 struct DataEntry {
     dump_id: i32,
+    tag: Option<String>,
+    desc: Option<String>,
+    namespace: Option<String>,
+    /// Payload bytes of the frames seen so far, and marks on the way.
+    copy_len: u64,
+    marks: Vec<FrameMark>,
     field: usize,
     flag: u8,
     stored_offset: u64,
@@ -747,6 +785,11 @@ impl DataEntry {
     fn new(entry: ParsedEntry) -> Self {
         DataEntry {
             dump_id: entry.dump_id,
+            tag: entry.tag,
+            desc: entry.desc,
+            namespace: entry.namespace,
+            copy_len: 0,
+            marks: Vec::new(),
             field: entry.field,
             flag: entry.flag,
             stored_offset: entry.stored_offset,
@@ -786,6 +829,10 @@ struct DataScanner {
     by_id: HashMap<i32, usize>,
     block_order: Vec<usize>,
     blocks_done: usize,
+    /// The current table's last frame, kept when it is short enough to be the
+    /// COPY terminator, and its length.
+    last_frame: Vec<u8>,
+    last_frame_len: u64,
     toc_entries: usize,
     header: Header,
     head_digest: u64,
@@ -819,6 +866,12 @@ impl DataScanner {
             match self.state {
                 ScanState::Payload { entry, remaining } => {
                     let n = remaining.min(input.len() as u64);
+                    if self.header.compression == 0
+                        && self.last_frame_len <= COPY_TERMINATOR.len() as u64
+                        && !self.entries[entry].large_objects
+                    {
+                        self.last_frame.extend_from_slice(&input[..n as usize]);
+                    }
                     input = &input[n as usize..];
                     self.pos += n;
                     self.state = if n == remaining {
@@ -869,6 +922,8 @@ impl DataScanner {
                     let Some((negative, len)) = self.next_int(&mut input) else {
                         break;
                     };
+                    let frame_start = self.pos - 1 - self.int_size as u64;
+                    self.note_frame(entry, frame_start, if negative { 0 } else { len });
                     if len == 0 {
                         self.state = if self.entries[entry].large_objects {
                             ScanState::LoOid { entry }
@@ -936,7 +991,40 @@ impl DataScanner {
         Ok(entry)
     }
 
+    /// Records where table data frames lie, for reading one table alone later;
+    /// only uncompressed archives, whose payloads are the COPY text itself.
+    fn note_frame(&mut self, entry: usize, frame_start: u64, len: u64) {
+        let e = &mut self.entries[entry];
+        if self.header.compression != 0 || e.large_objects {
+            return;
+        }
+        if len > 0 {
+            self.last_frame.clear();
+            self.last_frame_len = len;
+        }
+        if e.marks
+            .last()
+            .is_none_or(|m| e.copy_len - m.copy_offset >= MARK_EVERY_BYTES)
+        {
+            e.marks.push(FrameMark {
+                dump_offset: frame_start,
+                copy_offset: e.copy_len,
+            });
+        }
+        e.copy_len += len;
+    }
+
     fn end_block(&mut self, entry: usize) -> ScanState {
+        // pg_dump ends each table's COPY text with the end-of-data line of a SQL
+        // script; `COPY … TO STDOUT` prints none, and a table's file is that text.
+        if self.header.compression == 0
+            && self.last_frame_len == COPY_TERMINATOR.len() as u64
+            && self.last_frame == COPY_TERMINATOR
+        {
+            self.entries[entry].copy_len -= self.last_frame_len;
+        }
+        self.last_frame.clear();
+        self.last_frame_len = 0;
         self.entries[entry].end = Some(self.pos);
         self.blocks_done += 1;
         ScanState::BlockStart
@@ -1005,6 +1093,7 @@ impl DataScanner {
                 data_offset: block_span(e).0,
             })
             .collect();
+        let contents = self.contents();
         let offsets_were_set = self
             .entries
             .iter()
@@ -1020,9 +1109,38 @@ impl DataScanner {
             entries_with_data: self.entries.len(),
             offsets_were_set,
             data_blocks,
+            contents,
             off_size: self.header.off_size as u8,
             head_digest: self.head_digest,
             patches,
+        })
+    }
+}
+
+impl DataScanner {
+    /// The tables and where their COPY text lies, for an uncompressed archive whose
+    /// table entries all name their schema and table in UTF-8; `None` otherwise.
+    fn contents(&self) -> Option<DumpContents> {
+        if self.header.compression != 0 {
+            return None;
+        }
+        let mut tables = Vec::new();
+        for &i in &self.block_order {
+            let e = &self.entries[i];
+            if e.large_objects || e.desc.as_deref() != Some("TABLE DATA") {
+                continue;
+            }
+            tables.push(TableData {
+                schema: e.namespace.clone()?,
+                table: e.tag.clone()?,
+                dump_id: e.dump_id,
+                copy_len_bytes: e.copy_len,
+                marks: e.marks.clone(),
+            });
+        }
+        Some(DumpContents {
+            int_size: u8::try_from(self.int_size).ok()?,
+            tables,
         })
     }
 }
@@ -1295,6 +1413,87 @@ mod tests {
             rest = tail;
         }
         inspector.finish()
+    }
+
+    /// The COPY text of `table` in `archive`, walked frame by frame from the mark
+    /// before `from` to the end of the block, as a reader of one table does.
+    fn copy_text_from(archive: &[u8], int_size: usize, table: &TableData, from: u64) -> Vec<u8> {
+        let mark = table.mark_before(from).expect("a table has a first mark");
+        let (mut pos, mut copy) = (mark.dump_offset as usize, mark.copy_offset);
+        let mut out = Vec::new();
+        while let Some(len) = crate::dump_data::frame_len(&archive[pos..], int_size) {
+            let payload = &archive[pos + 1 + int_size..][..len as usize];
+            let skip = from.saturating_sub(copy).min(len) as usize;
+            let keep = table.copy_len_bytes.saturating_sub(copy).min(len) as usize;
+            out.extend_from_slice(&payload[skip.min(keep)..keep]);
+            copy += len;
+            pos += 1 + int_size + len as usize;
+        }
+        out
+    }
+
+    #[test]
+    fn each_table_s_copy_text_is_found_from_its_marks() {
+        let rows: Vec<Vec<u8>> = (0..12000)
+            .map(|i| format!("{i}\trow number {i} of a table\n").into_bytes())
+            .collect();
+        let whole: Vec<u8> = rows.concat();
+        assert!(whole.len() as u64 > 2 * MARK_EVERY_BYTES);
+        let mut rows = rows;
+        rows.push(COPY_TERMINATOR.to_vec());
+        let mut entries = sample_entries();
+        entries.push(Entry {
+            dump_id: 20,
+            desc: "TABLE DATA",
+            payload: Payload::Table(rows),
+        });
+        entries.push(Entry {
+            dump_id: 21,
+            desc: "TABLE DATA",
+            payload: Payload::Table(vec![COPY_TERMINATOR.to_vec()]),
+        });
+        // A last row as short as the terminator stays.
+        entries.push(Entry {
+            dump_id: 22,
+            desc: "TABLE DATA",
+            payload: Payload::Table(vec![b"1\t2\n".to_vec(), b"ab\tc\n".to_vec()]),
+        });
+        let synth = Synth::new(entries);
+        let (archive, _) = synth.build(false);
+        let contents = inspect(&archive).unwrap().contents.expect("uncompressed");
+        assert_eq!(contents.int_size, 4);
+        let big = contents.tables.iter().find(|t| t.dump_id == 20).unwrap();
+        assert_eq!((big.schema.as_str(), big.table.as_str()), ("public", "tag"));
+        assert_eq!(big.copy_len_bytes, whole.len() as u64);
+        assert!(big.marks.len() >= 3, "{:?}", big.marks);
+        for from in [
+            0,
+            1,
+            35,
+            MARK_EVERY_BYTES - 1,
+            MARK_EVERY_BYTES + 17,
+            whole.len() as u64 - 3,
+        ] {
+            assert_eq!(
+                copy_text_from(&archive, 4, big, from),
+                whole[from as usize..],
+                "from {from}"
+            );
+        }
+        let empty = contents.tables.iter().find(|t| t.dump_id == 21).unwrap();
+        assert_eq!(empty.copy_len_bytes, 0);
+        assert_eq!(copy_text_from(&archive, 4, empty, 0), b"");
+        // Large objects and entries that are not table data have no COPY text.
+        let ids: Vec<i32> = contents.tables.iter().map(|t| t.dump_id).collect();
+        assert_eq!(ids, [9, 10, 13, 20, 21, 22]);
+        let short = &contents.tables[5];
+        assert_eq!(copy_text_from(&archive, 4, short, 0), b"1\t2\nab\tc\n");
+
+        let compressed = Synth {
+            compression: -1,
+            ..Synth::new(sample_entries())
+        };
+        assert_eq!(inspect(&compressed.build(false).0).unwrap().contents, None);
     }
 
     #[test]

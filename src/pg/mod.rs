@@ -218,9 +218,18 @@ impl StreamInspector for DumpStreamInspector {
         } else {
             Some(layout.patch_head(head).map_err(dump_error)?)
         };
+        if layout.contents.is_none() {
+            let why = if layout.is_compressed() {
+                "its data is compressed (pg_dump -Fc without -Z0)"
+            } else {
+                "a table's name is not UTF-8"
+            };
+            tracing::info!("The dump's tables are not shown one by one in the mount: {why}");
+        }
         Ok(Inspected {
             patched_head,
             base: None,
+            dump_contents: layout.contents,
         })
     }
 }

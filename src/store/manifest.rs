@@ -97,6 +97,11 @@ pub struct SnapshotManifest {
     /// For base backups: where in the WAL the backup starts and ends.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub base: Option<BaseBackupInfo>,
+    /// For dumps: where each table's COPY text lies, so that one table is read
+    /// alone. `None` for a compressed dump, and for dumps stored before pgvault
+    /// recorded it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dump_contents: Option<crate::dump_data::DumpContents>,
     /// Similarity sketches of the full chunks this snapshot needs, as far as the
     /// writer knew them: an index rebuild restores the sketch index from these, so
     /// losing the cache costs no compression once rebuilt.

@@ -29,6 +29,7 @@ pub mod reader;
 pub mod records;
 pub mod snapshots;
 pub mod sync;
+pub mod table_reader;
 pub mod wal;
 pub mod writer;
 

@@ -62,6 +62,8 @@ pub struct Inspected {
     pub patched_head: Option<Vec<u8>>,
     /// Facts about a base backup, recorded in its manifest.
     pub base: Option<BaseBackupInfo>,
+    /// Where each table's rows lie in a dump, recorded in its manifest.
+    pub dump_contents: Option<crate::dump_data::DumpContents>,
 }
 
 /// What the backup point is, as opposed to what it contains.
@@ -272,6 +274,7 @@ impl Repository {
             dump_offsets_filled: meta.kind == SnapshotKind::Dump
                 && inspected.patched_head.is_some(),
             base: inspected.base,
+            dump_contents: inspected.dump_contents,
             sketches,
         };
         Ok(PendingSnapshot {

@@ -1,0 +1,147 @@
+//! One table's COPY text read out of a stored dump at any offset, by walking the
+//! dump's frames from the recorded mark before that offset (see
+//! [`crate::dump_data`]); only the chunks that hold those frames are read.
+
+use std::sync::{Arc, Mutex};
+
+use super::reader::FileReader;
+use crate::dump_data::{frame_len, FrameMark, TableData};
+use crate::error::{Error, Result};
+
+/// How much of the dump one fetch reads: a frame per row means many small frames,
+/// so they are parsed from a window rather than read one by one.
+const WINDOW_BYTES: usize = 256 << 10;
+
+/// Reads one table's COPY text from a dump's [`FileReader`].
+#[derive(Debug)]
+pub struct TableCopyReader {
+    dump: Arc<FileReader>,
+    table: TableData,
+    int_size: usize,
+    /// The frame where the last read stopped: a sequential reader goes on from
+    /// there instead of from the mark before it.
+    resume: Mutex<Option<FrameMark>>,
+}
+
+/// Dump bytes read ahead of the frame walk.
+struct Window {
+    start: u64,
+    bytes: Vec<u8>,
+}
+
+impl TableCopyReader {
+    /// A reader of `table`, whose frames have length fields `int_size` bytes wide
+    /// after their sign byte, in the dump `dump` reads.
+    pub fn new(dump: Arc<FileReader>, table: TableData, int_size: u8) -> Self {
+        TableCopyReader {
+            dump,
+            table,
+            int_size: usize::from(int_size),
+            resume: Mutex::new(None),
+        }
+    }
+
+    /// The length of the COPY text.
+    pub fn len(&self) -> u64 {
+        self.table.copy_len_bytes
+    }
+
+    /// Whether the table has no rows.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The dump the table is read from.
+    pub fn dump(&self) -> &FileReader {
+        &self.dump
+    }
+
+    /// Where in the dump the last read stopped, to load the chunks after it ahead.
+    pub fn dump_offset_reached(&self) -> Option<u64> {
+        self.resume
+            .lock()
+            .expect("resume lock")
+            .map(|m| m.dump_offset)
+    }
+
+    /// The table, for messages.
+    pub fn what(&self) -> String {
+        format!(
+            "Table {} of {}",
+            self.table.qualified_name(),
+            self.dump.what()
+        )
+    }
+
+    /// Up to `size` bytes of COPY text at `offset`; fewer only at its end.
+    ///
+    /// Errors: those of [`FileReader::read_at`]; `Corrupt` when the frames found do
+    /// not add up to what was recorded when the dump was stored.
+    pub async fn read_at(&self, offset: u64, size: usize) -> Result<Vec<u8>> {
+        let end = offset.saturating_add(size as u64).min(self.len());
+        if offset >= end {
+            return Ok(Vec::new());
+        }
+        let mark = self
+            .table
+            .mark_before(offset)
+            .ok_or_else(|| self.damaged("has no recorded frames"))?;
+        let resume = *self.resume.lock().expect("resume lock");
+        let mut at = match resume {
+            Some(r) if r.copy_offset <= offset && r.copy_offset > mark.copy_offset => r,
+            _ => mark,
+        };
+        let header = 1 + self.int_size;
+        let mut window = Window {
+            start: at.dump_offset,
+            bytes: Vec::new(),
+        };
+        let mut out = Vec::with_capacity((end - offset) as usize);
+        while at.copy_offset < end {
+            let i = self.ensure(&mut window, at.dump_offset, header).await?;
+            let len = frame_len(&window.bytes[i..], self.int_size)
+                .ok_or_else(|| self.damaged("ends before its recorded length"))?;
+            let payload = at.dump_offset + header as u64;
+            let from = offset.max(at.copy_offset);
+            let to = end.min(at.copy_offset + len);
+            if from < to {
+                let n = (to - from) as usize;
+                let i = self
+                    .ensure(&mut window, payload + (from - at.copy_offset), n)
+                    .await?;
+                out.extend_from_slice(&window.bytes[i..i + n]);
+            }
+            if at.copy_offset + len > end {
+                break;
+            }
+            at = FrameMark {
+                dump_offset: payload + len,
+                copy_offset: at.copy_offset + len,
+            };
+        }
+        *self.resume.lock().expect("resume lock") = Some(at);
+        Ok(out)
+    }
+
+    /// Makes the window hold `n` dump bytes at `offset` (reading a new one there if
+    /// it does not) and returns where they start in it.
+    async fn ensure(&self, window: &mut Window, offset: u64, n: usize) -> Result<usize> {
+        let inside =
+            offset >= window.start && offset + n as u64 <= window.start + window.bytes.len() as u64;
+        if !inside {
+            window.start = offset;
+            window.bytes = self.dump.read_at(offset, n.max(WINDOW_BYTES)).await?;
+            if window.bytes.len() < n {
+                return Err(self.damaged("runs past the end of the dump"));
+            }
+        }
+        Ok((offset - window.start) as usize)
+    }
+
+    fn damaged(&self, how: &str) -> Error {
+        Error::Corrupt(format!(
+            "{} {how}: the dump's frames do not match the manifest",
+            self.what()
+        ))
+    }
+}

@@ -188,6 +188,32 @@ pub fn format_duration(d: Duration) -> String {
     }
 }
 
+/// The abbreviation of this machine's time zone (`TZ`, else `/etc/localtime`) at the
+/// local wall-clock time `local` (year, month 1-12, day, hour, minute, second), as
+/// C's `strftime("%Z")` prints it after `mktime`: `UTC`, `CET`, `EST`. `None` when
+/// the zone cannot be read or the time is out of range.
+pub fn local_zone_abbreviation(local: (i64, i64, i64, i64, i64, i64)) -> Option<String> {
+    let (y, mo, d, h, mi, s) = local;
+    let naive = chrono::NaiveDate::from_ymd_opt(
+        i32::try_from(y).ok()?,
+        u32::try_from(mo).ok()?,
+        u32::try_from(d).ok()?,
+    )?
+    .and_hms_opt(
+        u32::try_from(h).ok()?,
+        u32::try_from(mi).ok()?,
+        u32::try_from(s).ok()?,
+    )?;
+    let as_utc = naive.and_utc().timestamp();
+    let zone = tz::TimeZone::local().ok()?;
+    // The wall-clock time read as UTC is off by the zone's offset: one correction
+    // finds the instant, except within an hour of a change of offset.
+    let guess = zone.find_local_time_type(as_utc).ok()?;
+    let instant = as_utc - i64::from(guess.ut_offset());
+    let found = zone.find_local_time_type(instant).ok()?;
+    Some(found.time_zone_designation().to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

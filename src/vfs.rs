@@ -8,11 +8,11 @@
 //! ```text
 //! /latest                                   -> by-date/…/<newest backup point>
 //! /by-date/YYYY/MM/DD/HHMMSSZ-<db>-<kind>/  <file_name>, manifest.json, and for a dump
-//!                                           tables/<schema>.<table>.copy
+//!                                           tables/<schema>.<table>.copy, toc.txt
 //! /by-db/<db>/<RFC3339>-<kind>/             the same; by-db/<db>/latest -> its newest
 //! /at/<time>/<file_name>                    per file name (one per database and kind),
 //!                                           the newest backup point at or before the time
-//! /at/<time>/<db>.tables/                   that dump's tables/
+//! /at/<time>/<db>.tables/, <db>.toc.txt     that dump's tables/ and toc.txt
 //! /snapshots/<id>/                          every backup point by id
 //! ```
 //!
@@ -84,6 +84,12 @@ pub const DIR_MODE: u16 = 0o550;
 
 /// The name of every backup point's manifest file.
 pub const MANIFEST_FILE: &str = "manifest.json";
+
+/// A dump's `pg_restore -l` listing in its backup point's directory.
+pub const TOC_FILE: &str = "toc.txt";
+
+/// How much of a dump is read at a time to find the end of its table of contents.
+const TOC_READ_BYTES: usize = 256 << 10;
 
 /// The directory of a dump's tables in its backup point's directory.
 pub const TABLES_DIR: &str = "tables";
@@ -186,6 +192,8 @@ enum Node {
     AtTables(String, String),
     /// The COPY text of a dump's table, by its place in the dump's table list.
     TableCopy(String, usize),
+    /// `toc.txt`: what `pg_restore -l` prints for a dump.
+    TocText(String),
     /// `wal/`: the archived WAL files whose name only one system archived (so
     /// `cp …/wal/%f %p` works), a directory per timeline, and one per system.
     Wal,
@@ -338,6 +346,7 @@ fn describe(node: &Node) -> String {
             format!("The tables directory of snapshot {id}")
         }
         Node::TableCopy(id, i) => format!("Table file {i} of snapshot {id}"),
+        Node::TocText(id) => format!("The {TOC_FILE} of snapshot {id}"),
         Node::Wal => "Directory wal".into(),
         Node::WalSystem(s) => format!("Directory wal/{s}"),
         Node::WalTimeline(None, tl) => format!("Directory wal/{tl:08X}"),
@@ -425,6 +434,9 @@ struct Inner {
     /// WAL manifests fetched by lookups; archived files never change.
     wal_manifests: Mutex<HashMap<SystemWalName, Arc<WalManifest>>>,
     readers: Mutex<HashMap<String, Arc<FileReader>>>,
+    /// Each dump's `toc.txt` once made; `None` when its table of contents could
+    /// not be read (the file is then left out).
+    toc_texts: Mutex<HashMap<String, Option<Arc<Vec<u8>>>>>,
     inodes: Mutex<Inodes>,
     handles: Mutex<HashMap<u64, Arc<Handle>>>,
     next_handle: AtomicU64,
@@ -519,6 +531,7 @@ impl Vfs {
                 wal: RwLock::new(Arc::new(BTreeMap::new())),
                 wal_manifests: Mutex::new(HashMap::new()),
                 readers: Mutex::new(HashMap::new()),
+                toc_texts: Mutex::new(HashMap::new()),
                 inodes: Mutex::new(Inodes::new()),
                 handles: Mutex::new(HashMap::new()),
                 next_handle: AtomicU64::new(1),
@@ -811,6 +824,20 @@ impl Vfs {
                 let m = self.snapshot_of(tree, id)?;
                 dir_attr(ino, SystemTime::from(m.time), LONG_TTL)
             }
+            Node::TocText(id) => {
+                let m = self.snapshot_of(tree, id)?;
+                let text = self
+                    .cached_toc_text(id)
+                    .ok_or_else(|| not_found(describe(node)))?;
+                Attr {
+                    ino,
+                    kind: NodeKind::File,
+                    size_bytes: text.len() as u64,
+                    mtime: SystemTime::from(m.time),
+                    perm: FILE_MODE,
+                    ttl: LONG_TTL,
+                }
+            }
             Node::TableCopy(id, i) => {
                 let m = self.snapshot_of(tree, id)?;
                 Attr {
@@ -987,6 +1014,10 @@ impl Vfs {
                             Node::AtTables(name.clone(), p.m.id.clone()),
                         ));
                     }
+                    if self.may_have_toc_text(&p.m) {
+                        let stem = file.strip_suffix(".dump").unwrap_or(&file);
+                        v.push((format!("{stem}.{TOC_FILE}"), Node::TocText(p.m.id.clone())));
+                    }
                     v.push((file, Node::Data(p.m.id.clone())));
                 }
                 v
@@ -1005,6 +1036,9 @@ impl Vfs {
                 if m.dump_contents.is_some() {
                     v.push((TABLES_DIR.to_string(), Node::Tables(*view, id.clone())));
                 }
+                if self.may_have_toc_text(&m) {
+                    v.push((TOC_FILE.to_string(), Node::TocText(id.clone())));
+                }
                 v
             }
             Node::Tables(_, id) | Node::AtTables(_, id) => {
@@ -1020,6 +1054,7 @@ impl Vfs {
             | Node::Data(_)
             | Node::Manifest(_)
             | Node::TableCopy(..)
+            | Node::TocText(_)
             | Node::WalFile(..) => {
                 return Err(Error::InvalidInput(format!(
                     "{} is not a directory",
@@ -1132,6 +1167,9 @@ impl Vfs {
         if let Node::WalFile(system, name) = &child {
             self.wal_manifest(*system, name).await?;
         }
+        if let Node::TocText(id) = &child {
+            self.toc_text(&tree, id).await?;
+        }
         let ino = self.ino(child.clone());
         let attr = self.attr_of(&tree, &child, ino)?;
         // Inside a backup point nothing ever changes; elsewhere a name may come to
@@ -1178,9 +1216,11 @@ impl Vfs {
         for (name, child) in children {
             let kind = match child {
                 Node::Latest | Node::DbLatest(_) => NodeKind::Symlink,
-                Node::Data(_) | Node::Manifest(_) | Node::TableCopy(..) | Node::WalFile(..) => {
-                    NodeKind::File
-                }
+                Node::Data(_)
+                | Node::Manifest(_)
+                | Node::TableCopy(..)
+                | Node::TocText(_)
+                | Node::WalFile(..) => NodeKind::File,
                 _ => NodeKind::Dir,
             };
             out.push(DirEntry {
@@ -1219,6 +1259,10 @@ impl Vfs {
                     int_size,
                 )))
             }
+            Node::TocText(id) => Content::Bytes(
+                self.cached_toc_text(id)
+                    .ok_or_else(|| not_found(describe(&node)))?,
+            ),
             Node::Manifest(id) => Content::Bytes(Arc::new(manifest_json(
                 self.snapshot_of(&tree, id)?.as_ref(),
             ))),
@@ -1268,6 +1312,83 @@ impl Vfs {
                 ))
             })
             .clone())
+    }
+
+    /// Whether a backup point may show `toc.txt`: a dump whose table of contents
+    /// has not failed to read.
+    fn may_have_toc_text(&self, m: &SnapshotManifest) -> bool {
+        m.kind == crate::store::SnapshotKind::Dump
+            && !matches!(
+                self.inner.toc_texts.lock().expect("toc lock").get(&m.id),
+                Some(None)
+            )
+    }
+
+    fn cached_toc_text(&self, id: &str) -> Option<Arc<Vec<u8>>> {
+        self.inner
+            .toc_texts
+            .lock()
+            .expect("toc lock")
+            .get(id)
+            .cloned()
+            .flatten()
+    }
+
+    /// Makes dump `id`'s `toc.txt` from its table of contents, reading only the
+    /// dump's head, once per mount.
+    ///
+    /// Errors: `NotFound` when the table of contents cannot be read (logged once;
+    /// the file is left out from then on); store errors, which are tried again.
+    async fn toc_text(&self, tree: &Tree, id: &str) -> Result<Arc<Vec<u8>>> {
+        if let Some(known) = self.inner.toc_texts.lock().expect("toc lock").get(id) {
+            return known
+                .clone()
+                .ok_or_else(|| not_found(format!("{TOC_FILE} of snapshot {id}")));
+        }
+        let reader = self.snapshot_reader(tree, id)?;
+        let mut inspector = crate::pg::custom_format::DumpInspector::keeping_toc();
+        let mut at = 0u64;
+        let toc = loop {
+            if let Some(toc) = inspector.take_toc() {
+                break Ok(toc);
+            }
+            let data = reader.read_at(at, TOC_READ_BYTES).await?;
+            if data.is_empty() {
+                break Err("it ends inside its table of contents".to_string());
+            }
+            at += data.len() as u64;
+            if let Err(e) = inspector.feed(&data) {
+                break Err(e.to_string());
+            }
+        };
+        let text = match toc {
+            Ok(toc) => {
+                let [sec, min, hour, mday, mon, year, _] = toc.header.created;
+                let zone = crate::time::local_zone_abbreviation((
+                    year + 1900,
+                    mon + 1,
+                    mday,
+                    hour,
+                    min,
+                    sec,
+                ))
+                .unwrap_or_else(|| "UTC".into());
+                Some(Arc::new(crate::pg::toc_listing::toc_listing(&toc, &zone)))
+            }
+            Err(why) => {
+                tracing::warn!(
+                    "{} of snapshot {id} is left out: its table of contents cannot be read ({why})",
+                    TOC_FILE
+                );
+                None
+            }
+        };
+        self.inner
+            .toc_texts
+            .lock()
+            .expect("toc lock")
+            .insert(id.to_string(), text.clone());
+        text.ok_or_else(|| not_found(format!("{TOC_FILE} of snapshot {id}")))
     }
 
     /// Forgets an open file.

@@ -176,6 +176,50 @@ pub struct DumpLayout {
     patches: Vec<OffsetPatch>,
 }
 
+/// An archive's header, as `pg_restore -l` summarizes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ArchiveHeader {
+    pub version: (u8, u8, u8),
+    pub int_size: u8,
+    pub off_size: u8,
+    /// As stored: a zlib level before archive version 1.15, an algorithm after.
+    pub compression: i32,
+    /// The creation time as pg_dump wrote it: a `struct tm`'s seconds, minutes,
+    /// hours, day of month, month (0-11), year - 1900 and DST flag, in the dumping
+    /// machine's zone (which the archive does not name).
+    pub created: [i64; 7],
+    pub dbname: Option<Vec<u8>>,
+    pub server_version: Option<Vec<u8>>,
+    pub dump_version: Option<Vec<u8>>,
+    pub toc_entries: usize,
+}
+
+/// One table-of-contents entry; strings as stored (`None` for NULL).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TocEntry {
+    pub dump_id: i32,
+    pub had_dumper: bool,
+    pub table_oid: Option<Vec<u8>>,
+    pub oid: Option<Vec<u8>>,
+    pub tag: Option<Vec<u8>>,
+    pub desc: Option<Vec<u8>>,
+    pub section: i64,
+    pub defn: Option<Vec<u8>>,
+    pub drop_stmt: Option<Vec<u8>>,
+    pub copy_stmt: Option<Vec<u8>>,
+    pub namespace: Option<Vec<u8>>,
+    pub tablespace: Option<Vec<u8>>,
+    pub table_am: Option<Vec<u8>>,
+    pub owner: Option<Vec<u8>>,
+}
+
+/// An archive's header and table of contents.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Toc {
+    pub header: ArchiveHeader,
+    pub entries: Vec<TocEntry>,
+}
+
 /// One data block of an archive.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DataBlock {
@@ -286,6 +330,29 @@ impl DumpInspector {
             max_toc_len,
             failed: None,
             phase: Phase::Head(HeadParser::new()),
+        }
+    }
+
+    /// An inspector that also keeps every table-of-contents entry, for
+    /// [`DumpInspector::take_toc`].
+    pub fn keeping_toc() -> Self {
+        let mut me = Self::new();
+        if let Phase::Head(head) = &mut me.phase {
+            head.toc = Some(Vec::new());
+        }
+        me
+    }
+
+    /// The archive's header and table of contents, once fed completely to an
+    /// inspector made by [`DumpInspector::keeping_toc`]; taken out, so a second
+    /// call returns `None`.
+    pub fn take_toc(&mut self) -> Option<Toc> {
+        match &mut self.phase {
+            Phase::Head(_) => None,
+            Phase::Data(scan) => Some(Toc {
+                header: scan.archive_header(),
+                entries: scan.toc.take()?,
+            }),
         }
     }
 
@@ -439,13 +506,6 @@ impl<'a> Cursor<'a> {
             Err(stop) => Err(stop),
         }
     }
-
-    /// Takes a string as text; `None` for NULL or bytes that are not UTF-8.
-    fn text(&mut self) -> Result<Option<String>, Stop> {
-        Ok(self
-            .string_bytes()?
-            .and_then(|b| String::from_utf8(b.to_vec()).ok()))
-    }
 }
 
 /// Splits an archive int into its sign and magnitude; callers guarantee at most 8
@@ -494,6 +554,12 @@ struct Header {
     version: (u8, u8, u8),
     int_size: usize,
     off_size: usize,
+    /// The creation time as pg_dump wrote it: a `struct tm`'s seconds, minutes,
+    /// hours, day, month (0-11), year - 1900 and DST flag.
+    created: [i64; 7],
+    dbname: Option<Vec<u8>>,
+    server_version: Option<Vec<u8>>,
+    dump_version: Option<Vec<u8>>,
     compression: i32,
     timestamp: Range<usize>,
 }
@@ -516,18 +582,22 @@ fn parse_header(c: &mut Cursor<'_>) -> Result<Header, Stop> {
         })?
     };
     let start = c.pos;
-    for _ in 0..7 {
-        c.int()?;
+    let mut created = [0i64; 7];
+    for field in &mut created {
+        *field = c.int()?;
     }
     let timestamp = start..c.pos;
-    // Database name, server version, pg_dump version.
-    for _ in 0..3 {
-        c.string()?;
-    }
+    let dbname = c.string_bytes()?.map(<[u8]>::to_vec);
+    let server_version = c.string_bytes()?.map(<[u8]>::to_vec);
+    let dump_version = c.string_bytes()?.map(<[u8]>::to_vec);
     Ok(Header {
         version,
         int_size: c.int_size,
         off_size,
+        created,
+        dbname,
+        server_version,
+        dump_version,
         compression,
         timestamp,
     })
@@ -540,6 +610,7 @@ struct ParsedEntry {
     tag: Option<String>,
     desc: Option<String>,
     namespace: Option<String>,
+    toc: TocEntry,
     /// Offset of the data offset's flag byte.
     field: usize,
     flag: u8,
@@ -558,26 +629,32 @@ fn parse_entry(c: &mut Cursor<'_>, header: &Header) -> Result<ParsedEntry, Stop>
                 format!("TOC entry has dump ID {raw_id}; dump IDs are positive 32-bit integers"),
             )
         })?;
-    c.int()?; // hadDumper: the offset flag below is what pg_restore goes by.
-    c.string()?; // tableoid
-    c.string()?; // oid
-    let tag = c.text()?;
-    let desc = c.text()?;
-    c.int()?; // section
-    for _ in 0..3 {
-        c.string()?; // defn, dropStmt, copyStmt
-    }
-    let namespace = c.text()?;
-    c.string()?; // tablespace
+    // hadDumper: the offset flag below says where data is; listings go by this.
+    let had_dumper = c.int()? != 0;
+    let bytes = |c: &mut Cursor<'_>| Ok::<_, Stop>(c.string_bytes()?.map(<[u8]>::to_vec));
+    let table_oid = bytes(c)?;
+    let oid = bytes(c)?;
+    let tag_bytes = bytes(c)?;
+    let desc_bytes = bytes(c)?;
+    let section = c.int()?;
+    let defn = bytes(c)?;
+    let drop_stmt = bytes(c)?;
+    let copy_stmt = bytes(c)?;
+    let namespace_bytes = bytes(c)?;
+    let tablespace = bytes(c)?;
     let minor = header.version.1;
-    if minor >= MINOR_TABLEAM {
-        c.string()?;
-    }
+    let table_am = if minor >= MINOR_TABLEAM {
+        bytes(c)?
+    } else {
+        None
+    };
     if minor >= MINOR_RELKIND {
         c.int()?;
     }
-    c.string()?; // owner
+    let owner = bytes(c)?;
     c.string()?; // WITH OIDS, always "false" nowadays
+    let text = |b: &Option<Vec<u8>>| b.as_ref().and_then(|b| String::from_utf8(b.clone()).ok());
+    let (tag, desc, namespace) = (text(&tag_bytes), text(&desc_bytes), text(&namespace_bytes));
     while c.string()? {}
     let field = c.pos;
     let flag = c.byte()?;
@@ -598,6 +675,22 @@ fn parse_entry(c: &mut Cursor<'_>, header: &Header) -> Result<ParsedEntry, Stop>
         tag,
         desc,
         namespace,
+        toc: TocEntry {
+            dump_id,
+            had_dumper,
+            table_oid,
+            oid,
+            tag: tag_bytes,
+            desc: desc_bytes,
+            section,
+            defn,
+            drop_stmt,
+            copy_stmt,
+            namespace: namespace_bytes,
+            tablespace,
+            table_am,
+            owner,
+        },
         field,
         flag,
         stored_offset,
@@ -618,6 +711,8 @@ struct HeadParser {
     toc_count: Option<usize>,
     entries_parsed: usize,
     data_entries: Vec<DataEntry>,
+    /// Every entry, when kept.
+    toc: Option<Vec<TocEntry>>,
 }
 
 impl HeadParser {
@@ -630,6 +725,7 @@ impl HeadParser {
             toc_count: None,
             entries_parsed: 0,
             data_entries: Vec::new(),
+            toc: None,
         }
     }
 
@@ -680,8 +776,12 @@ impl HeadParser {
                     })
                 }
                 (Some(header), Some(count)) if self.entries_parsed < count => {
-                    parse_entry(&mut c, header).map(|entry| {
+                    parse_entry(&mut c, header).map(|mut entry| {
                         self.entries_parsed += 1;
+                        let toc = std::mem::take(&mut entry.toc);
+                        if let Some(kept) = &mut self.toc {
+                            kept.push(toc);
+                        }
                         if entry.flag != K_OFFSET_NO_DATA {
                             self.data_entries.push(DataEntry::new(entry));
                         }
@@ -737,6 +837,7 @@ impl HeadParser {
             last_frame: Vec::new(),
             last_frame_len: 0,
             toc_entries: self.entries_parsed,
+            toc: self.toc.take(),
             header,
             head_digest: fnv1a(&head),
         };
@@ -834,6 +935,7 @@ struct DataScanner {
     last_frame: Vec<u8>,
     last_frame_len: u64,
     toc_entries: usize,
+    toc: Option<Vec<TocEntry>>,
     header: Header,
     head_digest: u64,
 }
@@ -1118,6 +1220,21 @@ impl DataScanner {
 }
 
 impl DataScanner {
+    fn archive_header(&self) -> ArchiveHeader {
+        let h = &self.header;
+        ArchiveHeader {
+            version: h.version,
+            int_size: h.int_size as u8,
+            off_size: h.off_size as u8,
+            compression: h.compression,
+            created: h.created,
+            dbname: h.dbname.clone(),
+            server_version: h.server_version.clone(),
+            dump_version: h.dump_version.clone(),
+            toc_entries: self.toc_entries,
+        }
+    }
+
     /// The tables and where their COPY text lies, for an uncompressed archive whose
     /// table entries all name their schema and table in UTF-8; `None` otherwise.
     fn contents(&self) -> Option<DumpContents> {

@@ -9,6 +9,7 @@ pub mod conninfo;
 pub mod custom_format;
 pub mod recovery;
 pub mod server;
+pub mod toc_listing;
 
 use std::io::Read;
 use std::path::PathBuf;

@@ -990,9 +990,43 @@ fn each_table_of_a_dump_is_its_copy_text_in_the_mount_and_through_cat() {
         .unwrap();
     assert!(loaded.status.success(), "{loaded:?}");
     let fingerprint = "SELECT count(*), md5(string_agg(id || email || note, ',' ORDER BY id))";
+    let source = pg.psql("awkward", &format!("{fingerprint} FROM public.users"));
     assert_eq!(
         pg.psql("then", &format!("{fingerprint} FROM users_then")),
-        pg.psql("awkward", &format!("{fingerprint} FROM public.users"))
+        source
     );
     assert!(!m.log().contains("ERROR"), "{}", m.log());
+    drop(m);
+
+    // The server itself reads a mounted table through file_fdw: the mount must let
+    // its OS user in.
+    let mut extra = Vec::new();
+    if PgCluster::server_user().is_some() {
+        std::fs::set_permissions(v.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        extra = vec!["--allow-other", "--uid", "postgres"];
+    }
+    let m = Mount::start(&v, &mountpoint(&v), &extra);
+    let table_file = m.join(&format!("snapshots/{id}/tables/public.users.copy"));
+    pg.psql_script(
+        "then",
+        &format!(
+            "CREATE EXTENSION file_fdw;
+             CREATE SERVER files FOREIGN DATA WRAPPER file_fdw;
+             CREATE FOREIGN TABLE users_tue (id int, email text, note text)
+               SERVER files OPTIONS (filename '{}');",
+            table_file.display()
+        ),
+        false,
+    );
+    assert_eq!(
+        pg.psql("then", &format!("{fingerprint} FROM users_tue")),
+        source
+    );
+    assert_eq!(
+        pg.psql(
+            "then",
+            "SELECT note FROM users_tue WHERE email = 'alice@example.com'"
+        ),
+        "tab\there\nnew line \\ and é"
+    );
 }

@@ -1,0 +1,146 @@
+#!/usr/bin/env bash
+# Benchmark for a dump's tables in the mount (issue "Inside every dump"): the question
+# "what did this row look like then?" answered by grep on the mounted table file,
+# side by side with the only route a peer offers, a `pg_restore -t` into a scratch
+# database and a query, in one run, reporting medians. Not run in CI.
+#
+#   benches/dump_tables.sh                      # builds target/release/pgvault if needed
+#   SCALE=340 RUNS=5 benches/dump_tables.sh     # the issue's ~500 MB FootDash dump
+#   PGVAULT_BIN=/tmp/pgvault OUT=tables.md benches/dump_tables.sh
+#
+# Environment:
+#   SCALE  FootDash scale (default 100: ~1.5 MB of dump per unit, so ~150 MB)
+#   RUNS   runs per measurement, medians reported (default 5)
+#   PGVAULT_BIN  the binary to measure   OUT  also write the Markdown report there
+#   PG_BIN_DIR   PostgreSQL 15 binaries (default /usr/lib/postgresql/15/bin)
+#
+# What it measures, for the smallest and the largest FootDash table with rows, each
+# RUNS times, for one row in the middle of the table (found by its id):
+#   - grep through the mount, cold: a fresh mount (empty chunk cache, nothing in the
+#     page cache for the mounted file), `grep -c` of the row's line over the whole
+#     `tables/public.<t>.copy` (the whole table is read, not just up to the row);
+#   - the same, warm: a second grep on the same mount;
+#   - the scratch route: a fresh database, `pg_restore -t <t> -d scratch` from the
+#     mounted dump (fresh mount), then `SELECT … WHERE id = …`.
+# Before timing, the mounted table file must equal `COPY public.<t> TO STDOUT` and
+# both routes must find the same row. Goal: the grep at least 10x faster (cold).
+#
+# Needs fuse3 and root or a user allowed to mount with fusermount3. As root, the
+# server runs as the postgres OS user. Everything lives in a temp dir removed at the end.
+set -euo pipefail
+
+SCALE=${SCALE:-100}
+RUNS=${RUNS:-5}
+PG_BIN_DIR=${PG_BIN_DIR:-/usr/lib/postgresql/15/bin}
+here=$(cd "$(dirname "$0")/.." && pwd)
+target=${CARGO_TARGET_DIR:-$here/target}
+PGVAULT=${PGVAULT_BIN:-$target/release/pgvault}
+
+if [ -z "${PGVAULT_BIN:-}" ]; then
+    (cd "$here" && cargo build --release --quiet --no-default-features --bin pgvault)
+fi
+
+work=$(mktemp -d /tmp/pgvault-bench-XXXXXX)
+chmod 755 "$work"
+mnt=$work/mnt
+mount_pid=""
+pg_started=0
+as_pg() { if [ "$(id -u)" = 0 ]; then su postgres -s /bin/sh -c "$*"; else sh -c "$*"; fi; }
+
+cleanup() {
+    if [ -n "$mount_pid" ]; then kill -TERM "$mount_pid" 2>/dev/null || true; wait "$mount_pid" 2>/dev/null || true; fi
+    if mountpoint -q "$mnt" 2>/dev/null; then fusermount3 -u -z "$mnt" 2>/dev/null || true; fi
+    if [ "$pg_started" = 1 ]; then as_pg "$PG_BIN_DIR/pg_ctl -D $work/pg/data -m fast -w stop" >/dev/null 2>&1 || true; fi
+    rm -rf "$work"
+}
+trap cleanup EXIT
+
+export PGVAULT_REPO=$work/repo PGVAULT_PASSWORD=bench PGVAULT_CACHE_DIR=$work/cache
+port=$((40000 + $$ % 20000))
+export PGHOST=$work/pg PGPORT=$port PGUSER=postgres PGVAULT_PG_BINDIR=$PG_BIN_DIR
+psql() { "$PG_BIN_DIR/psql" -X -q -v ON_ERROR_STOP=1 "$@"; }
+
+now() { date +%s.%N; }
+median() { sort -g | awk '{a[NR]=$1} END {if (NR%2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2}'; }
+
+mount_fresh() {
+    "$PGVAULT" mount "$mnt" >>"$work/mount.log" 2>&1 &
+    mount_pid=$!
+    for _ in $(seq 600); do mountpoint -q "$mnt" && return 0; sleep 0.05; done
+    echo "mount did not come up:" >&2; cat "$work/mount.log" >&2; exit 1
+}
+unmount() { kill -TERM "$mount_pid"; wait "$mount_pid" || true; mount_pid=""; }
+
+echo "== setup: PostgreSQL cluster, FootDash (SCALE=$SCALE), repository, backup"
+mkdir -p "$work/pg" "$mnt"
+[ "$(id -u)" = 0 ] && chown postgres "$work/pg"
+as_pg "$PG_BIN_DIR/initdb -D $work/pg/data -A trust -U postgres --no-sync --locale=C -E UTF8" >/dev/null
+as_pg "$PG_BIN_DIR/pg_ctl -D $work/pg/data -l $work/pg/log -w -o \"-p $port -k $work/pg -c listen_addresses='' -c fsync=off\" start" >/dev/null
+pg_started=1
+psql -d postgres -c "CREATE DATABASE footdash"
+psql -d footdash -f "$here/tests/data/footdash-schema.sql" >/dev/null
+sed "s/__SCALE__/$SCALE/g" "$here/tests/data/footdash-data.sql" | psql -d footdash >/dev/null
+psql -d footdash -c 'VACUUM ANALYZE'
+"$PGVAULT" init --kdf-memory-kib 8192 --kdf-iterations 1 >/dev/null
+id=$("$PGVAULT" backup --db footdash --json | sed -n 's/.*"snapshot_id": "\([0-9a-f]*\)".*/\1/p')
+dump_mb=$("$PGVAULT" snapshots --json | sed -n 's/.*"size_bytes": \([0-9]*\).*/\1/p' | tail -1 | awk '{printf "%.1f", $1 / 1e6}')
+tables=$(psql -At -d footdash -c "SELECT relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+    WHERE nspname = 'public' AND relkind = 'r' AND reltuples > 0 ORDER BY pg_relation_size(c.oid)" | sed -n '1p;$p')
+rel="snapshots/$id"
+echo "   dump: $dump_mb MB, snapshot ${id:0:8}; tables: $(echo $tables); $RUNS runs each"
+
+declare -A t
+record() { t[$1]="${t[$1]:-} $2"; }
+timed() { local s e; s=$(now); "$@" >/dev/null; e=$(now); awk -v s="$s" -v e="$e" 'BEGIN {printf "%.4f", e - s}'; }
+
+scratch_query() {
+    local table=$1 row=$2
+    psql -d postgres -c "DROP DATABASE IF EXISTS scratch" -c "CREATE DATABASE scratch"
+    "$PG_BIN_DIR/pg_restore" -t "$table" -d scratch "$mnt/$rel/footdash.dump"
+    psql -At -d scratch -c "SELECT * FROM public.$table WHERE id = $row"
+}
+
+report=""
+for table in $tables; do
+    file="$mnt/$rel/tables/public.$table.copy"
+    rows=$(psql -At -d footdash -c "SELECT count(*) FROM public.$table")
+    row=$(psql -At -d footdash -c "SELECT id FROM public.$table ORDER BY id OFFSET $((rows / 2)) LIMIT 1")
+    mount_fresh
+    psql -d footdash -c "COPY public.$table TO STDOUT" | cmp -s - "$file" \
+        || { echo "tables/public.$table.copy differs from COPY's output!" >&2; exit 1; }
+    [ "$(grep -c "^$row	" "$file")" = 1 ] || { echo "row $row of $table not found once" >&2; exit 1; }
+    found=$(scratch_query "$table" "$row" | tr '|' '\t' | cut -f1)
+    [ "$found" = "$row" ] || { echo "the scratch route did not find row $row of $table" >&2; exit 1; }
+    unmount
+    copy_mb=$(psql -At -d footdash -c "COPY public.$table TO STDOUT" | wc -c | awk '{printf "%.1f", $1 / 1e6}')
+    echo "== $table: $rows rows, $copy_mb MB of COPY text, row id $row"
+    for r in $(seq "$RUNS"); do
+        mount_fresh
+        record "$table.grep_cold" "$(timed grep -c "^$row	" "$file")"
+        record "$table.grep_warm" "$(timed grep -c "^$row	" "$file")"
+        unmount
+        mount_fresh
+        record "$table.scratch" "$(timed scratch_query "$table" "$row")"
+        unmount
+        echo "   run $r done"
+    done
+    m() { printf '%s\n' ${t[$table.$1]} | median; }
+    line=$(awk -v c="$(m grep_cold)" -v w="$(m grep_warm)" -v s="$(m scratch)" -v name="$table" \
+        -v rows="$rows" -v mb="$copy_mb" \
+        'BEGIN {printf "| %s | %d | %s | %.3f | %.3f | %.3f | %.1fx |", name, rows, mb, c, w, s, s / c}')
+    report="$report$line"$'\n'
+done
+
+out=$(cat <<EOF
+One row of a table from a $dump_mb MB FootDash dump (pg_dump -Fc -Z0, SCALE=$SCALE), medians of $RUNS runs, seconds.
+grep: \`grep -c '^<id>\t' tables/public.<t>.copy\` through the mount (cold: fresh mount). scratch: \`pg_restore -t <t> -d scratch\` from the mounted dump (fresh mount) and a query.
+
+| table | rows | COPY MB | grep cold | grep warm | scratch | scratch / grep cold |
+| --- | --- | --- | --- | --- | --- | --- |
+$report
+Goal: the grep at least 10x faster than the scratch route (cold).
+EOF
+)
+echo
+echo "$out"
+if [ -n "${OUT:-}" ]; then echo "$out" >"$OUT"; fi

@@ -38,6 +38,14 @@ pub struct TableData {
     /// Frame starts, by ascending offset; the first is the block's first frame (or its
     /// end marker, for an empty table).
     pub marks: Vec<FrameMark>,
+    /// Payload bytes after the COPY text: pg_dump's end-of-data line, which a SQL
+    /// script shows and the table's file does not.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub trailer_len_bytes: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// A frame's start: its offset in the dump, and the offset in the COPY text of its
@@ -117,6 +125,7 @@ mod tests {
             dump_id: 1,
             copy_len_bytes: 0,
             marks: Vec::new(),
+            trailer_len_bytes: 0,
         };
         assert_eq!(t("public", "users").file_name(), "public.users.copy");
         assert_eq!(t("Ligue 1", "équipes").file_name(), "Ligue 1.équipes.copy");
@@ -138,6 +147,7 @@ mod tests {
             dump_id: 7,
             copy_len_bytes: 300,
             marks: vec![mark(1000, 0), mark(1200, 150), mark(1400, 290)],
+            trailer_len_bytes: 5,
         };
         assert_eq!(t.mark_before(0), Some(mark(1000, 0)));
         assert_eq!(t.mark_before(149), Some(mark(1000, 0)));

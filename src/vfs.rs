@@ -8,11 +8,13 @@
 //! ```text
 //! /latest                                   -> by-date/…/<newest backup point>
 //! /by-date/YYYY/MM/DD/HHMMSSZ-<db>-<kind>/  <file_name>, manifest.json, and for a dump
-//!                                           tables/<schema>.<table>.copy, toc.txt
+//!                                           tables/<schema>.<table>.copy, toc.txt,
+//!                                           <db>.sql, schema.sql
 //! /by-db/<db>/<RFC3339>-<kind>/             the same; by-db/<db>/latest -> its newest
 //! /at/<time>/<file_name>                    per file name (one per database and kind),
 //!                                           the newest backup point at or before the time
-//! /at/<time>/<db>.tables/, <db>.toc.txt     that dump's tables/ and toc.txt
+//! /at/<time>/<db>.tables/, <db>.toc.txt,    that dump's tables/, toc.txt, <db>.sql and
+//!   <db>.sql, <db>.schema.sql               schema.sql
 //! /snapshots/<id>/                          every backup point by id
 //! ```
 //!
@@ -44,6 +46,8 @@ use std::time::{Duration, Instant, SystemTime};
 use chrono::{DateTime, Datelike, SecondsFormat, Utc};
 
 use crate::error::{Error, ErrorKind, Result};
+use crate::ops::dump_files::{DumpFiles, ScriptFile};
+use crate::pg::restore_script::ScriptKind;
 use crate::store::reader::{ChunkCache, FileReader};
 use crate::store::table_reader::TableCopyReader;
 use crate::store::wal::{SystemWalName, WalManifest};
@@ -88,8 +92,8 @@ pub const MANIFEST_FILE: &str = "manifest.json";
 /// A dump's `pg_restore -l` listing in its backup point's directory.
 pub const TOC_FILE: &str = "toc.txt";
 
-/// How much of a dump is read at a time to find the end of its table of contents.
-const TOC_READ_BYTES: usize = 256 << 10;
+/// A dump's schema as a SQL script (`pg_restore -s`) in its backup point's directory.
+pub const SCHEMA_FILE: &str = "schema.sql";
 
 /// The directory of a dump's tables in its backup point's directory.
 pub const TABLES_DIR: &str = "tables";
@@ -194,6 +198,8 @@ enum Node {
     TableCopy(String, usize),
     /// `toc.txt`: what `pg_restore -l` prints for a dump.
     TocText(String),
+    /// `<db>.sql` and `schema.sql`: what `pg_restore -f -` and `-s -f -` print.
+    Script(String, ScriptKind),
     /// `wal/`: the archived WAL files whose name only one system archived (so
     /// `cp …/wal/%f %p` works), a directory per timeline, and one per system.
     Wal,
@@ -347,6 +353,8 @@ fn describe(node: &Node) -> String {
         }
         Node::TableCopy(id, i) => format!("Table file {i} of snapshot {id}"),
         Node::TocText(id) => format!("The {TOC_FILE} of snapshot {id}"),
+        Node::Script(id, ScriptKind::Whole) => format!("The SQL script of snapshot {id}"),
+        Node::Script(id, ScriptKind::SchemaOnly) => format!("The {SCHEMA_FILE} of snapshot {id}"),
         Node::Wal => "Directory wal".into(),
         Node::WalSystem(s) => format!("Directory wal/{s}"),
         Node::WalTimeline(None, tl) => format!("Directory wal/{tl:08X}"),
@@ -404,6 +412,7 @@ impl Inodes {
 enum Content {
     Data(Arc<FileReader>),
     Table(Arc<TableCopyReader>),
+    Script(Arc<ScriptFile>),
     Bytes(Arc<Vec<u8>>),
 }
 
@@ -434,9 +443,8 @@ struct Inner {
     /// WAL manifests fetched by lookups; archived files never change.
     wal_manifests: Mutex<HashMap<SystemWalName, Arc<WalManifest>>>,
     readers: Mutex<HashMap<String, Arc<FileReader>>>,
-    /// Each dump's `toc.txt` once made; `None` when its table of contents could
-    /// not be read (the file is then left out).
-    toc_texts: Mutex<HashMap<String, Option<Arc<Vec<u8>>>>>,
+    /// What is made from each dump's table of contents.
+    files: DumpFiles,
     inodes: Mutex<Inodes>,
     handles: Mutex<HashMap<u64, Arc<Handle>>>,
     next_handle: AtomicU64,
@@ -531,7 +539,7 @@ impl Vfs {
                 wal: RwLock::new(Arc::new(BTreeMap::new())),
                 wal_manifests: Mutex::new(HashMap::new()),
                 readers: Mutex::new(HashMap::new()),
-                toc_texts: Mutex::new(HashMap::new()),
+                files: DumpFiles::default(),
                 inodes: Mutex::new(Inodes::new()),
                 handles: Mutex::new(HashMap::new()),
                 next_handle: AtomicU64::new(1),
@@ -824,15 +832,24 @@ impl Vfs {
                 let m = self.snapshot_of(tree, id)?;
                 dir_attr(ino, SystemTime::from(m.time), LONG_TTL)
             }
-            Node::TocText(id) => {
+            Node::TocText(_) | Node::Script(..) => {
+                let (id, size) = match node {
+                    Node::Script(id, kind) => (
+                        id,
+                        self.inner.files.cached_script(id, *kind).map(|s| s.len()),
+                    ),
+                    Node::TocText(id) => (
+                        id,
+                        self.inner.files.cached_toc_text(id).map(|t| t.len() as u64),
+                    ),
+                    _ => unreachable!("matched above"),
+                };
                 let m = self.snapshot_of(tree, id)?;
-                let text = self
-                    .cached_toc_text(id)
-                    .ok_or_else(|| not_found(describe(node)))?;
+                let size = size.ok_or_else(|| not_found(describe(node)))?;
                 Attr {
                     ino,
                     kind: NodeKind::File,
-                    size_bytes: text.len() as u64,
+                    size_bytes: size,
                     mtime: SystemTime::from(m.time),
                     perm: FILE_MODE,
                     ttl: LONG_TTL,
@@ -1014,10 +1031,8 @@ impl Vfs {
                             Node::AtTables(name.clone(), p.m.id.clone()),
                         ));
                     }
-                    if self.may_have_toc_text(&p.m) {
-                        let stem = file.strip_suffix(".dump").unwrap_or(&file);
-                        v.push((format!("{stem}.{TOC_FILE}"), Node::TocText(p.m.id.clone())));
-                    }
+                    let stem = file.strip_suffix(".dump").unwrap_or(&file);
+                    v.extend(self.derived_files(&p.m, stem, false));
                     v.push((file, Node::Data(p.m.id.clone())));
                 }
                 v
@@ -1036,9 +1051,9 @@ impl Vfs {
                 if m.dump_contents.is_some() {
                     v.push((TABLES_DIR.to_string(), Node::Tables(*view, id.clone())));
                 }
-                if self.may_have_toc_text(&m) {
-                    v.push((TOC_FILE.to_string(), Node::TocText(id.clone())));
-                }
+                let stem = safe_name(&m.file_name);
+                let stem = stem.strip_suffix(".dump").unwrap_or(&stem);
+                v.extend(self.derived_files(&m, stem, true));
                 v
             }
             Node::Tables(_, id) | Node::AtTables(_, id) => {
@@ -1055,6 +1070,7 @@ impl Vfs {
             | Node::Manifest(_)
             | Node::TableCopy(..)
             | Node::TocText(_)
+            | Node::Script(..)
             | Node::WalFile(..) => {
                 return Err(Error::InvalidInput(format!(
                     "{} is not a directory",
@@ -1167,8 +1183,21 @@ impl Vfs {
         if let Node::WalFile(system, name) = &child {
             self.wal_manifest(*system, name).await?;
         }
-        if let Node::TocText(id) = &child {
-            self.toc_text(&tree, id).await?;
+        match &child {
+            Node::TocText(id) => {
+                let reader = self.snapshot_reader(&tree, id)?;
+                if self.inner.files.toc_text(&reader, id).await?.is_none() {
+                    return Err(not_found(describe(&child)));
+                }
+            }
+            Node::Script(id, kind) => {
+                let reader = self.snapshot_reader(&tree, id)?;
+                let m = self.snapshot_of(&tree, id)?;
+                if self.inner.files.script(&reader, &m, *kind).await?.is_none() {
+                    return Err(not_found(describe(&child)));
+                }
+            }
+            _ => {}
         }
         let ino = self.ino(child.clone());
         let attr = self.attr_of(&tree, &child, ino)?;
@@ -1220,6 +1249,7 @@ impl Vfs {
                 | Node::Manifest(_)
                 | Node::TableCopy(..)
                 | Node::TocText(_)
+                | Node::Script(..)
                 | Node::WalFile(..) => NodeKind::File,
                 _ => NodeKind::Dir,
             };
@@ -1260,9 +1290,23 @@ impl Vfs {
                 )))
             }
             Node::TocText(id) => Content::Bytes(
-                self.cached_toc_text(id)
+                self.inner
+                    .files
+                    .cached_toc_text(id)
                     .ok_or_else(|| not_found(describe(&node)))?,
             ),
+            Node::Script(id, kind) => {
+                let layout = self
+                    .inner
+                    .files
+                    .cached_script(id, *kind)
+                    .ok_or_else(|| not_found(describe(&node)))?;
+                Content::Script(Arc::new(ScriptFile::open(
+                    layout,
+                    self.snapshot_reader(&tree, id)?,
+                    describe(&node),
+                )))
+            }
             Node::Manifest(id) => Content::Bytes(Arc::new(manifest_json(
                 self.snapshot_of(&tree, id)?.as_ref(),
             ))),
@@ -1314,81 +1358,41 @@ impl Vfs {
             .clone())
     }
 
-    /// Whether a backup point may show `toc.txt`: a dump whose table of contents
-    /// has not failed to read.
-    fn may_have_toc_text(&self, m: &SnapshotManifest) -> bool {
-        m.kind == crate::store::SnapshotKind::Dump
-            && !matches!(
-                self.inner.toc_texts.lock().expect("toc lock").get(&m.id),
-                Some(None)
-            )
-    }
-
-    fn cached_toc_text(&self, id: &str) -> Option<Arc<Vec<u8>>> {
-        self.inner
-            .toc_texts
-            .lock()
-            .expect("toc lock")
-            .get(id)
-            .cloned()
-            .flatten()
-    }
-
-    /// Makes dump `id`'s `toc.txt` from its table of contents, reading only the
-    /// dump's head, once per mount.
-    ///
-    /// Errors: `NotFound` when the table of contents cannot be read (logged once;
-    /// the file is left out from then on); store errors, which are tried again.
-    async fn toc_text(&self, tree: &Tree, id: &str) -> Result<Arc<Vec<u8>>> {
-        if let Some(known) = self.inner.toc_texts.lock().expect("toc lock").get(id) {
-            return known
-                .clone()
-                .ok_or_else(|| not_found(format!("{TOC_FILE} of snapshot {id}")));
+    /// The files made from dump `m` that a directory shows beside it, named after
+    /// `stem` (`footdash`): in a backup point's own directory (`own_dir`) `toc.txt`,
+    /// `schema.sql` and `<stem>.sql`; elsewhere each with the stem in front.
+    fn derived_files(
+        &self,
+        m: &SnapshotManifest,
+        stem: &str,
+        own_dir: bool,
+    ) -> Vec<(String, Node)> {
+        let files = &self.inner.files;
+        if m.kind != crate::store::SnapshotKind::Dump || files.toc_failed(&m.id) {
+            return Vec::new();
         }
-        let reader = self.snapshot_reader(tree, id)?;
-        let mut inspector = crate::pg::custom_format::DumpInspector::keeping_toc();
-        let mut at = 0u64;
-        let toc = loop {
-            if let Some(toc) = inspector.take_toc() {
-                break Ok(toc);
-            }
-            let data = reader.read_at(at, TOC_READ_BYTES).await?;
-            if data.is_empty() {
-                break Err("it ends inside its table of contents".to_string());
-            }
-            at += data.len() as u64;
-            if let Err(e) = inspector.feed(&data) {
-                break Err(e.to_string());
+        let named = |base: &str| {
+            if own_dir {
+                base.to_string()
+            } else {
+                format!("{stem}.{base}")
             }
         };
-        let text = match toc {
-            Ok(toc) => {
-                let [sec, min, hour, mday, mon, year, _] = toc.header.created;
-                let zone = crate::time::local_zone_abbreviation((
-                    year + 1900,
-                    mon + 1,
-                    mday,
-                    hour,
-                    min,
-                    sec,
-                ))
-                .unwrap_or_else(|| "UTC".into());
-                Some(Arc::new(crate::pg::toc_listing::toc_listing(&toc, &zone)))
-            }
-            Err(why) => {
-                tracing::warn!(
-                    "{} of snapshot {id} is left out: its table of contents cannot be read ({why})",
-                    TOC_FILE
-                );
-                None
-            }
-        };
-        self.inner
-            .toc_texts
-            .lock()
-            .expect("toc lock")
-            .insert(id.to_string(), text.clone());
-        text.ok_or_else(|| not_found(format!("{TOC_FILE} of snapshot {id}")))
+        let mut v = vec![(named(TOC_FILE), Node::TocText(m.id.clone()))];
+        if !files.script_failed(&m.id, ScriptKind::SchemaOnly) {
+            v.push((
+                named(SCHEMA_FILE),
+                Node::Script(m.id.clone(), ScriptKind::SchemaOnly),
+            ));
+        }
+        // The whole script needs the data's places, recorded for uncompressed dumps.
+        if m.dump_contents.is_some() && !files.script_failed(&m.id, ScriptKind::Whole) {
+            v.push((
+                format!("{stem}.sql"),
+                Node::Script(m.id.clone(), ScriptKind::Whole),
+            ));
+        }
+        v
     }
 
     /// Forgets an open file.
@@ -1416,6 +1420,12 @@ impl Vfs {
                 let start = (offset as usize).min(b.len());
                 let end = (start + size as usize).min(b.len());
                 return Ok(b[start..end].to_vec());
+            }
+            Content::Script(script) => {
+                return script
+                    .read_at(offset, size as usize)
+                    .await
+                    .map_err(|e| read_failed(script.what(), offset, size, e))
             }
             Content::Table(t) => {
                 let before = handle

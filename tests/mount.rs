@@ -124,6 +124,18 @@ fn pg_restore_reads_dumps_straight_from_the_mount() {
     assert!(list.status.success(), "{list:?}");
     let toc = String::from_utf8_lossy(&list.stdout);
     assert!(toc.contains("TABLE DATA public users"), "{toc}");
+    let printed = pg
+        .command("pg_restore")
+        .args(["-f", "-"])
+        .arg(&latest)
+        .output()
+        .unwrap();
+    assert!(printed.status.success(), "{printed:?}");
+    assert_same_bytes(
+        &without_restrict_key(&std::fs::read(m.join("latest/footdash.sql")).unwrap()).0,
+        &without_restrict_key(&printed.stdout).0,
+        "latest/footdash.sql",
+    );
 
     let source = pg.row_counts("footdash");
     pg.create_db("only_users");
@@ -283,9 +295,16 @@ fn the_tree_shows_every_backup_point_read_only() {
     let point_a = m.join(&by_date_dir("2026-11-04T02:00:00Z", "footdash"));
     assert_eq!(
         names(&point_a),
-        ["footdash.dump", "manifest.json", "tables", "toc.txt"]
-            .map(String::from)
-            .into()
+        [
+            "footdash.dump",
+            "footdash.sql",
+            "manifest.json",
+            "schema.sql",
+            "tables",
+            "toc.txt"
+        ]
+        .map(String::from)
+        .into()
     );
     assert_eq!(
         names(&m.join("by-db")),
@@ -383,7 +402,9 @@ fn at_resolves_the_newest_point_at_or_before_a_time() {
     );
 
     // Exactly at the first point, and between the first and second (another zone).
-    let beside = |db: &str| [".dump", ".tables", ".toc.txt"].map(|s| format!("{db}{s}"));
+    let beside = |db: &str| {
+        [".dump", ".schema.sql", ".sql", ".tables", ".toc.txt"].map(|s| format!("{db}{s}"))
+    };
     for t in ["2026-11-04T02:00:00Z", "2026-11-05T01:00:00+01:00"] {
         assert_eq!(names(&at(t)), beside("footdash").into(), "{t}");
         assert!(std::fs::read(at(t).join("footdash.dump")).unwrap() == footdash);
@@ -817,6 +838,22 @@ INSERT INTO public.matches SELECT g, date '2025-01-01' + g % 700, g || '-' || g 
 CREATE SEQUENCE public.s;
 SELECT nextval('public.s');
 SELECT lo_from_bytea(0, 'a large object');
+SELECT lo_from_bytea(0, convert_to(repeat('big ', 9000), 'UTF8'));
+CREATE ROLE "Fan Club";
+CREATE TYPE public.mood AS ENUM ('sad', 'happy');
+CREATE DOMAIN public.score AS int CHECK (VALUE >= 0);
+CREATE TABLE public."user" (id serial PRIMARY KEY, mood public.mood, s public.score,
+  best int REFERENCES public.users (id));
+INSERT INTO public."user" (mood, s, best) VALUES ('happy', 3, 0), ('sad', 0, NULL);
+ALTER TABLE public."user" OWNER TO "Fan Club";
+CREATE VIEW public.happy AS SELECT * FROM public."user" WHERE mood = 'happy';
+CREATE MATERIALIZED VIEW public.counts AS SELECT count(*) AS n FROM public.users;
+CREATE FUNCTION public.touch() RETURNS trigger LANGUAGE plpgsql AS $$BEGIN RETURN NEW; END$$;
+CREATE TRIGGER touch BEFORE UPDATE ON public.users FOR EACH ROW EXECUTE FUNCTION public.touch();
+CREATE INDEX users_email ON public.users (email);
+GRANT SELECT ON public.users TO "Fan Club";
+ALTER DEFAULT PRIVILEGES GRANT SELECT ON TABLES TO "Fan Club";
+COMMENT ON COLUMN public.users.email IS 'where to write';
 "#;
 
 /// Panics unless `got == want`, saying where they first differ.
@@ -835,6 +872,18 @@ fn assert_same_bytes(got: &[u8], want: &[u8], what: &str) {
             around(want)
         );
     }
+}
+
+/// A script with the key of its `\restrict` and `\unrestrict` lines taken out, and
+/// that key.
+fn without_restrict_key(script: &[u8]) -> (Vec<u8>, String) {
+    let text = String::from_utf8_lossy(script).into_owned();
+    let key = text
+        .lines()
+        .find_map(|l| l.strip_prefix("\\restrict "))
+        .expect("a \\restrict line")
+        .to_string();
+    (text.replace(&key, "KEY").into_bytes(), key)
 }
 
 /// `COPY <table> TO STDOUT` as psql prints it: the bytes pg_dump stored.
@@ -862,6 +911,7 @@ fn each_table_of_a_dump_is_its_copy_text_in_the_mount_and_through_cat() {
         ("a%2Eb.c.copy", r#""a.b".c"#),
         ("public.empty.copy", "public.empty"),
         ("public.two%0Alines.copy", "public.\"two\nlines\""),
+        ("public.user.copy", "public.\"user\""),
         ("public.matches_2025.copy", "public.matches_2025"),
         ("public.matches_2026.copy", "public.matches_2026"),
     ];
@@ -956,8 +1006,83 @@ fn each_table_of_a_dump_is_its_copy_text_in_the_mount_and_through_cat() {
     let before = names(&m.join(&format!("at/{COMPRESSED_AT}")));
     assert_eq!(
         before,
-        BTreeSet::from(["awkward.dump".to_string(), "awkward.toc.txt".to_string()])
+        ["awkward.dump", "awkward.schema.sql", "awkward.toc.txt"]
+            .map(String::from)
+            .into()
     );
+
+    // awkward.sql and schema.sql are what pg_restore prints, but for the random key
+    // of the \restrict lines; schema.sql for compressed dumps too.
+    for (point, file, args) in [
+        (format!("snapshots/{id}"), "awkward.sql", &[][..]),
+        (format!("snapshots/{id}"), "schema.sql", &["-s"][..]),
+        (
+            format!("snapshots/{compressed_id}"),
+            "schema.sql",
+            &["-s"][..],
+        ),
+        ("latest".to_string(), "awkward.sql", &[][..]),
+        (
+            "at/2099-01-01T00:00:00Z".to_string(),
+            "awkward.schema.sql",
+            &["-s"][..],
+        ),
+    ] {
+        let printed = pg
+            .command("pg_restore")
+            .args(args)
+            .args(["-f", "-"])
+            .arg(m.join(&format!("{point}/awkward.dump")))
+            .output()
+            .unwrap();
+        assert!(printed.status.success(), "{printed:?}");
+        let path = m.join(&format!("{point}/{file}"));
+        let ours = std::fs::read(&path).unwrap();
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), ours.len() as u64);
+        let (ours, our_key) = without_restrict_key(&ours);
+        let (theirs, their_key) = without_restrict_key(&printed.stdout);
+        assert_eq!(our_key.len(), their_key.len(), "{our_key} {their_key}");
+        assert_ne!(our_key, their_key);
+        assert_same_bytes(&ours, &theirs, &path.display().to_string());
+    }
+    assert!(!names(&m.join(&format!("snapshots/{compressed_id}"))).contains("awkward.sql"));
+    // The same without a mount.
+    for (snapshot, flag, file) in [
+        (&id, "--sql", "awkward.sql"),
+        (&compressed_id, "--schema", "schema.sql"),
+    ] {
+        let printed = v.run(&["cat", snapshot, flag]).ok().stdout;
+        let mounted = std::fs::read(m.join(&format!("snapshots/{snapshot}/{file}"))).unwrap();
+        assert_same_bytes(
+            &without_restrict_key(&printed).0,
+            &without_restrict_key(&mounted).0,
+            &format!("cat {flag}"),
+        );
+    }
+    let err = v.run(&["cat", &compressed_id, "--sql"]).fails();
+    assert!(
+        err.contains("compressed") && err.contains("pg_restore -f -"),
+        "{err}"
+    );
+    // psql restores the whole dump from its script.
+    pg.create_db("replayed");
+    let replayed = pg
+        .command("psql")
+        .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", "replayed", "-f"])
+        .arg(m.join(&format!("snapshots/{id}/awkward.sql")))
+        .output()
+        .unwrap();
+    assert!(replayed.status.success(), "{replayed:?}");
+    for (_, table) in &tables {
+        let count = format!(
+            "SELECT count(*), md5(string_agg(t::text, ',' ORDER BY t::text)) FROM {table} t"
+        );
+        assert_eq!(
+            pg.psql("replayed", &count),
+            pg.psql("awkward", &count),
+            "{table}"
+        );
+    }
 
     // toc.txt is what pg_restore -l prints, for compressed dumps too.
     for (point, toc) in [

@@ -56,8 +56,14 @@ pub struct CatArgs {
     /// Print one table's rows of a dump as COPY text (what `COPY t TO STDOUT`
     /// printed then), reading only that table's chunks; `table` alone when one
     /// schema has it
-    #[arg(long, value_name = "SCHEMA.TABLE")]
+    #[arg(long, value_name = "SCHEMA.TABLE", conflicts_with_all = ["sql", "schema"])]
     pub table: Option<String>,
+    /// Print a dump as the SQL script `pg_restore -f -` prints, for psql
+    #[arg(long, conflicts_with = "schema")]
+    pub sql: bool,
+    /// Print a dump's schema as the SQL script `pg_restore -s -f -` prints
+    #[arg(long)]
+    pub schema: bool,
 }
 
 /// `pgvault index ...`.
@@ -159,6 +165,17 @@ pub async fn cat(g: &GlobalArgs, a: &CatArgs) -> Result<()> {
     if let Some(table) = &a.table {
         let mut out = std::io::BufWriter::with_capacity(1 << 20, std::io::stdout());
         crate::ops::snapshots::cat_table(&repo, &m, table, &mut out).await?;
+        return Ok(());
+    }
+    if a.sql || a.schema {
+        use crate::ops::snapshots::ScriptKind;
+        let kind = if a.schema {
+            ScriptKind::SchemaOnly
+        } else {
+            ScriptKind::Whole
+        };
+        let mut out = std::io::BufWriter::with_capacity(1 << 20, std::io::stdout());
+        crate::ops::snapshots::cat_script(&repo, &m, kind, &mut out).await?;
         return Ok(());
     }
     let progress = super::progress_for(m.size_bytes, "cat", std::io::stderr().is_terminal());

@@ -18,6 +18,7 @@ pub mod backup;
 pub mod check;
 pub mod drill;
 pub mod du;
+pub mod dump_files;
 pub mod forget;
 pub mod keys;
 pub mod locks;

@@ -8,6 +8,9 @@ use crate::error::{Error, Result};
 use crate::store::manifest::SnapshotManifest;
 use crate::store::reader::{ChunkCache, FileReader};
 use crate::store::table_reader::TableCopyReader;
+
+use super::dump_files::{DumpFiles, ScriptFile};
+pub use crate::pg::restore_script::ScriptKind;
 use crate::store::writer::Progress;
 use crate::store::Repository;
 
@@ -107,20 +110,83 @@ pub async fn cat_table(
         .as_ref()
         .map(|c| c.int_size)
         .expect("find_table found contents");
-    let dump = Arc::new(FileReader::new(
+    let dump = dump_reader(repo, snapshot);
+    let reader = TableCopyReader::new(dump, table, int_size);
+    copy_out(
+        reader.len(),
+        &reader.what(),
+        async |at| reader.read_at(at, TABLE_READ_STEP).await,
+        out,
+    )
+    .await
+}
+
+/// Writes dump `snapshot` as the SQL script `pg_restore -f -` prints (or, for
+/// [`ScriptKind::SchemaOnly`], `pg_restore -s -f -`) to `out`, reading the table
+/// data from the dump's chunks as it goes. Returns the number of bytes written.
+///
+/// Errors: `InvalidInput` when the snapshot is no dump or no script can be made of
+/// it (the reason is logged); `NotFound` or `Corrupt` naming the snapshot and
+/// chunk; `Io` when `out` fails.
+pub async fn cat_script(
+    repo: &Repository,
+    snapshot: &SnapshotManifest,
+    kind: ScriptKind,
+    out: &mut (dyn Write + Send),
+) -> Result<u64> {
+    if snapshot.kind != crate::store::SnapshotKind::Dump {
+        return Err(Error::InvalidInput(format!(
+            "Snapshot {} is a base backup, not a dump: it has no SQL script",
+            snapshot.short_id()
+        )));
+    }
+    let dump = dump_reader(repo, snapshot);
+    let layout = DumpFiles::default()
+        .script(&dump, snapshot, kind)
+        .await?
+        .ok_or_else(|| {
+            Error::InvalidInput(format!(
+                "No SQL script can be made of snapshot {} (the reason is above); \
+                 pg_restore -f - reads its file",
+                snapshot.short_id()
+            ))
+        })?;
+    let file = ScriptFile::open(
+        layout,
+        dump,
+        format!("The SQL script of snapshot {}", snapshot.id),
+    );
+    copy_out(
+        file.len(),
+        file.what(),
+        async |at| file.read_at(at, TABLE_READ_STEP).await,
+        out,
+    )
+    .await
+}
+
+/// A reader of dump `snapshot`'s file with a cache of its own.
+fn dump_reader(repo: &Repository, snapshot: &SnapshotManifest) -> Arc<FileReader> {
+    Arc::new(FileReader::new(
         repo.clone(),
         Arc::new(snapshot.clone()),
         Arc::new(ChunkCache::new(TABLE_READ_CACHE_BYTES)),
-    ));
-    let reader = TableCopyReader::new(dump, table, int_size);
+    ))
+}
+
+/// Writes `len` bytes that `read` gives from each offset on to `out`.
+async fn copy_out(
+    len: u64,
+    what: &str,
+    read: impl AsyncFn(u64) -> Result<Vec<u8>>,
+    out: &mut (dyn Write + Send),
+) -> Result<u64> {
     let mut written = 0u64;
-    while written < reader.len() {
-        let data = reader.read_at(written, TABLE_READ_STEP).await?;
+    while written < len {
+        let data = read(written).await?;
         if data.is_empty() {
             return Err(Error::Corrupt(format!(
-                "{} ended after {written} of {} bytes",
-                reader.what(),
-                reader.len()
+                "{what} ended after {written} of {len} bytes"
             )));
         }
         out.write_all(&data)

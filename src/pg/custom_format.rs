@@ -211,6 +211,8 @@ pub struct TocEntry {
     pub tablespace: Option<Vec<u8>>,
     pub table_am: Option<Vec<u8>>,
     pub owner: Option<Vec<u8>>,
+    /// Where its data block starts, when the table of contents says.
+    pub data_offset: Option<u64>,
 }
 
 /// An archive's header and table of contents.
@@ -690,6 +692,7 @@ fn parse_entry(c: &mut Cursor<'_>, header: &Header) -> Result<ParsedEntry, Stop>
             tablespace,
             table_am,
             owner,
+            data_offset: (flag == K_OFFSET_POS_SET).then_some(stored_offset),
         },
         field,
         flag,
@@ -873,6 +876,7 @@ struct DataEntry {
     namespace: Option<String>,
     /// Payload bytes of the frames seen so far, and marks on the way.
     copy_len: u64,
+    trailer_len: u64,
     marks: Vec<FrameMark>,
     field: usize,
     flag: u8,
@@ -890,6 +894,7 @@ impl DataEntry {
             desc: entry.desc,
             namespace: entry.namespace,
             copy_len: 0,
+            trailer_len: 0,
             marks: Vec::new(),
             field: entry.field,
             flag: entry.flag,
@@ -1124,6 +1129,7 @@ impl DataScanner {
             && self.last_frame == COPY_TERMINATOR
         {
             self.entries[entry].copy_len -= self.last_frame_len;
+            self.entries[entry].trailer_len = self.last_frame_len;
         }
         self.last_frame.clear();
         self.last_frame_len = 0;
@@ -1253,6 +1259,7 @@ impl DataScanner {
                 dump_id: e.dump_id,
                 copy_len_bytes: e.copy_len,
                 marks: e.marks.clone(),
+                trailer_len_bytes: e.trailer_len,
             });
         }
         Some(DumpContents {
@@ -1582,6 +1589,7 @@ mod tests {
         let big = contents.tables.iter().find(|t| t.dump_id == 20).unwrap();
         assert_eq!((big.schema.as_str(), big.table.as_str()), ("public", "tag"));
         assert_eq!(big.copy_len_bytes, whole.len() as u64);
+        assert_eq!(big.trailer_len_bytes, COPY_TERMINATOR.len() as u64);
         assert!(big.marks.len() >= 3, "{:?}", big.marks);
         for from in [
             0,
@@ -1604,6 +1612,7 @@ mod tests {
         let ids: Vec<i32> = contents.tables.iter().map(|t| t.dump_id).collect();
         assert_eq!(ids, [9, 10, 13, 20, 21, 22]);
         let short = &contents.tables[5];
+        assert_eq!(short.trailer_len_bytes, 0);
         assert_eq!(copy_text_from(&archive, 4, short, 0), b"1\t2\nab\tc\n");
 
         let compressed = Synth {

@@ -8,6 +8,7 @@ pub mod client;
 pub mod conninfo;
 pub mod custom_format;
 pub mod recovery;
+pub mod restore_script;
 pub mod server;
 pub mod toc_listing;
 

@@ -88,22 +88,41 @@ pub fn toc_listing(toc: &Toc, zone: &str) -> Vec<u8> {
     out
 }
 
+/// What a plain `pg_restore` (no selection options) restores of an entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Required {
+    /// Its SQL.
+    pub schema: bool,
+    /// Its data, or the SQL that stands for data (sequence values, large objects).
+    pub data: bool,
+}
+
 /// Whether a plain `pg_restore` (no selection options) restores the entry.
 fn restored_by_default(e: &TocEntry) -> bool {
+    let r = required(e);
+    r.schema || r.data
+}
+
+/// What a plain `pg_restore` (no selection options) restores of the entry.
+pub(crate) fn required(e: &TocEntry) -> Required {
+    const NOTHING: Required = Required {
+        schema: false,
+        data: false,
+    };
     let desc = e.desc.as_deref().unwrap_or_default();
     let tag = e.tag.as_deref().unwrap_or_default();
     if matches!(
         desc,
         b"ENCODING" | b"STDSTRINGS" | b"SEARCHPATH" | b"DATABASE" | b"DATABASE PROPERTIES"
     ) {
-        return false;
+        return NOTHING;
     }
     let dependent = matches!(desc, b"ACL" | b"COMMENT" | b"SECURITY LABEL");
     if dependent && tag.starts_with(b"DATABASE ") {
-        return false;
+        return NOTHING;
     }
     if desc == b"<Init>" && tag == b"Max OID" {
-        return false;
+        return NOTHING;
     }
     // Data: what a dumper wrote, sequence values and everything about large objects;
     // schema: any SQL, but the comment pg_dump leaves for data loaded via the
@@ -113,8 +132,12 @@ fn restored_by_default(e: &TocEntry) -> bool {
         || desc == b"BLOB"
         || (dependent && tag.starts_with(b"LARGE OBJECT "));
     let defn = e.defn.as_deref().unwrap_or_default();
-    let schema = !defn.is_empty() && !defn.starts_with(b"-- load via partition root ");
-    data || schema
+    let has_sql = !defn.is_empty() && !defn.starts_with(b"-- load via partition root ");
+    Required {
+        // An entry with a dumper is both; one without is data or schema by kind.
+        schema: has_sql && (e.had_dumper || !data),
+        data,
+    }
 }
 
 /// A catalog OID as pg_restore prints it: the stored decimal read as unsigned.
@@ -124,10 +147,10 @@ fn catalog_oid(s: Option<&[u8]>) -> u32 {
         .unwrap_or(0)
 }
 
-/// A name on one line: line breaks become spaces; NULL is `-` where a hyphen
-/// stands for "none", else empty.
-fn sanitize(s: Option<&[u8]>, want_hyphen: bool) -> Vec<u8> {
-    match s {
+/// A name on one line: line breaks become spaces; NULL or empty is `-` where a
+/// hyphen stands for "none", else empty.
+pub(crate) fn sanitize(s: Option<&[u8]>, want_hyphen: bool) -> Vec<u8> {
+    match s.filter(|s| !s.is_empty()) {
         None => {
             if want_hyphen {
                 b"-".to_vec()

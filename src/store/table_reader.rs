@@ -18,6 +18,8 @@ pub struct TableCopyReader {
     dump: Arc<FileReader>,
     table: TableData,
     int_size: usize,
+    /// Whether the trailer after the COPY text is read too.
+    with_trailer: bool,
     /// The frame where the last read stopped: a sequential reader goes on from
     /// there instead of from the mark before it.
     resume: Mutex<Option<FrameMark>>,
@@ -37,13 +39,26 @@ impl TableCopyReader {
             dump,
             table,
             int_size: usize::from(int_size),
+            with_trailer: false,
             resume: Mutex::new(None),
         }
     }
 
-    /// The length of the COPY text.
+    /// The same reader of the whole block's payload: the COPY text and pg_dump's
+    /// end-of-data line after it, as a SQL script shows them.
+    pub fn with_trailer(mut self) -> Self {
+        self.with_trailer = true;
+        self
+    }
+
+    /// The length of what is read: the COPY text, and the trailer if asked for.
     pub fn len(&self) -> u64 {
         self.table.copy_len_bytes
+            + if self.with_trailer {
+                self.table.trailer_len_bytes
+            } else {
+                0
+            }
     }
 
     /// Whether the table has no rows.
@@ -143,5 +158,90 @@ impl TableCopyReader {
             "{} {how}: the dump's frames do not match the manifest",
             self.what()
         ))
+    }
+}
+
+/// The large objects of the `BLOBS` block at `offset` of a dump whose ints are
+/// `int_size` bytes wide: each object's OID and bytes, in archive order. `None` when
+/// they add up to more than `limit_bytes`.
+///
+/// Errors: those of [`FileReader::read_at`]; `Corrupt` when the block is not a
+/// large-object block or ends early.
+pub async fn read_large_objects(
+    dump: &FileReader,
+    offset: u64,
+    int_size: u8,
+    limit_bytes: u64,
+) -> Result<Option<Vec<(u32, Vec<u8>)>>> {
+    let width = 1 + usize::from(int_size);
+    let damaged = |how: &str| {
+        Error::Corrupt(format!(
+            "The large-object block at byte {offset} of {} {how}",
+            dump.what()
+        ))
+    };
+    let mut pos = offset;
+    let mut window = Window {
+        start: offset,
+        bytes: Vec::new(),
+    };
+    let read = async |window: &mut Window, at: u64, n: usize| -> Result<Vec<u8>> {
+        let inside =
+            at >= window.start && at + n as u64 <= window.start + window.bytes.len() as u64;
+        if !inside {
+            window.start = at;
+            window.bytes = dump.read_at(at, n.max(WINDOW_BYTES)).await?;
+            if window.bytes.len() < n {
+                return Err(damaged("runs past the end of the dump"));
+            }
+        }
+        let i = (at - window.start) as usize;
+        Ok(window.bytes[i..i + n].to_vec())
+    };
+    let int = |b: &[u8]| {
+        let magnitude = b[1..]
+            .iter()
+            .rev()
+            .fold(0u64, |acc, &c| (acc << 8) | u64::from(c));
+        (b[0] != 0, magnitude)
+    };
+    let kind = read(&mut window, pos, 1).await?;
+    if kind[0] != 3 {
+        return Err(damaged("is not one"));
+    }
+    pos += 1 + width as u64; // the block's dump ID
+    let mut objects = Vec::new();
+    let mut total = 0u64;
+    loop {
+        let (negative, magnitude) = int(&read(&mut window, pos, width).await?);
+        pos += width as u64;
+        if magnitude == 0 {
+            return Ok(Some(objects));
+        }
+        // pg_dump writes an OID as a signed int: those above 2^31 arrive negative.
+        let signed =
+            i64::try_from(magnitude).map_err(|_| damaged("names an OID beyond 32 bits"))?;
+        let oid = i32::try_from(if negative { -signed } else { signed })
+            .map(|v| v as u32)
+            .or_else(|_| u32::try_from(signed))
+            .map_err(|_| damaged("names an OID beyond 32 bits"))?;
+        let mut data = Vec::new();
+        loop {
+            let (negative, len) = int(&read(&mut window, pos, width).await?);
+            pos += width as u64;
+            if negative {
+                return Err(damaged("has a negative length"));
+            }
+            if len == 0 {
+                break;
+            }
+            total += len;
+            if total > limit_bytes {
+                return Ok(None);
+            }
+            data.extend_from_slice(&read(&mut window, pos, len as usize).await?);
+            pos += len;
+        }
+        objects.push((oid, data));
     }
 }

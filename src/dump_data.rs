@@ -10,6 +10,10 @@
 //! the write path records a [`FrameMark`] every [`MARK_EVERY_BYTES`] of COPY text, and
 //! a read starts at the last mark before its offset: at most that many bytes are
 //! walked in vain, and the manifest grows by a few bytes per mark.
+//!
+//! In a compressed archive (pg_dump's default, zlib) each table's frames hold one
+//! zlib stream: the write path inflates it as it streams by to learn the text's
+//! length, and a read inflates from the block's start (one mark there).
 
 use serde::{Deserialize, Serialize};
 
@@ -24,6 +28,14 @@ pub struct DumpContents {
     pub int_size: u8,
     /// Every table with a data block, in the order of the archive's data blocks.
     pub tables: Vec<TableData>,
+    /// The data blocks are zlib streams (pg_dump -Fc's default): each table is read
+    /// by inflating its block from the start, lengths are of the inflated text.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub compressed: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 /// Where one table's COPY text lies in the dump.

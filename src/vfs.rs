@@ -1281,12 +1281,12 @@ impl Vfs {
             Node::Data(id) => Content::Data(self.snapshot_reader(&tree, id)?),
             Node::TableCopy(id, i) => {
                 let m = self.snapshot_of(&tree, id)?;
-                let (table, int_size) = table_of(&m, *i)?;
+                let (table, contents) = table_of(&m, *i)?;
                 // One per open file: each keeps where its own reader stopped.
                 Content::Table(Arc::new(TableCopyReader::new(
                     self.snapshot_reader(&tree, id)?,
                     table.clone(),
-                    int_size,
+                    contents,
                 )))
             }
             Node::TocText(id) => Content::Bytes(
@@ -1488,11 +1488,17 @@ fn read_failed(what: &str, offset: u64, size: u32, e: Error) -> Error {
     }
 }
 
-/// Table `i` of dump `m` and the width of its frames' length fields.
-fn table_of(m: &SnapshotManifest, i: usize) -> Result<(&crate::dump_data::TableData, u8)> {
+/// Table `i` of dump `m`, and the dump's contents that say how it is written.
+fn table_of(
+    m: &SnapshotManifest,
+    i: usize,
+) -> Result<(
+    &crate::dump_data::TableData,
+    &crate::dump_data::DumpContents,
+)> {
     m.dump_contents
         .as_ref()
-        .and_then(|c| c.tables.get(i).map(|t| (t, c.int_size)))
+        .and_then(|c| c.tables.get(i).map(|t| (t, c)))
         .ok_or_else(|| not_found(format!("Table file {i} of snapshot {}", m.id)))
 }
 

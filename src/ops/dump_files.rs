@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use crate::dump_data::TableData;
+use crate::dump_data::{DumpContents, TableData};
 use crate::error::Result;
 use crate::pg::custom_format::{DumpInspector, Toc};
 use crate::pg::restore_script::{self, Piece, ScriptKind};
@@ -42,8 +42,9 @@ pub struct ScriptLayout {
 #[derive(Debug)]
 enum Part {
     Text(Arc<Vec<u8>>),
-    /// A table's whole data block payload; the dump's int size.
-    Table(TableData, u8),
+    /// A table's whole data block payload; the dump's contents, which say how it
+    /// is written.
+    Table(TableData, Arc<DumpContents>),
 }
 
 impl Part {
@@ -213,19 +214,20 @@ impl DumpFiles {
             Ok(p) => p,
             Err(why) => return Ok(Err(why)),
         };
+        let shared = m.dump_contents.clone().map(Arc::new);
         let mut parts = Vec::with_capacity(pieces.len());
         let mut len = 0u64;
         for piece in pieces {
             let part = match piece {
                 Piece::Text(t) => Part::Text(Arc::new(t)),
                 Piece::TableData(dump_id) => {
-                    let Some(contents) = &m.dump_contents else {
+                    let Some(contents) = &shared else {
                         return Ok(Err("its data is compressed".into()));
                     };
                     let Some(table) = contents.tables.iter().find(|t| t.dump_id == dump_id) else {
                         return Ok(Err(format!("the data of dump ID {dump_id} was not found")));
                     };
-                    Part::Table(table.clone(), contents.int_size)
+                    Part::Table(table.clone(), contents.clone())
                 }
                 Piece::LargeObjects(dump_id) => {
                     let entry = toc.entries.iter().find(|e| e.dump_id == dump_id);
@@ -234,13 +236,9 @@ impl DumpFiles {
                     else {
                         return Ok(Err("its large objects cannot be placed".into()));
                     };
-                    let Some(objects) = read_large_objects(
-                        reader,
-                        offset,
-                        contents.int_size,
-                        LARGE_OBJECTS_MAX_BYTES,
-                    )
-                    .await?
+                    let Some(objects) =
+                        read_large_objects(reader, offset, contents, LARGE_OBJECTS_MAX_BYTES)
+                            .await?
                     else {
                         return Ok(Err(format!(
                             "its large objects are bigger than {} MiB",
@@ -275,8 +273,8 @@ impl ScriptFile {
             .parts
             .iter()
             .map(|(_, p)| match p {
-                Part::Table(t, int_size) => {
-                    Some(TableCopyReader::new(dump.clone(), t.clone(), *int_size).with_trailer())
+                Part::Table(t, contents) => {
+                    Some(TableCopyReader::new(dump.clone(), t.clone(), contents).with_trailer())
                 }
                 Part::Text(_) => None,
             })

@@ -60,8 +60,8 @@ const TABLE_READ_STEP: usize = 1 << 20;
 pub fn find_table<'a>(snapshot: &'a SnapshotManifest, name: &str) -> Result<&'a TableData> {
     let contents = snapshot.dump_contents.as_ref().ok_or_else(|| {
         Error::InvalidInput(format!(
-            "Snapshot {} records where no table lies (a base backup, a compressed dump, \
-             or one stored by an older pgvault): use pg_restore -t on its file",
+            "Snapshot {} records where no table lies (a base backup, a dump compressed \
+             with lz4 or zstd, or one stored by an older pgvault): use pg_restore -t on its file",
             snapshot.short_id()
         ))
     })?;
@@ -105,13 +105,12 @@ pub async fn cat_table(
     out: &mut (dyn Write + Send),
 ) -> Result<u64> {
     let table = find_table(snapshot, name)?.clone();
-    let int_size = snapshot
+    let contents = snapshot
         .dump_contents
         .as_ref()
-        .map(|c| c.int_size)
         .expect("find_table found contents");
     let dump = dump_reader(repo, snapshot);
-    let reader = TableCopyReader::new(dump, table, int_size);
+    let reader = TableCopyReader::new(dump, table, contents);
     copy_out(
         reader.len(),
         &reader.what(),

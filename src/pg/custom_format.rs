@@ -167,8 +167,9 @@ pub struct DumpLayout {
     pub offsets_were_set: bool,
     /// The data blocks in archive order.
     pub data_blocks: Vec<DataBlock>,
-    /// Each table's COPY text and where it lies; `None` for a compressed archive,
-    /// whose frames hold compressed bytes, or names that are not UTF-8.
+    /// Each table's COPY text and where it lies; `None` for an archive compressed
+    /// otherwise than with zlib (lz4, zstd), data that does not inflate, or names
+    /// that are not UTF-8.
     pub contents: Option<DumpContents>,
     off_size: u8,
     head_digest: u64,
@@ -566,6 +567,18 @@ struct Header {
     timestamp: Range<usize>,
 }
 
+impl Header {
+    /// Whether the data blocks are zlib streams: any level before archive version
+    /// 1.15, the gzip algorithm from it on.
+    fn is_zlib(&self) -> bool {
+        if self.version.1 >= MINOR_COMPRESSION_BYTE {
+            self.compression == 1
+        } else {
+            self.compression != 0
+        }
+    }
+}
+
 /// Parses the variable part of the header; the fixed prefix has passed [`check_prefix`].
 fn parse_header(c: &mut Cursor<'_>) -> Result<Header, Stop> {
     let fixed = c.take(FIXED_HEADER_LEN)?;
@@ -839,6 +852,10 @@ impl HeadParser {
             blocks_done: 0,
             last_frame: Vec::new(),
             last_frame_len: 0,
+            inflater: None,
+            inflated_to_end: false,
+            inflate_failed: false,
+            scratch: Vec::new(),
             toc_entries: self.entries_parsed,
             toc: self.toc.take(),
             header,
@@ -939,6 +956,11 @@ struct DataScanner {
     /// COPY terminator, and its length.
     last_frame: Vec<u8>,
     last_frame_len: u64,
+    /// The zlib stream of the compressed table whose block is being read.
+    inflater: Option<flate2::Decompress>,
+    inflated_to_end: bool,
+    inflate_failed: bool,
+    scratch: Vec<u8>,
     toc_entries: usize,
     toc: Option<Vec<TocEntry>>,
     header: Header,
@@ -978,6 +1000,9 @@ impl DataScanner {
                         && !self.entries[entry].large_objects
                     {
                         self.last_frame.extend_from_slice(&input[..n as usize]);
+                    }
+                    if self.inflater.is_some() {
+                        self.inflate(entry, &input[..n as usize]);
                     }
                     input = &input[n as usize..];
                     self.pos += n;
@@ -1094,6 +1119,15 @@ impl DataScanner {
         }
         e.start = Some(start);
         e.large_objects = large_objects;
+        if !large_objects
+            && e.desc.as_deref() == Some("TABLE DATA")
+            && self.header.is_zlib()
+            && !self.inflate_failed
+        {
+            self.inflater = Some(flate2::Decompress::new(true));
+            self.scratch.resize(64 << 10, 0);
+            self.last_frame.clear();
+        }
         self.block_order.push(entry);
         Ok(entry)
     }
@@ -1102,7 +1136,17 @@ impl DataScanner {
     /// only uncompressed archives, whose payloads are the COPY text itself.
     fn note_frame(&mut self, entry: usize, frame_start: u64, len: u64) {
         let e = &mut self.entries[entry];
-        if self.header.compression != 0 || e.large_objects {
+        if e.large_objects {
+            return;
+        }
+        if self.header.compression != 0 {
+            // Compressed text is read from the start of the block: one mark there.
+            if e.marks.is_empty() {
+                e.marks.push(FrameMark {
+                    dump_offset: frame_start,
+                    copy_offset: 0,
+                });
+            }
             return;
         }
         if len > 0 {
@@ -1121,16 +1165,62 @@ impl DataScanner {
         e.copy_len += len;
     }
 
+    /// Inflates compressed table data as it streams by, to learn the length of
+    /// its COPY text and its last bytes; a stream that does not inflate leaves the
+    /// archive without table files.
+    fn inflate(&mut self, entry: usize, mut input: &[u8]) {
+        let Some(inflater) = &mut self.inflater else {
+            return;
+        };
+        let e = &mut self.entries[entry];
+        while !input.is_empty() {
+            let (before_in, before_out) = (inflater.total_in(), inflater.total_out());
+            let status =
+                inflater.decompress(input, &mut self.scratch, flate2::FlushDecompress::None);
+            let consumed = (inflater.total_in() - before_in) as usize;
+            let produced = (inflater.total_out() - before_out) as usize;
+            input = &input[consumed..];
+            e.copy_len += produced as u64;
+            let out = &self.scratch[..produced];
+            let keep = COPY_TERMINATOR.len();
+            self.last_frame
+                .extend_from_slice(&out[out.len().saturating_sub(keep)..]);
+            let excess = self.last_frame.len().saturating_sub(keep);
+            self.last_frame.drain(..excess);
+            match status {
+                Ok(flate2::Status::StreamEnd) => {
+                    self.inflated_to_end = true;
+                    if !input.is_empty() {
+                        self.inflate_failed = true;
+                    }
+                    return;
+                }
+                Ok(_) if consumed == 0 && produced == 0 => return,
+                Ok(_) => {}
+                Err(_) => {
+                    self.inflate_failed = true;
+                    self.inflater = None;
+                    return;
+                }
+            }
+        }
+    }
+
     fn end_block(&mut self, entry: usize) -> ScanState {
         // pg_dump ends each table's COPY text with the end-of-data line of a SQL
         // script; `COPY … TO STDOUT` prints none, and a table's file is that text.
-        if self.header.compression == 0
-            && self.last_frame_len == COPY_TERMINATOR.len() as u64
-            && self.last_frame == COPY_TERMINATOR
-        {
-            self.entries[entry].copy_len -= self.last_frame_len;
-            self.entries[entry].trailer_len = self.last_frame_len;
+        let compressed_table = self.inflater.take().is_some();
+        if compressed_table && !self.inflated_to_end {
+            self.inflate_failed = true;
         }
+        let whole_frame =
+            self.header.compression == 0 && self.last_frame_len == COPY_TERMINATOR.len() as u64;
+        if (whole_frame || compressed_table) && self.last_frame == COPY_TERMINATOR {
+            let n = COPY_TERMINATOR.len() as u64;
+            self.entries[entry].copy_len -= n;
+            self.entries[entry].trailer_len = n;
+        }
+        self.inflated_to_end = false;
         self.last_frame.clear();
         self.last_frame_len = 0;
         self.entries[entry].end = Some(self.pos);
@@ -1244,7 +1334,8 @@ impl DataScanner {
     /// The tables and where their COPY text lies, for an uncompressed archive whose
     /// table entries all name their schema and table in UTF-8; `None` otherwise.
     fn contents(&self) -> Option<DumpContents> {
-        if self.header.compression != 0 {
+        let compressed = self.header.compression != 0;
+        if (compressed && !self.header.is_zlib()) || self.inflate_failed {
             return None;
         }
         let mut tables = Vec::new();
@@ -1265,6 +1356,7 @@ impl DataScanner {
         Some(DumpContents {
             int_size: u8::try_from(self.int_size).ok()?,
             tables,
+            compressed,
         })
     }
 }
@@ -1620,6 +1712,41 @@ mod tests {
             ..Synth::new(sample_entries())
         };
         assert_eq!(inspect(&compressed.build(false).0).unwrap().contents, None);
+    }
+
+    #[test]
+    fn a_compressed_table_s_text_length_is_learned_by_inflating_it() {
+        use std::io::Write;
+        let text: Vec<u8> = (0..20000)
+            .flat_map(|i| format!("{i}\tsome row {i}\n").into_bytes())
+            .collect();
+        let mut z = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::default());
+        z.write_all(&text).unwrap();
+        z.write_all(COPY_TERMINATOR).unwrap();
+        let stream = z.finish().unwrap();
+        let frames: Vec<Vec<u8>> = stream.chunks(4096).map(<[u8]>::to_vec).collect();
+        let table = |dump_id, payload| Entry {
+            dump_id,
+            desc: "TABLE DATA",
+            payload,
+        };
+        let synth = Synth {
+            compression: -1,
+            ..Synth::new(vec![table(9, Payload::Table(frames.clone()))])
+        };
+        let contents = inspect(&synth.build(false).0).unwrap().contents.unwrap();
+        assert!(contents.compressed);
+        let t = &contents.tables[0];
+        assert_eq!(t.copy_len_bytes, text.len() as u64);
+        assert_eq!(t.trailer_len_bytes, COPY_TERMINATOR.len() as u64);
+        assert_eq!(t.marks.len(), 1);
+
+        // A stream cut short leaves the archive without table files.
+        let cut = Synth {
+            compression: -1,
+            ..Synth::new(vec![table(9, Payload::Table(frames[..1].to_vec()))])
+        };
+        assert_eq!(inspect(&cut.build(false).0).unwrap().contents, None);
     }
 
     #[test]

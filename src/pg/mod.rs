@@ -222,7 +222,7 @@ impl StreamInspector for DumpStreamInspector {
         };
         if layout.contents.is_none() {
             let why = if layout.is_compressed() {
-                "its data is compressed (pg_dump -Fc without -Z0)"
+                "its data is compressed with an algorithm other than gzip, or does not inflate"
             } else {
                 "a table's name is not UTF-8"
             };

@@ -1,11 +1,16 @@
 //! One table's COPY text read out of a stored dump at any offset, by walking the
 //! dump's frames from the recorded mark before that offset (see
 //! [`crate::dump_data`]); only the chunks that hold those frames are read.
+//!
+//! A compressed dump's table is one zlib stream, which cannot be entered in the
+//! middle: it is inflated from the start of its block, and each open reader keeps
+//! its inflater where the last read stopped, so a sequential reader inflates every
+//! byte once and a read behind that point starts again from the block's start.
 
 use std::sync::{Arc, Mutex};
 
 use super::reader::FileReader;
-use crate::dump_data::{frame_len, FrameMark, TableData};
+use crate::dump_data::{frame_len, DumpContents, FrameMark, TableData};
 use crate::error::{Error, Result};
 
 /// How much of the dump one fetch reads: a frame per row means many small frames,
@@ -20,9 +25,34 @@ pub struct TableCopyReader {
     int_size: usize,
     /// Whether the trailer after the COPY text is read too.
     with_trailer: bool,
+    /// Whether the frames hold a zlib stream.
+    compressed: bool,
+    /// A compressed table's inflater, where the last read left it.
+    inflating: Mutex<Option<Inflating>>,
     /// The frame where the last read stopped: a sequential reader goes on from
     /// there instead of from the mark before it.
     resume: Mutex<Option<FrameMark>>,
+}
+
+/// A compressed table being inflated.
+struct Inflating {
+    /// The dump offset of the next frame.
+    frame: u64,
+    inflater: flate2::Decompress,
+    /// Inflated text not yet read past, and its offset in the text.
+    pending: Vec<u8>,
+    pending_at: u64,
+    /// The block's frames have all been inflated.
+    done: bool,
+}
+
+impl std::fmt::Debug for Inflating {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Inflating")
+            .field("frame", &self.frame)
+            .field("pending_at", &self.pending_at)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Dump bytes read ahead of the frame walk.
@@ -32,14 +62,16 @@ struct Window {
 }
 
 impl TableCopyReader {
-    /// A reader of `table`, whose frames have length fields `int_size` bytes wide
-    /// after their sign byte, in the dump `dump` reads.
-    pub fn new(dump: Arc<FileReader>, table: TableData, int_size: u8) -> Self {
+    /// A reader of `table` of the dump `dump` reads, whose `contents` say how its
+    /// frames are written.
+    pub fn new(dump: Arc<FileReader>, table: TableData, contents: &DumpContents) -> Self {
         TableCopyReader {
             dump,
             table,
-            int_size: usize::from(int_size),
+            int_size: usize::from(contents.int_size),
             with_trailer: false,
+            compressed: contents.compressed,
+            inflating: Mutex::new(None),
             resume: Mutex::new(None),
         }
     }
@@ -97,6 +129,9 @@ impl TableCopyReader {
         if offset >= end {
             return Ok(Vec::new());
         }
+        if self.compressed {
+            return self.read_inflated(offset, end).await;
+        }
         let mark = self
             .table
             .mark_before(offset)
@@ -138,6 +173,71 @@ impl TableCopyReader {
         Ok(out)
     }
 
+    /// The inflated text in `offset..end`, continuing from where the last read
+    /// stopped when that is not past `offset`.
+    async fn read_inflated(&self, offset: u64, end: u64) -> Result<Vec<u8>> {
+        let kept = self.inflating.lock().expect("inflating lock").take();
+        let mut cur = match kept.filter(|c| c.pending_at <= offset) {
+            Some(c) => c,
+            None => Inflating {
+                frame: self
+                    .table
+                    .mark_before(0)
+                    .ok_or_else(|| self.damaged("has no recorded frames"))?
+                    .dump_offset,
+                inflater: flate2::Decompress::new(true),
+                pending: Vec::new(),
+                pending_at: 0,
+                done: false,
+            },
+        };
+        let header = 1 + self.int_size;
+        let mut window = Window {
+            start: cur.frame,
+            bytes: Vec::new(),
+        };
+        loop {
+            if cur.pending_at < offset {
+                let skip = ((offset - cur.pending_at) as usize).min(cur.pending.len());
+                cur.pending.drain(..skip);
+                cur.pending_at += skip as u64;
+            }
+            if cur.pending_at + cur.pending.len() as u64 >= end || cur.done {
+                break;
+            }
+            let i = self.ensure(&mut window, cur.frame, header).await?;
+            let Some(len) = frame_len(&window.bytes[i..], self.int_size) else {
+                cur.done = true;
+                continue;
+            };
+            let j = self
+                .ensure(&mut window, cur.frame + header as u64, len as usize)
+                .await?;
+            let mut input = &window.bytes[j..j + len as usize];
+            while !input.is_empty() {
+                cur.pending.reserve(64 << 10);
+                let before = cur.inflater.total_in();
+                let status = cur
+                    .inflater
+                    .decompress_vec(input, &mut cur.pending, flate2::FlushDecompress::None)
+                    .map_err(|e| self.damaged(&format!("does not inflate ({e})")))?;
+                input = &input[(cur.inflater.total_in() - before) as usize..];
+                if status == flate2::Status::StreamEnd {
+                    break;
+                }
+            }
+            cur.frame += header as u64 + len;
+        }
+        let from = (offset - cur.pending_at) as usize;
+        let to = ((end - cur.pending_at) as usize).min(cur.pending.len());
+        if from > to || to - from != (end - offset) as usize {
+            return Err(self.damaged("ends before its recorded length"));
+        }
+        let out = cur.pending[from..to].to_vec();
+        *self.inflating.lock().expect("inflating lock") = Some(cur);
+        Ok(out)
+    }
+
     /// Makes the window hold `n` dump bytes at `offset` (reading a new one there if
     /// it does not) and returns where they start in it.
     async fn ensure(&self, window: &mut Window, offset: u64, n: usize) -> Result<usize> {
@@ -161,19 +261,20 @@ impl TableCopyReader {
     }
 }
 
-/// The large objects of the `BLOBS` block at `offset` of a dump whose ints are
-/// `int_size` bytes wide: each object's OID and bytes, in archive order. `None` when
-/// they add up to more than `limit_bytes`.
+/// The large objects of the `BLOBS` block at `offset` of a dump whose `contents`
+/// say how it is written: each object's OID and bytes (inflated, in a compressed
+/// dump, where each object is a zlib stream of its own), in archive order. `None`
+/// when they add up to more than `limit_bytes`.
 ///
 /// Errors: those of [`FileReader::read_at`]; `Corrupt` when the block is not a
-/// large-object block or ends early.
+/// large-object block, ends early or does not inflate.
 pub async fn read_large_objects(
     dump: &FileReader,
     offset: u64,
-    int_size: u8,
+    contents: &DumpContents,
     limit_bytes: u64,
 ) -> Result<Option<Vec<(u32, Vec<u8>)>>> {
-    let width = 1 + usize::from(int_size);
+    let width = 1 + usize::from(contents.int_size);
     let damaged = |how: &str| {
         Error::Corrupt(format!(
             "The large-object block at byte {offset} of {} {how}",
@@ -235,12 +336,24 @@ pub async fn read_large_objects(
             if len == 0 {
                 break;
             }
-            total += len;
-            if total > limit_bytes {
+            if data.len() as u64 + len > limit_bytes {
                 return Ok(None);
             }
             data.extend_from_slice(&read(&mut window, pos, len as usize).await?);
             pos += len;
+        }
+        if contents.compressed {
+            use std::io::Read;
+            let mut inflated = Vec::new();
+            flate2::read::ZlibDecoder::new(data.as_slice())
+                .take(limit_bytes + 1)
+                .read_to_end(&mut inflated)
+                .map_err(|e| damaged(&format!("holds an object that does not inflate ({e})")))?;
+            data = inflated;
+        }
+        total += data.len() as u64;
+        if total > limit_bytes {
+            return Ok(None);
         }
         objects.push((oid, data));
     }

@@ -23,8 +23,11 @@
 #   - the same, warm: a second grep on the same mount;
 #   - the scratch route: a fresh database, `pg_restore -t <t> -d scratch` from the
 #     mounted dump (fresh mount), then `SELECT … WHERE id = …`.
-# Before timing, the mounted table file must equal `COPY public.<t> TO STDOUT` and
-# both routes must find the same row. Goal: the grep at least 10x faster (cold).
+# And the whole dump, RUNS times into a fresh database, from the mount: `psql -f
+# footdash.sql` (the script pgvault makes) against `pg_restore -d` of footdash.dump.
+# Before timing, the mounted table file must equal `COPY public.<t> TO STDOUT`, both
+# routes must find the same row, and both whole restores must give the source's row
+# counts. Goal: the grep at least 10x faster (cold).
 #
 # Needs fuse3 and root or a user allowed to mount with fusermount3. As root, the
 # server runs as the postgres OS user. Everything lives in a temp dir removed at the end.
@@ -133,6 +136,36 @@ for table in $tables; do
     report="$report$line"$'\n'
 done
 
+exact_counts() {
+    local db=$1 t out=""
+    for t in $(psql -At -d footdash -c "SELECT relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+        WHERE nspname = 'public' AND relkind = 'r' ORDER BY relname"); do
+        out="$out $t=$(psql -At -d "$db" -c "SELECT count(*) FROM public.$t")"
+    done
+    echo "$out"
+}
+whole() {
+    psql -d postgres -c "DROP DATABASE IF EXISTS whole" -c "CREATE DATABASE whole"
+    if [ "$1" = psql ]; then
+        psql -d whole -f "$mnt/$rel/footdash.sql" >/dev/null
+    else
+        "$PG_BIN_DIR/pg_restore" -d whole "$mnt/$rel/footdash.dump"
+    fi
+}
+source_counts=$(exact_counts footdash)
+echo "== the whole dump"
+for r in $(seq "$RUNS"); do
+    for route in psql pg_restore; do
+        mount_fresh; ls "$mnt/$rel" >/dev/null
+        record "whole.$route" "$(timed whole "$route")"
+        unmount
+        [ "$(exact_counts whole)" = "$source_counts" ] || { echo "$route gave other row counts" >&2; exit 1; }
+    done
+    echo "   run $r done"
+done
+mw() { printf '%s\n' ${t[whole.$1]} | median; }
+whole_line=$(awk -v p="$(mw psql)" -v r="$(mw pg_restore)" 'BEGIN {printf "| %.2f | %.2f | %.2fx |", p, r, p / r}')
+
 out=$(cat <<EOF
 One row of a table from a $dump_mb MB FootDash dump (pg_dump -Fc -Z0, SCALE=$SCALE), medians of $RUNS runs, seconds.
 grep: \`grep -c '^<id>\t' tables/public.<t>.copy\` through the mount (cold: fresh mount). scratch: \`pg_restore -t <t> -d scratch\` from the mounted dump (fresh mount) and a query.
@@ -141,6 +174,12 @@ grep: \`grep -c '^<id>\t' tables/public.<t>.copy\` through the mount (cold: fres
 | --- | --- | --- | --- | --- | --- | --- |
 $report
 Goal: the grep at least 10x faster than the scratch route (cold).
+
+The whole dump into a fresh database from the mount (fresh mount), seconds:
+
+| psql -f footdash.sql | pg_restore -d footdash.dump | psql / pg_restore |
+| --- | --- | --- |
+$whole_line
 EOF
 )
 echo

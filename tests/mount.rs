@@ -975,9 +975,28 @@ fn each_table_of_a_dump_is_its_copy_text_in_the_mount_and_through_cat() {
             );
             assert_same_bytes(&std::fs::read(&path).unwrap(), bytes, file);
         }
-        // Any offset, any length, in any order: the bytes of COPY's output there
-        // (a compressed table inflates again from its start for a read behind).
+        // Readers at once on one open file, each its own blocks, in any order.
         let f = File::open(dir.join("public.users.copy")).unwrap();
+        std::thread::scope(|scope| {
+            for k in 0..4u64 {
+                let f = &f;
+                scope.spawn(move || {
+                    let block = 100_000u64;
+                    let blocks = users.len() as u64 / block + 1;
+                    for b in (0..blocks).filter(|b| b % 4 == k) {
+                        let start = (b * block) as usize;
+                        let end = (start + block as usize).min(users.len());
+                        assert_same_bytes(
+                            &pread(f, start as u64, block as usize).unwrap(),
+                            &users[start..end],
+                            &format!("block {b} read by reader {k}"),
+                        );
+                    }
+                });
+            }
+        });
+        // Any offset, any length, in any order: the bytes of COPY's output there
+        // (a compressed table inflates again from its start for a read far behind).
         for _ in 0..reads {
             let offset = rng.below(users.len() as u64 + 10);
             let len = 1 + rng.below(300_000) as usize;

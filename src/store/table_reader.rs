@@ -27,12 +27,16 @@ pub struct TableCopyReader {
     with_trailer: bool,
     /// Whether the frames hold a zlib stream.
     compressed: bool,
-    /// A compressed table's inflater, where the last read left it.
-    inflating: Mutex<Option<Inflating>>,
+    /// A compressed table's inflater, where the last read left it. Reads of one
+    /// open file take turns: two at once would each inflate from the start.
+    inflating: tokio::sync::Mutex<Option<Inflating>>,
     /// The frame where the last read stopped: a sequential reader goes on from
     /// there instead of from the mark before it.
     resume: Mutex<Option<FrameMark>>,
 }
+
+/// How much inflated text a compressed table's reader keeps behind its last read.
+const KEEP_BEHIND_BYTES: u64 = 4 << 20;
 
 /// A compressed table being inflated.
 struct Inflating {
@@ -71,7 +75,7 @@ impl TableCopyReader {
             int_size: usize::from(contents.int_size),
             with_trailer: false,
             compressed: contents.compressed,
-            inflating: Mutex::new(None),
+            inflating: tokio::sync::Mutex::new(None),
             resume: Mutex::new(None),
         }
     }
@@ -176,8 +180,8 @@ impl TableCopyReader {
     /// The inflated text in `offset..end`, continuing from where the last read
     /// stopped when that is not past `offset`.
     async fn read_inflated(&self, offset: u64, end: u64) -> Result<Vec<u8>> {
-        let kept = self.inflating.lock().expect("inflating lock").take();
-        let mut cur = match kept.filter(|c| c.pending_at <= offset) {
+        let mut kept = self.inflating.lock().await;
+        let mut cur = match kept.take().filter(|c| c.pending_at <= offset) {
             Some(c) => c,
             None => Inflating {
                 frame: self
@@ -197,8 +201,11 @@ impl TableCopyReader {
             bytes: Vec::new(),
         };
         loop {
-            if cur.pending_at < offset {
-                let skip = ((offset - cur.pending_at) as usize).min(cur.pending.len());
+            // Text just behind the read is kept: the kernel's readahead sends
+            // requests a little out of order, and each would start over.
+            let keep_from = offset.saturating_sub(KEEP_BEHIND_BYTES);
+            if cur.pending_at < keep_from {
+                let skip = ((keep_from - cur.pending_at) as usize).min(cur.pending.len());
                 cur.pending.drain(..skip);
                 cur.pending_at += skip as u64;
             }
@@ -234,7 +241,7 @@ impl TableCopyReader {
             return Err(self.damaged("ends before its recorded length"));
         }
         let out = cur.pending[from..to].to_vec();
-        *self.inflating.lock().expect("inflating lock") = Some(cur);
+        *kept = Some(cur);
         Ok(out)
     }
 

@@ -17,8 +17,10 @@
 
 use serde::{Deserialize, Serialize};
 
-/// How much COPY text lies between two recorded frame starts.
-pub const MARK_EVERY_BYTES: u64 = 128 << 10;
+/// How much COPY text lies between two recorded frame starts: a read walks at most
+/// this much in vain (frame headers only, mostly from chunks it loads anyway), and a
+/// 500 MB dump's manifest grows by about a thousand marks.
+pub const MARK_EVERY_BYTES: u64 = 512 << 10;
 
 /// The tables of one dump, as the write path found them.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -61,11 +63,28 @@ fn is_zero(n: &u64) -> bool {
 }
 
 /// A frame's start: its offset in the dump, and the offset in the COPY text of its
-/// payload's first byte.
+/// payload's first byte. Stored as a pair, `[dump_offset, copy_offset]`: manifests
+/// hold thousands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "(u64, u64)", into = "(u64, u64)")]
 pub struct FrameMark {
     pub dump_offset: u64,
     pub copy_offset: u64,
+}
+
+impl From<(u64, u64)> for FrameMark {
+    fn from((dump_offset, copy_offset): (u64, u64)) -> Self {
+        FrameMark {
+            dump_offset,
+            copy_offset,
+        }
+    }
+}
+
+impl From<FrameMark> for (u64, u64) {
+    fn from(m: FrameMark) -> Self {
+        (m.dump_offset, m.copy_offset)
+    }
 }
 
 impl TableData {
@@ -170,6 +189,16 @@ mod tests {
             ..t
         };
         assert_eq!(empty.mark_before(0), None);
+    }
+
+    #[test]
+    fn marks_are_stored_as_pairs() {
+        let m = FrameMark {
+            dump_offset: 7,
+            copy_offset: 3,
+        };
+        assert_eq!(serde_json::to_string(&m).unwrap(), "[7,3]");
+        assert_eq!(serde_json::from_str::<FrameMark>("[7,3]").unwrap(), m);
     }
 
     #[test]

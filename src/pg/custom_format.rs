@@ -1650,7 +1650,7 @@ mod tests {
 
     #[test]
     fn each_table_s_copy_text_is_found_from_its_marks() {
-        let rows: Vec<Vec<u8>> = (0..12000)
+        let rows: Vec<Vec<u8>> = (0..40000)
             .map(|i| format!("{i}\trow number {i} of a table\n").into_bytes())
             .collect();
         let whole: Vec<u8> = rows.concat();

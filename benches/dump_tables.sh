@@ -11,6 +11,7 @@
 # Environment:
 #   SCALE  FootDash scale (default 100: ~1.5 MB of dump per unit, so ~150 MB)
 #   RUNS   runs per measurement, medians reported (default 5)
+#   WHOLE  0: skip the whole-dump restores (the longest part; default 1)
 #   PGVAULT_BIN  the binary to measure   OUT  also write the Markdown report there
 #   PG_BIN_DIR   PostgreSQL 15 binaries (default /usr/lib/postgresql/15/bin)
 #
@@ -153,8 +154,9 @@ whole() {
     fi
 }
 source_counts=$(exact_counts footdash)
-echo "== the whole dump"
+[ "${WHOLE:-1}" = 0 ] || echo "== the whole dump"
 for r in $(seq "$RUNS"); do
+    [ "${WHOLE:-1}" = 0 ] && break
     for route in psql pg_restore; do
         mount_fresh; ls "$mnt/$rel" >/dev/null
         record "whole.$route" "$(timed whole "$route")"
@@ -163,8 +165,8 @@ for r in $(seq "$RUNS"); do
     done
     echo "   run $r done"
 done
-mw() { printf '%s\n' ${t[whole.$1]} | median; }
-whole_line=$(awk -v p="$(mw psql)" -v r="$(mw pg_restore)" 'BEGIN {printf "| %.2f | %.2f | %.2fx |", p, r, p / r}')
+mw() { printf '%s\n' ${t[whole.$1]:-0} | median; }
+whole_line=$(awk -v p="$(mw psql)" -v r="$(mw pg_restore)" 'BEGIN {if (r > 0) printf "| %.2f | %.2f | %.2fx |", p, r, p / r; else print "| (not run: WHOLE=0) | | |"}')
 
 out=$(cat <<EOF
 One row of a table from a $dump_mb MB FootDash dump (pg_dump -Fc -Z0, SCALE=$SCALE), medians of $RUNS runs, seconds.

@@ -1435,9 +1435,14 @@ impl Vfs {
                     .read_at(offset, size as usize)
                     .await
                     .map_err(|e| read_failed(&t.what(), offset, size, e))?;
-                if offset.abs_diff(before) <= SEQUENTIAL_SLACK {
+                // Ahead only as far as the table goes (its dump bytes are its text and
+                // a few bytes of framing per row): a small table's file must not load
+                // megabytes of the tables after it.
+                let left = t.len().saturating_sub(offset + data.len() as u64);
+                if offset.abs_diff(before) <= SEQUENTIAL_SLACK && left > 0 {
                     if let Some(reached) = t.dump_offset_reached() {
-                        prefetch_ahead(t.dump(), reached + 1);
+                        let budget = (left + left / 4 + (64 << 10)).min(PREFETCH_BYTES);
+                        prefetch_ahead_within(t.dump(), reached + 1, budget);
                     }
                 }
                 return Ok(data);
@@ -1503,11 +1508,17 @@ fn table_of(
 }
 
 fn prefetch_ahead(reader: &FileReader, end: u64) {
+    prefetch_ahead_within(reader, end, PREFETCH_BYTES);
+}
+
+/// Starts loading the chunks after the one holding byte `end - 1`, up to `budget`
+/// bytes of them.
+fn prefetch_ahead_within(reader: &FileReader, end: u64, budget: u64) {
     let chunks = reader.chunks();
     let last = reader.chunk_index_at(end.saturating_sub(1));
     let mut count = 0;
     let mut bytes = 0u64;
-    while last + 1 + count < chunks.len() && bytes < PREFETCH_BYTES {
+    while last + 1 + count < chunks.len() && bytes < budget {
         bytes += u64::from(chunks[last + 1 + count].len);
         count += 1;
     }

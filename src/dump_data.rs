@@ -137,11 +137,18 @@ pub fn escape_name_part(s: &str) -> String {
 /// `Some(len)` for a payload of `len` bytes, `None` for the end of the block or for
 /// a negative length (damage, which callers report).
 pub fn frame_len(bytes: &[u8], int_size: usize) -> Option<u64> {
-    let magnitude = bytes[1..=int_size]
+    let (negative, magnitude) = split_int(&bytes[..=int_size]);
+    (!negative && magnitude > 0).then_some(magnitude)
+}
+
+/// Splits an archive int (`raw`: its sign byte and at most 8 little-endian
+/// magnitude bytes) into its sign and magnitude.
+pub fn split_int(raw: &[u8]) -> (bool, u64) {
+    let magnitude = raw[1..]
         .iter()
         .rev()
         .fold(0u64, |acc, &b| (acc << 8) | u64::from(b));
-    (bytes[0] == 0 && magnitude > 0).then_some(magnitude)
+    (raw[0] != 0, magnitude)
 }
 
 #[cfg(test)]

@@ -28,7 +28,7 @@
 use std::collections::HashMap;
 use std::ops::Range;
 
-use crate::dump_data::{DumpContents, FrameMark, TableData, MARK_EVERY_BYTES};
+use crate::dump_data::{split_int, DumpContents, FrameMark, TableData, MARK_EVERY_BYTES};
 
 /// Largest header plus table of contents that [`DumpInspector::new`] will buffer.
 ///
@@ -509,16 +509,6 @@ impl<'a> Cursor<'a> {
             Err(stop) => Err(stop),
         }
     }
-}
-
-/// Splits an archive int into its sign and magnitude; callers guarantee at most 8
-/// magnitude bytes.
-fn split_int(raw: &[u8]) -> (bool, u64) {
-    let magnitude = raw[1..]
-        .iter()
-        .rev()
-        .fold(0u64, |acc, &b| (acc << 8) | u64::from(b));
-    (raw[0] != 0, magnitude)
 }
 
 /// Rejects a stream from its first bytes, so that feeding a multi-gigabyte SQL file

@@ -10,7 +10,7 @@
 use std::sync::{Arc, Mutex};
 
 use super::reader::FileReader;
-use crate::dump_data::{frame_len, DumpContents, FrameMark, TableData};
+use crate::dump_data::{frame_len, split_int, DumpContents, FrameMark, TableData};
 use crate::error::{Error, Result};
 
 /// How much of the dump one fetch reads: a frame per row means many small frames,
@@ -59,10 +59,37 @@ impl std::fmt::Debug for Inflating {
     }
 }
 
-/// Dump bytes read ahead of the frame walk.
+/// Dump bytes read ahead of a walk through many small frames.
 struct Window {
     start: u64,
     bytes: Vec<u8>,
+}
+
+impl Window {
+    fn new(start: u64) -> Self {
+        Window {
+            start,
+            bytes: Vec::new(),
+        }
+    }
+
+    /// Makes the window hold `n` bytes at `offset` of `dump` (reading a new one
+    /// there if it does not) and returns where they start in it; `None` when the
+    /// dump ends before them.
+    ///
+    /// Errors: those of [`FileReader::read_at`].
+    async fn fill(&mut self, dump: &FileReader, offset: u64, n: usize) -> Result<Option<usize>> {
+        let inside =
+            offset >= self.start && offset + n as u64 <= self.start + self.bytes.len() as u64;
+        if !inside {
+            self.start = offset;
+            self.bytes = dump.read_at(offset, n.max(WINDOW_BYTES)).await?;
+            if self.bytes.len() < n {
+                return Ok(None);
+            }
+        }
+        Ok(Some((offset - self.start) as usize))
+    }
 }
 
 impl TableCopyReader {
@@ -146,10 +173,7 @@ impl TableCopyReader {
             _ => mark,
         };
         let header = 1 + self.int_size;
-        let mut window = Window {
-            start: at.dump_offset,
-            bytes: Vec::new(),
-        };
+        let mut window = Window::new(at.dump_offset);
         let mut out = Vec::with_capacity((end - offset) as usize);
         while at.copy_offset < end {
             let i = self.ensure(&mut window, at.dump_offset, header).await?;
@@ -196,10 +220,7 @@ impl TableCopyReader {
             },
         };
         let header = 1 + self.int_size;
-        let mut window = Window {
-            start: cur.frame,
-            bytes: Vec::new(),
-        };
+        let mut window = Window::new(cur.frame);
         loop {
             // Text just behind the read is kept: the kernel's readahead sends
             // requests a little out of order, and each would start over.
@@ -248,16 +269,10 @@ impl TableCopyReader {
     /// Makes the window hold `n` dump bytes at `offset` (reading a new one there if
     /// it does not) and returns where they start in it.
     async fn ensure(&self, window: &mut Window, offset: u64, n: usize) -> Result<usize> {
-        let inside =
-            offset >= window.start && offset + n as u64 <= window.start + window.bytes.len() as u64;
-        if !inside {
-            window.start = offset;
-            window.bytes = self.dump.read_at(offset, n.max(WINDOW_BYTES)).await?;
-            if window.bytes.len() < n {
-                return Err(self.damaged("runs past the end of the dump"));
-            }
-        }
-        Ok((offset - window.start) as usize)
+        window
+            .fill(&self.dump, offset, n)
+            .await?
+            .ok_or_else(|| self.damaged("runs past the end of the dump"))
     }
 
     fn damaged(&self, how: &str) -> Error {
@@ -289,29 +304,13 @@ pub async fn read_large_objects(
         ))
     };
     let mut pos = offset;
-    let mut window = Window {
-        start: offset,
-        bytes: Vec::new(),
-    };
+    let mut window = Window::new(offset);
     let read = async |window: &mut Window, at: u64, n: usize| -> Result<Vec<u8>> {
-        let inside =
-            at >= window.start && at + n as u64 <= window.start + window.bytes.len() as u64;
-        if !inside {
-            window.start = at;
-            window.bytes = dump.read_at(at, n.max(WINDOW_BYTES)).await?;
-            if window.bytes.len() < n {
-                return Err(damaged("runs past the end of the dump"));
-            }
-        }
-        let i = (at - window.start) as usize;
+        let i = window
+            .fill(dump, at, n)
+            .await?
+            .ok_or_else(|| damaged("runs past the end of the dump"))?;
         Ok(window.bytes[i..i + n].to_vec())
-    };
-    let int = |b: &[u8]| {
-        let magnitude = b[1..]
-            .iter()
-            .rev()
-            .fold(0u64, |acc, &c| (acc << 8) | u64::from(c));
-        (b[0] != 0, magnitude)
     };
     let kind = read(&mut window, pos, 1).await?;
     if kind[0] != 3 {
@@ -321,7 +320,7 @@ pub async fn read_large_objects(
     let mut objects = Vec::new();
     let mut total = 0u64;
     loop {
-        let (negative, magnitude) = int(&read(&mut window, pos, width).await?);
+        let (negative, magnitude) = split_int(&read(&mut window, pos, width).await?);
         pos += width as u64;
         if magnitude == 0 {
             return Ok(Some(objects));
@@ -335,7 +334,7 @@ pub async fn read_large_objects(
             .map_err(|_| damaged("names an OID beyond 32 bits"))?;
         let mut data = Vec::new();
         loop {
-            let (negative, len) = int(&read(&mut window, pos, width).await?);
+            let (negative, len) = split_int(&read(&mut window, pos, width).await?);
             pos += width as u64;
             if negative {
                 return Err(damaged("has a negative length"));

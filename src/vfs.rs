@@ -407,6 +407,14 @@ impl Inodes {
     }
 }
 
+/// Where the files made from a dump are shown: its backup point's own directory
+/// (reached through a view), or `at/<name>/` beside other databases' dumps.
+#[derive(Debug, Clone, Copy)]
+enum Beside<'a> {
+    Point(View),
+    At(&'a str),
+}
+
 /// What an open file reads from.
 #[derive(Debug)]
 enum Content {
@@ -472,6 +480,18 @@ fn dir_attr(ino: Ino, mtime: SystemTime, ttl: Duration) -> Attr {
         mtime,
         perm: DIR_MODE,
         ttl,
+    }
+}
+
+/// A file of a backup point or the WAL archive: never changes once there.
+fn file_attr(ino: Ino, size_bytes: u64, mtime: SystemTime) -> Attr {
+    Attr {
+        ino,
+        kind: NodeKind::File,
+        size_bytes,
+        mtime,
+        perm: FILE_MODE,
+        ttl: LONG_TTL,
     }
 }
 
@@ -819,63 +839,36 @@ impl Vfs {
             }
             Node::Data(id) => {
                 let m = self.snapshot_of(tree, id)?;
-                Attr {
-                    ino,
-                    kind: NodeKind::File,
-                    size_bytes: m.size_bytes,
-                    mtime: SystemTime::from(m.time),
-                    perm: FILE_MODE,
-                    ttl: LONG_TTL,
-                }
+                file_attr(ino, m.size_bytes, SystemTime::from(m.time))
             }
             Node::Tables(_, id) | Node::AtTables(_, id) => {
                 let m = self.snapshot_of(tree, id)?;
                 dir_attr(ino, SystemTime::from(m.time), LONG_TTL)
             }
-            Node::TocText(_) | Node::Script(..) => {
-                let (id, size) = match node {
-                    Node::Script(id, kind) => (
-                        id,
-                        self.inner.files.cached_script(id, *kind).map(|s| s.len()),
-                    ),
-                    Node::TocText(id) => (
-                        id,
-                        self.inner.files.cached_toc_text(id).map(|t| t.len() as u64),
-                    ),
-                    _ => unreachable!("matched above"),
-                };
+            Node::TocText(id) => {
                 let m = self.snapshot_of(tree, id)?;
-                let size = size.ok_or_else(|| not_found(describe(node)))?;
-                Attr {
-                    ino,
-                    kind: NodeKind::File,
-                    size_bytes: size,
-                    mtime: SystemTime::from(m.time),
-                    perm: FILE_MODE,
-                    ttl: LONG_TTL,
-                }
+                let text = self.inner.files.cached_toc_text(id);
+                let text = text.ok_or_else(|| not_found(describe(node)))?;
+                file_attr(ino, text.len() as u64, SystemTime::from(m.time))
+            }
+            Node::Script(id, kind) => {
+                let m = self.snapshot_of(tree, id)?;
+                let script = self.inner.files.cached_script(id, *kind);
+                let script = script.ok_or_else(|| not_found(describe(node)))?;
+                file_attr(ino, script.len(), SystemTime::from(m.time))
             }
             Node::TableCopy(id, i) => {
                 let m = self.snapshot_of(tree, id)?;
-                Attr {
-                    ino,
-                    kind: NodeKind::File,
-                    size_bytes: table_of(&m, *i)?.0.copy_len_bytes,
-                    mtime: SystemTime::from(m.time),
-                    perm: FILE_MODE,
-                    ttl: LONG_TTL,
-                }
+                let size = table_of(&m, *i)?.0.copy_len_bytes;
+                file_attr(ino, size, SystemTime::from(m.time))
             }
             Node::Manifest(id) => {
                 let m = self.snapshot_of(tree, id)?;
-                Attr {
+                file_attr(
                     ino,
-                    kind: NodeKind::File,
-                    size_bytes: manifest_json(&m).len() as u64,
-                    mtime: SystemTime::from(m.time),
-                    perm: FILE_MODE,
-                    ttl: LONG_TTL,
-                }
+                    manifest_json(&m).len() as u64,
+                    SystemTime::from(m.time),
+                )
             }
             Node::Wal | Node::WalSystem(_) | Node::WalTimeline(..) => {
                 dir_attr(ino, newest, SHORT_TTL)
@@ -884,14 +877,7 @@ impl Vfs {
                 let m = self
                     .cached_wal_manifest(*system, name)
                     .ok_or_else(|| not_found(format!("WAL file {name}")))?;
-                Attr {
-                    ino,
-                    kind: NodeKind::File,
-                    size_bytes: m.size_bytes,
-                    mtime: SystemTime::from(m.pushed),
-                    perm: FILE_MODE,
-                    ttl: LONG_TTL,
-                }
+                file_attr(ino, m.size_bytes, SystemTime::from(m.pushed))
             }
         })
     }
@@ -1025,14 +1011,7 @@ impl Vfs {
                 let t = parse_at(name).ok_or_else(|| not_found(format!("at/{name}")))?;
                 let mut v = Vec::new();
                 for (file, p) in tree.at(t) {
-                    if p.m.dump_contents.is_some() {
-                        v.push((
-                            at_tables_name(&file),
-                            Node::AtTables(name.clone(), p.m.id.clone()),
-                        ));
-                    }
-                    let stem = file.strip_suffix(".dump").unwrap_or(&file);
-                    v.extend(self.derived_files(&p.m, stem, false));
+                    v.extend(self.derived_files(&p.m, Beside::At(name)));
                     v.push((file, Node::Data(p.m.id.clone())));
                 }
                 v
@@ -1048,12 +1027,7 @@ impl Vfs {
                     (safe_name(&m.file_name), Node::Data(id.clone())),
                     (MANIFEST_FILE.to_string(), Node::Manifest(id.clone())),
                 ];
-                if m.dump_contents.is_some() {
-                    v.push((TABLES_DIR.to_string(), Node::Tables(*view, id.clone())));
-                }
-                let stem = safe_name(&m.file_name);
-                let stem = stem.strip_suffix(".dump").unwrap_or(&stem);
-                v.extend(self.derived_files(&m, stem, true));
+                v.extend(self.derived_files(&m, Beside::Point(*view)));
                 v
             }
             Node::Tables(_, id) | Node::AtTables(_, id) => {
@@ -1358,34 +1332,37 @@ impl Vfs {
             .clone())
     }
 
-    /// The files made from dump `m` that a directory shows beside it, named after
-    /// `stem` (`footdash`): in a backup point's own directory (`own_dir`) `toc.txt`,
-    /// `schema.sql` and `<stem>.sql`; elsewhere each with the stem in front.
-    fn derived_files(
-        &self,
-        m: &SnapshotManifest,
-        stem: &str,
-        own_dir: bool,
-    ) -> Vec<(String, Node)> {
+    /// The files made from dump `m` that a directory shows beside it: in a backup
+    /// point's own directory `tables/`, `toc.txt`, `schema.sql` and `<stem>.sql`
+    /// (`footdash.sql`); in `at/<time>/`, beside other databases' dumps, each with
+    /// the stem in front (`footdash.tables/`, `footdash.toc.txt`, ...).
+    fn derived_files(&self, m: &SnapshotManifest, beside: Beside<'_>) -> Vec<(String, Node)> {
+        let file = safe_name(&m.file_name);
+        let stem = file.strip_suffix(".dump").unwrap_or(&file);
+        let named = |base: &str| match beside {
+            Beside::Point(_) => base.to_string(),
+            Beside::At(_) => format!("{stem}.{base}"),
+        };
+        let mut v = Vec::new();
+        if m.dump_contents.is_some() {
+            let tables = match beside {
+                Beside::Point(view) => Node::Tables(view, m.id.clone()),
+                Beside::At(name) => Node::AtTables(name.to_string(), m.id.clone()),
+            };
+            v.push((named(TABLES_DIR), tables));
+        }
         let files = &self.inner.files;
         if m.kind != crate::store::SnapshotKind::Dump || files.toc_failed(&m.id) {
-            return Vec::new();
+            return v;
         }
-        let named = |base: &str| {
-            if own_dir {
-                base.to_string()
-            } else {
-                format!("{stem}.{base}")
-            }
-        };
-        let mut v = vec![(named(TOC_FILE), Node::TocText(m.id.clone()))];
+        v.push((named(TOC_FILE), Node::TocText(m.id.clone())));
         if !files.script_failed(&m.id, ScriptKind::SchemaOnly) {
             v.push((
                 named(SCHEMA_FILE),
                 Node::Script(m.id.clone(), ScriptKind::SchemaOnly),
             ));
         }
-        // The whole script needs the data's places, recorded for uncompressed dumps.
+        // The whole script needs the data's places, which older dumps lack.
         if m.dump_contents.is_some() && !files.script_failed(&m.id, ScriptKind::Whole) {
             v.push((
                 format!("{stem}.sql"),
@@ -1472,13 +1449,6 @@ impl Vfs {
 }
 
 /// Starts loading the chunks after byte `end` up to [`PREFETCH_BYTES`] ahead.
-/// The name in `at/<time>/` of the tables of the dump shown there as `file`:
-/// `footdash.dump` gives `footdash.tables`.
-fn at_tables_name(file: &str) -> String {
-    let stem = file.strip_suffix(".dump").unwrap_or(file);
-    format!("{stem}.{TABLES_DIR}")
-}
-
 /// A failed read of an open file, logged (the reader only sees EIO).
 fn read_failed(what: &str, offset: u64, size: u32, e: Error) -> Error {
     tracing::error!("Read of {what} at offset {offset}, {size} bytes, failed: {e}");

@@ -36,52 +36,12 @@ set -euo pipefail
 
 SCALE=${SCALE:-100}
 RUNS=${RUNS:-5}
-PG_BIN_DIR=${PG_BIN_DIR:-/usr/lib/postgresql/15/bin}
-here=$(cd "$(dirname "$0")/.." && pwd)
-target=${CARGO_TARGET_DIR:-$here/target}
-PGVAULT=${PGVAULT_BIN:-$target/release/pgvault}
-
-if [ -z "${PGVAULT_BIN:-}" ]; then
-    (cd "$here" && cargo build --release --quiet --no-default-features --bin pgvault)
-fi
-
-work=$(mktemp -d /tmp/pgvault-bench-XXXXXX)
-chmod 755 "$work"
-mnt=$work/mnt
-mount_pid=""
-pg_started=0
-as_pg() { if [ "$(id -u)" = 0 ]; then su postgres -s /bin/sh -c "$*"; else sh -c "$*"; fi; }
-
-cleanup() {
-    if [ -n "$mount_pid" ]; then kill -TERM "$mount_pid" 2>/dev/null || true; wait "$mount_pid" 2>/dev/null || true; fi
-    if mountpoint -q "$mnt" 2>/dev/null; then fusermount3 -u -z "$mnt" 2>/dev/null || true; fi
-    if [ "$pg_started" = 1 ]; then as_pg "$PG_BIN_DIR/pg_ctl -D $work/pg/data -m fast -w stop" >/dev/null 2>&1 || true; fi
-    rm -rf "$work"
-}
-trap cleanup EXIT
-
-export PGVAULT_REPO=$work/repo PGVAULT_PASSWORD=bench PGVAULT_CACHE_DIR=$work/cache
-port=$((40000 + $$ % 20000))
-export PGHOST=$work/pg PGPORT=$port PGUSER=postgres PGVAULT_PG_BINDIR=$PG_BIN_DIR
-psql() { "$PG_BIN_DIR/psql" -X -q -v ON_ERROR_STOP=1 "$@"; }
-
-now() { date +%s.%N; }
-median() { sort -g | awk '{a[NR]=$1} END {if (NR%2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2}'; }
-
-mount_fresh() {
-    "$PGVAULT" mount "$mnt" >>"$work/mount.log" 2>&1 &
-    mount_pid=$!
-    for _ in $(seq 600); do mountpoint -q "$mnt" && return 0; sleep 0.05; done
-    echo "mount did not come up:" >&2; cat "$work/mount.log" >&2; exit 1
-}
-unmount() { kill -TERM "$mount_pid"; wait "$mount_pid" || true; mount_pid=""; }
+BUILD_ARGS="--no-default-features --bin pgvault"
+# shellcheck source=benches/mount_setup.sh
+. "$(dirname "$0")/mount_setup.sh"
 
 echo "== setup: PostgreSQL cluster, FootDash (SCALE=$SCALE), repository, backup"
-mkdir -p "$work/pg" "$mnt"
-[ "$(id -u)" = 0 ] && chown postgres "$work/pg"
-as_pg "$PG_BIN_DIR/initdb -D $work/pg/data -A trust -U postgres --no-sync --locale=C -E UTF8" >/dev/null
-as_pg "$PG_BIN_DIR/pg_ctl -D $work/pg/data -l $work/pg/log -w -o \"-p $port -k $work/pg -c listen_addresses='' -c fsync=off\" start" >/dev/null
-pg_started=1
+start_cluster
 psql -d postgres -c "CREATE DATABASE footdash"
 psql -d footdash -f "$here/tests/data/footdash-schema.sql" >/dev/null
 sed "s/__SCALE__/$SCALE/g" "$here/tests/data/footdash-data.sql" | psql -d footdash >/dev/null
@@ -96,7 +56,6 @@ echo "   dump: $dump_mb MB, snapshot ${id:0:8}; tables: $(echo $tables); $RUNS r
 
 declare -A t
 record() { t[$1]="${t[$1]:-} $2"; }
-timed() { local s e; s=$(now); "$@" >/dev/null; e=$(now); awk -v s="$s" -v e="$e" 'BEGIN {printf "%.4f", e - s}'; }
 
 scratch_query() {
     local table=$1 row=$2

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what pgvault needs on a fresh Debian machine with Rust.
-#   ./scripts/install-deps.sh demo   PostgreSQL 15 (server and client programs) and
-#                                    fuse3 (fusermount3): what scripts/demo.sh runs
+#   ./scripts/install-deps.sh demo   PostgreSQL 15 (server and client programs),
+#                                    fuse3 (fusermount3) and zlib's headers: what
+#                                    scripts/demo.sh builds and runs
 #   ./scripts/install-deps.sh test   the same, plus the S3-compatible test server
 #                                    (SeaweedFS) and Prometheus' Python client, whose
 #                                    parser reads `pgvault metrics` in tests/verify.rs
@@ -13,6 +14,9 @@ case "$MODE" in demo|test) ;; *) echo "install-deps: usage: $0 demo|test" >&2; e
 need_apt=()
 [ -x /usr/lib/postgresql/15/bin/initdb ] || need_apt+=(postgresql-15 postgresql-client-15)
 command -v fusermount3 >/dev/null 2>&1 || need_apt+=(fuse3)
+# The system zlib to build against: pg_dump's own, so a compressed dump's data is
+# re-created byte for byte (libz-sys would otherwise build its bundled copy).
+{ [ -f /usr/include/zlib.h ] && command -v pkg-config >/dev/null 2>&1; } || need_apt+=(zlib1g-dev pkg-config)
 if [ "$MODE" = test ]; then
     /usr/bin/python3 -c 'import prometheus_client' >/dev/null 2>&1 || need_apt+=(python3-prometheus-client)
 fi

@@ -27,17 +27,30 @@ fn key() -> &'static MasterKey {
 fn inspect(mut ins: Box<dyn StreamInspector>, data: &[u8]) {
     let step = 1 + usize::from(data.first().copied().unwrap_or(0)) * 37;
     let mut fed = 0;
+    let mut stored = Vec::new();
     for piece in data.chunks(step) {
         if ins.feed(piece).is_err() {
             return;
         }
+        ins.take_stored(&mut stored);
         fed += piece.len();
     }
+    let transforms = ins.transforms();
     let head_len = ins.head_len().map_or(0, |h| h.min(fed as u64) as usize);
     let head = &data[..head_len];
     if let Ok(inspected) = ins.finish(head) {
         if let Some(patched) = inspected.patched_head {
             assert_eq!(patched.len(), head.len(), "a patched head keeps its length");
+        }
+        // No byte is lost: what is stored gives back what came in.
+        match inspected.recreation {
+            Some(rec) => {
+                let back = crate::recreate::recreate_all(&stored, &rec)
+                    .expect("a stream the inspector accepted re-creates");
+                assert!(back == data, "the re-created stream differs from the input");
+            }
+            None if transforms => assert!(stored == data, "the stored stream differs"),
+            None => {}
         }
     }
 }

@@ -36,6 +36,7 @@ pub mod index;
 pub mod ops;
 pub mod pg;
 mod pipe;
+pub mod recreate;
 pub mod sketch;
 pub mod store;
 pub mod time;

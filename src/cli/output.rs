@@ -86,7 +86,30 @@ fn snapshot_json(m: &SnapshotManifest) -> Value {
     if let Some(b) = &m.base {
         v["base"] = base_json(m, b);
     }
+    if m.recreation.is_some() {
+        v["recreated"] = recreated_json(m);
+    }
     v
+}
+
+/// How much of a dump's compressed data is stored as text and re-created on read,
+/// and how much was kept as it came.
+fn recreated_json(m: &SnapshotManifest) -> Value {
+    json!({
+        "bytes_recreated": m.stats.bytes_recreated,
+        "bytes_kept_compressed": m.stats.bytes_kept_compressed,
+        "bytes_stored_as_text": m.stats.bytes_stored_as_text,
+    })
+}
+
+/// The note `snapshots` shows for a dump stored with its compressed data as text.
+fn recreated_note(m: &SnapshotManifest) -> Option<String> {
+    m.recreation.as_ref()?;
+    Some(format!(
+        "compressed data: {} re-created, {} kept as it came",
+        HumanBytes(m.stats.bytes_recreated),
+        HumanBytes(m.stats.bytes_kept_compressed)
+    ))
 }
 
 fn base_json(m: &SnapshotManifest, b: &crate::store::manifest::BaseBackupInfo) -> Value {
@@ -126,6 +149,9 @@ pub fn backup_json(m: &SnapshotManifest) -> Value {
     if let Some(b) = &m.base {
         v["base"] = base_json(m, b);
     }
+    if m.recreation.is_some() {
+        v["recreated"] = recreated_json(m);
+    }
     v
 }
 
@@ -153,6 +179,9 @@ pub fn print_backup(m: &SnapshotManifest) {
         s.chunks_reused,
         s.duration_ms as f64 / 1000.0
     );
+    if let Some(note) = recreated_note(m) {
+        println!("  {note}");
+    }
 }
 
 /// The table `snapshots` prints.
@@ -174,6 +203,7 @@ pub fn print_snapshot_table(snaps: &[SnapshotManifest]) {
                     m.finished.format("%H:%M:%SZ")
                 )
             })
+            .or_else(|| recreated_note(m))
             .unwrap_or_default();
         println!(
             "{:<8}  {:<20}  {:<16}  {:<4}  {:>10}  {:>10}  {wal}",

@@ -196,6 +196,9 @@ fn print_check(r: &CheckReport) {
     for c in &r.bad_chunks {
         println!("BAD CHUNK {}: {}", c.id, c.message);
     }
+    for m in &r.not_recreated {
+        println!("NOT RE-CREATED {}: {}", m.key, m.error);
+    }
     for s in &r.damaged_snapshots {
         println!(
             "DAMAGED SNAPSHOT {} ({} {} at {}): {} bad chunks",

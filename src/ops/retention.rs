@@ -464,6 +464,7 @@ mod tests {
             dump_offsets_filled: false,
             base: None,
             dump_contents: None,
+            recreation: None,
             sketches: Vec::new(),
         }
     }

@@ -206,6 +206,7 @@ impl StreamInspector for BaseTarInspector {
             patched_head: None,
             base: Some(parse_info(found)?),
             dump_contents: None,
+            recreation: None,
         })
     }
 }

@@ -29,6 +29,7 @@ use std::collections::HashMap;
 use std::ops::Range;
 
 use crate::dump_data::{split_int, DumpContents, FrameMark, TableData, MARK_EVERY_BYTES};
+use crate::recreate::{zlib_level, Recreation, StoredStreamBuilder};
 
 /// Largest header plus table of contents that [`DumpInspector::new`] will buffer.
 ///
@@ -171,6 +172,9 @@ pub struct DumpLayout {
     /// otherwise than with zlib (lz4, zstd), data that does not inflate, or names
     /// that are not UTF-8.
     pub contents: Option<DumpContents>,
+    /// How the stored stream differs from the archive, when the inspector was made
+    /// by [`DumpInspector::recreating`] and re-created some compressed table data.
+    pub recreation: Option<Recreation>,
     off_size: u8,
     head_digest: u64,
     /// One per entry with data, in TOC order.
@@ -308,6 +312,8 @@ pub struct DumpInspector {
     phase: Phase,
 }
 
+// One per stream, moved once from head to data: its size costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 enum Phase {
     Head(HeadParser),
@@ -356,6 +362,27 @@ impl DumpInspector {
                 header: scan.archive_header(),
                 entries: scan.toc.take()?,
             }),
+        }
+    }
+
+    /// An inspector that also builds the stream to store in the archive's place:
+    /// compressed table data as its inflated text wherever that re-creates the
+    /// original bytes (see [`crate::recreate`]). Take it with
+    /// [`DumpInspector::take_stored`] after each feed.
+    pub fn recreating() -> Self {
+        let mut me = Self::new();
+        if let Phase::Head(head) = &mut me.phase {
+            head.recreating = true;
+        }
+        me
+    }
+
+    /// Appends to `into` the stored stream built since the last call (see
+    /// [`DumpInspector::recreating`]); nothing until the table of contents is
+    /// complete, then the head at once.
+    pub fn take_stored(&mut self, into: &mut Vec<u8>) {
+        if let Phase::Data(scan) = &mut self.phase {
+            into.append(&mut scan.out);
         }
     }
 
@@ -719,6 +746,8 @@ struct HeadParser {
     data_entries: Vec<DataEntry>,
     /// Every entry, when kept.
     toc: Option<Vec<TocEntry>>,
+    /// The inspector builds the stored stream (see [`DumpInspector::recreating`]).
+    recreating: bool,
 }
 
 impl HeadParser {
@@ -732,6 +761,7 @@ impl HeadParser {
             entries_parsed: 0,
             data_entries: Vec::new(),
             toc: None,
+            recreating: false,
         }
     }
 
@@ -829,8 +859,20 @@ impl HeadParser {
             .header
             .clone()
             .expect("a parsed TOC follows a parsed header");
+        let mut out = Vec::new();
+        let stored = self.recreating.then(|| {
+            // The head is stored as it is; the writer holds it for the offset patch.
+            out.extend_from_slice(&head);
+            Box::new(StoredStreamBuilder::new(toc_end as u64))
+        });
+        let level = (header.version.1 < MINOR_COMPRESSION_BYTE)
+            .then(|| zlib_level(header.compression))
+            .flatten();
         let scan = DataScanner {
             int_size: header.int_size,
+            stored,
+            out,
+            level,
             pos: toc_end as u64,
             toc_end: toc_end as u64,
             state: ScanState::BlockStart,
@@ -955,9 +997,26 @@ struct DataScanner {
     toc: Option<Vec<TocEntry>>,
     header: Header,
     head_digest: u64,
+    /// The stored stream being built, when recreating, and its bytes not yet taken.
+    stored: Option<Box<StoredStreamBuilder>>,
+    out: Vec<u8>,
+    /// The zlib level the table data was compressed at, where the header says.
+    level: Option<u8>,
 }
 
 impl DataScanner {
+    /// Passes original bytes to the stored stream: as frames of the open span, or
+    /// as bytes stored as they are.
+    fn route(&mut self, bytes: &[u8]) {
+        if let Some(b) = &mut self.stored {
+            if b.is_open() {
+                b.frames(bytes, &mut self.out);
+            } else {
+                b.raw(bytes, &mut self.out);
+            }
+        }
+    }
+
     /// Takes the next int from `input`, or stashes its first bytes and returns None
     /// when `input` ends inside it.
     fn next_int(&mut self, input: &mut &[u8]) -> Option<(bool, u64)> {
@@ -985,6 +1044,7 @@ impl DataScanner {
             match self.state {
                 ScanState::Payload { entry, remaining } => {
                     let n = remaining.min(input.len() as u64);
+                    self.route(&input[..n as usize]);
                     if self.header.compression == 0
                         && self.last_frame_len <= COPY_TERMINATOR.len() as u64
                         && !self.entries[entry].large_objects
@@ -1023,6 +1083,7 @@ impl DataScanner {
                         start: self.pos,
                         large_objects,
                     };
+                    self.route(&input[..1]);
                     input = &input[1..];
                     self.pos += 1;
                 }
@@ -1030,7 +1091,10 @@ impl DataScanner {
                     start,
                     large_objects,
                 } => {
-                    let Some(id) = self.next_int(&mut input) else {
+                    let before = input;
+                    let id = self.next_int(&mut input);
+                    self.route(&before[..before.len() - input.len()]);
+                    let Some(id) = id else {
                         break;
                     };
                     let entry = self.start_block(start, id, large_objects)?;
@@ -1041,7 +1105,10 @@ impl DataScanner {
                     };
                 }
                 ScanState::ChunkLen { entry } => {
-                    let Some((negative, len)) = self.next_int(&mut input) else {
+                    let before = input;
+                    let len = self.next_int(&mut input);
+                    self.route(&before[..before.len() - input.len()]);
+                    let Some((negative, len)) = len else {
                         break;
                     };
                     let frame_start = self.pos - 1 - self.int_size as u64;
@@ -1063,7 +1130,10 @@ impl DataScanner {
                     }
                 }
                 ScanState::LoOid { entry } => {
-                    let Some((_, oid)) = self.next_int(&mut input) else {
+                    let before = input;
+                    let oid = self.next_int(&mut input);
+                    self.route(&before[..before.len() - input.len()]);
+                    let Some((_, oid)) = oid else {
                         break;
                     };
                     // OIDs above 2^31 arrive as negative ints; only zero ends the block.
@@ -1117,6 +1187,9 @@ impl DataScanner {
             self.inflater = Some(flate2::Decompress::new(true));
             self.scratch.resize(64 << 10, 0);
             self.last_frame.clear();
+            if let (Some(b), Some(level)) = (&mut self.stored, self.level) {
+                b.open(level, self.int_size);
+            }
         }
         self.block_order.push(entry);
         Ok(entry)
@@ -1172,6 +1245,9 @@ impl DataScanner {
             input = &input[consumed..];
             e.copy_len += produced as u64;
             let out = &self.scratch[..produced];
+            if let Some(b) = &mut self.stored {
+                b.text(out, &mut self.out);
+            }
             let keep = COPY_TERMINATOR.len();
             self.last_frame
                 .extend_from_slice(&out[out.len().saturating_sub(keep)..]);
@@ -1182,6 +1258,9 @@ impl DataScanner {
                     self.inflated_to_end = true;
                     if !input.is_empty() {
                         self.inflate_failed = true;
+                        if let Some(b) = &mut self.stored {
+                            b.abandon(&mut self.out);
+                        }
                     }
                     return;
                 }
@@ -1190,6 +1269,9 @@ impl DataScanner {
                 Err(_) => {
                     self.inflate_failed = true;
                     self.inflater = None;
+                    if let Some(b) = &mut self.stored {
+                        b.abandon(&mut self.out);
+                    }
                     return;
                 }
             }
@@ -1202,6 +1284,12 @@ impl DataScanner {
         let compressed_table = self.inflater.take().is_some();
         if compressed_table && !self.inflated_to_end {
             self.inflate_failed = true;
+        }
+        if let Some(b) = &mut self.stored {
+            if !self.inflated_to_end {
+                b.abandon(&mut self.out);
+            }
+            b.close(&mut self.out);
         }
         let whole_frame =
             self.header.compression == 0 && self.last_frame_len == COPY_TERMINATOR.len() as u64;
@@ -1282,6 +1370,7 @@ impl DataScanner {
             })
             .collect();
         let contents = self.contents();
+        let recreation = self.stored.and_then(|b| b.finish());
         let offsets_were_set = self
             .entries
             .iter()
@@ -1298,6 +1387,7 @@ impl DataScanner {
             offsets_were_set,
             data_blocks,
             contents,
+            recreation,
             off_size: self.header.off_size as u8,
             head_digest: self.head_digest,
             patches,

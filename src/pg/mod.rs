@@ -193,10 +193,16 @@ pub fn pg_dump(db: &str, conn: &ConnectOptions) -> Result<(PgProcess, ChildStdou
     )
 }
 
-/// Checks a custom-format archive as it streams by and fills in the data offsets
-/// of its table of contents when pg_dump wrote it to a pipe.
-#[derive(Default)]
+/// Checks a custom-format archive as it streams by, fills in the data offsets of
+/// its table of contents when pg_dump wrote it to a pipe, and stores compressed
+/// table data as its text where it re-creates (see [`crate::recreate`]).
 pub struct DumpStreamInspector(custom_format::DumpInspector);
+
+impl Default for DumpStreamInspector {
+    fn default() -> Self {
+        DumpStreamInspector(custom_format::DumpInspector::recreating())
+    }
+}
 
 fn dump_error(e: custom_format::DumpFormatError) -> Error {
     Error::InvalidInput(format!(
@@ -211,6 +217,14 @@ impl StreamInspector for DumpStreamInspector {
 
     fn head_len(&self) -> Option<u64> {
         self.0.toc_end()
+    }
+
+    fn transforms(&self) -> bool {
+        true
+    }
+
+    fn take_stored(&mut self, into: &mut Vec<u8>) {
+        self.0.take_stored(into);
     }
 
     fn finish(self: Box<Self>, head: &[u8]) -> Result<Inspected> {
@@ -232,6 +246,7 @@ impl StreamInspector for DumpStreamInspector {
             patched_head,
             base: None,
             dump_contents: layout.contents,
+            recreation: layout.recreation,
         })
     }
 }

@@ -17,7 +17,10 @@ use crate::error::{Error, Result};
 /// as it is and raised to 2 before its first such WAL file is written, so that a
 /// pgvault that knows only version 1 refuses it rather than miss that WAL (its
 /// prune would free the chunks, its wal-fetch would call the files not archived).
-pub const FORMAT_VERSION: u32 = 2;
+/// Version 3 adds dumps stored with their compressed table data as text (the
+/// manifest's `recreation`), which an older pgvault would serve as the file itself:
+/// a repository is raised to 3 before the first such dump is committed.
+pub const FORMAT_VERSION: u32 = 3;
 /// The oldest repository format this build reads.
 pub const OLDEST_FORMAT_VERSION: u32 = 1;
 

@@ -73,6 +73,21 @@ pub struct BackupStats {
     #[serde(default)]
     pub chunks_new_delta: u64,
     pub duration_ms: u64,
+    /// Of `bytes_read`, compressed table data stored as its inflated text and
+    /// re-created on read (see [`crate::recreate`]).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub bytes_recreated: u64,
+    /// Compressed table data that did not re-create and is stored as it came.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub bytes_kept_compressed: u64,
+    /// The length of what was chunked, when it is not the source (a dump stored
+    /// with its compressed table data inflated).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub bytes_stored_as_text: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// One backup point.
@@ -102,6 +117,11 @@ pub struct SnapshotManifest {
     /// recorded it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dump_contents: Option<crate::dump_data::DumpContents>,
+    /// For a dump whose compressed table data is stored as its inflated text: how
+    /// the stored stream (`chunks`) maps to the file, which reads re-create. `None`
+    /// when the chunks are the file itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recreation: Option<crate::recreate::Recreation>,
     /// Similarity sketches of the full chunks this snapshot needs, as far as the
     /// writer knew them: an index rebuild restores the sketch index from these, so
     /// losing the cache costs no compression once rebuilt.

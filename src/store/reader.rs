@@ -1,6 +1,8 @@
 //! The read path: a snapshot's file as an ordered chunk list with cumulative offsets,
 //! read sequentially with prefetch (`cat`) or at any offset through a shared,
-//! byte-bounded cache of decoded chunks (the mount).
+//! byte-bounded cache of decoded chunks (the mount). A dump stored with its
+//! compressed table data as text is read as the file that went in: its spans are
+//! re-created on the way (see [`crate::recreate`]).
 
 use std::collections::{HashMap, VecDeque};
 use std::io::Write;
@@ -12,6 +14,7 @@ use super::Repository;
 use crate::blocking::joined;
 use crate::crypto::ChunkId;
 use crate::error::{Error, Result};
+use crate::recreate::{Located, Recreation, SpanRecreator};
 
 /// How many chunks a sequential read keeps in flight ahead of the writer.
 pub const PREFETCH_CHUNKS: usize = 8;
@@ -87,13 +90,46 @@ pub struct FileReader {
     /// `ends[i]` is the offset just past chunk `i`.
     ends: Arc<Vec<u64>>,
     cache: Arc<ChunkCache>,
+    /// For a dump stored with its compressed table data as text: how the file is
+    /// re-created from the stored stream that `chunks` hold.
+    recreated: Option<Arc<Recreated>>,
+}
+
+/// A file's re-created spans and the recreators its reads have left running.
+#[derive(Debug)]
+struct Recreated {
+    map: Recreation,
+    /// One per span read lately: reads of one span take turns, so that a
+    /// sequential reader deflates each byte once.
+    running: Mutex<HashMap<usize, Arc<tokio::sync::Mutex<Option<SpanRecreator>>>>>,
+}
+
+/// How many spans keep a recreator running (each holds a deflater and a few
+/// megabytes of output) before idle ones are dropped.
+const RUNNING_SPANS: usize = 16;
+
+impl Recreated {
+    fn recreator(&self, span: usize) -> Arc<tokio::sync::Mutex<Option<SpanRecreator>>> {
+        let mut running = self.running.lock().expect("recreators lock");
+        if running.len() >= RUNNING_SPANS && !running.contains_key(&span) {
+            running.retain(|_, r| Arc::strong_count(r) > 1);
+        }
+        running.entry(span).or_default().clone()
+    }
 }
 
 impl FileReader {
     /// A reader over `manifest`'s file, sharing `cache` with other readers.
     pub fn new(repo: Repository, manifest: Arc<SnapshotManifest>, cache: Arc<ChunkCache>) -> Self {
         let what = format!("snapshot {}", manifest.id);
-        Self::for_chunks(repo, what, manifest.chunks.clone(), cache)
+        let mut me = Self::for_chunks(repo, what, manifest.chunks.clone(), cache);
+        me.recreated = manifest.recreation.clone().map(|map| {
+            Arc::new(Recreated {
+                map,
+                running: Mutex::default(),
+            })
+        });
+        me
     }
 
     /// A reader over any file stored as `chunks`; `what` names it in errors.
@@ -117,12 +153,29 @@ impl FileReader {
             chunks: Arc::new(chunks),
             ends: Arc::new(ends),
             cache,
+            recreated: None,
         }
     }
 
     /// The file's length in bytes.
     pub fn len(&self) -> u64 {
+        match &self.recreated {
+            Some(r) => r.map.original_len_bytes,
+            None => self.stored_len(),
+        }
+    }
+
+    /// The stored stream's length in bytes: the file's, unless it is re-created.
+    fn stored_len(&self) -> u64 {
         self.ends.last().copied().unwrap_or(0)
+    }
+
+    /// Where the inflated text of the compressed block whose first frame is at
+    /// `offset` lies in the stored stream, when the block is re-created whole: its
+    /// text is read there with [`FileReader::read_stored_at`], with no deflating.
+    pub fn text_of_block_at(&self, offset: u64) -> Option<u64> {
+        let r = self.recreated.as_ref()?;
+        r.map.whole_span_at(offset).map(|s| s.stored_offset)
     }
 
     /// Whether the file is empty.
@@ -223,14 +276,33 @@ impl FileReader {
         Ok(data)
     }
 
-    /// The index of the chunk holding byte `offset` (the chunk count at or past the end).
+    /// The index of the chunk holding byte `offset` of the file (the chunk count at
+    /// or past the end); inside a re-created span, about where its text is.
     pub fn chunk_index_at(&self, offset: u64) -> usize {
-        self.chunk_at(offset)
+        let stored = match self.recreated.as_ref().map(|r| (r, r.map.locate(offset))) {
+            None => offset,
+            Some((_, Located::Stored { offset, .. })) => offset,
+            Some((r, Located::Span { span, into })) => {
+                let s = r.map.spans[span];
+                let share = into as f64 / s.original_len_bytes.max(1) as f64;
+                s.stored_offset + (share * s.text_len_bytes as f64) as u64
+            }
+        };
+        self.chunk_at(stored)
     }
 
     /// Starts loading the chunks after `i` that are not cached yet, without waiting.
     pub fn prefetch_after(&self, i: usize, count: usize) {
         self.prefetch_range(i + 1, (i + 1 + count).min(self.chunks.len()));
+    }
+
+    /// Starts loading the chunks holding stored bytes `offset..offset + len` that
+    /// are not cached yet, without waiting.
+    pub fn prefetch_stored(&self, offset: u64, len: u64) {
+        if len > 0 {
+            let last = self.chunk_at(offset + len - 1).min(self.chunks.len());
+            self.prefetch_range(self.chunk_at(offset), (last + 1).min(self.chunks.len()));
+        }
     }
 
     /// Starts loading chunks `from..to` that are neither cached nor loading.
@@ -247,11 +319,102 @@ impl FileReader {
         }
     }
 
-    /// Up to `size` bytes from `offset`; fewer only at the end of the file.
+    /// Up to `size` bytes of the file from `offset`; fewer only at its end.
     ///
-    /// Errors: as [`FileReader::chunk`]; never returns bytes that failed verification.
+    /// Errors: as [`FileReader::chunk`]; `Corrupt` when a re-created span's text
+    /// runs out before its bytes; never returns bytes that failed verification.
     pub async fn read_at(&self, offset: u64, size: usize) -> Result<Vec<u8>> {
-        let end = (offset + size as u64).min(self.len());
+        let Some(rec) = &self.recreated else {
+            return self.read_stored_at(offset, size).await;
+        };
+        let end = offset.saturating_add(size as u64).min(self.len());
+        let mut out = Vec::with_capacity(end.saturating_sub(offset) as usize);
+        let mut at = offset;
+        while at < end {
+            match rec.map.locate(at) {
+                Located::Stored { offset: from, run } => {
+                    let n = run.min(end - at);
+                    let bytes = self.read_stored_at(from, n as usize).await?;
+                    if bytes.len() as u64 != n {
+                        return Err(self.short_text(from));
+                    }
+                    out.extend_from_slice(&bytes);
+                    at += n;
+                }
+                Located::Span { span, into } => {
+                    let s = rec.map.spans[span];
+                    let n = (s.original_len_bytes - into).min(end - at);
+                    self.recreate(rec, span, into, into + n, &mut out).await?;
+                    at += n;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Appends span `span`'s bytes `into..end` to `out`, going on from where the
+    /// span's last read stopped if that is not past `into`.
+    async fn recreate(
+        &self,
+        rec: &Recreated,
+        span: usize,
+        into: u64,
+        end: u64,
+        out: &mut Vec<u8>,
+    ) -> Result<()> {
+        let cell = rec.recreator(span);
+        let mut kept = cell.lock().await;
+        let s = rec.map.spans[span];
+        let mut r = match kept.take().filter(|r| r.can_serve(into)) {
+            Some(r) => r,
+            None => SpanRecreator::new(s),
+        };
+        while let Some((from, len)) = r.wants(end) {
+            // The text a few reads ahead is loaded while this part deflates.
+            let ahead = self.chunk_at(from + len + (8 << 20)).min(self.chunks.len());
+            self.prefetch_range(self.chunk_at(from), ahead);
+            let text = self.read_stored_at(from, len as usize).await?;
+            if text.len() as u64 != len {
+                return Err(self.short_text(from));
+            }
+            // Deflating a megabyte takes tens of milliseconds: not on the runtime.
+            r = joined(
+                "re-creating compressed data",
+                tokio::task::spawn_blocking(move || {
+                    r.feed(&text, into);
+                    r
+                })
+                .await,
+            )?;
+        }
+        let bytes = r.bytes(into, end).ok_or_else(|| {
+            Error::Corrupt(format!(
+                "The compressed data at byte {} of {} does not re-create from its stored \
+                 text",
+                s.original_offset + into,
+                self.what
+            ))
+        })?;
+        out.extend_from_slice(bytes);
+        *kept = Some(r);
+        Ok(())
+    }
+
+    fn short_text(&self, stored_offset: u64) -> Error {
+        Error::Corrupt(format!(
+            "The stored stream of {} ends at byte {}, before byte {stored_offset} its \
+             manifest names",
+            self.what,
+            self.stored_len()
+        ))
+    }
+
+    /// Up to `size` bytes of the stored stream from `offset`: the file's own bytes
+    /// unless it is re-created (see [`FileReader::text_of_block_at`]).
+    ///
+    /// Errors: as [`FileReader::chunk`].
+    pub async fn read_stored_at(&self, offset: u64, size: usize) -> Result<Vec<u8>> {
+        let end = (offset + size as u64).min(self.stored_len());
         if offset >= end {
             return Ok(Vec::new());
         }
@@ -305,6 +468,9 @@ impl Repository {
         out: &mut (dyn Write + Send),
         progress: Arc<dyn Progress>,
     ) -> Result<u64> {
+        if manifest.recreation.is_some() {
+            return self.cat_recreated(manifest, out, progress).await;
+        }
         let mut pending: VecDeque<tokio::task::JoinHandle<Result<Vec<u8>>>> = VecDeque::new();
         let mut next = 0usize;
         let mut written = 0u64;
@@ -328,14 +494,118 @@ impl Repository {
             progress.advance(data.len() as u64);
             written += data.len() as u64;
         }
-        out.flush()
-            .map_err(|e| Error::io("Cannot write output", e))?;
-        if written != manifest.size_bytes {
+        finish_output(out, &manifest.id, written, manifest.size_bytes)?;
+        Ok(written)
+    }
+
+    /// [`Repository::cat`] of a snapshot whose compressed table data is re-created:
+    /// the file's parts (re-created spans and the runs between them) are made by
+    /// up to one task per core ahead of the writer, each into a short queue of its
+    /// own, so memory stays bounded; the hash of the original is checked at the end.
+    async fn cat_recreated(
+        &self,
+        manifest: &SnapshotManifest,
+        out: &mut (dyn Write + Send),
+        progress: Arc<dyn Progress>,
+    ) -> Result<u64> {
+        let rec = manifest.recreation.as_ref().expect("a re-created snapshot");
+        let reader = FileReader::new(
+            self.clone(),
+            Arc::new(manifest.clone()),
+            Arc::new(ChunkCache::new(CAT_CACHE_BYTES)),
+        );
+        let mut parts = Vec::new();
+        let mut at = 0;
+        for s in &rec.spans {
+            if s.original_offset > at {
+                parts.push(at..s.original_offset);
+            }
+            if s.original_len_bytes > 0 {
+                parts.push(s.original_offset..s.original_end());
+            }
+            at = s.original_end();
+        }
+        if at < rec.original_len_bytes {
+            parts.push(at..rec.original_len_bytes);
+        }
+        let workers = Arc::new(tokio::sync::Semaphore::new(
+            std::thread::available_parallelism().map_or(2, |n| n.get()),
+        ));
+        // Permits are taken in the parts' order, so the part the writer waits for
+        // always holds one or gets the next one freed.
+        let (queue_tx, mut queues) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            for part in parts {
+                let Ok(permit) = workers.clone().acquire_owned().await else {
+                    return;
+                };
+                let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>>>(2);
+                if queue_tx.send(rx).is_err() {
+                    return;
+                }
+                let reader = reader.clone();
+                tokio::spawn(async move {
+                    let _permit = permit;
+                    let mut at = part.start;
+                    while at < part.end {
+                        let n = (part.end - at).min(CAT_PIECE_BYTES);
+                        let piece = reader.read_at(at, n as usize).await;
+                        let failed = piece.is_err();
+                        if tx.send(piece).await.is_err() || failed {
+                            return;
+                        }
+                        at += n;
+                    }
+                });
+            }
+        });
+        let mut hasher = blake3::Hasher::new();
+        let mut written = 0u64;
+        while let Some(mut rx) = queues.recv().await {
+            while let Some(piece) = rx.recv().await {
+                let piece = piece?;
+                let hashed = rec.hashed_from.saturating_sub(written) as usize;
+                hasher.update(&piece[hashed.min(piece.len())..]);
+                out.write_all(&piece)
+                    .map_err(|e| Error::io("Cannot write output", e))?;
+                progress.advance(piece.len() as u64);
+                written += piece.len() as u64;
+            }
+        }
+        finish_output(out, &manifest.id, written, rec.original_len_bytes)?;
+        let hash = hasher.finalize().to_hex();
+        if hash.as_str() != rec.blake3 {
             return Err(Error::Corrupt(format!(
-                "Snapshot {} read back {written} bytes, its manifest says {}",
-                manifest.id, manifest.size_bytes
+                "Snapshot {} re-created other bytes than it stored: their blake3 is {hash}, its \
+                 manifest says {}",
+                manifest.id, rec.blake3
             )));
         }
         Ok(written)
     }
 }
+
+/// Flushes a whole file's output and checks it got the length the manifest says.
+///
+/// Errors: `Io` when `out` fails; `Corrupt` when the length differs.
+fn finish_output(
+    out: &mut (dyn Write + Send),
+    snapshot: &str,
+    written: u64,
+    len: u64,
+) -> Result<()> {
+    out.flush()
+        .map_err(|e| Error::io("Cannot write output", e))?;
+    if written != len {
+        return Err(Error::Corrupt(format!(
+            "Snapshot {snapshot} read back {written} bytes, its manifest says {len}"
+        )));
+    }
+    Ok(())
+}
+
+/// The chunk cache of one `cat` of a re-created snapshot: text chunks are read
+/// once each, in order.
+const CAT_CACHE_BYTES: usize = 64 << 20;
+/// How much of the file one step of `cat` makes.
+const CAT_PIECE_BYTES: u64 = 4 << 20;

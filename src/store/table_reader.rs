@@ -6,6 +6,8 @@
 //! middle: it is inflated from the start of its block, and each open reader keeps
 //! its inflater where the last read stopped, so a sequential reader inflates every
 //! byte once and a read behind that point starts again from the block's start.
+//! Unless the block was stored as its text (see [`crate::recreate`]): then the text
+//! is read where it lies, at any offset.
 
 use std::sync::{Arc, Mutex};
 
@@ -34,6 +36,9 @@ pub struct TableCopyReader {
     /// there instead of from the mark before it.
     resume: Mutex<Option<FrameMark>>,
 }
+
+/// How much of a table stored as text is loaded ahead of a read.
+const TEXT_PREFETCH_BYTES: u64 = 16 << 20;
 
 /// How much inflated text a compressed table's reader keeps behind its last read.
 const KEEP_BEHIND_BYTES: u64 = 4 << 20;
@@ -204,6 +209,25 @@ impl TableCopyReader {
     /// The inflated text in `offset..end`, continuing from where the last read
     /// stopped when that is not past `offset`.
     async fn read_inflated(&self, offset: u64, end: u64) -> Result<Vec<u8>> {
+        let first = self
+            .table
+            .mark_before(0)
+            .ok_or_else(|| self.damaged("has no recorded frames"))?
+            .dump_offset;
+        if let Some(text_at) = self.dump.text_of_block_at(first) {
+            // Stored as its text: read there, with nothing to inflate.
+            let out = self
+                .dump
+                .read_stored_at(text_at + offset, (end - offset) as usize)
+                .await?;
+            if out.len() as u64 != end - offset {
+                return Err(self.damaged("ends before its recorded length"));
+            }
+            let left = self.len() - end;
+            self.dump
+                .prefetch_stored(text_at + end, left.min(TEXT_PREFETCH_BYTES));
+            return Ok(out);
+        }
         let mut kept = self.inflating.lock().await;
         let mut cur = match kept.take().filter(|c| c.pending_at <= offset) {
             Some(c) => c,

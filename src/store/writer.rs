@@ -5,8 +5,10 @@
 //! runs on the blocking pool and uploads on the runtime, with a bounded number of
 //! chunks in flight so memory stays flat however large the dump.
 
+use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
 use std::io::Read;
+use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -53,6 +55,16 @@ pub trait StreamInspector: Send {
     ///
     /// Errors: `InvalidInput` when the stream is incomplete or malformed.
     fn finish(self: Box<Self>, head: &[u8]) -> Result<Inspected>;
+
+    /// Whether what is stored differs from the source: then each
+    /// [`StreamInspector::feed`] is followed by [`StreamInspector::take_stored`],
+    /// and the stored bytes are chunked instead of the source's.
+    fn transforms(&self) -> bool {
+        false
+    }
+
+    /// Appends to `into` the bytes to store for what was fed since the last call.
+    fn take_stored(&mut self, _into: &mut Vec<u8>) {}
 }
 
 /// What an inspector learned from a whole stream.
@@ -64,6 +76,9 @@ pub struct Inspected {
     pub base: Option<BaseBackupInfo>,
     /// Where each table's rows lie in a dump, recorded in its manifest.
     pub dump_contents: Option<crate::dump_data::DumpContents>,
+    /// How the stored stream maps to the source, for a transforming inspector
+    /// that changed something.
+    pub recreation: Option<crate::recreate::Recreation>,
 }
 
 /// What the backup point is, as opposed to what it contains.
@@ -103,10 +118,15 @@ impl PendingSnapshot {
     }
 
     /// Makes the snapshot visible by writing its manifest: every chunk it names is
-    /// already durable.
+    /// already durable. A snapshot with re-created data first raises an older
+    /// repository's format (see [`super::config::FORMAT_VERSION`]).
     ///
-    /// Errors: `AlreadyExists` if the id is taken; backend errors.
+    /// Errors: `AlreadyExists` if the id is taken; those of
+    /// [`Repository::require_current_format`]; backend errors.
     pub async fn commit(mut self) -> Result<SnapshotManifest> {
+        if self.manifest.recreation.is_some() {
+            self.repo.require_current_format().await?;
+        }
         self.manifest.finished = chrono::Utc::now();
         self.manifest.stats.duration_ms = (self.manifest.finished - self.manifest.started)
             .num_milliseconds()
@@ -259,6 +279,12 @@ impl Repository {
         let time = meta.time.unwrap_or(started);
         let time = time - chrono::Duration::nanoseconds(i64::from(time.timestamp_subsec_nanos()));
         stats.duration_ms = started_at.elapsed().as_millis() as u64;
+        if let Some(r) = &inspected.recreation {
+            stats.bytes_stored_as_text = stats.bytes_read;
+            stats.bytes_read = r.original_len_bytes;
+            stats.bytes_recreated = r.recreated_bytes();
+            stats.bytes_kept_compressed = r.kept_raw_bytes;
+        }
         let manifest = SnapshotManifest {
             id: hex::encode(crate::crypto::random_bytes::<32>()),
             time,
@@ -275,6 +301,7 @@ impl Repository {
                 && inspected.patched_head.is_some(),
             base: inspected.base,
             dump_contents: inspected.dump_contents,
+            recreation: inspected.recreation,
             sketches,
         };
         Ok(PendingSnapshot {
@@ -292,25 +319,46 @@ fn produce(
     source: Box<dyn Read + Send>,
     chunker: crate::chunker::ChunkerParams,
     master: crate::crypto::MasterKey,
-    mut inspector: Option<Box<dyn StreamInspector>>,
+    inspector: Option<Box<dyn StreamInspector>>,
     tx: mpsc::Sender<Piece>,
 ) -> Result<Inspected> {
+    let transforms = inspector.as_ref().is_some_and(|i| i.transforms());
+    let inspector = inspector.map(|i| Rc::new(RefCell::new(i)));
+    let refused: Rc<RefCell<Option<Error>>> = Rc::default();
+    let source: Box<dyn Read> = match &inspector {
+        Some(ins) if transforms => Box::new(StoredSource {
+            source,
+            inspector: ins.clone(),
+            refused: refused.clone(),
+            read_buf: vec![0; 256 << 10],
+            stored: Vec::new(),
+            at: 0,
+        }),
+        _ => source,
+    };
     let mut held: Vec<Vec<u8>> = Vec::new();
     let mut holding = inspector.is_some();
     for chunk in chunker.stream(source) {
-        let chunk = chunk.map_err(|e| match e {
-            fastcdc::v2020::Error::IoError(e) => Error::io("Cannot read the backup source", e),
-            other => Error::io(
-                "Cannot read the backup source",
-                std::io::Error::other(other.to_string()),
-            ),
+        let chunk = chunk.map_err(|e| {
+            if let Some(e) = refused.borrow_mut().take() {
+                return e;
+            }
+            match e {
+                fastcdc::v2020::Error::IoError(e) => Error::io("Cannot read the backup source", e),
+                other => Error::io(
+                    "Cannot read the backup source",
+                    std::io::Error::other(other.to_string()),
+                ),
+            }
         })?;
-        if let Some(ins) = inspector.as_mut() {
-            ins.feed(&chunk.data)?;
+        if let Some(ins) = &inspector {
+            if !transforms {
+                ins.borrow_mut().feed(&chunk.data)?;
+            }
             if holding {
                 // Keep every chunk that starts inside the head: its bytes may be
                 // rewritten once the whole stream has been seen.
-                match ins.head_len() {
+                match ins.borrow().head_len() {
                     Some(end) if chunk.offset >= end => holding = false,
                     _ => {
                         held.push(chunk.data);
@@ -328,6 +376,9 @@ fn produce(
     let Some(ins) = inspector else {
         return Ok(Inspected::default());
     };
+    let ins = Rc::into_inner(ins)
+        .expect("the source, which shared the inspector, is gone")
+        .into_inner();
     let mut region: Vec<u8> = held.concat();
     let head_len = (ins.head_len().unwrap_or(0) as usize).min(region.len());
     let inspected = ins.finish(&region[..head_len])?;
@@ -346,6 +397,41 @@ fn produce(
         .collect();
     let _ = tx.blocking_send(Piece::Head(head));
     Ok(inspected)
+}
+
+/// The source as a transforming inspector stores it: each read feeds the inspector
+/// the source's next bytes and returns what it stores for them.
+struct StoredSource {
+    source: Box<dyn Read + Send>,
+    inspector: Rc<RefCell<Box<dyn StreamInspector>>>,
+    /// Where an inspector's refusal waits for the chunker to report a failed read.
+    refused: Rc<RefCell<Option<Error>>>,
+    read_buf: Vec<u8>,
+    stored: Vec<u8>,
+    at: usize,
+}
+
+impl Read for StoredSource {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while self.at == self.stored.len() {
+            self.stored.clear();
+            self.at = 0;
+            let n = self.source.read(&mut self.read_buf)?;
+            if n == 0 {
+                return Ok(0);
+            }
+            let mut ins = self.inspector.borrow_mut();
+            if let Err(e) = ins.feed(&self.read_buf[..n]) {
+                *self.refused.borrow_mut() = Some(e);
+                return Err(std::io::Error::other("the inspector refused the stream"));
+            }
+            ins.take_stored(&mut self.stored);
+        }
+        let n = buf.len().min(self.stored.len() - self.at);
+        buf[..n].copy_from_slice(&self.stored[self.at..self.at + n]);
+        self.at += n;
+        Ok(n)
+    }
 }
 
 /// The sketches of the full chunks a snapshot needs (its full chunks and the bases

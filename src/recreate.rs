@@ -1,0 +1,812 @@
+//! Compressed table data stored as its inflated text and re-created byte for byte on
+//! read, so that `pg_dump -Fc` at its default compression deduplicates day to day
+//! as well as `-Z0` does, while every read returns exactly the bytes that went in.
+//!
+//! pg_dump compresses each table's COPY text into one zlib stream (deflate at the
+//! archive's level, window 15, memory level 8) and writes the stream as frames: an
+//! archive int giving the length, then that many bytes. Its output buffer holds 4096
+//! bytes and is written whenever it is full, so every frame but the last of a block
+//! is 4096 bytes, and a zero length ends the block. Deflate's output is a function of
+//! its input and parameters alone, not of how the input was cut, so the same zlib
+//! given the inflated text reproduces the stream, and the frames follow from it.
+//!
+//! That is an observation about one library, not a law, so nothing is trusted: the
+//! write path ([`StoredStreamBuilder`]) inflates each stream as it arrives, deflates
+//! the text again at once, and compares the result with the original bytes. What
+//! matches is stored as text and described by a [`RecreatedSpan`]; from the first
+//! byte that does not, the rest of the block is stored as it came. A span records
+//! how much text re-creates how many original bytes, so a stream that stops matching
+//! half way keeps its matching first half. Reads verify too: a full read checks the
+//! hash of the original bytes recorded in the [`Recreation`].
+//!
+//! Checkpoints are not possible with the zlib API (a deflate state cannot be saved),
+//! so a span is re-created from its start; readers keep their deflater where the
+//! last read stopped, which serves pg_restore's pattern: it reads a block from its
+//! start to its end.
+
+#![forbid(unsafe_code)]
+
+use serde::{Deserialize, Serialize};
+
+/// pg_dump's compression output buffer (`ZLIB_OUT_SIZE`): the payload of every
+/// frame of a compressed block but its last.
+pub const FRAME_PAYLOAD_BYTES: usize = 4096;
+
+/// Original bytes not yet matched by re-created ones that the write path holds
+/// before it gives up on a stream: deflate's output lags its input by a block of
+/// at most a few hundred kilobytes, so a stream this far behind will not match.
+const PENDING_LIMIT_BYTES: usize = 8 << 20;
+
+/// How a dump's bytes differ from what is stored for it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Recreation {
+    /// The length of the original file, which every read serves.
+    pub original_len_bytes: u64,
+    /// Where the hashed part of the original starts: the end of the archive's table
+    /// of contents (the head before it is stored as it is).
+    pub hashed_from: u64,
+    /// blake3 of the original bytes from `hashed_from` to the end, hex; checked by
+    /// every full read.
+    pub blake3: String,
+    /// The re-created spans, by ascending offset. Between two spans (and around
+    /// them) the stored bytes are the original ones.
+    pub spans: Vec<RecreatedSpan>,
+    /// Compressed bytes that did not re-create and are stored as they came.
+    #[serde(default)]
+    pub kept_raw_bytes: u64,
+}
+
+/// A run of original bytes (a compressed table's frames) stored as the text they
+/// hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecreatedSpan {
+    pub original_offset: u64,
+    pub original_len_bytes: u64,
+    /// Where the inflated text lies in the stored stream, and its length.
+    pub stored_offset: u64,
+    pub text_len_bytes: u64,
+    /// zlib's level, 1 to 9.
+    pub level: u8,
+    /// The archive's int size, for the frame lengths.
+    pub int_size: u8,
+    /// Whether the span is the whole block: the stream finished and the block's end
+    /// marker written. Otherwise the span is a prefix of the framed output of the
+    /// text, and the block's remaining bytes follow as they came.
+    pub whole: bool,
+}
+
+impl RecreatedSpan {
+    /// The first original offset past the span.
+    pub fn original_end(&self) -> u64 {
+        self.original_offset + self.original_len_bytes
+    }
+
+    /// The first stored offset past the span's text.
+    pub fn stored_end(&self) -> u64 {
+        self.stored_offset + self.text_len_bytes
+    }
+}
+
+/// Where an original offset lies in the stored stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Located {
+    /// At this stored offset, stored as it is, for up to `run` bytes.
+    Stored { offset: u64, run: u64 },
+    /// Inside span `span` (an index into [`Recreation::spans`]), `into` bytes past
+    /// its start.
+    Span { span: usize, into: u64 },
+}
+
+impl Recreation {
+    /// Where original byte `offset` (below the original length) is stored.
+    pub fn locate(&self, offset: u64) -> Located {
+        let i = self.spans.partition_point(|s| s.original_offset <= offset);
+        let (orig_base, stored_base) = match i.checked_sub(1).map(|j| (j, &self.spans[j])) {
+            Some((j, s)) if offset < s.original_end() => {
+                return Located::Span {
+                    span: j,
+                    into: offset - s.original_offset,
+                }
+            }
+            Some((_, s)) => (s.original_end(), s.stored_end()),
+            None => (0, 0),
+        };
+        let next = self
+            .spans
+            .get(i)
+            .map_or(self.original_len_bytes, |s| s.original_offset);
+        Located::Stored {
+            offset: stored_base + (offset - orig_base),
+            run: next - offset,
+        }
+    }
+
+    /// The span whose text is the whole of the block whose first frame starts at
+    /// original offset `offset`, if that block was re-created whole.
+    pub fn whole_span_at(&self, offset: u64) -> Option<&RecreatedSpan> {
+        let i = self.spans.partition_point(|s| s.original_offset < offset);
+        self.spans
+            .get(i)
+            .filter(|s| s.original_offset == offset && s.whole)
+    }
+
+    /// Original bytes re-created from stored text.
+    pub fn recreated_bytes(&self) -> u64 {
+        self.spans.iter().map(|s| s.original_len_bytes).sum()
+    }
+}
+
+/// Deflates text the way pg_dump does and frames the output as it frames it.
+pub struct FramedDeflate {
+    deflate: flate2::Compress,
+    int_size: usize,
+    /// Compressed bytes of the frame being filled.
+    frame: Vec<u8>,
+    scratch: Vec<u8>,
+}
+
+impl std::fmt::Debug for FramedDeflate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FramedDeflate")
+            .field("total_in", &self.deflate.total_in())
+            .finish_non_exhaustive()
+    }
+}
+
+impl FramedDeflate {
+    /// A stream at zlib `level` (1 to 9) whose frame lengths are archive ints of
+    /// `int_size` bytes.
+    pub fn new(level: u8, int_size: usize) -> Self {
+        FramedDeflate {
+            deflate: flate2::Compress::new(flate2::Compression::new(u32::from(level)), true),
+            int_size,
+            frame: Vec::with_capacity(FRAME_PAYLOAD_BYTES),
+            scratch: vec![0; 64 << 10],
+        }
+    }
+
+    /// Deflates `text` and appends to `out` every whole frame it completes.
+    pub fn feed(&mut self, mut text: &[u8], out: &mut Vec<u8>) {
+        while !text.is_empty() {
+            let before = self.deflate.total_in();
+            self.run(text, flate2::FlushCompress::None, out);
+            text = &text[(self.deflate.total_in() - before) as usize..];
+        }
+    }
+
+    /// Ends the stream: appends its last frames and the block's end marker.
+    pub fn finish(&mut self, out: &mut Vec<u8>) {
+        while !self.run(&[], flate2::FlushCompress::Finish, out) {}
+        if !self.frame.is_empty() {
+            let frame = std::mem::take(&mut self.frame);
+            self.write_frame(&frame, out);
+        }
+        write_int(out, 0, self.int_size);
+    }
+
+    /// One deflate call; true at the end of the stream.
+    fn run(&mut self, input: &[u8], flush: flate2::FlushCompress, out: &mut Vec<u8>) -> bool {
+        let before = self.deflate.total_out();
+        let status = self
+            .deflate
+            .compress(input, &mut self.scratch, flush)
+            // Deflate fails only on misuse (a call after the end): a bug here.
+            .expect("deflate accepts its input");
+        let produced = (self.deflate.total_out() - before) as usize;
+        let mut bytes = &self.scratch[..produced];
+        while !bytes.is_empty() {
+            let take = (FRAME_PAYLOAD_BYTES - self.frame.len()).min(bytes.len());
+            self.frame.extend_from_slice(&bytes[..take]);
+            bytes = &bytes[take..];
+            if self.frame.len() == FRAME_PAYLOAD_BYTES {
+                let frame = std::mem::take(&mut self.frame);
+                self.write_frame(&frame, out);
+                self.frame = frame;
+                self.frame.clear();
+            }
+        }
+        status == flate2::Status::StreamEnd
+    }
+
+    fn write_frame(&self, payload: &[u8], out: &mut Vec<u8>) {
+        write_int(out, payload.len() as u64, self.int_size);
+        out.extend_from_slice(payload);
+    }
+}
+
+/// An archive int: a zero sign byte and `int_size` little-endian magnitude bytes.
+fn write_int(out: &mut Vec<u8>, value: u64, int_size: usize) {
+    out.push(0);
+    out.extend((0..int_size).map(|i| (value >> (8 * i)) as u8));
+}
+
+/// The level pg_dump's zlib uses for an archive's compression setting.
+pub fn zlib_level(compression: i32) -> Option<u8> {
+    match compression {
+        -1 => Some(6),
+        1..=9 => Some(compression as u8),
+        _ => None,
+    }
+}
+
+/// Builds the stored stream of a dump from its original bytes: the original bytes
+/// as they are, except each compressed table's frames, which become the text they
+/// hold wherever deflating that text again gives them back.
+///
+/// Fed in stream order by the dump parser, which knows where the frames are: bytes
+/// outside them to [`StoredStreamBuilder::raw`], a block's frames to
+/// [`StoredStreamBuilder::frames`] between [`StoredStreamBuilder::open`] and
+/// [`StoredStreamBuilder::close`], and the text inflated from them to
+/// [`StoredStreamBuilder::text`] right after the frame bytes it came from. Every
+/// call appends to `out` what is to be stored in their place.
+#[derive(Debug)]
+pub struct StoredStreamBuilder {
+    hashed_from: u64,
+    original_pos: u64,
+    stored_pos: u64,
+    hasher: blake3::Hasher,
+    spans: Vec<RecreatedSpan>,
+    open: Option<OpenSpan>,
+    kept_raw_bytes: u64,
+}
+
+#[derive(Debug)]
+struct OpenSpan {
+    original_offset: u64,
+    stored_offset: u64,
+    level: u8,
+    int_size: usize,
+    deflate: FramedDeflate,
+    /// Original bytes not yet matched, from `original_offset + matched` on.
+    pending: Vec<u8>,
+    /// Re-created bytes not yet matched.
+    made: Vec<u8>,
+    matched: u64,
+    text_len: u64,
+    /// The stream stopped matching: the rest of the block is stored as it comes.
+    given_up: bool,
+}
+
+impl StoredStreamBuilder {
+    /// A builder for a stream whose first `start` bytes (the archive's head) are
+    /// stored as they are, elsewhere.
+    pub fn new(start: u64) -> Self {
+        StoredStreamBuilder {
+            hashed_from: start,
+            original_pos: start,
+            stored_pos: start,
+            hasher: blake3::Hasher::new(),
+            spans: Vec::new(),
+            open: None,
+            kept_raw_bytes: 0,
+        }
+    }
+
+    /// Original bytes outside any compressed table's frames.
+    pub fn raw(&mut self, bytes: &[u8], out: &mut Vec<u8>) {
+        debug_assert!(self.open.is_none(), "raw bytes inside a span");
+        self.hasher.update(bytes);
+        self.original_pos += bytes.len() as u64;
+        self.stored_pos += bytes.len() as u64;
+        out.extend_from_slice(bytes);
+    }
+
+    /// A compressed table's frames start here, deflated at zlib `level`.
+    pub fn open(&mut self, level: u8, int_size: usize) {
+        self.open = Some(OpenSpan {
+            original_offset: self.original_pos,
+            stored_offset: self.stored_pos,
+            level,
+            int_size,
+            deflate: FramedDeflate::new(level, int_size),
+            pending: Vec::new(),
+            made: Vec::new(),
+            matched: 0,
+            text_len: 0,
+            given_up: false,
+        });
+    }
+
+    /// Whether a span is open: between [`StoredStreamBuilder::open`] and
+    /// [`StoredStreamBuilder::close`].
+    pub fn is_open(&self) -> bool {
+        self.open.is_some()
+    }
+
+    /// The next original bytes of the open span's frames.
+    pub fn frames(&mut self, bytes: &[u8], out: &mut Vec<u8>) {
+        self.hasher.update(bytes);
+        self.original_pos += bytes.len() as u64;
+        let Some(span) = &mut self.open else {
+            self.stored_pos += bytes.len() as u64;
+            out.extend_from_slice(bytes);
+            return;
+        };
+        if span.given_up {
+            self.stored_pos += bytes.len() as u64;
+            self.kept_raw_bytes += bytes.len() as u64;
+            out.extend_from_slice(bytes);
+            return;
+        }
+        span.pending.extend_from_slice(bytes);
+        if span.pending.len() > PENDING_LIMIT_BYTES {
+            self.give_up(out);
+        }
+    }
+
+    /// Text inflated from the frames fed so far.
+    pub fn text(&mut self, text: &[u8], out: &mut Vec<u8>) {
+        let Some(span) = &mut self.open else { return };
+        if span.given_up {
+            return;
+        }
+        out.extend_from_slice(text);
+        self.stored_pos += text.len() as u64;
+        span.text_len += text.len() as u64;
+        span.deflate.feed(text, &mut span.made);
+        if !span.settle() {
+            self.give_up(out);
+        }
+    }
+
+    /// The frames could not be inflated (or their text was not whole): what has
+    /// matched so far stays re-created, the rest of the block is kept as it comes.
+    pub fn abandon(&mut self, out: &mut Vec<u8>) {
+        if self.open.as_ref().is_some_and(|s| !s.given_up) {
+            self.give_up(out);
+        }
+    }
+
+    /// The block's frames have all been fed, its end marker included.
+    pub fn close(&mut self, out: &mut Vec<u8>) {
+        let Some(mut span) = self.open.take() else {
+            return;
+        };
+        if span.given_up {
+            return;
+        }
+        // Compared whole before anything is taken from `pending`: a tail that does
+        // not match must still be there to store as it came.
+        let mut end = std::mem::take(&mut span.made);
+        span.deflate.finish(&mut end);
+        if end == span.pending {
+            let n = span.pending.len() as u64;
+            self.spans.push(RecreatedSpan {
+                original_offset: span.original_offset,
+                original_len_bytes: span.matched + n,
+                stored_offset: span.stored_offset,
+                text_len_bytes: span.text_len,
+                level: span.level,
+                int_size: span.int_size as u8,
+                whole: true,
+            });
+            return;
+        }
+        self.open = Some(span);
+        self.give_up(out);
+        self.open = None;
+    }
+
+    /// Ends the open span at what has matched and stores the unmatched original
+    /// bytes as they are.
+    fn give_up(&mut self, out: &mut Vec<u8>) {
+        let Some(span) = &mut self.open else { return };
+        span.given_up = true;
+        if span.matched > 0 {
+            self.spans.push(RecreatedSpan {
+                original_offset: span.original_offset,
+                original_len_bytes: span.matched,
+                stored_offset: span.stored_offset,
+                text_len_bytes: span.text_len,
+                level: span.level,
+                int_size: span.int_size as u8,
+                whole: false,
+            });
+        } else if span.text_len > 0 {
+            // Nothing matched: the text stored so far is dead weight in the stored
+            // stream, mapped by no span; the original bytes follow it.
+            self.spans.push(RecreatedSpan {
+                original_offset: span.original_offset,
+                original_len_bytes: 0,
+                stored_offset: span.stored_offset,
+                text_len_bytes: span.text_len,
+                level: span.level,
+                int_size: span.int_size as u8,
+                whole: false,
+            });
+        }
+        let pending = std::mem::take(&mut span.pending);
+        span.made = Vec::new();
+        self.kept_raw_bytes += pending.len() as u64;
+        self.stored_pos += pending.len() as u64;
+        out.extend_from_slice(&pending);
+    }
+
+    /// The stream has ended: how it maps to what was stored, or `None` when nothing
+    /// was re-created (the stored stream is the original).
+    pub fn finish(self) -> Option<Recreation> {
+        debug_assert!(self.open.is_none(), "a span is still open");
+        if self.spans.is_empty() {
+            return None;
+        }
+        Some(Recreation {
+            original_len_bytes: self.original_pos,
+            hashed_from: self.hashed_from,
+            blake3: self.hasher.finalize().to_hex().to_string(),
+            spans: self.spans,
+            kept_raw_bytes: self.kept_raw_bytes,
+        })
+    }
+}
+
+impl OpenSpan {
+    /// Matches re-created bytes against original ones as far as both go; false at
+    /// the first difference.
+    fn settle(&mut self) -> bool {
+        let n = self.made.len().min(self.pending.len());
+        if self.made[..n] != self.pending[..n] {
+            let same = self.made[..n]
+                .iter()
+                .zip(&self.pending[..n])
+                .take_while(|(a, b)| a == b)
+                .count();
+            // The matching prefix is kept: re-creating it again from the same text
+            // gives the same bytes.
+            self.matched += same as u64;
+            self.pending.drain(..same);
+            self.made.drain(..same);
+            return false;
+        }
+        self.matched += n as u64;
+        self.pending.drain(..n);
+        self.made.drain(..n);
+        true
+    }
+}
+
+/// Re-creates one span's original bytes from its text, continuing where the last
+/// request stopped.
+#[derive(Debug)]
+pub struct SpanRecreator {
+    span: RecreatedSpan,
+    deflate: FramedDeflate,
+    /// Text fed so far.
+    text_fed: u64,
+    /// Re-created bytes kept, and the span offset of the first.
+    made: Vec<u8>,
+    made_at: u64,
+    finished: bool,
+}
+
+/// How many re-created bytes a [`SpanRecreator`] keeps behind the last request,
+/// for requests that arrive a little out of order (the kernel's readahead).
+const KEEP_BEHIND_BYTES: u64 = 4 << 20;
+
+impl SpanRecreator {
+    /// A recreator at the start of `span`.
+    pub fn new(span: RecreatedSpan) -> Self {
+        SpanRecreator {
+            span,
+            deflate: FramedDeflate::new(span.level, usize::from(span.int_size)),
+            text_fed: 0,
+            made: Vec::new(),
+            made_at: 0,
+            finished: false,
+        }
+    }
+
+    /// Whether bytes from span offset `into` on can still be served without
+    /// starting over.
+    pub fn can_serve(&self, into: u64) -> bool {
+        into >= self.made_at
+    }
+
+    /// How much text to feed next to produce up to span offset `end`, as
+    /// `(stored offset, length)`; `None` once enough has been produced.
+    pub fn wants(&self, end: u64) -> Option<(u64, u64)> {
+        let have = self.made_at + self.made.len() as u64;
+        if have >= end.min(self.span.original_len_bytes) || self.finished {
+            return None;
+        }
+        let left = self.span.text_len_bytes - self.text_fed;
+        Some((self.span.stored_offset + self.text_fed, left.min(1 << 20)))
+    }
+
+    /// Feeds the next text, as [`SpanRecreator::wants`] asked for. Re-created bytes
+    /// before `keep_from` may be dropped.
+    pub fn feed(&mut self, text: &[u8], keep_from: u64) {
+        self.drop_before(keep_from);
+        self.deflate.feed(text, &mut self.made);
+        self.text_fed += text.len() as u64;
+        if self.text_fed >= self.span.text_len_bytes {
+            if self.span.whole {
+                self.deflate.finish(&mut self.made);
+            }
+            self.finished = true;
+        }
+    }
+
+    fn drop_before(&mut self, keep_from: u64) {
+        let keep_from = keep_from.saturating_sub(KEEP_BEHIND_BYTES);
+        if keep_from > self.made_at {
+            let n = ((keep_from - self.made_at) as usize).min(self.made.len());
+            self.made.drain(..n);
+            self.made_at += n as u64;
+        }
+    }
+
+    /// The re-created bytes in span offsets `into..end`, once produced; `None` when
+    /// the text ran out before them (the span does not re-create: damage).
+    pub fn bytes(&self, into: u64, end: u64) -> Option<&[u8]> {
+        let end = end.min(self.span.original_len_bytes);
+        let from = usize::try_from(into.checked_sub(self.made_at)?).ok()?;
+        let to = usize::try_from(end - self.made_at).ok()?;
+        self.made.get(from..to)
+    }
+}
+
+/// The whole original from a whole stored stream held in memory, or `None` when a
+/// span does not re-create (its text runs out). For tests and the fuzz targets: the
+/// read path re-creates piece by piece instead.
+pub fn recreate_all(stored: &[u8], rec: &Recreation) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(rec.original_len_bytes as usize);
+    let mut at = 0u64;
+    while at < rec.original_len_bytes {
+        match rec.locate(at) {
+            Located::Stored { offset, run } => {
+                let from = usize::try_from(offset).ok()?;
+                let to = usize::try_from(offset + run).ok()?;
+                out.extend_from_slice(stored.get(from..to)?);
+                at += run;
+            }
+            Located::Span { span, into } => {
+                let s = rec.spans[span];
+                let mut r = SpanRecreator::new(s);
+                while let Some((from, len)) = r.wants(s.original_len_bytes) {
+                    let from = usize::try_from(from).ok()?;
+                    let to = from.checked_add(usize::try_from(len).ok()?)?;
+                    r.feed(stored.get(from..to)?, 0);
+                }
+                out.extend_from_slice(r.bytes(into, s.original_len_bytes)?);
+                at = s.original_end();
+            }
+        }
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    /// Text like a table's COPY data: similar rows with changing numbers.
+    fn copy_text(rows: usize, seed: u64) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut x = seed;
+        for i in 0..rows {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            writeln!(
+                out,
+                "{i}\tteam {}\t{}\t2026-11-{:02}",
+                x >> 50,
+                x >> 40,
+                i % 28 + 1
+            )
+            .unwrap();
+        }
+        out
+    }
+
+    /// Frames `text` as pg_dump does: its zlib output cut at 4096-byte buffers.
+    fn pg_dump_frames(text: &[u8], level: u8, int_size: usize, piece: usize) -> Vec<u8> {
+        let mut z =
+            flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::new(level.into()));
+        for p in text.chunks(piece) {
+            z.write_all(p).unwrap();
+        }
+        let stream = z.finish().unwrap();
+        let mut out = Vec::new();
+        for f in stream.chunks(FRAME_PAYLOAD_BYTES) {
+            write_int(&mut out, f.len() as u64, int_size);
+            out.extend_from_slice(f);
+        }
+        write_int(&mut out, 0, int_size);
+        out
+    }
+
+    /// Feeds `frames` (one block) through a builder the way the dump parser does,
+    /// inflating as it goes, after `before` raw bytes; returns the stored stream and
+    /// the recreation.
+    fn build(before: &[u8], frames: &[u8], level: u8, piece: usize) -> (Vec<u8>, Recreation) {
+        let mut b = StoredStreamBuilder::new(0);
+        let mut out = Vec::new();
+        b.raw(before, &mut out);
+        b.open(level, 4);
+        let mut inflate = flate2::Decompress::new(true);
+        let mut scratch = vec![0u8; 1 << 16];
+        let mut rest = frames;
+        loop {
+            let (int, after) = rest.split_at(5);
+            b.frames(int, &mut out);
+            let len = u32::from_le_bytes(int[1..5].try_into().unwrap()) as usize;
+            if len == 0 {
+                break;
+            }
+            let (payload, after) = after.split_at(len);
+            rest = after;
+            for p in payload.chunks(piece) {
+                b.frames(p, &mut out);
+                let mut input = p;
+                while !input.is_empty() {
+                    let (used_before, made_before) = (inflate.total_in(), inflate.total_out());
+                    let status =
+                        inflate.decompress(input, &mut scratch, flate2::FlushDecompress::None);
+                    let used = (inflate.total_in() - used_before) as usize;
+                    let made = (inflate.total_out() - made_before) as usize;
+                    b.text(&scratch[..made], &mut out);
+                    input = &input[used..];
+                    if status.is_err() {
+                        // As the dump parser does when a stream does not inflate.
+                        b.abandon(&mut out);
+                    }
+                    if status.is_err() || (used == 0 && made == 0) {
+                        break;
+                    }
+                }
+            }
+        }
+        b.close(&mut out);
+        (out, b.finish().expect("something was fed"))
+    }
+
+    #[test]
+    fn the_framed_output_of_deflating_text_again_is_pg_dumps() {
+        let text = copy_text(20_000, 1);
+        for level in [1u8, 6, 9] {
+            let frames = pg_dump_frames(&text, level, 4, 77);
+            let mut made = Vec::new();
+            let mut d = FramedDeflate::new(level, 4);
+            for p in text.chunks(5000) {
+                d.feed(p, &mut made);
+            }
+            d.finish(&mut made);
+            assert_eq!(made, frames, "level {level}");
+        }
+    }
+
+    fn read_back(stored: &[u8], rec: &Recreation) -> Vec<u8> {
+        recreate_all(stored, rec).expect("every span re-creates")
+    }
+
+    #[test]
+    fn a_block_is_stored_as_text_and_read_back_exactly() {
+        let text = copy_text(30_000, 2);
+        let frames = pg_dump_frames(&text, 6, 4, 100);
+        let mut original = b"head".to_vec();
+        original.extend_from_slice(&frames);
+        let (stored, rec) = build(b"head", &frames, 6, 1000);
+        assert_eq!(rec.spans.len(), 1);
+        assert!(rec.spans[0].whole);
+        assert_eq!(rec.kept_raw_bytes, 0);
+        assert_eq!(&stored[4..], &text[..], "the stored stream holds the text");
+        assert_eq!(read_back(&stored, &rec), original);
+        assert_eq!(rec.blake3, blake3::hash(&original).to_hex().to_string());
+    }
+
+    #[test]
+    fn a_stream_another_encoder_made_is_kept_as_it_came() {
+        let text = copy_text(30_000, 3);
+        // Level 9 frames announced as level 6: re-creating at 6 differs early.
+        let frames = pg_dump_frames(&text, 9, 4, 100);
+        let mut original = b"xx".to_vec();
+        original.extend_from_slice(&frames);
+        let (stored, rec) = build(b"xx", &frames, 6, 4096);
+        assert!(rec.kept_raw_bytes > 0);
+        assert!(rec.spans.iter().all(|s| !s.whole));
+        assert_eq!(read_back(&stored, &rec), original);
+    }
+
+    #[test]
+    fn a_stream_that_stops_matching_keeps_its_matching_start() {
+        let text = copy_text(60_000, 4);
+        let mut frames = pg_dump_frames(&text, 6, 4, 100);
+        // Damage one byte well inside: the frames before it still re-create.
+        let at = (frames.len() / 4101) * 3 / 4 * 4101 + 5 + 100;
+        frames[at] ^= 0x55;
+        let mut original = b"h".to_vec();
+        original.extend_from_slice(&frames);
+        let (stored, rec) = build(b"h", &frames, 6, 3000);
+        let s = rec.spans[0];
+        assert!(!s.whole);
+        assert!(s.original_len_bytes > 0 && s.original_len_bytes <= at as u64);
+        assert_eq!(read_back(&stored, &rec), original);
+    }
+
+    #[test]
+    fn locate_maps_raw_runs_around_spans() {
+        let span = |o, ol, s, sl| RecreatedSpan {
+            original_offset: o,
+            original_len_bytes: ol,
+            stored_offset: s,
+            text_len_bytes: sl,
+            level: 6,
+            int_size: 4,
+            whole: true,
+        };
+        let rec = Recreation {
+            original_len_bytes: 1000,
+            hashed_from: 0,
+            blake3: String::new(),
+            spans: vec![span(100, 200, 100, 900), span(500, 100, 1200, 50)],
+            kept_raw_bytes: 0,
+        };
+        assert_eq!(
+            rec.locate(0),
+            Located::Stored {
+                offset: 0,
+                run: 100
+            }
+        );
+        assert_eq!(rec.locate(150), Located::Span { span: 0, into: 50 });
+        assert_eq!(
+            rec.locate(300),
+            Located::Stored {
+                offset: 1000,
+                run: 200
+            }
+        );
+        assert_eq!(rec.locate(599), Located::Span { span: 1, into: 99 });
+        assert_eq!(
+            rec.locate(600),
+            Located::Stored {
+                offset: 1250,
+                run: 400
+            }
+        );
+        assert_eq!(rec.whole_span_at(500).map(|s| s.stored_offset), Some(1200));
+        assert_eq!(rec.whole_span_at(501), None);
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(48))]
+
+        /// Whatever the text, the level it was written at, the level announced, the
+        /// piece sizes and a damaged byte: the stored stream gives back every byte,
+        /// and a stream written at the announced level is re-created whole.
+        #[test]
+        fn every_stream_reads_back_exactly(
+            rows in 0usize..6000,
+            noise in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..20_000),
+            written in 1u8..=9,
+            announced in 1u8..=9,
+            piece in 1usize..9000,
+            damage in proptest::option::of(0usize..1_000_000),
+            seed in 0u64..1000,
+        ) {
+            let mut text = copy_text(rows, seed);
+            text.extend_from_slice(&noise);
+            let mut frames = pg_dump_frames(&text, written, 4, 1 + piece % 977);
+            let mut payload_byte = None;
+            if let Some(d) = damage {
+                // A payload byte, not a frame length: the parser would refuse those.
+                let frame = d % (frames.len() / 4101).max(1);
+                let at = frame * 4101 + 5 + d % 4096;
+                if at < frames.len() - 5 {
+                    frames[at] ^= 0xA5;
+                    payload_byte = Some(at);
+                }
+            }
+            let (stored, rec) = build(b"HEAD", &frames, announced, piece);
+            let mut original = b"HEAD".to_vec();
+            original.extend_from_slice(&frames);
+            proptest::prop_assert!(read_back(&stored, &rec) == original);
+            if written == announced && payload_byte.is_none() {
+                proptest::prop_assert_eq!(rec.kept_raw_bytes, 0);
+                proptest::prop_assert!(rec.spans.len() == 1 && rec.spans[0].whole);
+            }
+        }
+    }
+}

@@ -1,0 +1,227 @@
+//! The runbook's own dumps: `pg_dump -Fc` with zlib compression (the default level,
+//! -Z1 and -Z9) stored with each table's data as its inflated text, deduplicated day
+//! to day, and read back byte for byte through `cat`, the mount, `check --read-data`
+//! and `pg_restore`; a stream that does not re-create is kept as it came.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use common::mount::Mount;
+use common::pg::PgCluster;
+use common::vault::Vault;
+use serde_json::Value;
+
+/// `pg_dump -Fc` of `db` at `level` (None: pg_dump's default) into `path`.
+fn dump_compressed(pg: &PgCluster, db: &str, level: Option<u8>, path: &Path) {
+    let mut cmd = pg.command("pg_dump");
+    cmd.args(["-Fc", "-d", db, "-f"]).arg(path);
+    if let Some(l) = level {
+        cmd.arg(format!("-Z{l}"));
+    }
+    common::succeeded(cmd.output().unwrap(), "pg_dump -Fc");
+}
+
+fn stat(v: &Value, key: &str) -> u64 {
+    v[key]
+        .as_u64()
+        .unwrap_or_else(|| panic!("{key} missing in {v}"))
+}
+
+/// Backs up two days of compressed dumps at `level`; checks each day reads back
+/// exactly and that day 2 cost about what a day of changed text costs.
+fn two_days_at(pg: &PgCluster, v: &Vault, dir: &Path, level: Option<u8>) -> (PathBuf, String) {
+    let name = level.map_or("default".to_string(), |l| format!("z{l}"));
+    let db = format!("fd_{name}");
+    pg.create_footdash(&db, 2);
+    let d1 = dir.join(format!("{name}-1.dump"));
+    dump_compressed(pg, &db, level, &d1);
+    let a = v.import(&db, &d1, Some("2026-11-01T02:00:00Z")).ok().json();
+    pg.footdash_day(&db, 1);
+    let d2 = dir.join(format!("{name}-2.dump"));
+    dump_compressed(pg, &db, level, &d2);
+    let b = v.import(&db, &d2, Some("2026-11-02T02:00:00Z")).ok().json();
+    for (run, file) in [(&a, &d1), (&b, &d2)] {
+        let r = &run["recreated"];
+        let len = std::fs::metadata(file).unwrap().len();
+        assert_eq!(stat(run, "bytes_read"), len, "{run}");
+        assert_eq!(stat(r, "bytes_kept_compressed"), 0, "{name}: {run}");
+        // Nearly all of a dump is its table data.
+        assert!(stat(r, "bytes_recreated") * 10 > len * 8, "{name}: {run}");
+        assert!(stat(r, "bytes_stored_as_text") > len * 2, "{name}: {run}");
+        let id = run["snapshot_id"].as_str().unwrap();
+        assert!(
+            v.cat(id) == std::fs::read(file).unwrap(),
+            "{name}: cat differs from the dump"
+        );
+    }
+    // As compressed bytes, day 2 shares almost nothing with day 1; as text, most.
+    let len2 = std::fs::metadata(&d2).unwrap().len();
+    let new2 = stat(&b, "bytes_stored_new");
+    assert!(
+        new2 * 3 < len2,
+        "{name}: day 2 stored {new2} of a {len2}-byte dump"
+    );
+    (d2, b["snapshot_id"].as_str().unwrap().to_string())
+}
+
+#[test]
+fn compressed_dumps_are_stored_as_text_and_read_back_byte_for_byte() {
+    let pg = PgCluster::start();
+    let dir = tempfile::tempdir().unwrap();
+    let v = Vault::local();
+    v.init();
+
+    let mut days = Vec::new();
+    for level in [None, Some(1), Some(9)] {
+        days.push((level, two_days_at(&pg, &v, dir.path(), level)));
+    }
+
+    let mnt = dir.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let mount = Mount::start(&v, &mnt, &[]);
+    for (level, (file, id)) in &days {
+        let dump = mount.join(&format!(
+            "snapshots/{id}/fd_{}.dump",
+            level.map_or("default".into(), |l| format!("z{l}"))
+        ));
+        assert!(
+            std::fs::read(&dump).unwrap() == std::fs::read(file).unwrap(),
+            "{level:?}: the mount's dump differs"
+        );
+    }
+
+    // pg_restore of one table and of the whole dump, straight from the mount.
+    let (_, (_, id)) = &days[0];
+    let dump = mount.join(&format!("snapshots/{id}/fd_default.dump"));
+    pg.create_db("one_table");
+    common::succeeded(
+        pg.command("pg_restore")
+            .args(["-d", "one_table", "-t", "matches"])
+            .arg(&dump)
+            .output()
+            .unwrap(),
+        "pg_restore -t matches from the mount",
+    );
+    let want = pg.row_counts("fd_default");
+    assert_eq!(pg.row_counts("one_table")["matches"], want["matches"]);
+    pg.create_db("whole");
+    common::succeeded(
+        pg.command("pg_restore")
+            .args(["-d", "whole"])
+            .arg(&dump)
+            .output()
+            .unwrap(),
+        "pg_restore from the mount",
+    );
+    assert_eq!(pg.row_counts("whole"), want);
+
+    // A table's file is read from the stored text: it is what COPY prints.
+    let copy =
+        std::fs::read(mount.join(&format!("snapshots/{id}/tables/public.matches.copy"))).unwrap();
+    let mut psql = pg.command("psql");
+    psql.args([
+        "-X",
+        "-q",
+        "-d",
+        "fd_default",
+        "-c",
+        "COPY public.matches TO STDOUT",
+    ]);
+    let expected = common::succeeded(psql.output().unwrap(), "COPY TO STDOUT").stdout;
+    assert!(
+        copy == expected,
+        "the table's file differs from COPY's output"
+    );
+    drop(mount);
+
+    let c = v.run(&["check", "--read-data", "--json"]).ok().json();
+    assert_eq!(c["bad_chunks"].as_array().unwrap().len(), 0, "{c}");
+    assert_eq!(stat(&c, "snapshots_recreated"), 6, "{c}");
+}
+
+/// The archive header's compression level: an int (sign byte, 4 bytes) right after
+/// the 11-byte fixed header, in archive version 1.14.
+const LEVEL_FIELD: std::ops::Range<usize> = 11..16;
+
+#[test]
+fn a_stream_that_does_not_re_create_is_kept_as_it_came() {
+    let pg = PgCluster::start();
+    let dir = tempfile::tempdir().unwrap();
+    pg.create_footdash("footdash", 1);
+    let z9 = dir.path().join("z9.dump");
+    dump_compressed(&pg, "footdash", Some(9), &z9);
+    // Announced as level 6, written at 9: deflating the text at 6 gives other
+    // bytes, as a dump made by another zlib would.
+    let mut bytes = std::fs::read(&z9).unwrap();
+    assert_eq!(
+        bytes[LEVEL_FIELD],
+        [0, 9, 0, 0, 0],
+        "a 1.14 header at level 9"
+    );
+    bytes[LEVEL_FIELD.start + 1] = 6;
+    let crafted = dir.path().join("crafted.dump");
+    std::fs::write(&crafted, &bytes).unwrap();
+
+    let v = Vault::local();
+    v.init();
+    let run = v.import("footdash", &crafted, None).ok().json();
+    assert!(
+        stat(&run["recreated"], "bytes_kept_compressed") > 0,
+        "{run}"
+    );
+    let id = run["snapshot_id"].as_str().unwrap();
+    assert!(v.cat(id) == bytes, "cat differs from the crafted dump");
+    let listed = v.run(&["snapshots"]).ok().out();
+    assert!(listed.contains("kept as it came"), "{listed}");
+
+    let mnt = dir.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let mount = Mount::start(&v, &mnt, &[]);
+    let dump = mount.join(&format!("snapshots/{id}/footdash.dump"));
+    assert!(std::fs::read(&dump).unwrap() == bytes);
+    pg.create_db("restored");
+    common::succeeded(
+        pg.command("pg_restore")
+            .args(["-d", "restored"])
+            .arg(&dump)
+            .output()
+            .unwrap(),
+        "pg_restore of the crafted dump from the mount",
+    );
+    assert_eq!(pg.row_counts("restored"), pg.row_counts("footdash"));
+}
+
+#[test]
+fn a_piped_compressed_dump_gets_its_offsets_and_re_creates() {
+    let pg = PgCluster::start();
+    let dir = tempfile::tempdir().unwrap();
+    pg.create_footdash("footdash", 1);
+    let file = dir.path().join("file.dump");
+    dump_compressed(&pg, "footdash", None, &file);
+    let v = Vault::local();
+    v.init();
+    let mut dump = pg
+        .command("pg_dump")
+        .args(["-Fc", "-d", "footdash"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = v
+        .command(&["backup", "--stdin", "--db", "footdash", "--json"])
+        .stdin(dump.stdout.take().unwrap())
+        .output()
+        .unwrap();
+    assert!(dump.wait().unwrap().success());
+    let out = common::succeeded(out, "pg_dump -Fc | pgvault backup --stdin");
+    let run: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(run["dump_offsets_filled"], true, "{run}");
+    assert_eq!(stat(&run["recreated"], "bytes_kept_compressed"), 0, "{run}");
+    // With its offsets filled, the piped dump is the file pg_dump -f writes.
+    let got = v.cat(run["snapshot_id"].as_str().unwrap());
+    let want = std::fs::read(&file).unwrap();
+    assert!(
+        common::fixtures::mask_timestamp(got) == common::fixtures::mask_timestamp(want),
+        "the piped dump differs from pg_dump -f's"
+    );
+}

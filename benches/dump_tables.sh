@@ -42,10 +42,7 @@ BUILD_ARGS="--no-default-features --bin pgvault"
 
 echo "== setup: PostgreSQL cluster, FootDash (SCALE=$SCALE), repository, backup"
 start_cluster
-psql -d postgres -c "CREATE DATABASE footdash"
-psql -d footdash -f "$here/tests/data/footdash-schema.sql" >/dev/null
-sed "s/__SCALE__/$SCALE/g" "$here/tests/data/footdash-data.sql" | psql -d footdash >/dev/null
-psql -d footdash -c 'VACUUM ANALYZE'
+load_footdash "$SCALE"
 "$PGVAULT" init --kdf-memory-kib 8192 --kdf-iterations 1 >/dev/null
 id=$("$PGVAULT" backup --db footdash --json | sed -n 's/.*"snapshot_id": "\([0-9a-f]*\)".*/\1/p')
 dump_mb=$("$PGVAULT" snapshots --json | sed -n 's/.*"size_bytes": \([0-9]*\).*/\1/p' | tail -1 | awk '{printf "%.1f", $1 / 1e6}')
@@ -96,14 +93,6 @@ for table in $tables; do
     report="$report$line"$'\n'
 done
 
-exact_counts() {
-    local db=$1 t out=""
-    for t in $(psql -At -d footdash -c "SELECT relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-        WHERE nspname = 'public' AND relkind = 'r' ORDER BY relname"); do
-        out="$out $t=$(psql -At -d "$db" -c "SELECT count(*) FROM public.$t")"
-    done
-    echo "$out"
-}
 whole() {
     psql -d postgres -c "DROP DATABASE IF EXISTS whole" -c "CREATE DATABASE whole"
     if [ "$1" = psql ]; then
@@ -112,7 +101,7 @@ whole() {
         "$PG_BIN_DIR/pg_restore" -d whole "$mnt/$rel/footdash.dump"
     fi
 }
-source_counts=$(exact_counts footdash)
+source_counts=$(table_counts footdash)
 [ "${WHOLE:-1}" = 0 ] || echo "== the whole dump"
 for r in $(seq "$RUNS"); do
     [ "${WHOLE:-1}" = 0 ] && break
@@ -120,7 +109,7 @@ for r in $(seq "$RUNS"); do
         mount_fresh; ls "$mnt/$rel" >/dev/null
         record "whole.$route" "$(timed whole "$route")"
         unmount
-        [ "$(exact_counts whole)" = "$source_counts" ] || { echo "$route gave other row counts" >&2; exit 1; }
+        [ "$(table_counts whole)" = "$source_counts" ] || { echo "$route gave other row counts" >&2; exit 1; }
     done
     echo "   run $r done"
 done

@@ -4,7 +4,9 @@
 # $here, $PGVAULT (built unless PGVAULT_BIN is set), $PG_BIN_DIR, a private $work
 # directory removed on exit (stopping the mount and the cluster), $mnt, the pgvault
 # and libpq environment, psql, as_pg, now, median, timed, mount_fresh, unmount, and
-# start_cluster (initdb and start, as the postgres OS user when run as root).
+# start_cluster (initdb and start, as the postgres OS user when run as root), and
+# table_counts (each footdash table's row count in a database, `-` where missing),
+# and load_footdash (database footdash with FootDash data at a scale).
 
 PG_BIN_DIR=${PG_BIN_DIR:-/usr/lib/postgresql/15/bin}
 here=$(cd "$(dirname "$0")/.." && pwd)
@@ -48,6 +50,24 @@ mount_fresh() {
     echo "mount did not come up:" >&2; cat "$work/mount.log" >&2; exit 1
 }
 unmount() { kill -TERM "$mount_pid"; wait "$mount_pid" || true; mount_pid=""; }
+
+# Creates database footdash with FootDash data at scale $1, vacuumed and analyzed.
+load_footdash() {
+    psql -d postgres -c "CREATE DATABASE footdash"
+    psql -d footdash -f "$here/tests/data/footdash-schema.sql" >/dev/null
+    sed "s/__SCALE__/$1/g" "$here/tests/data/footdash-data.sql" | psql -d footdash >/dev/null
+    psql -d footdash -c 'VACUUM ANALYZE'
+}
+
+# The row count of each table of database footdash, in database $1: "t=n ...".
+table_counts() {
+    local db=$1 t out=""
+    for t in $(psql -At -d footdash -c "SELECT relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+        WHERE nspname = 'public' AND relkind = 'r' ORDER BY relname"); do
+        out="$out $t=$(psql -At -d "$db" -c "SELECT count(*) FROM public.$t" 2>/dev/null || echo -)"
+    done
+    echo "$out"
+}
 
 start_cluster() {
     mkdir -p "$work/pg" "$mnt"

@@ -90,6 +90,7 @@ fn synthetic(n: u64) -> (Vec<ObjectStat>, Vec<SnapshotManifest>) {
             dump_offsets_filled: false,
             base: None,
             dump_contents: None,
+            recreation: None,
             sketches: Vec::new(),
         });
         start += PER_MANIFEST / 2;

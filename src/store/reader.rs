@@ -99,17 +99,29 @@ pub struct FileReader {
 #[derive(Debug)]
 struct Recreated {
     map: Recreation,
-    /// One per span read lately: reads of one span take turns, so that a
-    /// sequential reader deflates each byte once.
-    running: Mutex<HashMap<usize, Arc<tokio::sync::Mutex<Option<SpanRecreator>>>>>,
+    /// One per span read lately.
+    running: Mutex<HashMap<usize, Arc<SpanState>>>,
 }
+
+/// A span's recreator, where the last read left it. Reads of one span take turns,
+/// so that a sequential reader deflates each byte once.
+#[derive(Debug, Default)]
+struct SpanState {
+    recreator: tokio::sync::Mutex<Option<SpanRecreator>>,
+    /// A task is re-creating ahead of the last read.
+    ahead: std::sync::atomic::AtomicBool,
+}
+
+/// How far ahead of a read of a span its bytes are re-created in the background, so
+/// that the reader (pg_restore) and the deflating overlap.
+const RECREATE_AHEAD_BYTES: u64 = 4 << 20;
 
 /// How many spans keep a recreator running (each holds a deflater and a few
 /// megabytes of output) before idle ones are dropped.
 const RUNNING_SPANS: usize = 16;
 
 impl Recreated {
-    fn recreator(&self, span: usize) -> Arc<tokio::sync::Mutex<Option<SpanRecreator>>> {
+    fn state(&self, span: usize) -> Arc<SpanState> {
         let mut running = self.running.lock().expect("recreators lock");
         if running.len() >= RUNNING_SPANS && !running.contains_key(&span) {
             running.retain(|_, r| Arc::strong_count(r) > 1);
@@ -362,30 +374,26 @@ impl FileReader {
         end: u64,
         out: &mut Vec<u8>,
     ) -> Result<()> {
-        let cell = rec.recreator(span);
-        let mut kept = cell.lock().await;
+        let state = rec.state(span);
+        let mut kept = state.recreator.lock().await;
         let s = rec.map.spans[span];
         let mut r = match kept.take().filter(|r| r.can_serve(into)) {
             Some(r) => r,
             None => SpanRecreator::new(s),
         };
         while let Some((from, len)) = r.wants(end) {
-            // The text a few reads ahead is loaded while this part deflates.
-            let ahead = self.chunk_at(from + len + (8 << 20)).min(self.chunks.len());
-            self.prefetch_range(self.chunk_at(from), ahead);
-            let text = self.read_stored_at(from, len as usize).await?;
-            if text.len() as u64 != len {
-                return Err(self.short_text(from));
-            }
-            // Deflating a megabyte takes tens of milliseconds: not on the runtime.
-            r = joined(
-                "re-creating compressed data",
-                tokio::task::spawn_blocking(move || {
-                    r.feed(&text, into);
-                    r
-                })
-                .await,
-            )?;
+            r = self.recreate_step(r, from, len, into).await?;
+        }
+        if r.wants(end + RECREATE_AHEAD_BYTES).is_some()
+            && !state.ahead.swap(true, std::sync::atomic::Ordering::AcqRel)
+        {
+            let (me, state) = (self.clone(), state.clone());
+            tokio::spawn(async move {
+                me.recreate_ahead(&state, end).await;
+                state
+                    .ahead
+                    .store(false, std::sync::atomic::Ordering::Release);
+            });
         }
         let bytes = r.bytes(into, end).ok_or_else(|| {
             Error::Corrupt(format!(
@@ -398,6 +406,57 @@ impl FileReader {
         out.extend_from_slice(bytes);
         *kept = Some(r);
         Ok(())
+    }
+
+    /// Feeds `r` the `len` bytes of text at stored offset `from`, keeping what it
+    /// made from `keep_from` on.
+    async fn recreate_step(
+        &self,
+        mut r: SpanRecreator,
+        from: u64,
+        len: u64,
+        keep_from: u64,
+    ) -> Result<SpanRecreator> {
+        // The text a few steps ahead is loaded while this one deflates.
+        let ahead = self.chunk_at(from + len + (8 << 20)).min(self.chunks.len());
+        self.prefetch_range(self.chunk_at(from), ahead);
+        let text = self.read_stored_at(from, len as usize).await?;
+        if text.len() as u64 != len {
+            return Err(self.short_text(from));
+        }
+        // Deflating a megabyte takes tens of milliseconds: not on the runtime.
+        joined(
+            "re-creating compressed data",
+            tokio::task::spawn_blocking(move || {
+                r.feed(&text, keep_from);
+                r
+            })
+            .await,
+        )
+    }
+
+    /// Re-creates a span up to [`RECREATE_AHEAD_BYTES`] past `end`, where the last
+    /// read ended, one step at a time so that a read waits for one step at most.
+    /// Stops at an error (the next read meets it again) or when a read has moved
+    /// the recreator elsewhere.
+    async fn recreate_ahead(&self, state: &SpanState, end: u64) {
+        let target = end + RECREATE_AHEAD_BYTES;
+        loop {
+            let mut kept = state.recreator.lock().await;
+            let Some(r) = kept.take() else { return };
+            let next = r.can_serve(end).then(|| r.wants(target)).flatten();
+            let Some((from, len)) = next else {
+                *kept = Some(r);
+                return;
+            };
+            match self.recreate_step(r, from, len, end).await {
+                Ok(r) => *kept = Some(r),
+                Err(e) => {
+                    tracing::debug!("Re-creating ahead of a read failed: {e}");
+                    return;
+                }
+            }
+        }
     }
 
     fn short_text(&self, stored_offset: u64) -> Error {

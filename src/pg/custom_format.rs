@@ -1236,12 +1236,17 @@ impl DataScanner {
             return;
         };
         let e = &mut self.entries[entry];
-        while !input.is_empty() {
+        // Until the input is taken and a call leaves room in the output: a call that
+        // fills it may hold text back, which would then surface only with the next
+        // frame, or never after the block's last.
+        let mut full = false;
+        while !input.is_empty() || full {
             let (before_in, before_out) = (inflater.total_in(), inflater.total_out());
             let status =
                 inflater.decompress(input, &mut self.scratch, flate2::FlushDecompress::None);
             let consumed = (inflater.total_in() - before_in) as usize;
             let produced = (inflater.total_out() - before_out) as usize;
+            full = produced == self.scratch.len();
             input = &input[consumed..];
             e.copy_len += produced as u64;
             let out = &self.scratch[..produced];

@@ -266,14 +266,19 @@ impl TableCopyReader {
                 .ensure(&mut window, cur.frame + header as u64, len as usize)
                 .await?;
             let mut input = &window.bytes[j..j + len as usize];
-            while !input.is_empty() {
+            // Until the input is taken and a call leaves room in the output: a call
+            // that fills it may hold text back.
+            let mut full = false;
+            while !input.is_empty() || full {
                 cur.pending.reserve(64 << 10);
-                let before = cur.inflater.total_in();
+                let room = cur.pending.capacity() - cur.pending.len();
+                let (before, made) = (cur.inflater.total_in(), cur.inflater.total_out());
                 let status = cur
                     .inflater
                     .decompress_vec(input, &mut cur.pending, flate2::FlushDecompress::None)
                     .map_err(|e| self.damaged(&format!("does not inflate ({e})")))?;
                 input = &input[(cur.inflater.total_in() - before) as usize..];
+                full = (cur.inflater.total_out() - made) as usize == room;
                 if status == flate2::Status::StreamEnd {
                     break;
                 }

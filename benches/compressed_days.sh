@@ -25,8 +25,10 @@
 #   - on the last day, RUNS times, medians: `pg_dump -Fc > file` against
 #     `pg_dump -Fc | pgvault backup --stdin`; `pgvault cat` of the -Fc snapshot
 #     against `cat` of the file; `pg_restore -d` of the whole dump from a fresh mount
-#     against the local file; `pg_restore -t` of the smallest table with rows, the
-#     same way; peak RSS of the backup (GNU time).
+#     whose list of backup points is loaded (an `ls` of the backup point first, as on
+#     a mount that has run a while; no data read) against the local file;
+#     `pg_restore -t` of the smallest table with rows, the same way; peak RSS of the
+#     backup (GNU time).
 # Before timing, `pgvault cat` and the mounted file of the last -Fc snapshot must equal
 # the -Fc file, and every restore must give the source's row counts. MB = 10^6 bytes.
 #
@@ -126,12 +128,12 @@ for r in $(seq "$RUNS"); do
     record cat_vault "$(timed "$PGVAULT" cat "$fc_id")"
     record restore_file "$(timed restore "$fc")"
     [ "$(table_counts scratch)" = "$source_counts" ] || { echo "pg_restore of the file gave other counts" >&2; exit 1; }
-    mount_fresh
+    mount_fresh; ls "$mnt/snapshots/$fc_id" >/dev/null
     record restore_mount "$(timed restore "$mnt/snapshots/$fc_id/footdash.dump")"
     unmount
     [ "$(table_counts scratch)" = "$source_counts" ] || { echo "pg_restore from the mount gave other counts" >&2; exit 1; }
     record table_file "$(timed restore "$fc" "$smallest")"
-    mount_fresh
+    mount_fresh; ls "$mnt/snapshots/$fc_id" >/dev/null
     record table_mount "$(timed restore "$mnt/snapshots/$fc_id/footdash.dump" "$smallest")"
     unmount
     echo "   run $r done"

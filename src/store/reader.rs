@@ -384,7 +384,10 @@ impl FileReader {
         while let Some((from, len)) = r.wants(end) {
             r = self.recreate_step(r, from, len, into).await?;
         }
-        if r.wants(end + RECREATE_AHEAD_BYTES).is_some()
+        // Only for a read inside the span: one that merely enters it (readahead
+        // past the end of the table pg_restore wanted) asks for no more of it.
+        if into > 0
+            && r.wants(end + RECREATE_AHEAD_BYTES).is_some()
             && !state.ahead.swap(true, std::sync::atomic::Ordering::AcqRel)
         {
             let (me, state) = (self.clone(), state.clone());

@@ -259,7 +259,8 @@ pub struct StoredStreamBuilder {
     hashed_from: u64,
     original_pos: u64,
     stored_pos: u64,
-    hasher: blake3::Hasher,
+    /// The hash of the original, `None` when no span can open (nothing to check).
+    hasher: Option<blake3::Hasher>,
     spans: Vec<RecreatedSpan>,
     open: Option<OpenSpan>,
     kept_raw_bytes: u64,
@@ -290,17 +291,29 @@ impl StoredStreamBuilder {
             hashed_from: start,
             original_pos: start,
             stored_pos: start,
-            hasher: blake3::Hasher::new(),
+            hasher: Some(blake3::Hasher::new()),
             spans: Vec::new(),
             open: None,
             kept_raw_bytes: 0,
         }
     }
 
+    /// A builder that stores every byte as it is, for an archive with nothing to
+    /// re-create (uncompressed, or a level it does not name): it hashes nothing, and
+    /// [`StoredStreamBuilder::open`] must not be called.
+    pub fn passing_through(start: u64) -> Self {
+        StoredStreamBuilder {
+            hasher: None,
+            ..Self::new(start)
+        }
+    }
+
     /// Original bytes outside any compressed table's frames.
     pub fn raw(&mut self, bytes: &[u8], out: &mut Vec<u8>) {
         debug_assert!(self.open.is_none(), "raw bytes inside a span");
-        self.hasher.update(bytes);
+        if let Some(h) = &mut self.hasher {
+            h.update(bytes);
+        }
         self.original_pos += bytes.len() as u64;
         self.stored_pos += bytes.len() as u64;
         out.extend_from_slice(bytes);
@@ -308,6 +321,7 @@ impl StoredStreamBuilder {
 
     /// A compressed table's frames start here, deflated at zlib `level`.
     pub fn open(&mut self, level: u8, int_size: usize) {
+        debug_assert!(self.hasher.is_some(), "a span opened while passing through");
         self.open = Some(OpenSpan {
             original_offset: self.original_pos,
             stored_offset: self.stored_pos,
@@ -330,7 +344,9 @@ impl StoredStreamBuilder {
 
     /// The next original bytes of the open span's frames.
     pub fn frames(&mut self, bytes: &[u8], out: &mut Vec<u8>) {
-        self.hasher.update(bytes);
+        if let Some(h) = &mut self.hasher {
+            h.update(bytes);
+        }
         self.original_pos += bytes.len() as u64;
         let Some(span) = &mut self.open else {
             self.stored_pos += bytes.len() as u64;
@@ -447,7 +463,12 @@ impl StoredStreamBuilder {
         Some(Recreation {
             original_len_bytes: self.original_pos,
             hashed_from: self.hashed_from,
-            blake3: self.hasher.finalize().to_hex().to_string(),
+            blake3: self
+                .hasher
+                .expect("spans open only where the original is hashed")
+                .finalize()
+                .to_hex()
+                .to_string(),
             spans: self.spans,
             kept_raw_bytes: self.kept_raw_bytes,
         })

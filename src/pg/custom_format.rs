@@ -859,15 +859,18 @@ impl HeadParser {
             .header
             .clone()
             .expect("a parsed TOC follows a parsed header");
+        let level = (header.version.1 < MINOR_COMPRESSION_BYTE)
+            .then(|| zlib_level(header.compression))
+            .flatten();
         let mut out = Vec::new();
         let stored = self.recreating.then(|| {
             // The head is stored as it is; the writer holds it for the offset patch.
             out.extend_from_slice(&head);
-            Box::new(StoredStreamBuilder::new(toc_end as u64))
+            Box::new(match level {
+                Some(_) => StoredStreamBuilder::new(toc_end as u64),
+                None => StoredStreamBuilder::passing_through(toc_end as u64),
+            })
         });
-        let level = (header.version.1 < MINOR_COMPRESSION_BYTE)
-            .then(|| zlib_level(header.compression))
-            .flatten();
         let scan = DataScanner {
             int_size: header.int_size,
             stored,
@@ -1017,17 +1020,19 @@ impl DataScanner {
         }
     }
 
-    /// Takes the next int from `input`, or stashes its first bytes and returns None
-    /// when `input` ends inside it.
+    /// Takes the next int from `input` (passing its bytes to the stored stream), or
+    /// stashes its first bytes and returns None when `input` ends inside it.
     fn next_int(&mut self, input: &mut &[u8]) -> Option<(bool, u64)> {
         let width = 1 + self.int_size;
         if self.partial_len == 0 && input.len() >= width {
             let (raw, rest) = input.split_at(width);
             *input = rest;
             self.pos += width as u64;
+            self.route(raw);
             return Some(split_int(raw));
         }
         let take = (width - self.partial_len).min(input.len());
+        self.route(&input[..take]);
         self.partial[self.partial_len..self.partial_len + take].copy_from_slice(&input[..take]);
         self.partial_len += take;
         *input = &input[take..];
@@ -1091,9 +1096,7 @@ impl DataScanner {
                     start,
                     large_objects,
                 } => {
-                    let before = input;
                     let id = self.next_int(&mut input);
-                    self.route(&before[..before.len() - input.len()]);
                     let Some(id) = id else {
                         break;
                     };
@@ -1105,9 +1108,7 @@ impl DataScanner {
                     };
                 }
                 ScanState::ChunkLen { entry } => {
-                    let before = input;
                     let len = self.next_int(&mut input);
-                    self.route(&before[..before.len() - input.len()]);
                     let Some((negative, len)) = len else {
                         break;
                     };
@@ -1130,9 +1131,7 @@ impl DataScanner {
                     }
                 }
                 ScanState::LoOid { entry } => {
-                    let before = input;
                     let oid = self.next_int(&mut input);
-                    self.route(&before[..before.len() - input.len()]);
                     let Some((_, oid)) = oid else {
                         break;
                     };

@@ -55,7 +55,8 @@ fn inspect(mut ins: Box<dyn StreamInspector>, data: &[u8]) {
     }
 }
 
-/// A pg_dump custom-format archive on stdin (`backup --stdin`).
+/// A dump on stdin (`backup --stdin`): a custom-format archive or a gzipped SQL
+/// dump.
 pub fn custom_format(data: &[u8]) {
     inspect(Box::<crate::pg::DumpStreamInspector>::default(), data);
 }

@@ -23,6 +23,15 @@
 //! so a span is re-created from its start; readers keep their deflater where the
 //! last read stopped, which serves pg_restore's pattern: it reads a block from its
 //! start to its end.
+//!
+//! Other encoders (GNU gzip, whose block boundaries differ from zlib's) are
+//! re-created through preflate-rs: it predicts the encoder's choices from the text
+//! and records where the prediction is wrong, so text plus that correction record
+//! give the stream back ([`SpanCodec::Preflate`], [`preflate_prefix`]). Its
+//! piecewise mode fails on streams it re-creates whole (version 0.7.6: a match not
+//! found in the continued hash chain), and on that path it prints to stdout, so it
+//! is only ever given a whole stream, or a stream's first [`PREFLATE_TEXT_BYTES`]
+//! of text, in one call; the rest of a longer stream is stored as it came.
 
 #![forbid(unsafe_code)]
 
@@ -36,6 +45,12 @@ pub const FRAME_PAYLOAD_BYTES: usize = 4096;
 /// before it gives up on a stream: deflate's output lags its input by a block of
 /// at most a few hundred kilobytes, so a stream this far behind will not match.
 const PENDING_LIMIT_BYTES: usize = 8 << 20;
+
+/// The most text one preflate span holds. preflate-rs keeps the whole text of a
+/// call in memory twice (its parser and its check), and a read needs it whole
+/// again, so this bounds the memory of a backup and of each open file at a few
+/// hundred megabytes; it equals preflate-rs's own default limit.
+pub const PREFLATE_TEXT_BYTES: usize = 128 << 20;
 
 /// How a dump's bytes differ from what is stored for it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -73,6 +88,80 @@ pub struct RecreatedSpan {
     /// marker written. Otherwise the span is a prefix of the framed output of the
     /// text, and the block's remaining bytes follow as they came.
     pub whole: bool,
+    /// How the stored bytes become the original ones.
+    #[serde(default, skip_serializing_if = "SpanCodec::is_zlib")]
+    pub codec: SpanCodec,
+}
+
+/// How a span's original bytes are made from what is stored for it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SpanCodec {
+    /// pg_dump's frames of zlib's deflate at the span's level; what is stored is
+    /// the text.
+    #[default]
+    Zlib,
+    /// A bare deflate stream re-created by preflate-rs; what is stored is a 4-byte
+    /// little-endian length, a correction record of that length, then the text
+    /// (all of it counted in `text_len_bytes`).
+    Preflate,
+}
+
+impl SpanCodec {
+    fn is_zlib(&self) -> bool {
+        *self == SpanCodec::Zlib
+    }
+}
+
+/// The longest run of whole deflate blocks at the start of a bare deflate stream
+/// that preflate-rs re-creates, as text and correction record.
+pub struct Preflated {
+    /// The stream bytes the record and text re-create.
+    pub deflate_len: usize,
+    pub corrections: Vec<u8>,
+    text: preflate_rs::PlainText,
+}
+
+impl Preflated {
+    /// The text the re-created bytes hold.
+    pub fn text(&self) -> &[u8] {
+        self.text.text()
+    }
+}
+
+/// Splits the start of a bare deflate stream into text and a correction record,
+/// up to [`PREFLATE_TEXT_BYTES`] of text, checking that the two re-create it;
+/// `None` when nothing does (an encoder preflate-rs cannot follow, or damage).
+pub fn preflate_prefix(deflate: &[u8]) -> Option<Preflated> {
+    let config = preflate_rs::PreflateConfig {
+        plain_text_limit: PREFLATE_TEXT_BYTES,
+        verify_compression: true,
+        ..Default::default()
+    };
+    // A library that asserts on input it cannot follow must not take the backup
+    // down with it: what it cannot do is stored as it came.
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let mut p = preflate_rs::PreflateStreamProcessor::new(&config);
+        let r = p.decompress(deflate).ok()?;
+        (r.compressed_size > 0).then(|| Preflated {
+            deflate_len: r.compressed_size,
+            corrections: r.corrections,
+            text: p.detach_plain_text(),
+        })
+    }))
+    .ok()
+    .flatten()
+}
+
+/// The deflate bytes a [`SpanCodec::Preflate`] span's stored bytes re-create, or
+/// `None` when they do not (damage).
+fn preflate_recreate(stored: &[u8]) -> Option<Vec<u8>> {
+    let n = u32::from_le_bytes(stored.get(..4)?.try_into().ok()?) as usize;
+    let corrections = stored.get(4..4 + n)?;
+    let text = stored.get(4 + n..)?;
+    std::panic::catch_unwind(|| preflate_rs::recreate_whole_deflate_stream(text, corrections))
+        .ok()?
+        .ok()
 }
 
 impl RecreatedSpan {
@@ -319,6 +408,39 @@ impl StoredStreamBuilder {
         out.extend_from_slice(bytes);
     }
 
+    /// Original bytes of a compressed stream that are stored as they came.
+    pub fn kept(&mut self, bytes: &[u8], out: &mut Vec<u8>) {
+        self.raw(bytes, out);
+        self.kept_raw_bytes += bytes.len() as u64;
+    }
+
+    /// Original bytes (the start of a bare deflate stream) that `p` re-creates:
+    /// stored as its correction record and text.
+    pub fn preflated(&mut self, original: &[u8], p: &Preflated, out: &mut Vec<u8>) {
+        debug_assert!(self.open.is_none(), "a preflate span inside a span");
+        debug_assert_eq!(original.len(), p.deflate_len);
+        if let Some(h) = &mut self.hasher {
+            h.update(original);
+        }
+        let stored_before = out.len();
+        out.extend_from_slice(&(p.corrections.len() as u32).to_le_bytes());
+        out.extend_from_slice(&p.corrections);
+        out.extend_from_slice(p.text());
+        let stored_len = (out.len() - stored_before) as u64;
+        self.spans.push(RecreatedSpan {
+            original_offset: self.original_pos,
+            original_len_bytes: original.len() as u64,
+            stored_offset: self.stored_pos,
+            text_len_bytes: stored_len,
+            level: 0,
+            int_size: 0,
+            whole: true,
+            codec: SpanCodec::Preflate,
+        });
+        self.original_pos += original.len() as u64;
+        self.stored_pos += stored_len;
+    }
+
     /// A compressed table's frames start here, deflated at zlib `level`.
     pub fn open(&mut self, level: u8, int_size: usize) {
         debug_assert!(self.hasher.is_some(), "a span opened while passing through");
@@ -410,6 +532,7 @@ impl StoredStreamBuilder {
                 level: span.level,
                 int_size: span.int_size as u8,
                 whole: true,
+                codec: SpanCodec::Zlib,
             });
             return;
         }
@@ -432,6 +555,7 @@ impl StoredStreamBuilder {
                 level: span.level,
                 int_size: span.int_size as u8,
                 whole: false,
+                codec: SpanCodec::Zlib,
             });
         } else if span.text_len > 0 {
             // Nothing matched: the text stored so far is dead weight in the stored
@@ -444,6 +568,7 @@ impl StoredStreamBuilder {
                 level: span.level,
                 int_size: span.int_size as u8,
                 whole: false,
+                codec: SpanCodec::Zlib,
             });
         }
         let pending = std::mem::take(&mut span.pending);
@@ -505,7 +630,8 @@ impl OpenSpan {
 #[derive(Debug)]
 pub struct SpanRecreator {
     span: RecreatedSpan,
-    deflate: FramedDeflate,
+    /// `None` for a [`SpanCodec::Preflate`] span, made in one piece.
+    deflate: Option<FramedDeflate>,
     /// Text fed so far.
     text_fed: u64,
     /// Re-created bytes kept, and the span offset of the first.
@@ -523,7 +649,8 @@ impl SpanRecreator {
     pub fn new(span: RecreatedSpan) -> Self {
         SpanRecreator {
             span,
-            deflate: FramedDeflate::new(span.level, usize::from(span.int_size)),
+            deflate: (span.codec == SpanCodec::Zlib)
+                .then(|| FramedDeflate::new(span.level, usize::from(span.int_size))),
             text_fed: 0,
             made: Vec::new(),
             made_at: 0,
@@ -545,18 +672,34 @@ impl SpanRecreator {
             return None;
         }
         let left = self.span.text_len_bytes - self.text_fed;
-        Some((self.span.stored_offset + self.text_fed, left.min(1 << 20)))
+        let step = match self.span.codec {
+            SpanCodec::Zlib => left.min(1 << 20),
+            SpanCodec::Preflate => left,
+        };
+        Some((self.span.stored_offset + self.text_fed, step))
     }
 
     /// Feeds the next text, as [`SpanRecreator::wants`] asked for. Re-created bytes
     /// before `keep_from` may be dropped.
     pub fn feed(&mut self, text: &[u8], keep_from: u64) {
         self.drop_before(keep_from);
-        self.deflate.feed(text, &mut self.made);
         self.text_fed += text.len() as u64;
+        let Some(deflate) = &mut self.deflate else {
+            // Bytes of another length than the span's are damage, which
+            // `bytes` reports by finding none.
+            if let Some(made) =
+                preflate_recreate(text).filter(|m| m.len() as u64 == self.span.original_len_bytes)
+            {
+                self.made = made;
+                self.made_at = 0;
+            }
+            self.finished = true;
+            return;
+        };
+        deflate.feed(text, &mut self.made);
         if self.text_fed >= self.span.text_len_bytes {
             if self.span.whole {
-                self.deflate.finish(&mut self.made);
+                deflate.finish(&mut self.made);
             }
             self.finished = true;
         }
@@ -811,6 +954,7 @@ mod tests {
             level: 6,
             int_size: 4,
             whole: true,
+            codec: SpanCodec::Zlib,
         };
         let rec = Recreation {
             original_len_bytes: 1000,

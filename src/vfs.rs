@@ -1352,7 +1352,7 @@ impl Vfs {
             v.push((named(TABLES_DIR), tables));
         }
         let files = &self.inner.files;
-        if m.kind != crate::store::SnapshotKind::Dump || files.toc_failed(&m.id) {
+        if !m.is_custom_archive() || files.toc_failed(&m.id) {
             return v;
         }
         v.push((named(TOC_FILE), Node::TocText(m.id.clone())));

@@ -225,3 +225,152 @@ fn a_piped_compressed_dump_gets_its_offsets_and_re_creates() {
         "the piped dump differs from pg_dump -f's"
     );
 }
+
+/// `pg_dump -d db | gzip -6 > path`: the runbook's plain-SQL habit, with GNU
+/// gzip's encoder (not zlib's: its blocks end elsewhere).
+fn dump_gzipped(pg: &PgCluster, db: &str, path: &Path) {
+    let mut dump = pg
+        .command("pg_dump")
+        .args(["-d", db])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let file = std::fs::File::create(path).unwrap();
+    let gzip = std::process::Command::new("gzip")
+        .arg("-6")
+        .stdin(dump.stdout.take().unwrap())
+        .stdout(file)
+        .status()
+        .unwrap();
+    assert!(dump.wait().unwrap().success() && gzip.success());
+}
+
+#[test]
+fn gzipped_sql_dumps_are_stored_as_text_and_read_back_byte_for_byte() {
+    let pg = PgCluster::start();
+    let dir = tempfile::tempdir().unwrap();
+    // Connected to the cluster, for the drill.
+    let v = Vault::for_pg(&pg, &[]);
+    pg.create_footdash("footdash", 2);
+    let d1 = dir.path().join("footdash-1.sql.gz");
+    dump_gzipped(&pg, "footdash", &d1);
+    let a = v
+        .import("footdash", &d1, Some("2026-11-01T02:00:00Z"))
+        .ok()
+        .json();
+    pg.footdash_day("footdash", 1);
+    let d2 = dir.path().join("footdash-2.sql.gz");
+    dump_gzipped(&pg, "footdash", &d2);
+    let b = v
+        .import("footdash", &d2, Some("2026-11-02T02:00:00Z"))
+        .ok()
+        .json();
+    for (run, file) in [(&a, &d1), (&b, &d2)] {
+        let len = std::fs::metadata(file).unwrap().len();
+        assert_eq!(stat(run, "bytes_read"), len, "{run}");
+        assert_eq!(run["file_name"], "footdash.sql.gz", "{run}");
+        let r = &run["recreated"];
+        assert_eq!(stat(r, "bytes_kept_compressed"), 0, "{run}");
+        // All but the gzip header and trailer.
+        assert!(stat(r, "bytes_recreated") + 64 > len, "{run}");
+        assert!(stat(r, "bytes_stored_as_text") > len * 3, "{run}");
+        let id = run["snapshot_id"].as_str().unwrap();
+        assert!(
+            v.cat(id) == std::fs::read(file).unwrap(),
+            "cat differs from the gzip file"
+        );
+    }
+    // As gzip, day 2 shares almost nothing with day 1; as SQL, most.
+    let len2 = std::fs::metadata(&d2).unwrap().len();
+    let new2 = stat(&b, "bytes_stored_new");
+    assert!(new2 * 2 < len2, "day 2 stored {new2} of a {len2}-byte file");
+
+    let mnt = dir.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let mount = Mount::start(&v, &mnt, &[]);
+    let id2 = b["snapshot_id"].as_str().unwrap();
+    let in_mount = mount.join(&format!("snapshots/{id2}/footdash.sql.gz"));
+    assert!(
+        std::fs::read(&in_mount).unwrap() == std::fs::read(&d2).unwrap(),
+        "the mount's file differs"
+    );
+    // psql reads the script straight from the mount, through gunzip.
+    pg.create_db("restored");
+    let mut gunzip = std::process::Command::new("gunzip")
+        .arg("-c")
+        .arg(&in_mount)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    common::succeeded(
+        pg.command("psql")
+            .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", "restored"])
+            .stdin(gunzip.stdout.take().unwrap())
+            .output()
+            .unwrap(),
+        "gunzip | psql from the mount",
+    );
+    assert!(
+        gunzip.wait().unwrap().success(),
+        "gunzip of the mount's file"
+    );
+    assert_eq!(pg.row_counts("restored"), pg.row_counts("footdash"));
+    drop(mount);
+
+    let c = v.run(&["check", "--read-data", "--json"]).ok().json();
+    assert_eq!(c["bad_chunks"].as_array().unwrap().len(), 0, "{c}");
+    assert_eq!(stat(&c, "snapshots_recreated"), 2, "{c}");
+
+    // A drill restores the script with psql and counts the source's rows.
+    let work = tempfile::tempdir().unwrap();
+    let r = v
+        .run(&[
+            "drill",
+            "--db",
+            "footdash",
+            "--work-dir",
+            work.path().to_str().unwrap(),
+            "--json",
+        ])
+        .ok()
+        .json();
+    assert_eq!(r["ok"], true, "{r}");
+    let want = pg.row_counts("footdash");
+    assert_eq!(stat(&r, "toc_table_data") as usize, want.len(), "{r}");
+    for t in r["tables"].as_array().unwrap() {
+        let name = t["table"]
+            .as_str()
+            .unwrap()
+            .strip_prefix("public.")
+            .unwrap();
+        assert_eq!(t["rows"].as_i64().unwrap(), want[name], "{t}");
+    }
+}
+
+#[test]
+fn a_gzip_file_that_is_cut_short_or_not_a_whole_dump_is_refused() {
+    let pg = PgCluster::start();
+    let dir = tempfile::tempdir().unwrap();
+    pg.create_footdash("footdash", 1);
+    let gz = dir.path().join("footdash.sql.gz");
+    dump_gzipped(&pg, "footdash", &gz);
+    let bytes = std::fs::read(&gz).unwrap();
+    let v = Vault::local();
+    v.init();
+    let cut = dir.path().join("cut.sql.gz");
+    std::fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
+    let e = v.import("footdash", &cut, None).fails();
+    assert!(e.contains("truncated"), "{e}");
+    // A pg_dump that died half way, gzipped whole: a valid gzip of an unfinished
+    // script.
+    let mut plain = Vec::new();
+    std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&bytes[..]), &mut plain).unwrap();
+    let mut half = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    std::io::Write::write_all(&mut half, &plain[..plain.len() / 2]).unwrap();
+    let half_gz = dir.path().join("half.sql.gz");
+    std::fs::write(&half_gz, half.finish().unwrap()).unwrap();
+    let e = v.import("footdash", &half_gz, None).fails();
+    assert!(e.contains("dump complete"), "{e}");
+    let listed = v.run(&["snapshots", "--json"]).ok().json();
+    assert_eq!(listed.as_array().unwrap().len(), 0, "{listed}");
+}

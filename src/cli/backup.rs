@@ -26,7 +26,8 @@ pub struct BackupArgs {
     #[arg(long)]
     pub base: bool,
     /// Read the archive from standard input instead of running pg_dump (a custom-format
-    /// dump) or pg_basebackup (its tar stream, with --base)
+    /// dump, pg_dump -Fc at any compression, or a gzipped SQL dump, pg_dump | gzip) or
+    /// pg_basebackup (its tar stream, with --base)
     #[arg(long)]
     pub stdin: bool,
     /// The backup point's time, for importing older dumps (e.g. '2026-11-01 02:00:00+00'); default now

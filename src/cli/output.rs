@@ -137,6 +137,7 @@ pub fn backup_json(m: &SnapshotManifest) -> Value {
         "time": m.time.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
         "db": m.db,
         "kind": m.kind.as_str(),
+        "file_name": m.file_name,
         "bytes_read": s.bytes_read,
         "bytes_stored_new": s.bytes_stored_new,
         "chunks_total": s.chunks_total,

@@ -60,8 +60,9 @@ const TABLE_READ_STEP: usize = 1 << 20;
 pub fn find_table<'a>(snapshot: &'a SnapshotManifest, name: &str) -> Result<&'a TableData> {
     let contents = snapshot.dump_contents.as_ref().ok_or_else(|| {
         Error::InvalidInput(format!(
-            "Snapshot {} records where no table lies (a base backup, a dump compressed \
-             with lz4 or zstd, or one stored by an older pgvault): use pg_restore -t on its file",
+            "Snapshot {} records where no table lies (a base backup, a gzipped SQL dump, a \
+             dump compressed with lz4 or zstd, or one stored by an older pgvault): use \
+             pg_restore -t on its file",
             snapshot.short_id()
         ))
     })?;
@@ -136,6 +137,14 @@ pub async fn cat_script(
     if snapshot.kind != crate::store::SnapshotKind::Dump {
         return Err(Error::InvalidInput(format!(
             "Snapshot {} is a base backup, not a dump: it has no SQL script",
+            snapshot.short_id()
+        )));
+    }
+    if !snapshot.is_custom_archive() {
+        return Err(Error::InvalidInput(format!(
+            "Snapshot {} is a gzipped SQL dump: its file is the script (pgvault cat {} | \
+             gunzip)",
+            snapshot.short_id(),
             snapshot.short_id()
         )));
     }

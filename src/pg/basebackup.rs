@@ -207,6 +207,7 @@ impl StreamInspector for BaseTarInspector {
             base: Some(parse_info(found)?),
             dump_contents: None,
             recreation: None,
+            file_extension: None,
         })
     }
 }

@@ -7,6 +7,7 @@ pub mod basebackup;
 pub mod client;
 pub mod conninfo;
 pub mod custom_format;
+pub mod gzip_sql;
 pub mod recovery;
 pub mod restore_script;
 pub mod server;
@@ -193,30 +194,87 @@ pub fn pg_dump(db: &str, conn: &ConnectOptions) -> Result<(PgProcess, ChildStdou
     )
 }
 
-/// Checks a custom-format archive as it streams by, fills in the data offsets of
-/// its table of contents when pg_dump wrote it to a pipe, and stores compressed
-/// table data as its text where it re-creates (see [`crate::recreate`]).
-pub struct DumpStreamInspector(custom_format::DumpInspector);
-
-impl Default for DumpStreamInspector {
-    fn default() -> Self {
-        DumpStreamInspector(custom_format::DumpInspector::recreating())
-    }
+/// Checks a dump as it streams by and stores it: a custom-format archive (its data
+/// offsets filled in when pg_dump wrote it to a pipe, its compressed table data
+/// stored as text where it re-creates), or a gzipped plain-SQL dump (stored as its
+/// text where it re-creates); see [`crate::recreate`]. The first bytes tell which.
+#[derive(Default)]
+pub struct DumpStreamInspector {
+    stream: DumpStream,
+    /// The first byte, while it alone has been seen.
+    first: Vec<u8>,
 }
 
+#[derive(Default)]
+enum DumpStream {
+    /// Fewer bytes seen than tell the format.
+    #[default]
+    Undecided,
+    Custom(Box<custom_format::DumpInspector>),
+    Gzip(Box<gzip_sql::GzipSqlInspector>),
+}
+
+/// The file extension of a gzipped SQL dump's backup point, in place of `dump`.
+pub const GZIP_SQL_EXTENSION: &str = "sql.gz";
+
 fn dump_error(e: custom_format::DumpFormatError) -> Error {
+    let what = match e {
+        custom_format::DumpFormatError::BadMagic => {
+            "Input is neither a pg_dump custom-format archive (pg_dump -Fc) nor a gzipped \
+             SQL dump (pg_dump | gzip)"
+        }
+        _ => "Input is not a complete pg_dump custom-format archive (pg_dump -Fc)",
+    };
+    Error::InvalidInput(format!("{what}: {e}"))
+}
+
+fn gzip_error(e: gzip_sql::GzipSqlError) -> Error {
     Error::InvalidInput(format!(
-        "Input is not a complete pg_dump custom-format archive (pg_dump -Fc): {e}"
+        "Input is not a complete gzipped SQL dump (pg_dump | gzip): {e}"
     ))
+}
+
+impl DumpStreamInspector {
+    /// Picks the format from the first two bytes.
+    fn decide(&mut self, first: &[u8]) {
+        self.stream = if first.starts_with(&gzip_sql::GZIP_MAGIC) {
+            DumpStream::Gzip(Box::default())
+        } else {
+            DumpStream::Custom(Box::new(custom_format::DumpInspector::recreating()))
+        };
+    }
 }
 
 impl StreamInspector for DumpStreamInspector {
     fn feed(&mut self, data: &[u8]) -> Result<()> {
-        self.0.feed(data).map_err(dump_error)
+        let joined;
+        let data = if matches!(self.stream, DumpStream::Undecided) {
+            let mut first = std::mem::take(&mut self.first);
+            first.extend_from_slice(data);
+            if first.len() < 2 {
+                self.first = first;
+                return Ok(());
+            }
+            joined = first;
+            self.decide(&joined);
+            &joined[..]
+        } else {
+            data
+        };
+        match &mut self.stream {
+            DumpStream::Undecided => unreachable!("decided above"),
+            DumpStream::Custom(c) => c.feed(data).map_err(dump_error),
+            DumpStream::Gzip(g) => g.feed(data).map_err(gzip_error),
+        }
     }
 
     fn head_len(&self) -> Option<u64> {
-        self.0.toc_end()
+        match &self.stream {
+            DumpStream::Undecided => None,
+            DumpStream::Custom(c) => c.toc_end(),
+            // Nothing of a gzip file is rewritten at the end.
+            DumpStream::Gzip(_) => Some(0),
+        }
     }
 
     fn transforms(&self) -> bool {
@@ -224,11 +282,31 @@ impl StreamInspector for DumpStreamInspector {
     }
 
     fn take_stored(&mut self, into: &mut Vec<u8>) {
-        self.0.take_stored(into);
+        match &mut self.stream {
+            DumpStream::Undecided => {}
+            DumpStream::Custom(c) => c.take_stored(into),
+            DumpStream::Gzip(g) => g.take_stored(into),
+        }
     }
 
     fn finish(self: Box<Self>, head: &[u8]) -> Result<Inspected> {
-        let layout = self.0.finish().map_err(dump_error)?;
+        let custom = match self.stream {
+            DumpStream::Gzip(g) => {
+                return Ok(Inspected {
+                    recreation: g.finish().map_err(gzip_error)?,
+                    file_extension: Some(GZIP_SQL_EXTENSION),
+                    ..Inspected::default()
+                })
+            }
+            DumpStream::Custom(c) => *c,
+            DumpStream::Undecided => {
+                // Under two bytes: the custom-format reader says what is missing.
+                let mut c = custom_format::DumpInspector::recreating();
+                c.feed(&self.first).map_err(dump_error)?;
+                c
+            }
+        };
+        let layout = custom.finish().map_err(dump_error)?;
         let patched_head = if layout.offsets_were_set {
             None
         } else {
@@ -247,6 +325,7 @@ impl StreamInspector for DumpStreamInspector {
             base: None,
             dump_contents: layout.contents,
             recreation: layout.recreation,
+            file_extension: None,
         })
     }
 }

@@ -20,7 +20,10 @@ use crate::error::{Error, Result};
 /// Version 3 adds dumps stored with their compressed table data as text (the
 /// manifest's `recreation`), which an older pgvault would serve as the file itself:
 /// a repository is raised to 3 before the first such dump is committed.
-pub const FORMAT_VERSION: u32 = 3;
+/// Version 4 adds spans re-created through correction records (gzipped SQL dumps,
+/// [`crate::recreate::SpanCodec::Preflate`]), which version 3 would take for zlib
+/// spans; a re-created dump raises the repository to 4 as it raised it to 3.
+pub const FORMAT_VERSION: u32 = 4;
 /// The oldest repository format this build reads.
 pub const OLDEST_FORMAT_VERSION: u32 = 1;
 

@@ -152,4 +152,10 @@ impl SnapshotManifest {
     pub fn short_id(&self) -> &str {
         &self.id[..8.min(self.id.len())]
     }
+
+    /// Whether the snapshot is a pg_dump custom-format archive (`<db>.dump`), as
+    /// opposed to a base backup or a gzipped SQL dump (`<db>.sql.gz`).
+    pub fn is_custom_archive(&self) -> bool {
+        self.kind == SnapshotKind::Dump && self.file_name.ends_with(".dump")
+    }
 }

@@ -79,6 +79,9 @@ pub struct Inspected {
     /// How the stored stream maps to the source, for a transforming inspector
     /// that changed something.
     pub recreation: Option<crate::recreate::Recreation>,
+    /// The extension the stored file's name takes in place of its own, when the
+    /// stream turned out to be another kind of file than the name says.
+    pub file_extension: Option<&'static str>,
 }
 
 /// What the backup point is, as opposed to what it contains.
@@ -293,7 +296,16 @@ impl Repository {
             kind: meta.kind,
             db: meta.db,
             hostname: crate::host::hostname(),
-            file_name: meta.file_name,
+            file_name: match inspected.file_extension {
+                Some(ext) => {
+                    let stem = meta
+                        .file_name
+                        .rsplit_once('.')
+                        .map_or(&meta.file_name[..], |(s, _)| s);
+                    format!("{stem}.{ext}")
+                }
+                None => meta.file_name,
+            },
             size_bytes: stats.bytes_read,
             chunks: head,
             stats,

@@ -91,6 +91,14 @@ pub struct RecreatedSpan {
     /// How the stored bytes become the original ones.
     #[serde(default, skip_serializing_if = "SpanCodec::is_zlib")]
     pub codec: SpanCodec,
+    /// Stored bytes before the text: a [`SpanCodec::Preflate`] span's length and
+    /// correction record.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub record_bytes: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// How a span's original bytes are made from what is stored for it.
@@ -217,6 +225,19 @@ impl Recreation {
         self.spans
             .get(i)
             .filter(|s| s.original_offset == offset && s.whole)
+    }
+
+    /// Where the whole text of a gzip file lies in the stored stream, as
+    /// `(offset, length)`, when it is there in one piece: one member, re-created
+    /// whole. Its gzip header and trailer are all that is stored besides.
+    pub fn whole_text(&self) -> Option<(u64, u64)> {
+        match self.spans[..] {
+            [s] if s.codec == SpanCodec::Preflate && self.kept_raw_bytes == 0 => Some((
+                s.stored_offset + s.record_bytes,
+                s.text_len_bytes - s.record_bytes,
+            )),
+            _ => None,
+        }
     }
 
     /// Original bytes re-created from stored text.
@@ -436,6 +457,7 @@ impl StoredStreamBuilder {
             int_size: 0,
             whole: true,
             codec: SpanCodec::Preflate,
+            record_bytes: 4 + p.corrections.len() as u64,
         });
         self.original_pos += original.len() as u64;
         self.stored_pos += stored_len;
@@ -533,6 +555,7 @@ impl StoredStreamBuilder {
                 int_size: span.int_size as u8,
                 whole: true,
                 codec: SpanCodec::Zlib,
+                record_bytes: 0,
             });
             return;
         }
@@ -556,6 +579,7 @@ impl StoredStreamBuilder {
                 int_size: span.int_size as u8,
                 whole: false,
                 codec: SpanCodec::Zlib,
+                record_bytes: 0,
             });
         } else if span.text_len > 0 {
             // Nothing matched: the text stored so far is dead weight in the stored
@@ -569,6 +593,7 @@ impl StoredStreamBuilder {
                 int_size: span.int_size as u8,
                 whole: false,
                 codec: SpanCodec::Zlib,
+                record_bytes: 0,
             });
         }
         let pending = std::mem::take(&mut span.pending);
@@ -955,6 +980,7 @@ mod tests {
             int_size: 4,
             whole: true,
             codec: SpanCodec::Zlib,
+            record_bytes: 0,
         };
         let rec = Recreation {
             original_len_bytes: 1000,

@@ -200,6 +200,8 @@ enum Node {
     TocText(String),
     /// `<db>.sql` and `schema.sql`: what `pg_restore -f -` and `-s -f -` print.
     Script(String, ScriptKind),
+    /// `<db>.sql` beside a gzipped SQL dump: its text, as stored.
+    GzipText(String),
     /// `wal/`: the archived WAL files whose name only one system archived (so
     /// `cp …/wal/%f %p` works), a directory per timeline, and one per system.
     Wal,
@@ -353,7 +355,9 @@ fn describe(node: &Node) -> String {
         }
         Node::TableCopy(id, i) => format!("Table file {i} of snapshot {id}"),
         Node::TocText(id) => format!("The {TOC_FILE} of snapshot {id}"),
-        Node::Script(id, ScriptKind::Whole) => format!("The SQL script of snapshot {id}"),
+        Node::Script(id, ScriptKind::Whole) | Node::GzipText(id) => {
+            format!("The SQL script of snapshot {id}")
+        }
         Node::Script(id, ScriptKind::SchemaOnly) => format!("The {SCHEMA_FILE} of snapshot {id}"),
         Node::Wal => "Directory wal".into(),
         Node::WalSystem(s) => format!("Directory wal/{s}"),
@@ -419,6 +423,8 @@ enum Beside<'a> {
 #[derive(Debug)]
 enum Content {
     Data(Arc<FileReader>),
+    /// A range of a file's stored stream, as `(start, length)`.
+    Stored(Arc<FileReader>, u64, u64),
     Table(Arc<TableCopyReader>),
     Script(Arc<ScriptFile>),
     Bytes(Arc<Vec<u8>>),
@@ -862,6 +868,11 @@ impl Vfs {
                 let size = table_of(&m, *i)?.0.copy_len_bytes;
                 file_attr(ino, size, SystemTime::from(m.time))
             }
+            Node::GzipText(id) => {
+                let m = self.snapshot_of(tree, id)?;
+                let (_, len) = gzip_text_of(&m)?;
+                file_attr(ino, len, SystemTime::from(m.time))
+            }
             Node::Manifest(id) => {
                 let m = self.snapshot_of(tree, id)?;
                 file_attr(
@@ -1045,6 +1056,7 @@ impl Vfs {
             | Node::TableCopy(..)
             | Node::TocText(_)
             | Node::Script(..)
+            | Node::GzipText(_)
             | Node::WalFile(..) => {
                 return Err(Error::InvalidInput(format!(
                     "{} is not a directory",
@@ -1224,6 +1236,7 @@ impl Vfs {
                 | Node::TableCopy(..)
                 | Node::TocText(_)
                 | Node::Script(..)
+                | Node::GzipText(_)
                 | Node::WalFile(..) => NodeKind::File,
                 _ => NodeKind::Dir,
             };
@@ -1253,6 +1266,10 @@ impl Vfs {
         let tree = self.tree();
         let content = match &node {
             Node::Data(id) => Content::Data(self.snapshot_reader(&tree, id)?),
+            Node::GzipText(id) => {
+                let (start, len) = gzip_text_of(&*self.snapshot_of(&tree, id)?)?;
+                Content::Stored(self.snapshot_reader(&tree, id)?, start, len)
+            }
             Node::TableCopy(id, i) => {
                 let m = self.snapshot_of(&tree, id)?;
                 let (table, contents) = table_of(&m, *i)?;
@@ -1339,6 +1356,15 @@ impl Vfs {
     fn derived_files(&self, m: &SnapshotManifest, beside: Beside<'_>) -> Vec<(String, Node)> {
         let file = safe_name(&m.file_name);
         let stem = file.strip_suffix(".dump").unwrap_or(&file);
+        if let Some(gz_stem) = file.strip_suffix(".sql.gz") {
+            // A gzipped SQL dump's own script, when its text is stored whole.
+            return match m.recreation.as_ref().and_then(|r| r.whole_text()) {
+                Some(_) if !m.is_custom_archive() => {
+                    vec![(format!("{gz_stem}.sql"), Node::GzipText(m.id.clone()))]
+                }
+                _ => Vec::new(),
+            };
+        }
         let named = |base: &str| match beside {
             Beside::Point(_) => base.to_string(),
             Beside::At(_) => format!("{stem}.{base}"),
@@ -1424,6 +1450,18 @@ impl Vfs {
                 }
                 return Ok(data);
             }
+            Content::Stored(r, start, len) => {
+                let from = offset.min(*len);
+                let n = u64::from(size).min(len - from);
+                let before = handle.read_end.swap(from + n, Ordering::Relaxed);
+                if offset.abs_diff(before) <= SEQUENTIAL_SLACK && n > 0 {
+                    r.prefetch_stored(start + from + n, PREFETCH_BYTES.min(len - from - n));
+                }
+                return r
+                    .read_stored_at(start + from, n as usize)
+                    .await
+                    .map_err(|e| read_failed(r.what(), offset, size, e));
+            }
             Content::Data(r) => r,
         };
         let end = offset.saturating_add(u64::from(size)).min(reader.len());
@@ -1446,6 +1484,17 @@ impl Vfs {
             nodes: self.inner.inodes.lock().expect("inode lock").nodes.len() as u64,
         }
     }
+}
+
+/// Where the text of gzipped SQL dump `m` lies in its stored stream.
+///
+/// Errors: `NotFound` when it is not stored whole (the name was listed for an
+/// older view of the snapshot).
+fn gzip_text_of(m: &SnapshotManifest) -> Result<(u64, u64)> {
+    m.recreation
+        .as_ref()
+        .and_then(|r| r.whole_text())
+        .ok_or_else(|| not_found(format!("The SQL script of snapshot {}", m.id)))
 }
 
 /// Starts loading the chunks after byte `end` up to [`PREFETCH_BYTES`] ahead.

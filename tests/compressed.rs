@@ -315,6 +315,43 @@ fn gzipped_sql_dumps_are_stored_as_text_and_read_back_byte_for_byte() {
         "gunzip of the mount's file"
     );
     assert_eq!(pg.row_counts("restored"), pg.row_counts("footdash"));
+    // Or with nothing to gunzip: beside it, the script itself, read from the
+    // stored text, in the backup point's directory and in at/<time>/.
+    let mut plain = Vec::new();
+    std::io::Read::read_to_end(
+        &mut flate2::read::GzDecoder::new(&std::fs::read(&d2).unwrap()[..]),
+        &mut plain,
+    )
+    .unwrap();
+    let script = mount.join(&format!("snapshots/{id2}/footdash.sql"));
+    assert_eq!(
+        std::fs::metadata(&script).unwrap().len(),
+        plain.len() as u64
+    );
+    assert!(
+        std::fs::read(&script).unwrap() == plain,
+        "the mount's script differs"
+    );
+    let at = mount.join("at/2026-11-02T02:00:00Z/footdash.sql");
+    assert!(std::fs::read(at).unwrap() == plain, "at/'s script differs");
+    pg.create_db("from_script");
+    common::succeeded(
+        pg.command("psql")
+            .args([
+                "-X",
+                "-q",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-d",
+                "from_script",
+                "-f",
+            ])
+            .arg(&script)
+            .output()
+            .unwrap(),
+        "psql -f the mount's script",
+    );
+    assert_eq!(pg.row_counts("from_script"), pg.row_counts("footdash"));
     drop(mount);
 
     let c = v.run(&["check", "--read-data", "--json"]).ok().json();

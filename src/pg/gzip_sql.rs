@@ -396,11 +396,10 @@ mod tests {
                 let rec = rec.unwrap().expect("re-created");
                 assert_eq!(rec.kept_raw_bytes, 0);
                 assert_eq!(rec.spans.len(), 1);
+                let (at, len) = rec.whole_text().expect("one member, re-created whole");
                 assert!(
-                    stored
-                        .windows(text.len().min(4096))
-                        .any(|w| w == &text[..4096]),
-                    "the text is stored"
+                    stored[at as usize..(at + len) as usize] == text[..],
+                    "the text is stored in one piece"
                 );
                 assert_eq!(recreate_all(&stored, &rec).unwrap(), gz, "level {level}");
                 assert_eq!(
@@ -421,6 +420,7 @@ mod tests {
         let (stored, rec) = inspect(&gz, 65536);
         let rec = rec.unwrap().unwrap();
         assert_eq!(rec.spans.len(), 2);
+        assert_eq!(rec.whole_text(), None, "two members' texts are two pieces");
         assert_eq!(recreate_all(&stored, &rec).unwrap(), gz);
     }
 

@@ -229,9 +229,14 @@ fn a_piped_compressed_dump_gets_its_offsets_and_re_creates() {
 /// `pg_dump -d db | gzip -6 > path`: the runbook's plain-SQL habit, with GNU
 /// gzip's encoder (not zlib's: its blocks end elsewhere).
 fn dump_gzipped(pg: &PgCluster, db: &str, path: &Path) {
+    dump_gzipped_with(pg, db, &[], path)
+}
+
+fn dump_gzipped_with(pg: &PgCluster, db: &str, args: &[&str], path: &Path) {
     let mut dump = pg
         .command("pg_dump")
         .args(["-d", db])
+        .args(args)
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
@@ -410,4 +415,30 @@ fn a_gzip_file_that_is_cut_short_or_not_a_whole_dump_is_refused() {
     assert!(e.contains("dump complete"), "{e}");
     let listed = v.run(&["snapshots", "--json"]).ok().json();
     assert_eq!(listed.as_array().unwrap().len(), 0, "{listed}");
+}
+
+#[test]
+fn a_drill_refuses_a_script_that_would_connect_to_the_real_database() {
+    let pg = PgCluster::start();
+    let dir = tempfile::tempdir().unwrap();
+    pg.create_footdash("footdash", 1);
+    let before = pg.row_counts("footdash");
+    // --create writes CREATE DATABASE and \connect footdash: psql would follow it
+    // out of the drill's temporary database and load the rows into the source.
+    let gz = dir.path().join("create.sql.gz");
+    dump_gzipped_with(&pg, "footdash", &["--create"], &gz);
+    let v = Vault::for_pg(&pg, &[]);
+    v.import("footdash", &gz, None).ok();
+    let work = tempfile::tempdir().unwrap();
+    let e = v
+        .run(&[
+            "drill",
+            "--db",
+            "footdash",
+            "--work-dir",
+            work.path().to_str().unwrap(),
+        ])
+        .fails();
+    assert!(e.contains("connects to other databases"), "{e}");
+    assert_eq!(pg.row_counts("footdash"), before);
 }

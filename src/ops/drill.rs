@@ -587,7 +587,16 @@ async fn script_body(
             .map_err(|e| Error::io_path("write", &file, e))?;
     }
     let script = std::fs::File::open(&file).map_err(|e| Error::io_path("open", &file, e))?;
-    let toc = copy_targets(std::io::BufReader::new(script));
+    let (toc, connects) = scan_script(std::io::BufReader::new(script));
+    if connects {
+        // psql would follow it out of the temporary database, into the real one.
+        return Err(Error::InvalidInput(format!(
+            "The SQL script of snapshot {} connects to other databases (\\connect, as \
+             pg_dump --create and pg_dumpall write): a drill restores only a script of \
+             one database",
+            d.snapshot.short_id()
+        )));
+    }
     psql(
         &d.conn,
         MAINTENANCE_DB,
@@ -623,25 +632,33 @@ async fn script_body(
     restored(d, name, started, &file, &toc).await
 }
 
-/// The tables a plain-SQL dump loads rows into: its `COPY schema.table (...) FROM
-/// stdin;` lines, names unquoted. Lines of COPY data cannot start a statement, so
-/// a data line that begins with "COPY " is read as one only if it ends the way
-/// pg_dump ends its COPY statements.
-fn copy_targets(script: impl std::io::BufRead) -> Vec<(String, String)> {
-    script
-        .split(b'\n')
-        .map_while(std::result::Result::ok)
-        .filter_map(|line| {
-            let line = String::from_utf8(line).ok()?;
-            let rest = line.strip_prefix("COPY ")?;
-            if !rest.ends_with(" FROM stdin;") {
-                return None;
-            }
-            let (schema, rest) = sql_ident(rest)?;
-            let (table, _) = sql_ident(rest.strip_prefix('.')?)?;
-            Some((schema, table))
-        })
-        .collect()
+/// The tables a plain-SQL dump loads rows into (its `COPY schema.table (...) FROM
+/// stdin;` lines, names unquoted), and whether it has a `\connect` line. A data line
+/// that begins with "COPY " is read as a statement only if it ends the way pg_dump
+/// ends its COPY statements; a data line cannot begin with a backslash and a letter
+/// (COPY's text format writes a backslash as two).
+fn scan_script(script: impl std::io::BufRead) -> (Vec<(String, String)>, bool) {
+    let mut tables = Vec::new();
+    let mut connects = false;
+    for line in script.split(b'\n').map_while(std::result::Result::ok) {
+        connects |= line.starts_with(b"\\connect ") || line.starts_with(b"\\c ");
+        let Ok(line) = String::from_utf8(line) else {
+            continue;
+        };
+        let Some(rest) = line.strip_prefix("COPY ") else {
+            continue;
+        };
+        if !rest.ends_with(" FROM stdin;") {
+            continue;
+        }
+        let Some((schema, rest)) = sql_ident(rest) else {
+            continue;
+        };
+        if let Some((table, _)) = rest.strip_prefix('.').and_then(sql_ident) {
+            tables.push((schema, table));
+        }
+    }
+    (tables, connects)
 }
 
 /// The identifier at the start of `s`, unquoted, and what follows it.
@@ -899,5 +916,21 @@ mod tests {
         let n = temp_db_name("Foot-Dash with a very long name indeed, really");
         assert!(n.len() <= 63 && n.starts_with("pgvault_drill_foot_dash"));
         assert!(n.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'));
+    }
+
+    #[test]
+    fn a_script_s_tables_and_connects_are_found() {
+        let script = b"--\nSET x = 1;\nCOPY public.teams (id, name) FROM stdin;\n1\tCOPY a.b FROM stdin;\n\\.\n\nCOPY \"Odd\"\"s\".\"t.x\" (a) FROM stdin;\n\\.\n";
+        let (tables, connects) = scan_script(&script[..]);
+        assert_eq!(
+            tables,
+            [
+                ("public".to_string(), "teams".to_string()),
+                ("Odd\"s".to_string(), "t.x".to_string())
+            ]
+        );
+        assert!(!connects);
+        let (_, connects) = scan_script(&b"SET x;\n\\connect footdash\nCOPY t FROM stdin;\n"[..]);
+        assert!(connects);
     }
 }

@@ -48,9 +48,9 @@ const PENDING_LIMIT_BYTES: usize = 8 << 20;
 
 /// The most text one preflate span holds. preflate-rs keeps the whole text of a
 /// call in memory twice (its parser and its check) beside its tokens, about five
-/// bytes per byte of text (0.6 GB measured at ingest with 128 MiB, its own default
+/// bytes per byte of text (0.8 GB measured at ingest with 128 MiB, its own default
 /// limit), and a read needs it whole again: this bounds a backup and each open
-/// file at about 0.3 GB, which a database host can spare.
+/// file at 0.3 to 0.5 GB, which a database host can spare.
 pub const PREFLATE_TEXT_BYTES: usize = 64 << 20;
 
 /// How a dump's bytes differ from what is stored for it.

@@ -1359,10 +1359,8 @@ impl Vfs {
         if let Some(gz_stem) = file.strip_suffix(".sql.gz") {
             // A gzipped SQL dump's own script, when its text is stored whole.
             return match m.recreation.as_ref().and_then(|r| r.whole_text()) {
-                Some(_) if !m.is_custom_archive() => {
-                    vec![(format!("{gz_stem}.sql"), Node::GzipText(m.id.clone()))]
-                }
-                _ => Vec::new(),
+                Some(_) => vec![(format!("{gz_stem}.sql"), Node::GzipText(m.id.clone()))],
+                None => Vec::new(),
             };
         }
         let named = |base: &str| match beside {

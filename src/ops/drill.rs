@@ -503,15 +503,7 @@ async fn dump_body(
         )));
     }
     let toc = table_data_entries(&String::from_utf8_lossy(&listing.stdout));
-
-    psql(
-        &d.conn,
-        MAINTENANCE_DB,
-        &format!("CREATE DATABASE {}", quote_ident(name)),
-    )
-    .await?;
-    // Only a database we created is ever dropped.
-    cleanup.set(|s| s.temp_db = Some((d.conn.clone(), name.to_string())));
+    create_temp_db(d, name, cleanup).await?;
 
     let mut cmd = client("pg_restore", &d.conn);
     cmd.args(["--no-owner", "--no-privileges", "--dbname", name]);
@@ -532,6 +524,19 @@ async fn dump_body(
         )));
     }
     restored(d, name, started, &file, &toc).await
+}
+
+/// Creates the drill's temporary database and hands it to `cleanup` to drop.
+async fn create_temp_db(d: &DumpDrill, name: &str, cleanup: &Cleanup) -> Result<()> {
+    psql(
+        &d.conn,
+        MAINTENANCE_DB,
+        &format!("CREATE DATABASE {}", quote_ident(name)),
+    )
+    .await?;
+    // Only a database we created is ever dropped.
+    cleanup.set(|s| s.temp_db = Some((d.conn.clone(), name.to_string())));
+    Ok(())
 }
 
 /// What a restored dump drill found: the time the restore took, its tables and
@@ -597,13 +602,7 @@ async fn script_body(
             d.snapshot.short_id()
         )));
     }
-    psql(
-        &d.conn,
-        MAINTENANCE_DB,
-        &format!("CREATE DATABASE {}", quote_ident(name)),
-    )
-    .await?;
-    cleanup.set(|s| s.temp_db = Some((d.conn.clone(), name.to_string())));
+    create_temp_db(d, name, cleanup).await?;
     let out = client("psql", &d.conn)
         .args(["-X", "-q", "--dbname", name, "-f"])
         .arg(&file)

@@ -195,17 +195,19 @@ impl GzipSqlInspector {
                         return Ok(());
                     }
                     let (taken, ended) = self.inflate_some()?;
-                    let input: Vec<u8> = self.pending.drain(..taken).collect();
+                    let input = &self.pending[..taken];
                     if self.holding {
-                        self.held.extend_from_slice(&input);
-                        if ended
-                            || self.held.len() > HOLD_LIMIT_BYTES
-                            || self.member_len > PREFLATE_TEXT_BYTES as u64
-                        {
-                            self.settle_held();
-                        }
+                        self.held.extend_from_slice(input);
                     } else {
-                        self.builder.kept(&input, &mut self.out);
+                        self.builder.kept(input, &mut self.out);
+                    }
+                    self.pending.drain(..taken);
+                    if self.holding
+                        && (ended
+                            || self.held.len() > HOLD_LIMIT_BYTES
+                            || self.member_len > PREFLATE_TEXT_BYTES as u64)
+                    {
+                        self.settle_held();
                     }
                     if ended {
                         self.state = State::Trailer;

@@ -48,6 +48,7 @@ use chrono::{DateTime, Datelike, SecondsFormat, Utc};
 use crate::error::{Error, ErrorKind, Result};
 use crate::ops::dump_files::{DumpFiles, ScriptFile};
 use crate::pg::restore_script::ScriptKind;
+use crate::store::manifest::BaseFileKind;
 use crate::store::reader::{ChunkCache, FileReader};
 use crate::store::table_reader::TableCopyReader;
 use crate::store::wal::{SystemWalName, WalManifest};
@@ -202,6 +203,9 @@ enum Node {
     Script(String, ScriptKind),
     /// `<db>.sql` beside a gzipped SQL dump: its text, as stored.
     GzipText(String),
+    /// `base/` beside a base backup's `base.tar` ([`BASE_ROOT`]), and each entry of
+    /// its file list below, by place in the list.
+    BaseEntry(String, usize),
     /// `wal/`: the archived WAL files whose name only one system archived (so
     /// `cp …/wal/%f %p` works), a directory per timeline, and one per system.
     Wal,
@@ -212,6 +216,43 @@ enum Node {
     /// An archived file, of the system named (`None`: the only one holding the name,
     /// found when its manifest is read).
     WalFile(Option<u64>, String),
+}
+
+/// The `base/` directory itself, among [`Node::BaseEntry`]'s places.
+const BASE_ROOT: usize = usize::MAX;
+
+/// The directory a base backup's files show in, beside its tar stream.
+const BASE_DIR: &str = "base";
+
+/// A base backup's file list as a tree: each directory's entries, and each
+/// entry's directory ([`BASE_ROOT`] for the top).
+#[derive(Debug, Default)]
+struct BaseIndex {
+    children: HashMap<usize, Vec<usize>>,
+    parent: Vec<usize>,
+}
+
+impl BaseIndex {
+    fn new(files: &[crate::store::manifest::BaseFile]) -> Self {
+        let by_path: HashMap<&str, usize> = files
+            .iter()
+            .enumerate()
+            .map(|(i, f)| (f.path.as_str(), i))
+            .collect();
+        let mut me = BaseIndex::default();
+        for (i, f) in files.iter().enumerate() {
+            // An entry whose directory the stream lacks shows at the top.
+            let parent = f
+                .path
+                .rsplit_once('/')
+                .and_then(|(dir, _)| by_path.get(dir).copied())
+                .filter(|&p| files[p].kind == crate::store::manifest::BaseFileKind::Dir)
+                .unwrap_or(BASE_ROOT);
+            me.parent.push(parent);
+            me.children.entry(parent).or_default().push(i);
+        }
+        me
+    }
 }
 
 /// One backup point and its names in the tree.
@@ -359,6 +400,8 @@ fn describe(node: &Node) -> String {
             format!("The SQL script of snapshot {id}")
         }
         Node::Script(id, ScriptKind::SchemaOnly) => format!("The {SCHEMA_FILE} of snapshot {id}"),
+        Node::BaseEntry(id, BASE_ROOT) => format!("The base directory of snapshot {id}"),
+        Node::BaseEntry(id, i) => format!("Entry {i} of base backup {id}'s file list"),
         Node::Wal => "Directory wal".into(),
         Node::WalSystem(s) => format!("Directory wal/{s}"),
         Node::WalTimeline(None, tl) => format!("Directory wal/{tl:08X}"),
@@ -367,6 +410,14 @@ fn describe(node: &Node) -> String {
         Node::WalFile(Some(s), name) => format!("WAL file {name} of database system {s}"),
         other => format!("Node {other:?}"),
     }
+}
+
+/// Entry `i` of base backup `m`'s file list.
+fn base_file(m: &SnapshotManifest, i: usize) -> Result<&crate::store::manifest::BaseFile> {
+    m.base
+        .as_ref()
+        .and_then(|b| b.files.get(i))
+        .ok_or_else(|| not_found(format!("Entry {i} of base backup {}'s file list", m.id)))
 }
 
 /// Whether a name is a whole snapshot id (64 hex digits).
@@ -459,6 +510,8 @@ struct Inner {
     readers: Mutex<HashMap<String, Arc<FileReader>>>,
     /// What is made from each dump's table of contents.
     files: DumpFiles,
+    /// Base backups' file lists as trees, built on first use.
+    base_trees: Mutex<HashMap<String, Arc<BaseIndex>>>,
     inodes: Mutex<Inodes>,
     handles: Mutex<HashMap<u64, Arc<Handle>>>,
     next_handle: AtomicU64,
@@ -566,6 +619,7 @@ impl Vfs {
                 wal_manifests: Mutex::new(HashMap::new()),
                 readers: Mutex::new(HashMap::new()),
                 files: DumpFiles::default(),
+                base_trees: Mutex::default(),
                 inodes: Mutex::new(Inodes::new()),
                 handles: Mutex::new(HashMap::new()),
                 next_handle: AtomicU64::new(1),
@@ -881,6 +935,27 @@ impl Vfs {
                     SystemTime::from(m.time),
                 )
             }
+            Node::BaseEntry(id, i) => {
+                let m = self.snapshot_of(tree, id)?;
+                let time = SystemTime::from(m.time);
+                if *i == BASE_ROOT {
+                    return Ok(dir_attr(ino, time, LONG_TTL));
+                }
+                let f = base_file(&m, *i)?;
+                let mtime = std::time::UNIX_EPOCH + Duration::from_secs(f.mtime);
+                match f.kind {
+                    BaseFileKind::Dir => dir_attr(ino, mtime, LONG_TTL),
+                    BaseFileKind::File => file_attr(ino, f.size, mtime),
+                    BaseFileKind::Symlink => Attr {
+                        ino,
+                        kind: NodeKind::Symlink,
+                        size_bytes: f.link.as_deref().unwrap_or("").len() as u64,
+                        mtime,
+                        perm: 0o777,
+                        ttl: LONG_TTL,
+                    },
+                }
+            }
             Node::Wal | Node::WalSystem(_) | Node::WalTimeline(..) => {
                 dir_attr(ino, newest, SHORT_TTL)
             }
@@ -903,6 +978,17 @@ impl Vfs {
                 .newest_of_db(db)
                 .map(|p| (p.db_name.clone(), p.m.time))
                 .ok_or_else(|| not_found(format!("by-db/{db}/latest"))),
+            Node::BaseEntry(id, i) if *i != BASE_ROOT => {
+                let m = self.snapshot_of(tree, id)?;
+                let f = base_file(&m, *i)?;
+                match (&f.kind, &f.link) {
+                    (BaseFileKind::Symlink, Some(l)) => Ok((l.clone(), m.time)),
+                    _ => Err(Error::InvalidInput(format!(
+                        "{} is not a symbolic link",
+                        describe(node)
+                    ))),
+                }
+            }
             _ => Err(Error::InvalidInput(format!(
                 "{} is not a symbolic link",
                 describe(node)
@@ -1039,7 +1125,31 @@ impl Vfs {
                     (MANIFEST_FILE.to_string(), Node::Manifest(id.clone())),
                 ];
                 v.extend(self.derived_files(&m, Beside::Point(*view)));
+                if m.base.as_ref().is_some_and(|b| !b.files.is_empty()) {
+                    v.push((BASE_DIR.to_string(), Node::BaseEntry(id.clone(), BASE_ROOT)));
+                }
                 v
+            }
+            Node::BaseEntry(id, dir) => {
+                let m = self.snapshot_of(tree, id)?;
+                if *dir != BASE_ROOT && base_file(&m, *dir)?.kind != BaseFileKind::Dir {
+                    return Err(Error::InvalidInput(format!(
+                        "{} is not a directory",
+                        describe(node)
+                    )));
+                }
+                let index = self.base_index(&m);
+                let files = &m.base.as_ref().expect("a base backup").files;
+                index
+                    .children
+                    .get(dir)
+                    .into_iter()
+                    .flatten()
+                    .map(|&i| {
+                        let name = files[i].path.rsplit('/').next().unwrap_or("").to_string();
+                        (name, Node::BaseEntry(id.clone(), i))
+                    })
+                    .collect()
             }
             Node::Tables(_, id) | Node::AtTables(_, id) => {
                 let m = self.snapshot_of(tree, id)?;
@@ -1078,6 +1188,16 @@ impl Vfs {
             Node::WalTimeline(Some(s), _) => Node::WalSystem(*s),
             Node::Point(View::Snapshots, _) => Node::Snapshots,
             Node::Tables(view, id) => Node::Point(*view, id.clone()),
+            Node::BaseEntry(id, i) => {
+                let up = self
+                    .snapshot_of(tree, id)
+                    .ok()
+                    .and_then(|m| self.base_index(&m).parent.get(*i).copied());
+                match up {
+                    Some(p) => Node::BaseEntry(id.clone(), p),
+                    None => Node::Point(View::Snapshots, id.clone()),
+                }
+            }
             Node::AtTables(name, _) => Node::AtTime(name.clone()),
             Node::Point(View::ByDate, id) => match self.snapshot_of(tree, id) {
                 Ok(m) => Node::Day(m.time.year(), m.time.month(), m.time.day()),
@@ -1190,7 +1310,9 @@ impl Vfs {
         // Inside a backup point nothing ever changes; elsewhere a name may come to
         // mean another node (latest, at/<time>/…) or appear when a backup arrives.
         let entry_ttl = match parent_node {
-            Node::Point(..) | Node::Tables(..) | Node::AtTables(..) => LONG_TTL,
+            Node::Point(..) | Node::Tables(..) | Node::AtTables(..) | Node::BaseEntry(..) => {
+                LONG_TTL
+            }
             _ => SHORT_TTL,
         };
         Ok(Entry { attr, entry_ttl })
@@ -1229,7 +1351,15 @@ impl Vfs {
             name: "..".into(),
         });
         for (name, child) in children {
-            let kind = match child {
+            let kind = match &child {
+                Node::BaseEntry(id, i) if *i != BASE_ROOT => {
+                    let m = self.snapshot_of(&tree, id)?;
+                    match base_file(&m, *i)?.kind {
+                        BaseFileKind::Dir => NodeKind::Dir,
+                        BaseFileKind::File => NodeKind::File,
+                        BaseFileKind::Symlink => NodeKind::Symlink,
+                    }
+                }
                 Node::Latest | Node::DbLatest(_) => NodeKind::Symlink,
                 Node::Data(_)
                 | Node::Manifest(_)
@@ -1269,6 +1399,17 @@ impl Vfs {
             Node::GzipText(id) => {
                 let (start, len) = gzip_text_of(&*self.snapshot_of(&tree, id)?)?;
                 Content::Stored(self.snapshot_reader(&tree, id)?, start, len)
+            }
+            Node::BaseEntry(id, i) if *i != BASE_ROOT => {
+                let m = self.snapshot_of(&tree, id)?;
+                let f = base_file(&m, *i)?;
+                if f.kind != BaseFileKind::File {
+                    return Err(Error::InvalidInput(format!(
+                        "{} is not a file",
+                        describe(&node)
+                    )));
+                }
+                Content::Stored(self.snapshot_reader(&tree, id)?, f.offset, f.size)
             }
             Node::TableCopy(id, i) => {
                 let m = self.snapshot_of(&tree, id)?;
@@ -1394,6 +1535,19 @@ impl Vfs {
             ));
         }
         v
+    }
+
+    /// `m`'s file list as a tree, built once per snapshot.
+    fn base_index(&self, m: &SnapshotManifest) -> Arc<BaseIndex> {
+        let mut trees = self.inner.base_trees.lock().expect("base trees lock");
+        trees
+            .entry(m.id.clone())
+            .or_insert_with(|| {
+                Arc::new(BaseIndex::new(
+                    m.base.as_ref().map(|b| b.files.as_slice()).unwrap_or(&[]),
+                ))
+            })
+            .clone()
     }
 
     /// Forgets an open file.

@@ -25,6 +25,16 @@ pub struct BackupArgs {
     /// Take a physical base backup with pg_basebackup (for point-in-time recovery)
     #[arg(long)]
     pub base: bool,
+    /// With --base: read the files from this data directory, on the database host,
+    /// instead of running pg_basebackup. pgvault connects to the server (as psql
+    /// would, with --host, --port, --user or a connection string in --db) for
+    /// pg_backup_start and pg_backup_stop, reads every tablespace too, and checks
+    /// page checksums as it reads
+    #[arg(long, value_name = "DIR", requires = "base", conflicts_with = "stdin")]
+    pub pgdata: Option<std::path::PathBuf>,
+    /// With --pgdata: how many files are read at once (default: the number of cores)
+    #[arg(long, value_name = "N", requires = "pgdata", value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub jobs: Option<u16>,
     /// Read the archive from standard input instead of running pg_dump (a custom-format
     /// dump, pg_dump -Fc at any compression, or a gzipped SQL dump, pg_dump | gzip) or
     /// pg_basebackup (its tar stream, with --base)
@@ -77,13 +87,23 @@ pub async fn run(g: &GlobalArgs, a: &BackupArgs) -> Result<()> {
             ))
         }
     };
+    let conn = crate::pg::ConnectOptions {
+        conninfo: target.and_then(|t| t.conninfo),
+        ..a.conn.options()
+    };
     let source = if a.stdin {
         BackupSource::Stream(Box::new(std::io::stdin()))
-    } else {
-        BackupSource::Run(crate::pg::ConnectOptions {
-            conninfo: target.and_then(|t| t.conninfo),
-            ..a.conn.options()
+    } else if let Some(dir) = &a.pgdata {
+        BackupSource::Pgdata(crate::pg::pgdata::PgdataOptions {
+            pgdata: dir.clone(),
+            jobs: a.jobs.map_or_else(
+                || std::thread::available_parallelism().map_or(2, |n| n.get()),
+                usize::from,
+            ),
+            conn,
         })
+    } else {
+        BackupSource::Run(conn)
     };
     let label = if a.stdin { "backup" } else { kind.as_str() };
     let tty = std::io::stderr().is_terminal() && std::io::stdout().is_terminal();
@@ -112,6 +132,14 @@ pub async fn run(g: &GlobalArgs, a: &BackupArgs) -> Result<()> {
             );
         }
     }
+    if let Some(r) = &out.pgdata {
+        for p in &r.bad_pages {
+            eprintln!(
+                "pgvault: warning: page checksum failure in {} block {} (stored as read)",
+                p.path, p.block
+            );
+        }
+    }
     if a.json {
         let change = &out.previous;
         let mut v = output::backup_json(m);
@@ -120,6 +148,10 @@ pub async fn run(g: &GlobalArgs, a: &BackupArgs) -> Result<()> {
         v["size_change_ratio"] = json!(change.as_ref().map(|(_, c)| c.change_ratio));
         v["previous_size_bytes"] = json!(change.as_ref().map(|(p, _)| p.size_bytes));
         v["previous_snapshot_id"] = json!(change.as_ref().map(|(p, _)| p.id.clone()));
+        if let Some(r) = &out.pgdata {
+            v["bad_pages"] = json!(r.bad_pages);
+            v["files_vanished"] = json!(r.files_vanished);
+        }
         output::print_json(&v);
     } else {
         output::print_backup(m);

@@ -1,6 +1,7 @@
 //! The WAL commands: archive_command, restore_command, the archive listing, and
 //! restoring a base backup for point-in-time recovery.
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 
 use clap::{Args, Subcommand};
@@ -10,6 +11,7 @@ use super::{args, open_repo, output, GlobalArgs};
 use crate::error::{Error, ErrorKind, Result};
 use crate::ops::agent::{Answer, Reply, Request};
 use crate::ops::restore::{RecoveryTarget, RestoreOptions};
+use crate::ops::restore_tree::TreeOptions;
 use crate::pg::recovery;
 use crate::store::wal::WalPushOutcome;
 use crate::time::rfc3339;
@@ -110,9 +112,22 @@ pub enum WalCommand {
 #[command(group(clap::ArgGroup::new("target").required(true)
     .args(["target_time", "target_lsn", "target_xid", "latest"])))]
 pub struct RestoreArgs {
-    /// The new data directory: must not exist or be empty
+    /// The new data directory: must not exist or be empty (with --delta: a stopped
+    /// copy to bring to the backup)
     #[arg(long, value_name = "DIR")]
     pub pgdata: PathBuf,
+    /// Restore over an existing copy whose server is stopped: files that already
+    /// match the backup (same size and blake3) are left alone, the others
+    /// rewritten, and files the backup does not hold removed, in PGDATA and the
+    /// tablespace locations
+    #[arg(long)]
+    pub delta: bool,
+    /// How many files are written at once (default: the number of cores)
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub jobs: Option<u16>,
+    /// Put the tablespace that lived in OLD into NEW instead (repeatable)
+    #[arg(long, value_name = "OLD=NEW", value_parser = parse_mapping)]
+    pub tablespace_map: Vec<(PathBuf, PathBuf)>,
     /// Recover to this time, with its zone: as PostgreSQL prints it
     /// ('2026-11-29 20:38:42.421088+00', '2026-11-29 20:38:42 UTC') or RFC 3339
     #[arg(long, value_name = "TIME", value_parser = args::time)]
@@ -133,6 +148,18 @@ pub struct RestoreArgs {
     /// prints it): needed when several clusters back up into the repository
     #[arg(long, value_name = "ID", value_parser = parse_system_id)]
     pub system_id: Option<u64>,
+}
+
+/// A `--tablespace-map` value: two absolute directories.
+fn parse_mapping(s: &str) -> std::result::Result<(PathBuf, PathBuf), String> {
+    let (old, new) = s
+        .split_once('=')
+        .ok_or_else(|| format!("'{s}' is no OLD=NEW mapping"))?;
+    let (old, new) = (PathBuf::from(old), PathBuf::from(new));
+    if !old.is_absolute() || !new.is_absolute() {
+        return Err(format!("'{s}': both directories must be absolute paths"));
+    }
+    Ok((old, new))
 }
 
 fn parse_lsn(s: &str) -> std::result::Result<Lsn, String> {
@@ -380,7 +407,7 @@ fn restore_command(g: &GlobalArgs, system: u64) -> Result<String> {
             cmd.push_str(&format!(" --password-file {}", recovery::shell_quote(&pf.to_string_lossy())));
         }
         None => eprintln!(
-            "pgvault: note: no --password-file/PGVAULT_PASSWORD_FILE was given, so the restored server \\
+            "pgvault: note: no --password-file/PGVAULT_PASSWORD_FILE was given, so the restored server \
              needs PGVAULT_PASSWORD in its environment for restore_command"
         ),
     }
@@ -428,7 +455,9 @@ fn s3_settings_for_restore_command(g: &GlobalArgs) -> String {
 ///
 /// Errors: as [`crate::ops::restore::restore`].
 pub async fn restore(g: &GlobalArgs, a: &RestoreArgs) -> Result<()> {
-    recovery::check_empty_pgdata(&a.pgdata)?;
+    if !a.delta {
+        recovery::check_empty_pgdata(&a.pgdata)?;
+    }
     let target = if let Some(t) = a.target_time {
         RecoveryTarget::Time(t)
     } else if let Some(l) = a.target_lsn {
@@ -444,10 +473,34 @@ pub async fn restore(g: &GlobalArgs, a: &RestoreArgs) -> Result<()> {
         target,
         base: a.base.clone(),
         system: a.system_id,
+        tree: TreeOptions {
+            jobs: a.jobs.map_or_else(
+                || std::thread::available_parallelism().map_or(2, |n| n.get()),
+                usize::from,
+            ),
+            delta: a.delta,
+            tablespace_map: a.tablespace_map.clone(),
+            tablespaces_under: None,
+        },
     };
     eprintln!("Restoring into {}", a.pgdata.display());
-    let plan =
-        crate::ops::restore::restore(&repo, &opts, |system| restore_command(g, system)).await?;
+    let tty = std::io::stderr().is_terminal();
+    let (plan, stats) = crate::ops::restore::restore(
+        &repo,
+        &opts,
+        |system| restore_command(g, system),
+        |base| super::progress_for(base.size_bytes, "restore", tty),
+    )
+    .await?;
+    if a.delta {
+        println!(
+            "Delta: {} files rewritten ({}), {} already matched, {} paths removed",
+            stats.files_written,
+            indicatif::HumanBytes(stats.bytes_written),
+            stats.files_unchanged,
+            stats.paths_removed
+        );
+    }
     let info = plan.base.base.clone().expect("planned from a base backup");
     println!(
         "Restored base backup {} ({}, timeline {}, LSN {}..{}) into {}. WAL {}..{} is needed (archived up to {} without a gap).",

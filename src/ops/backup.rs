@@ -13,6 +13,7 @@ use super::status::{size_change, SizeChange};
 use super::RepoAccess;
 use crate::error::{ErrorKind, Result};
 use crate::pg::basebackup::{pg_basebackup, BaseTarInspector};
+use crate::pg::pgdata::{PgdataBackup, PgdataOptions, PgdataReport};
 use crate::pg::{pg_dump, ConnectOptions, DumpStreamInspector};
 use crate::store::lock::{LockGuard, LockKind};
 use crate::store::manifest::{SnapshotKind, SnapshotManifest};
@@ -27,6 +28,9 @@ pub enum BackupSource {
     Stream(Box<dyn Read + Send>),
     /// pg_dump -Fc -Z0 (or pg_basebackup -Ft) run by pgvault with these settings.
     Run(ConnectOptions),
+    /// A base backup read by pgvault from the data directory of the server it
+    /// connects to.
+    Pgdata(PgdataOptions),
 }
 
 impl std::fmt::Debug for BackupSource {
@@ -34,6 +38,7 @@ impl std::fmt::Debug for BackupSource {
         match self {
             BackupSource::Stream(_) => f.write_str("Stream"),
             BackupSource::Run(c) => f.debug_tuple("Run").field(c).finish(),
+            BackupSource::Pgdata(o) => f.debug_tuple("Pgdata").field(o).finish(),
         }
     }
 }
@@ -60,6 +65,8 @@ pub struct BackupOutcome {
     /// The previous backup point of the same database and kind, and how the size
     /// changed since (`None` for the first, or when the listing failed).
     pub previous: Option<(SnapshotManifest, SizeChange)>,
+    /// For a base backup read from the data directory: what the readers found.
+    pub pgdata: Option<PgdataReport>,
 }
 
 /// Takes a backup. The attempt is recorded whatever happens (in the repository, or
@@ -79,7 +86,8 @@ pub async fn backup(
     let (db, kind) = (opts.db.clone(), opts.kind);
     let threshold = opts.size_change_threshold;
     let mut opened: Option<Repository> = None;
-    let result = take(access, opts, progress, &mut opened).await;
+    let mut report = None;
+    let result = take(access, opts, progress, &mut opened, &mut report).await;
     let mut attempt = BackupAttempt {
         time,
         db,
@@ -101,7 +109,11 @@ pub async fn backup(
     let manifest = result?;
     let repo = opened.expect("a successful backup opened the repository");
     let previous = previous_change(&repo, &manifest, threshold).await;
-    Ok(BackupOutcome { manifest, previous })
+    Ok(BackupOutcome {
+        manifest,
+        previous,
+        pgdata: report,
+    })
 }
 
 /// Opens the repository (handing it to `opened` at once, so the attempt can be
@@ -111,6 +123,7 @@ async fn take(
     opts: BackupOptions,
     progress: Arc<dyn Progress>,
     opened: &mut Option<Repository>,
+    report: &mut Option<PgdataReport>,
 ) -> Result<SnapshotManifest> {
     let repo = access.open().await?;
     *opened = Some(repo.clone());
@@ -118,7 +131,7 @@ async fn take(
     let lock = repo
         .lock(LockKind::Shared, "backup", opts.lock_wait)
         .await?;
-    let result = ingest_and_commit(&repo, opts, progress, &lock).await;
+    let result = ingest_and_commit(&repo, opts, progress, &lock, report).await;
     lock.release_after(result).await
 }
 
@@ -127,6 +140,7 @@ async fn ingest_and_commit(
     opts: BackupOptions,
     progress: Arc<dyn Progress>,
     lock: &LockGuard,
+    report: &mut Option<PgdataReport>,
 ) -> Result<SnapshotManifest> {
     let meta = SnapshotMeta {
         file_name: match opts.kind {
@@ -169,6 +183,27 @@ async fn ingest_and_commit(
                 Err(e) => {
                     process.kill();
                     return Err(e);
+                }
+            }
+        }
+        BackupSource::Pgdata(o) => {
+            let (backup, stream) = PgdataBackup::start(&o)?;
+            let ingested = repo
+                .ingest(Box::new(stream), meta, Some(inspector), progress)
+                .await;
+            // The stream maker's verdict first, as for a program: a failed read or
+            // pg_backup_stop explains a short stream, and must never commit.
+            match ingested {
+                Ok(p) => {
+                    *report = Some(backup.finish()?);
+                    p
+                }
+                Err(e) => {
+                    let made = backup.finish();
+                    return Err(match made {
+                        Err(m) if e.kind() == ErrorKind::InvalidInput => m,
+                        _ => e,
+                    });
                 }
             }
         }

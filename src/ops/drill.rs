@@ -32,7 +32,8 @@ use std::time::{Duration, Instant};
 use tokio::process::Command;
 use tokio::task::JoinSet;
 
-use super::restore::{extract_base_into, plan_restore, RecoveryTarget, RestorePlan};
+use super::restore::{extract_base_into, plan_restore, tree_targets, RecoveryTarget, RestorePlan};
+use super::restore_tree::TreeOptions;
 use crate::error::{Error, Result};
 use crate::pg::client::{
     client, drop_database, list_tables, psql, quote_ident, row_counts, table_data_entries, tail,
@@ -715,7 +716,23 @@ async fn base_body(
         std::fs::create_dir(p).map_err(|e| Error::io_path("create", p, e))?;
     }
 
-    extract_base_into(repo, &d.plan.base, &pgdata).await?;
+    // Tablespaces go beside the data directory, inside the scratch directory, never
+    // where the source cluster keeps them.
+    let tree = TreeOptions {
+        jobs: 2,
+        tablespaces_under: Some(dir.join("tablespaces")),
+        ..TreeOptions::default()
+    };
+    let spaces = tree_targets(&d.plan.base, &pgdata, &tree)?;
+    extract_base_into(
+        repo,
+        &d.plan.base,
+        &pgdata,
+        &spaces,
+        &tree,
+        Arc::new(NoProgress),
+    )
+    .await?;
 
     stage_wal(repo, &d.plan, &wal_dir).await?;
     let mut target = d.target.clone();

@@ -25,6 +25,7 @@ pub mod locks;
 pub mod prune;
 pub mod receive;
 pub mod restore;
+pub mod restore_tree;
 pub mod retention;
 pub mod snapshots;
 pub mod status;

@@ -6,12 +6,13 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use super::restore_tree::{check_targets, tablespace_targets, write_tree, TreeOptions, TreeStats};
 use crate::blocking::thread_joined;
 use crate::error::{Error, Result};
 use crate::pg::recovery::{self, RecoverySettings};
 use crate::store::manifest::{SnapshotKind, SnapshotManifest};
 use crate::store::wal::WalCatalog;
-use crate::store::writer::NoProgress;
+use crate::store::writer::Progress;
 use crate::store::Repository;
 use crate::time::{pg_timestamptz, rfc3339};
 use crate::wal_name::{segment_name, segno_of, Lsn};
@@ -449,21 +450,32 @@ pub struct RestoreOptions {
     pub base: Option<String>,
     /// Only base backups of this database system.
     pub system: Option<u64>,
+    /// Parallelism, delta and tablespace relocation.
+    pub tree: TreeOptions,
 }
 
-/// Plans and checks everything, then extracts the base backup into `pgdata` and
-/// writes the recovery settings, with the restore_command that `restore_command`
-/// makes for the chosen backup's system identifier. Returns the plan it carried out.
+/// Plans and checks everything, then writes the base backup into `pgdata` (and its
+/// tablespaces where `opts.tree` puts them) and the recovery settings, with the
+/// restore_command that `restore_command` makes for the chosen backup's system
+/// identifier. `progress` is made for the chosen backup and told each file's bytes.
+/// Returns the plan it carried out and what writing the files did.
 ///
-/// Errors: `InvalidInput` for a non-empty PGDATA or an unreachable target (nothing
-/// is written then); those of `restore_command`; I/O and backend errors.
+/// Errors: `InvalidInput` for a non-empty PGDATA or tablespace location (a running
+/// server on it, with `delta`), an unknown `--tablespace-map` location, a delta or
+/// relocation asked of a backup stored without its file list, or an unreachable
+/// target (nothing is written then); those of `restore_command`; I/O and backend
+/// errors.
 pub async fn restore(
     repo: &Repository,
     opts: &RestoreOptions,
     restore_command: impl FnOnce(u64) -> Result<String>,
-) -> Result<RestorePlan> {
-    recovery::check_empty_pgdata(&opts.pgdata)?;
+    progress: impl FnOnce(&SnapshotManifest) -> Arc<dyn Progress>,
+) -> Result<(RestorePlan, TreeStats)> {
+    if !opts.tree.delta {
+        recovery::check_empty_pgdata(&opts.pgdata)?;
+    }
     let plan = plan_restore(repo, opts.target.clone(), opts.base.as_deref(), opts.system).await?;
+    let spaces = tree_targets(&plan.base, &opts.pgdata, &opts.tree)?;
     let mut target = opts.target.settings();
     // Named, not 'latest': the plan checked the WAL of exactly this path.
     target.push(("recovery_target_timeline", plan.timeline.to_string()));
@@ -471,28 +483,71 @@ pub async fn restore(
         restore_command: restore_command(plan.system())?,
         target,
     };
-    extract_base_into(repo, &plan.base, &opts.pgdata).await?;
+    let stats = extract_base_into(
+        repo,
+        &plan.base,
+        &opts.pgdata,
+        &spaces,
+        &opts.tree,
+        progress(&plan.base),
+    )
+    .await?;
     recovery::write_recovery_config(&opts.pgdata, &settings)?;
-    Ok(plan)
+    Ok((plan, stats))
 }
 
-/// Streams base backup `base` out of the repository into `pgdata` (restore and
-/// drills): the tar stream is extracted on its own thread as it is read.
+/// Where `base`'s tablespaces go, once checked that the restore may write there
+/// (see [`check_targets`]).
 ///
-/// Errors: the extractor's (a bad archive, a file that cannot be written), which
-/// explain a broken pipe on the reading side; then the read's (backend, corrupt).
+/// Errors: as [`tablespace_targets`] and [`check_targets`]; `InvalidInput` when a
+/// delta restore or a relocation is asked of a backup stored without its file list.
+pub(crate) fn tree_targets(
+    base: &SnapshotManifest,
+    pgdata: &std::path::Path,
+    opts: &TreeOptions,
+) -> Result<Vec<(u32, PathBuf)>> {
+    let has_files = base.base.as_ref().is_some_and(|b| !b.files.is_empty());
+    if !has_files && (opts.delta || !opts.tablespace_map.is_empty()) {
+        return Err(Error::InvalidInput(format!(
+            "Base backup {} was stored before pgvault kept a base backup's file list: it \
+             restores only whole, into an empty directory (no --delta or --tablespace-map)",
+            base.short_id()
+        )));
+    }
+    let spaces = tablespace_targets(base, opts)?;
+    check_targets(pgdata, &spaces, opts.delta)?;
+    Ok(spaces)
+}
+
+/// Writes base backup `base` into `pgdata` (restore and drills): file by file and in
+/// parallel when its manifest lists its files, else by extracting its tar stream on
+/// a thread as it is read.
+///
+/// Errors: those of [`write_tree`]; the extractor's (a bad archive, a file that
+/// cannot be written), which explain a broken pipe on the reading side; then the
+/// read's (backend, corrupt).
 pub(crate) async fn extract_base_into(
     repo: &Repository,
     base: &SnapshotManifest,
     pgdata: &std::path::Path,
-) -> Result<()> {
+    spaces: &[(u32, PathBuf)],
+    opts: &TreeOptions,
+    progress: Arc<dyn Progress>,
+) -> Result<TreeStats> {
+    if base.base.as_ref().is_some_and(|b| !b.files.is_empty()) {
+        return write_tree(repo, base, pgdata, spaces, opts, progress).await;
+    }
     let (mut writer, reader) = crate::pipe::pipe(8);
     let target = pgdata.to_path_buf();
     let extractor = std::thread::spawn(move || recovery::extract_base(reader, &target));
-    let copied = repo.cat(base, &mut writer, Arc::new(NoProgress)).await;
+    let copied = repo.cat(base, &mut writer, progress).await;
     drop(writer);
     thread_joined("extraction", extractor.join())??;
-    copied.map(|_| ())
+    let bytes_written = copied?;
+    Ok(TreeStats {
+        bytes_written,
+        ..TreeStats::default()
+    })
 }
 
 #[cfg(test)]

@@ -1,5 +1,6 @@
 //! Physical base backups: running `pg_basebackup` as one tar stream, and reading
-//! what PITR needs (timeline, start and stop LSN, version, system id) from the
+//! what PITR needs (timeline, start and stop LSN, version, system id) and where
+//! each file lies (for parallel and delta restores, and the mount's tree) from the
 //! stream as it goes by.
 
 use std::io::Read;
@@ -9,7 +10,7 @@ use std::thread::JoinHandle;
 use super::{ConnectOptions, PgProcess};
 use crate::error::{Error, Result};
 use crate::pipe::{pipe, PipeReader, PipeWriter};
-use crate::store::manifest::BaseBackupInfo;
+use crate::store::manifest::{BaseBackupInfo, BaseFile, BaseFileKind, Tablespace};
 use crate::store::writer::{Inspected, StreamInspector};
 use crate::wal_name::Lsn;
 
@@ -35,13 +36,15 @@ pub fn pg_basebackup(conn: &ConnectOptions) -> Result<(PgProcess, ChildStdout)> 
     PgProcess::start("pg_basebackup", &args, conn, "pg_basebackup".to_string())
 }
 
-/// The files of a base backup that say what it is.
+/// The files of a base backup that say what it is, and where every file lies.
 #[derive(Debug, Default)]
 struct Found {
     backup_label: Option<String>,
     backup_manifest: Option<Vec<u8>>,
+    tablespace_map: Option<String>,
     pg_version: Option<String>,
     system_identifier: Option<u64>,
+    files: Vec<BaseFile>,
 }
 
 /// Reads a pg_basebackup tar stream as it is stored and extracts [`BaseBackupInfo`].
@@ -54,10 +57,14 @@ pub struct BaseTarInspector {
 /// number of files; a million files make about 200 MB).
 const MAX_MANIFEST_BYTES: u64 = 512 << 20;
 
+/// Of the small files that say what the backup is, how much is kept.
+const MAX_LABEL_BYTES: usize = 1 << 20;
+
 fn scan(reader: &mut PipeReader) -> std::result::Result<Found, String> {
     let mut found = Found::default();
     let mut archive = tar::Archive::new(&mut *reader);
     let entries = archive.entries().map_err(|e| e.to_string())?;
+    let mut buf = vec![0u8; 1 << 16];
     for entry in entries {
         let mut entry = entry.map_err(|e| e.to_string())?;
         let path = entry
@@ -65,40 +72,72 @@ fn scan(reader: &mut PipeReader) -> std::result::Result<Found, String> {
             .map_err(|e| e.to_string())?
             .to_string_lossy()
             .into_owned();
-        let path = path.trim_start_matches("./");
-        match path {
-            "backup_label" | "PG_VERSION" => {
-                let mut s = String::new();
-                entry
-                    .by_ref()
-                    .take(1 << 20)
-                    .read_to_string(&mut s)
-                    .map_err(|e| format!("{path}: {e}"))?;
-                if path == "PG_VERSION" {
-                    found.pg_version = Some(s.trim().to_string());
-                } else {
-                    found.backup_label = Some(s);
+        let path = path
+            .trim_start_matches("./")
+            .trim_end_matches('/')
+            .to_string();
+        let header = entry.header();
+        let kind = match header.entry_type() {
+            tar::EntryType::Directory => BaseFileKind::Dir,
+            tar::EntryType::Symlink => BaseFileKind::Symlink,
+            tar::EntryType::Regular | tar::EntryType::Continuous => BaseFileKind::File,
+            // Hard links, devices: pg_basebackup writes none.
+            _ => continue,
+        };
+        let mut file = BaseFile {
+            path: path.clone(),
+            kind,
+            mode: header.mode().unwrap_or(0o600),
+            size: entry.size(),
+            mtime: header.mtime().unwrap_or(0),
+            offset: entry.raw_file_position(),
+            hash: None,
+            link: None,
+        };
+        if kind == BaseFileKind::Symlink {
+            file.link = entry
+                .link_name()
+                .ok()
+                .flatten()
+                .map(|l| l.to_string_lossy().into_owned());
+        }
+        if kind == BaseFileKind::File {
+            let keep = match path.as_str() {
+                "backup_manifest" => MAX_MANIFEST_BYTES as usize,
+                "backup_label" | "PG_VERSION" | "tablespace_map" | "global/pg_control" => {
+                    MAX_LABEL_BYTES
+                }
+                _ => 0,
+            };
+            let mut kept = Vec::new();
+            let mut hasher = blake3::Hasher::new();
+            loop {
+                let n = entry.read(&mut buf).map_err(|e| format!("{path}: {e}"))?;
+                if n == 0 {
+                    break;
+                }
+                hasher.update(&buf[..n]);
+                if kept.len() < keep {
+                    let room = (keep - kept.len()).min(n);
+                    kept.extend_from_slice(&buf[..room]);
                 }
             }
-            "backup_manifest" => {
-                let mut v = Vec::new();
-                entry
-                    .by_ref()
-                    .take(MAX_MANIFEST_BYTES)
-                    .read_to_end(&mut v)
-                    .map_err(|e| format!("{path}: {e}"))?;
-                found.backup_manifest = Some(v);
-            }
-            "global/pg_control" => {
+            file.hash = Some(hasher.finalize().to_hex().to_string());
+            let text = || String::from_utf8_lossy(&kept).into_owned();
+            match path.as_str() {
+                "backup_label" => found.backup_label = Some(text()),
+                "PG_VERSION" => found.pg_version = Some(text().trim().to_string()),
+                "tablespace_map" => found.tablespace_map = Some(text()),
+                "backup_manifest" => found.backup_manifest = Some(kept),
                 // system_identifier is the first field of ControlFileData.
-                let mut id = [0u8; 8];
-                entry
-                    .read_exact(&mut id)
-                    .map_err(|e| format!("{path}: {e}"))?;
-                found.system_identifier = Some(u64::from_le_bytes(id));
+                "global/pg_control" if kept.len() >= 8 => {
+                    found.system_identifier =
+                        Some(u64::from_le_bytes(kept[..8].try_into().expect("8 bytes")));
+                }
+                _ => {}
             }
-            _ => {}
         }
+        found.files.push(file);
     }
     Ok(found)
 }
@@ -177,7 +216,26 @@ fn parse_info(found: Found) -> Result<BaseBackupInfo> {
             .system_identifier
             .ok_or_else(|| not_a_base_backup("it has no global/pg_control"))?,
         backup_label: label,
+        tablespaces: found
+            .tablespace_map
+            .as_deref()
+            .map(parse_tablespace_map)
+            .unwrap_or_default(),
+        files: found.files,
     })
+}
+
+/// The `oid location` lines of a tablespace_map (a location may hold spaces).
+fn parse_tablespace_map(text: &str) -> Vec<Tablespace> {
+    text.lines()
+        .filter_map(|l| {
+            let (oid, location) = l.split_once(' ')?;
+            Some(Tablespace {
+                oid: oid.parse().ok()?,
+                location: location.to_string(),
+            })
+        })
+        .collect()
 }
 
 impl StreamInspector for BaseTarInspector {

@@ -8,6 +8,8 @@ pub mod client;
 pub mod conninfo;
 pub mod custom_format;
 pub mod gzip_sql;
+pub mod page;
+pub mod pgdata;
 pub mod recovery;
 pub mod restore_script;
 pub mod server;

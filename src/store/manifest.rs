@@ -145,6 +145,53 @@ pub struct BaseBackupInfo {
     pub system_identifier: u64,
     /// The `backup_label` as pg_basebackup wrote it.
     pub backup_label: String,
+    /// The tablespaces the backup holds under `pg_tblspc/<oid>/`, and where they
+    /// lived (its `tablespace_map`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tablespaces: Vec<Tablespace>,
+    /// Every entry of the tar stream, in order, with where its bytes lie: a restore
+    /// writes files in parallel and leaves alone those that already match, and the
+    /// mount shows the tree. Empty for backups stored before pgvault recorded it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub files: Vec<BaseFile>,
+}
+
+/// A tablespace of a base backup.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tablespace {
+    pub oid: u32,
+    /// Where it lived on the backed-up host.
+    pub location: String,
+}
+
+/// What a base backup's tar entry is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BaseFileKind {
+    File,
+    Dir,
+    Symlink,
+}
+
+/// One entry of a base backup's tar stream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BaseFile {
+    /// Its path in the stream, without `./` or a trailing slash: `base/1/1259`.
+    pub path: String,
+    pub kind: BaseFileKind,
+    pub mode: u32,
+    pub size: u64,
+    /// Seconds since the epoch, as the tar header has it.
+    pub mtime: u64,
+    /// Where its bytes start in the stored stream.
+    pub offset: u64,
+    /// The blake3 of its bytes, in hex: a delta restore leaves alone a file that
+    /// already has it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hash: Option<String>,
+    /// A symlink's target.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub link: Option<String>,
 }
 
 impl SnapshotManifest {

@@ -1,0 +1,424 @@
+//! Writing a base backup's files into a data directory and its tablespace
+//! locations from the file list its manifest keeps: several files at once, each
+//! read from the repository at its own offset, and (`--delta`) over an existing
+//! copy, rewriting only the files whose bytes differ and removing what the backup
+//! does not hold.
+
+use std::collections::HashSet;
+use std::path::{Component, Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use tokio::io::AsyncWriteExt;
+
+use crate::blocking::joined;
+use crate::error::{Error, Result};
+use crate::host::{probe_process, ProcessProbe};
+use crate::store::manifest::{BaseFile, BaseFileKind, SnapshotManifest};
+use crate::store::reader::{ChunkCache, FileReader};
+use crate::store::writer::Progress;
+use crate::store::Repository;
+
+/// How a base backup's files are written.
+#[derive(Debug, Clone, Default)]
+pub struct TreeOptions {
+    /// Files written at once.
+    pub jobs: usize,
+    /// Write over an existing copy: leave alone files that already match, remove
+    /// what the backup does not hold.
+    pub delta: bool,
+    /// Tablespace locations to use instead of the ones the backup recorded.
+    pub tablespace_map: Vec<(PathBuf, PathBuf)>,
+    /// Put every tablespace the map does not name under this directory (drills).
+    pub tablespaces_under: Option<PathBuf>,
+}
+
+/// What writing the files did, with units in the names.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TreeStats {
+    pub files_written: u64,
+    pub bytes_written: u64,
+    /// Files a delta restore found already matching the backup.
+    pub files_unchanged: u64,
+    /// Files and directories a delta restore removed because the backup has none.
+    pub paths_removed: u64,
+}
+
+/// Where each tablespace of `base` goes: its `--tablespace-map` location, a place
+/// under `opts.tablespaces_under`, or where it lived.
+///
+/// Errors: `InvalidInput` when a map entry names no tablespace of the backup.
+pub fn tablespace_targets(
+    base: &SnapshotManifest,
+    opts: &TreeOptions,
+) -> Result<Vec<(u32, PathBuf)>> {
+    let spaces = base
+        .base
+        .as_ref()
+        .map(|b| b.tablespaces.clone())
+        .unwrap_or_default();
+    for (old, _) in &opts.tablespace_map {
+        if !spaces.iter().any(|t| Path::new(&t.location) == old) {
+            let known: Vec<&str> = spaces.iter().map(|t| t.location.as_str()).collect();
+            return Err(Error::InvalidInput(format!(
+                "--tablespace-map {}: base backup {} has no tablespace there (it has: {})",
+                old.display(),
+                base.short_id(),
+                if known.is_empty() {
+                    "none".to_string()
+                } else {
+                    known.join(", ")
+                }
+            )));
+        }
+    }
+    spaces
+        .iter()
+        .map(|t| {
+            let mapped = opts
+                .tablespace_map
+                .iter()
+                .find(|(old, _)| Path::new(&t.location) == old)
+                .map(|(_, new)| new.clone());
+            let target = mapped
+                .or_else(|| {
+                    opts.tablespaces_under
+                        .as_ref()
+                        .map(|d| d.join(t.oid.to_string()))
+                })
+                .unwrap_or_else(|| PathBuf::from(&t.location));
+            let target =
+                std::path::absolute(&target).map_err(|e| Error::io_path("resolve", &target, e))?;
+            Ok((t.oid, target))
+        })
+        .collect()
+}
+
+/// Checks, before anything is written, that the restore may write where it
+/// would: for a fresh restore, PGDATA and every tablespace location are empty or
+/// absent; for a delta restore, no server runs on PGDATA, and a PGDATA that holds
+/// anything is a data directory.
+///
+/// Errors: `InvalidInput` saying which directory is in the way and why.
+pub fn check_targets(pgdata: &Path, spaces: &[(u32, PathBuf)], delta: bool) -> Result<()> {
+    if !delta {
+        crate::pg::recovery::check_empty_pgdata(pgdata)?;
+        for (oid, dir) in spaces {
+            crate::pg::recovery::check_empty_pgdata(dir).map_err(|_| {
+                Error::InvalidInput(format!(
+                    "Refusing to restore tablespace {oid} into {}: the directory is not empty \
+                     (use --tablespace-map OLD=NEW to put it elsewhere, or --delta)",
+                    dir.display()
+                ))
+            })?;
+        }
+        return Ok(());
+    }
+    let pid_file = pgdata.join("postmaster.pid");
+    if let Ok(text) = std::fs::read_to_string(&pid_file) {
+        let pid: Option<u32> = text.lines().next().and_then(|l| l.trim().parse().ok());
+        if let Some(pid) = pid {
+            if !matches!(probe_process(pid), ProcessProbe::Gone) {
+                return Err(Error::InvalidInput(format!(
+                    "Refusing a delta restore into {}: a server (pid {pid}) is running on it; stop it first",
+                    pgdata.display()
+                )));
+            }
+        }
+    }
+    let holds_anything = std::fs::read_dir(pgdata).is_ok_and(|mut d| d.next().is_some());
+    let looks_like_pgdata = ["PG_VERSION", "global", "base"]
+        .iter()
+        .any(|n| pgdata.join(n).exists());
+    if holds_anything && !looks_like_pgdata {
+        return Err(Error::InvalidInput(format!(
+            "Refusing a delta restore into {}: it holds files but no PG_VERSION, global/ or base/, so it is no data directory",
+            pgdata.display()
+        )));
+    }
+    Ok(())
+}
+
+/// Where one entry of the stream goes.
+enum Dest {
+    Path(PathBuf),
+    /// `pg_tblspc/<oid>`: a symlink to the tablespace's location.
+    Link(PathBuf, PathBuf),
+    Skip,
+}
+
+fn safe_relative(path: &str) -> Option<&Path> {
+    let p = Path::new(path);
+    p.components()
+        .all(|c| matches!(c, Component::Normal(_)))
+        .then_some(p)
+}
+
+fn dest_of(f: &BaseFile, pgdata: &Path, spaces: &[(u32, PathBuf)]) -> Result<Dest> {
+    // The backup's own manifest describes the backup, not the restored cluster,
+    // whose files recovery will change.
+    if f.path == "backup_manifest" || f.path.is_empty() {
+        return Ok(Dest::Skip);
+    }
+    let rel = safe_relative(&f.path).ok_or_else(|| {
+        Error::Corrupt(format!(
+            "Base backup entry {:?} leaves the data directory",
+            f.path
+        ))
+    })?;
+    if let Some(rest) = f.path.strip_prefix("pg_tblspc/") {
+        let (oid, below) = rest
+            .split_once('/')
+            .map_or((rest, None), |(o, b)| (o, Some(b)));
+        if let Some((_, dir)) = spaces.iter().find(|(o, _)| o.to_string() == oid) {
+            return Ok(match below {
+                None => Dest::Link(pgdata.join(rel), dir.clone()),
+                Some(b) => Dest::Path(dir.join(b)),
+            });
+        }
+    }
+    Ok(Dest::Path(pgdata.join(rel)))
+}
+
+fn set_mode(path: &Path, mode: u32) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode & 0o7777))
+        .map_err(|e| Error::io_path("chmod", path, e))
+}
+
+/// Removes whatever is at `path`, without following a symlink.
+fn remove_any(path: &Path) -> Result<()> {
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.is_dir() => std::fs::remove_dir_all(path),
+        Ok(_) => std::fs::remove_file(path),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+    }
+    .map_err(|e| Error::io_path("remove", path, e))
+}
+
+/// Pieces a file is read in.
+const PIECE_BYTES: usize = 1 << 20;
+
+/// Chunks kept for reads that share them (small files share a chunk).
+const TREE_CACHE_BYTES: usize = 64 << 20;
+
+/// Whether the file at `path` already holds exactly the bytes `f` has.
+fn matches_already(path: &Path, f: &BaseFile) -> bool {
+    let Some(want) = &f.hash else { return false };
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.is_file() && m.len() == f.size => {}
+        _ => return false,
+    }
+    let mut hasher = blake3::Hasher::new();
+    std::fs::File::open(path)
+        .and_then(|file| hasher.update_reader(file).map(|_| ()))
+        .is_ok()
+        && hasher.finalize().to_hex().as_str() == want
+}
+
+async fn write_file(reader: &FileReader, f: &BaseFile, path: &Path) -> Result<u64> {
+    if std::fs::symlink_metadata(path).is_ok_and(|m| !m.is_file()) {
+        remove_any(path)?;
+    }
+    let mut out = tokio::fs::File::create(path)
+        .await
+        .map_err(|e| Error::io_path("create", path, e))?;
+    reader.prefetch_stored(f.offset, f.size.min(8 * PIECE_BYTES as u64));
+    let mut done = 0u64;
+    while done < f.size {
+        let want = (f.size - done).min(PIECE_BYTES as u64) as usize;
+        if done > 0 {
+            reader.prefetch_stored(f.offset + done + want as u64, (8 * PIECE_BYTES) as u64);
+        }
+        let data = reader.read_stored_at(f.offset + done, want).await?;
+        if data.len() != want {
+            return Err(Error::Corrupt(format!(
+                "The stored stream of {} ends inside {}",
+                reader.what(),
+                f.path
+            )));
+        }
+        out.write_all(&data)
+            .await
+            .map_err(|e| Error::io_path("write", path, e))?;
+        done += want as u64;
+    }
+    out.flush()
+        .await
+        .map_err(|e| Error::io_path("write", path, e))?;
+    Ok(f.size)
+}
+
+fn set_mtime(path: &Path, mtime: u64) {
+    let when = std::time::UNIX_EPOCH + std::time::Duration::from_secs(mtime);
+    if let Ok(f) = std::fs::File::options().write(true).open(path) {
+        let _ = f.set_modified(when);
+    }
+}
+
+/// Writes base backup `base` (which has a file list) into `pgdata` and its
+/// tablespace locations `spaces` (from [`tablespace_targets`], checked with
+/// [`check_targets`]). `progress` advances by the bytes of each file done.
+///
+/// Errors: `Corrupt` for an entry that would leave the data directory or a stream
+/// shorter than its list; `Io` when a file cannot be written or removed; those of
+/// reading the repository.
+pub async fn write_tree(
+    repo: &Repository,
+    base: &SnapshotManifest,
+    pgdata: &Path,
+    spaces: &[(u32, PathBuf)],
+    opts: &TreeOptions,
+    progress: Arc<dyn Progress>,
+) -> Result<TreeStats> {
+    let files = &base.base.as_ref().expect("a base backup").files;
+    let mut stats = TreeStats::default();
+    std::fs::create_dir_all(pgdata).map_err(|e| Error::io_path("create", pgdata, e))?;
+    set_mode(pgdata, 0o700)?;
+    for (_, dir) in spaces {
+        std::fs::create_dir_all(dir).map_err(|e| Error::io_path("create", dir, e))?;
+        set_mode(dir, 0o700)?;
+    }
+    let mut expected: HashSet<PathBuf> = HashSet::new();
+    let mut work = Vec::new();
+    // Directories and links first, in stream order (a parent before its children).
+    for f in files {
+        match dest_of(f, pgdata, spaces)? {
+            Dest::Skip => {}
+            Dest::Link(at, target) => {
+                expected.insert(at.clone());
+                if std::fs::read_link(&at).ok().as_deref() != Some(target.as_path()) {
+                    remove_any(&at)?;
+                    std::os::unix::fs::symlink(&target, &at)
+                        .map_err(|e| Error::io_path("create the symlink", &at, e))?;
+                }
+            }
+            Dest::Path(p) => {
+                expected.insert(p.clone());
+                match f.kind {
+                    BaseFileKind::Dir => {
+                        if std::fs::symlink_metadata(&p).is_ok_and(|m| !m.is_dir()) {
+                            remove_any(&p)?;
+                        }
+                        std::fs::create_dir_all(&p).map_err(|e| Error::io_path("create", &p, e))?;
+                        set_mode(&p, f.mode)?;
+                    }
+                    BaseFileKind::Symlink => {
+                        let target = PathBuf::from(f.link.clone().unwrap_or_default());
+                        if std::fs::read_link(&p).ok() != Some(target.clone()) {
+                            remove_any(&p)?;
+                            std::os::unix::fs::symlink(&target, &p)
+                                .map_err(|e| Error::io_path("create the symlink", &p, e))?;
+                        }
+                    }
+                    BaseFileKind::File => work.push((f.clone(), p)),
+                }
+            }
+        }
+    }
+    let reader = FileReader::new(
+        repo.clone(),
+        Arc::new(base.clone()),
+        Arc::new(ChunkCache::new(TREE_CACHE_BYTES)),
+    );
+    // Largest first, so that one big file does not start last and run alone.
+    work.sort_by_key(|(f, _)| std::cmp::Reverse(f.size));
+    let queue = Arc::new(Mutex::new(work));
+    let totals = Arc::new(Mutex::new(TreeStats::default()));
+    let mut workers = tokio::task::JoinSet::new();
+    for _ in 0..opts.jobs.max(1) {
+        let (queue, totals, reader, progress) = (
+            queue.clone(),
+            totals.clone(),
+            reader.clone(),
+            progress.clone(),
+        );
+        let delta = opts.delta;
+        workers.spawn(async move {
+            loop {
+                let next = queue.lock().expect("queue lock").pop();
+                let Some((f, path)) = next else {
+                    return Ok::<(), Error>(());
+                };
+                let unchanged = if delta {
+                    let (f2, p2) = (f.clone(), path.clone());
+                    joined(
+                        "comparing a file",
+                        tokio::task::spawn_blocking(move || matches_already(&p2, &f2)).await,
+                    )?
+                } else {
+                    false
+                };
+                if unchanged {
+                    totals.lock().expect("totals lock").files_unchanged += 1;
+                } else {
+                    let n = write_file(&reader, &f, &path).await?;
+                    let mut t = totals.lock().expect("totals lock");
+                    t.files_written += 1;
+                    t.bytes_written += n;
+                }
+                set_mode(&path, f.mode)?;
+                set_mtime(&path, f.mtime);
+                progress.advance(f.size);
+            }
+        });
+    }
+    let mut first_error = None;
+    while let Some(done) = workers.join_next().await {
+        let r = joined("restore worker", done).and_then(|r| r);
+        if let Err(e) = r {
+            // One failure stops the rest: the restore is unusable anyway.
+            workers.abort_all();
+            first_error.get_or_insert(e);
+        }
+    }
+    if let Some(e) = first_error {
+        return Err(e);
+    }
+    {
+        let t = totals.lock().expect("totals lock");
+        stats.files_written = t.files_written;
+        stats.bytes_written = t.bytes_written;
+        stats.files_unchanged = t.files_unchanged;
+    }
+    if opts.delta {
+        let mut roots = vec![pgdata.to_path_buf()];
+        roots.extend(spaces.iter().map(|(_, d)| d.clone()));
+        for root in roots {
+            stats.paths_removed += remove_unexpected(&root, &expected)?;
+        }
+    }
+    // A relocated tablespace: PostgreSQL re-creates pg_tblspc's links from this file
+    // at the start of recovery, so it must name the new places.
+    if !spaces.is_empty() {
+        let map: String = spaces
+            .iter()
+            .map(|(oid, dir)| format!("{oid} {}\n", dir.display()))
+            .collect();
+        let path = pgdata.join("tablespace_map");
+        std::fs::write(&path, map).map_err(|e| Error::io_path("write", &path, e))?;
+    }
+    Ok(stats)
+}
+
+/// Removes, below `root`, whatever `expected` does not name; a symlink is removed,
+/// never followed. Returns how many paths were removed.
+fn remove_unexpected(root: &Path, expected: &HashSet<PathBuf>) -> Result<u64> {
+    let mut removed = 0;
+    let rd = match std::fs::read_dir(root) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(Error::io_path("read", root, e)),
+    };
+    for e in rd {
+        let e = e.map_err(|e| Error::io_path("read", root, e))?;
+        let path = e.path();
+        if !expected.contains(&path) {
+            remove_any(&path)?;
+            removed += 1;
+        } else if e.file_type().is_ok_and(|t| t.is_dir()) {
+            removed += remove_unexpected(&path, expected)?;
+        }
+    }
+    Ok(removed)
+}

@@ -773,8 +773,16 @@ fn a_base_backup_shows_as_base_tar() {
     let point = m.join(&format!("snapshots/{id}"));
     assert_eq!(
         names(&point),
-        ["base.tar", "manifest.json"].map(String::from).into()
+        ["base", "base.tar", "manifest.json"]
+            .map(String::from)
+            .into()
     );
+    // pg_basebackup's stream shows as a tree too, each file read from the stream.
+    assert_eq!(
+        std::fs::read_to_string(point.join("base/PG_VERSION")).unwrap(),
+        std::fs::read_to_string(pg.data_dir().join("PG_VERSION")).unwrap()
+    );
+    assert!(point.join("base/global/pg_control").is_file());
     let target = std::fs::read_link(m.join("latest")).unwrap();
     assert!(
         target.to_string_lossy().ends_with("-cluster-base"),

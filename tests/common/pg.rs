@@ -353,6 +353,9 @@ impl PgCluster {
             .arg("-D")
             .arg(&self.data_dir)
             .args(["-A", "trust", "-U", SUPERUSER, "--no-sync", "-E", "UTF8"])
+            // Page checksums on, as production clusters have them: a base backup
+            // read from PGDATA checks them.
+            .arg("--data-checksums")
             // C locale: fast, and independent of whatever LANG the test runner has.
             .args(["--locale=C", "--no-instructions"])
             .output()

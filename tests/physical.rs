@@ -1,0 +1,424 @@
+//! End to end on real PostgreSQL 15: base backups read straight from the data
+//! directory (`backup --base --pgdata`), with tablespaces, page checksum reports and
+//! kill -9; restores that write files in parallel, relocate tablespaces and (with
+//! `--delta`) bring an existing copy up to a backup; the mount's `base/` tree.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use common::mount::Mount;
+use common::pg::PgCluster;
+use common::vault::{archiving_cluster, switch_and_wait_archived, Vault};
+
+fn tags(pg: &PgCluster) -> String {
+    pg.psql(
+        "footdash",
+        "SELECT coalesce(string_agg(tag, ',' ORDER BY tag), '') FROM marks",
+    )
+}
+
+/// A directory the server's user owns, inside `pg`'s temporary directory.
+fn server_dir(pg: &PgCluster, name: &str) -> PathBuf {
+    let d = pg.base_dir().join(name);
+    std::fs::create_dir_all(&d).unwrap();
+    if let Some((uid, gid)) = pg.run_as() {
+        std::os::unix::fs::chown(&d, Some(uid), Some(gid)).unwrap();
+    }
+    d
+}
+
+/// FootDash with its tables spread over two tablespaces, and a marks table.
+fn footdash_in_tablespaces(pg: &PgCluster) -> (PathBuf, PathBuf) {
+    let (ts1, ts2) = (server_dir(pg, "ts_one"), server_dir(pg, "ts_two"));
+    pg.psql(
+        "postgres",
+        &format!("CREATE TABLESPACE one LOCATION '{}'", ts1.display()),
+    );
+    pg.psql(
+        "postgres",
+        &format!("CREATE TABLESPACE two LOCATION '{}'", ts2.display()),
+    );
+    pg.create_footdash("footdash", 1);
+    pg.psql("footdash", "ALTER TABLE matches SET TABLESPACE one");
+    pg.psql(
+        "footdash",
+        "CREATE TABLE marks (tag text) TABLESPACE two; \
+         CREATE UNLOGGED TABLE scratch AS SELECT g FROM generate_series(1, 1000) g",
+    );
+    (ts1, ts2)
+}
+
+fn backup_from_pgdata(v: &Vault, pg: &PgCluster, extra: &[&str]) -> serde_json::Value {
+    let dir = pg.data_dir().to_str().unwrap().to_string();
+    let mut args = vec!["backup", "--base", "--pgdata", &dir, "--json"];
+    args.extend_from_slice(extra);
+    v.run(&args).ok().json()
+}
+
+/// The backup_manifest inside a base backup's stored tar stream.
+fn backup_manifest_of(v: &Vault, id: &str) -> Vec<u8> {
+    let tar_bytes = v.cat(id);
+    let mut archive = tar::Archive::new(&tar_bytes[..]);
+    for e in archive.entries().unwrap() {
+        let mut e = e.unwrap();
+        if e.path().unwrap().to_str() == Some("backup_manifest") {
+            let mut out = Vec::new();
+            std::io::Read::read_to_end(&mut e, &mut out).unwrap();
+            return out;
+        }
+    }
+    panic!("base backup {id} has no backup_manifest");
+}
+
+fn pg_verifybackup(dir: &Path, manifest: &Path, extra: &[&str]) -> std::process::Output {
+    std::process::Command::new(PgCluster::bin("pg_verifybackup"))
+        .arg("--no-parse-wal")
+        .arg("--manifest-path")
+        .arg(manifest)
+        .args(extra)
+        .arg(dir)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn a_cluster_with_two_tablespaces_is_backed_up_from_pgdata_and_restored_relocated_to_a_time() {
+    let (pg, v) = archiving_cluster();
+    let (ts1, ts2) = footdash_in_tablespaces(&pg);
+    let source_counts = pg.row_counts("footdash");
+
+    let b = backup_from_pgdata(&v, &pg, &["--jobs", "3"]);
+    assert_eq!(b["bad_pages"], serde_json::json!([]), "{b}");
+    let id = b["snapshot_id"].as_str().unwrap().to_string();
+    let sysid = pg.psql(
+        "postgres",
+        "SELECT system_identifier FROM pg_control_system()",
+    );
+    assert_eq!(b["base"]["system_identifier"].as_str().unwrap(), sysid);
+
+    pg.psql("footdash", "INSERT INTO marks VALUES ('A')");
+    let between = pg.psql(
+        "postgres",
+        "SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')",
+    );
+    std::thread::sleep(Duration::from_millis(50));
+    pg.psql("footdash", "INSERT INTO marks VALUES ('B')");
+    switch_and_wait_archived(&pg);
+
+    // The restore goes elsewhere: the source cluster still uses both locations.
+    let scratch = server_dir(&pg, "restored_spaces");
+    let (new1, new2) = (scratch.join("one"), scratch.join("two"));
+    let manifest = pg.base_dir().join("manifest_of_backup");
+    std::fs::write(&manifest, backup_manifest_of(&v, &id)).unwrap();
+    let populate = |dir: &Path| {
+        let map1 = format!("{}={}", ts1.display(), new1.display());
+        let map2 = format!("{}={}", ts2.display(), new2.display());
+        v.run(&[
+            "restore",
+            "--pgdata",
+            dir.to_str().unwrap(),
+            "--target-time",
+            &between,
+            "--jobs",
+            "3",
+            "--tablespace-map",
+            &map1,
+            "--tablespace-map",
+            &map2,
+        ])
+        .ok();
+        // The files are the backup's, byte for byte, except tablespace_map, which
+        // names the new places.
+        let verified = pg_verifybackup(dir, &manifest, &["--ignore", "tablespace_map"]);
+        assert!(
+            verified.status.success(),
+            "pg_verifybackup on the restored copy: {}",
+            String::from_utf8_lossy(&verified.stderr)
+        );
+        for (oid_link, target) in std::fs::read_dir(dir.join("pg_tblspc")).unwrap().map(|e| {
+            let p = e.unwrap().path();
+            (p.clone(), std::fs::read_link(&p).unwrap())
+        }) {
+            assert!(
+                target == new1 || target == new2,
+                "{} points to {}",
+                oid_link.display(),
+                target.display()
+            );
+        }
+    };
+    let restored = PgCluster::start_restored(&populate, &["archive_mode = off"]);
+    restored.wait_until_promoted();
+    assert_eq!(tags(&restored), "A");
+    // marks has changed since, and the unlogged table comes back empty.
+    let mut restored_counts = restored.row_counts("footdash");
+    let mut source = source_counts.clone();
+    for t in ["marks", "scratch"] {
+        restored_counts.remove(t);
+        source.remove(t);
+    }
+    assert_eq!(restored_counts, source);
+    // The unlogged table comes back empty, from its init fork.
+    assert_eq!(
+        restored.psql("footdash", "SELECT count(*) FROM scratch"),
+        "0"
+    );
+    for d in [&new1, &new2] {
+        let names = common::walk_names(d);
+        assert!(
+            names.iter().any(|n| n.starts_with("PG_15_")),
+            "{} holds {names:?}",
+            d.display()
+        );
+    }
+    // The original locations were not touched by the restore.
+    assert_eq!(pg.psql("footdash", "SELECT count(*) FROM marks"), "2");
+}
+
+#[test]
+fn the_mount_shows_a_base_backup_as_a_tree_that_pg_verifybackup_accepts() {
+    let (pg, mut v) = archiving_cluster();
+    footdash_in_tablespaces(&pg);
+    let b = backup_from_pgdata(&v, &pg, &[]);
+    let id = b["snapshot_id"].as_str().unwrap();
+    // Mounted by root: FUSE needs /dev/fuse.
+    let server_user = v.run_as.take();
+    let m = Mount::start(&v, &v.dir.path().join("mnt"), &[]);
+    v.run_as = server_user;
+    let base = m.join(&format!("snapshots/{id}/base"));
+    let out = pg_verifybackup(&base, &base.join("backup_manifest"), &[]);
+    assert!(
+        out.status.success(),
+        "pg_verifybackup on the mount: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // A relation file reads back as the stored tar stream has it.
+    let path = pg.psql("footdash", "SELECT pg_relation_filepath('teams')");
+    let from_mount = std::fs::read(base.join(&path)).unwrap();
+    let tar_bytes = v.cat(id);
+    let mut archive = tar::Archive::new(&tar_bytes[..]);
+    let mut from_tar = None;
+    for e in archive.entries().unwrap() {
+        let mut e = e.unwrap();
+        if e.path().unwrap().to_str() == Some(path.as_str()) {
+            let mut out = Vec::new();
+            std::io::Read::read_to_end(&mut e, &mut out).unwrap();
+            from_tar = Some(out);
+        }
+    }
+    assert_eq!(Some(from_mount), from_tar, "{path}");
+    assert!(m.join(&format!("snapshots/{id}/base.tar")).exists());
+}
+
+#[test]
+fn a_delta_restore_brings_a_modified_copy_to_the_same_state_as_a_fresh_restore() {
+    let (pg, v) = archiving_cluster();
+    pg.create_footdash("footdash", 1);
+    pg.psql("footdash", "CREATE TABLE marks (tag text)");
+    backup_from_pgdata(&v, &pg, &[]);
+    pg.psql("footdash", "INSERT INTO marks VALUES ('day1')");
+    switch_and_wait_archived(&pg);
+
+    // Yesterday's copy: restored, recovered, stopped, then changed by hand.
+    let copy_root = server_dir(&pg, "copy");
+    let copy = copy_root.join("data");
+    let populate = |dir: &Path| {
+        v.run(&["restore", "--pgdata", dir.to_str().unwrap(), "--latest"])
+            .ok();
+    };
+    let yesterday = PgCluster::start_restored(&populate, &["archive_mode = off"]);
+    yesterday.wait_until_promoted();
+    assert_eq!(tags(&yesterday), "day1");
+    // A running server is never written under.
+    let e = v
+        .run(&[
+            "restore",
+            "--pgdata",
+            yesterday.data_dir().to_str().unwrap(),
+            "--latest",
+            "--delta",
+        ])
+        .fails();
+    assert!(e.contains("is running on it"), "{e}");
+    yesterday.stop_fast();
+    copy_dir(yesterday.data_dir(), &copy);
+    drop(yesterday);
+    std::fs::write(copy.join("base").join("stray_file"), b"not from any backup").unwrap();
+    std::fs::remove_file(copy.join("global").join("pg_filenode.map")).unwrap();
+    let conf = copy.join("postgresql.conf");
+    let mut text = std::fs::read_to_string(&conf).unwrap();
+    text.push_str("\nthis line is not valid = = =\n");
+    std::fs::write(&conf, text).unwrap();
+
+    // Today: more changes and a new backup.
+    pg.psql("footdash", "INSERT INTO marks VALUES ('day2')");
+    pg.footdash_day("footdash", 2);
+    backup_from_pgdata(&v, &pg, &[]);
+    pg.psql("footdash", "INSERT INTO marks VALUES ('day2 after')");
+    switch_and_wait_archived(&pg);
+
+    let populate_delta = |dir: &Path| {
+        copy_dir(&copy, dir);
+        let out = v
+            .run(&[
+                "restore",
+                "--pgdata",
+                dir.to_str().unwrap(),
+                "--latest",
+                "--delta",
+                "--jobs",
+                "2",
+            ])
+            .ok()
+            .out();
+        let line = out.lines().find(|l| l.starts_with("Delta:")).unwrap_or("");
+        let matched: u64 = line
+            .split(", ")
+            .find_map(|p| p.strip_suffix(" already matched"))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0);
+        assert!(matched > 100, "most files should match yesterday's: {out}");
+        assert!(!dir.join("base").join("stray_file").exists());
+        assert!(dir.join("global").join("pg_filenode.map").exists());
+    };
+    let delta = PgCluster::start_restored(&populate_delta, &["archive_mode = off"]);
+    delta.wait_until_promoted();
+    let fresh = PgCluster::start_restored(&populate, &["archive_mode = off"]);
+    fresh.wait_until_promoted();
+    assert_eq!(tags(&delta), "day1,day2,day2 after");
+    assert_eq!(delta.row_counts("footdash"), pg.row_counts("footdash"));
+    assert_eq!(delta.row_counts("footdash"), fresh.row_counts("footdash"));
+    let fingerprint = "SELECT md5(string_agg(t::text, ',' ORDER BY t::text)) FROM teams t";
+    assert_eq!(
+        delta.psql("footdash", fingerprint),
+        pg.psql("footdash", fingerprint)
+    );
+}
+
+/// Copies a data directory (files, directories, symlinks) keeping owners and modes.
+fn copy_dir(from: &Path, to: &Path) {
+    let out = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(from)
+        .arg(to)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn a_damaged_page_is_reported_by_file_and_block_and_the_backup_still_completes() {
+    let (pg, v) = archiving_cluster();
+    pg.psql(
+        "postgres",
+        "CREATE TABLE victim AS SELECT g, repeat('x', 200) AS pad FROM generate_series(1, 5000) g; \
+         CHECKPOINT",
+    );
+    let rel = pg.psql("postgres", "SELECT pg_relation_filepath('victim')");
+    let file = pg.data_dir().join(&rel);
+    // Flip a byte in block 3's tuple data, behind the server's back: its buffer is
+    // clean, so the server never writes the page again.
+    let mut bytes = std::fs::read(&file).unwrap();
+    bytes[3 * 8192 + 5000] ^= 0xFF;
+    std::fs::write(&file, &bytes).unwrap();
+
+    let dir = pg.data_dir().to_str().unwrap().to_string();
+    let run = v
+        .run(&["backup", "--base", "--pgdata", &dir, "--json"])
+        .ok();
+    let b = run.json();
+    assert_eq!(
+        b["bad_pages"],
+        serde_json::json!([{"path": rel, "block": 3}]),
+        "{b}"
+    );
+    assert!(
+        run.stderr
+            .contains(&format!("page checksum failure in {rel} block 3")),
+        "the warning names file and block: {}",
+        run.stderr
+    );
+    assert_eq!(v.snapshots().len(), 1);
+}
+
+#[test]
+fn kill_9_in_the_middle_of_a_parallel_pgdata_backup_leaves_no_base_backup() {
+    let (pg, v) = archiving_cluster();
+    pg.psql(
+        "postgres",
+        "CREATE TABLE bulk AS SELECT g, md5(g::text) || md5((g * 7)::text) AS pad \
+         FROM generate_series(1, 1500000) g",
+    );
+    let dir = pg.data_dir().to_str().unwrap().to_string();
+    let chunks = v.repo_path().join("chunks");
+    let count = |p: &Path| common::walk_files(p).len();
+    let before = count(&chunks);
+    let mut child = v
+        .command(&["backup", "--base", "--pgdata", &dir, "--jobs", "2"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Killed once it has stored some chunks, before it can have finished.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while count(&chunks) < before + 3 && Instant::now() < deadline {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the backup ended too soon"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(count(&chunks) > before, "the killed backup stored nothing");
+    assert!(
+        v.snapshots().is_empty(),
+        "a killed backup must leave no snapshot"
+    );
+    // Its backup session ended with it: the next backup starts at once and completes.
+    let started = Instant::now();
+    let b = backup_from_pgdata(&v, &pg, &["--jobs", "2"]);
+    assert!(started.elapsed() < Duration::from_secs(120));
+    assert_eq!(v.snapshots().len(), 1);
+    assert_eq!(b["kind"], "base");
+    v.run(&["check", "--read-data"]).ok();
+}
+
+#[test]
+fn a_pgdata_backup_refuses_another_cluster_s_directory_and_a_bad_map() {
+    let (pg, v) = archiving_cluster();
+    let other = PgCluster::start();
+    let e = v
+        .run(&[
+            "backup",
+            "--base",
+            "--pgdata",
+            other.data_dir().to_str().unwrap(),
+        ])
+        .fails();
+    assert!(e.contains("is not the data directory"), "{e}");
+    assert!(v.snapshots().is_empty());
+
+    backup_from_pgdata(&v, &pg, &[]);
+    switch_and_wait_archived(&pg);
+    let target = pg.base_dir().join("never_written");
+    let e = v
+        .run(&[
+            "restore",
+            "--pgdata",
+            target.to_str().unwrap(),
+            "--latest",
+            "--tablespace-map",
+            "/nowhere/old=/tmp/new",
+        ])
+        .fails();
+    assert!(e.contains("has no tablespace there"), "{e}");
+    assert!(!target.exists(), "a refused restore must write nothing");
+}

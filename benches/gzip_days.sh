@@ -61,12 +61,7 @@ rows=""
 declare -A total
 for d in $(seq 1 "$DAYS"); do
     date=$(date -u -d "$FIRST_DAY + $((d - 1)) days" +%F)
-    if [ "$d" -gt 1 ]; then
-        prev=$(date -u -d "$date - 1 day" +%F)
-        sed -e "s/__TS__/(timestamptz '$prev 00:00:00+00')/g" -e "s/__DAY__/$d/g" \
-            "$here/tests/data/footdash-day.sql" | psql -d footdash >/dev/null
-        psql -d footdash -c 'VACUUM ANALYZE'
-    fi
+    [ "$d" -gt 1 ] && footdash_day "$d" "$date"
     gz=$work/footdash.sql.gz
     z0=$work/z0.dump
     "$PG_BIN_DIR/pg_dump" footdash | gzip -6 >"$gz"

@@ -6,7 +6,8 @@
 # and libpq environment, psql, as_pg, now, median, timed, mount_fresh, unmount, and
 # start_cluster (initdb and start, as the postgres OS user when run as root), and
 # table_counts (each footdash table's row count in a database, `-` where missing),
-# and load_footdash (database footdash with FootDash data at a scale).
+# load_footdash (database footdash with FootDash data at a scale), and footdash_day
+# (a day of FootDash traffic).
 
 PG_BIN_DIR=${PG_BIN_DIR:-/usr/lib/postgresql/15/bin}
 here=$(cd "$(dirname "$0")/.." && pwd)
@@ -57,6 +58,16 @@ load_footdash() {
     psql -d footdash -f "$here/tests/data/footdash-schema.sql" >/dev/null
     sed "s/__SCALE__/$1/g" "$here/tests/data/footdash-data.sql" | psql -d footdash >/dev/null
     psql -d footdash -c 'VACUUM ANALYZE'
+}
+
+# Applies day $1's FootDash traffic (tests/data/footdash-day.sql), dated the day
+# before $2 (YYYY-MM-DD), then VACUUM ANALYZE.
+footdash_day() {
+    local prev
+    prev=$(date -u -d "$2 - 1 day" +%F)
+    sed -e "s/__TS__/(timestamptz '$prev 00:00:00+00')/g" -e "s/__DAY__/$1/g" \
+        "$here/tests/data/footdash-day.sql" | psql -d footdash >/dev/null
+    psql -d footdash -c 'VACUUM ANALYZE' >/dev/null
 }
 
 # The row count of each table of database footdash, in database $1: "t=n ...".

@@ -175,6 +175,43 @@ fn a_cluster_with_two_tablespaces_is_backed_up_from_pgdata_and_restored_relocate
     }
     // The original locations were not touched by the restore.
     assert_eq!(pg.psql("footdash", "SELECT count(*) FROM marks"), "2");
+
+    // A delta restore into the relocated copy cleans inside PostgreSQL's own
+    // directory of a tablespace location, and leaves the rest of the location be.
+    restored.stop_fast();
+    let version_dir = std::fs::read_dir(&new1)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| {
+            p.file_name()
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .starts_with("PG_15_")
+        })
+        .unwrap();
+    std::fs::write(version_dir.join("stray"), b"x").unwrap();
+    std::fs::write(new1.join("not_postgres_s"), b"kept").unwrap();
+    let map1 = format!("{}={}", ts1.display(), new1.display());
+    let map2 = format!("{}={}", ts2.display(), new2.display());
+    let out = v
+        .run(&[
+            "restore",
+            "--pgdata",
+            restored.data_dir().to_str().unwrap(),
+            "--target-time",
+            &between,
+            "--delta",
+            "--tablespace-map",
+            &map1,
+            "--tablespace-map",
+            &map2,
+        ])
+        .ok()
+        .out();
+    assert!(out.contains("Delta:"), "{out}");
+    assert!(!version_dir.join("stray").exists());
+    assert_eq!(std::fs::read(new1.join("not_postgres_s")).unwrap(), b"kept");
 }
 
 #[test]
@@ -218,6 +255,16 @@ fn a_delta_restore_brings_a_modified_copy_to_the_same_state_as_a_fresh_restore()
     let (pg, v) = archiving_cluster();
     pg.create_footdash("footdash", 1);
     pg.psql("footdash", "CREATE TABLE marks (tag text)");
+    // A table of several chunks, of which one day changes a few pages.
+    pg.psql(
+        "footdash",
+        "CREATE TABLE big AS SELECT g, md5(g::text) AS h FROM generate_series(1, 200000) g",
+    );
+    pg.psql("footdash", "VACUUM FREEZE big");
+    let big_bytes: u64 = pg
+        .psql("footdash", "SELECT pg_relation_size('big')")
+        .parse()
+        .unwrap();
     backup_from_pgdata(&v, &pg, &[]);
     pg.psql("footdash", "INSERT INTO marks VALUES ('day1')");
     switch_and_wait_archived(&pg);
@@ -255,6 +302,10 @@ fn a_delta_restore_brings_a_modified_copy_to_the_same_state_as_a_fresh_restore()
 
     // Today: more changes and a new backup.
     pg.psql("footdash", "INSERT INTO marks VALUES ('day2')");
+    pg.psql(
+        "footdash",
+        "UPDATE big SET h = 'changed' WHERE g IN (7, 100000)",
+    );
     pg.footdash_day("footdash", 2);
     backup_from_pgdata(&v, &pg, &[]);
     pg.psql("footdash", "INSERT INTO marks VALUES ('day2 after')");
@@ -281,6 +332,16 @@ fn a_delta_restore_brings_a_modified_copy_to_the_same_state_as_a_fresh_restore()
             .and_then(|n| n.parse().ok())
             .unwrap_or(0);
         assert!(matched > 100, "most files should match yesterday's: {out}");
+        // Only the chunks that differ are written: far less than the changed files.
+        let written: u64 = line
+            .split(", ")
+            .find_map(|p| p.strip_suffix(" bytes written)"))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(u64::MAX);
+        assert!(
+            written < big_bytes / 2,
+            "{written} bytes written for a day that changed a few pages of a {big_bytes}-byte table: {out}"
+        );
         assert!(!dir.join("base").join("stray_file").exists());
         assert!(dir.join("global").join("pg_filenode.map").exists());
     };
@@ -291,11 +352,15 @@ fn a_delta_restore_brings_a_modified_copy_to_the_same_state_as_a_fresh_restore()
     assert_eq!(tags(&delta), "day1,day2,day2 after");
     assert_eq!(delta.row_counts("footdash"), pg.row_counts("footdash"));
     assert_eq!(delta.row_counts("footdash"), fresh.row_counts("footdash"));
-    let fingerprint = "SELECT md5(string_agg(t::text, ',' ORDER BY t::text)) FROM teams t";
-    assert_eq!(
-        delta.psql("footdash", fingerprint),
-        pg.psql("footdash", fingerprint)
-    );
+    for table in ["teams", "big"] {
+        let fingerprint =
+            format!("SELECT md5(string_agg(t::text, ',' ORDER BY t::text)) FROM {table} t");
+        assert_eq!(
+            delta.psql("footdash", &fingerprint),
+            pg.psql("footdash", &fingerprint),
+            "{table}"
+        );
+    }
 }
 
 /// Copies a data directory (files, directories, symlinks) keeping owners and modes.

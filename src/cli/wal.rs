@@ -494,9 +494,10 @@ pub async fn restore(g: &GlobalArgs, a: &RestoreArgs) -> Result<()> {
     .await?;
     if a.delta {
         println!(
-            "Delta: {} files rewritten ({}), {} already matched, {} paths removed",
+            "Delta: {} files rewritten ({}, {} bytes written), {} already matched, {} paths removed",
             stats.files_written,
             indicatif::HumanBytes(stats.bytes_written),
+            stats.bytes_written,
             stats.files_unchanged,
             stats.paths_removed
         );

@@ -11,9 +11,10 @@ use std::sync::{Arc, Mutex};
 use tokio::io::AsyncWriteExt;
 
 use crate::blocking::joined;
+use crate::crypto::MasterKey;
 use crate::error::{Error, Result};
 use crate::host::{probe_process, ProcessProbe};
-use crate::store::manifest::{BaseFile, BaseFileKind, SnapshotManifest};
+use crate::store::manifest::{BaseFile, BaseFileKind, ChunkRef, SnapshotManifest};
 use crate::store::reader::{ChunkCache, FileReader};
 use crate::store::writer::Progress;
 use crate::store::Repository;
@@ -249,6 +250,127 @@ async fn write_file(reader: &FileReader, f: &BaseFile, path: &Path) -> Result<u6
     Ok(f.size)
 }
 
+/// Files at least this large are compared with the backup chunk by chunk; smaller
+/// ones (most lie inside one chunk) by their blake3.
+const CHUNKWISE_BYTES: u64 = 1 << 20;
+
+/// A stream range of a file to bring over: start, length, and whether it is made
+/// of whole chunks (else an edge piece, shared with the neighbours).
+type Range = (u64, u64, bool);
+
+/// The stream ranges of file `f` whose bytes the copy at `path` may lack: a chunk
+/// wholly inside the file matches when the local bytes at its place have its id
+/// (the repository's keyed hash); a piece of a chunk the file shares with its
+/// neighbours is compared byte by byte in [`write_ranges`] instead.
+fn changed_ranges(
+    path: &Path,
+    f: &BaseFile,
+    chunks: &[(u64, ChunkRef)],
+    key: &MasterKey,
+) -> Vec<Range> {
+    use std::os::unix::fs::FileExt;
+    let local = std::fs::File::open(path).ok();
+    let (start, end) = (f.offset, f.offset + f.size);
+    let mut out: Vec<Range> = Vec::new();
+    let mut buf = Vec::new();
+    for &(cs, c) in chunks {
+        let ce = cs + u64::from(c.len);
+        let (a, b) = (cs.max(start), ce.min(end));
+        if a >= b {
+            continue;
+        }
+        let whole = cs >= start && ce <= end;
+        if whole {
+            if let Some(file) = &local {
+                buf.resize(c.len as usize, 0);
+                if file.read_exact_at(&mut buf, cs - start).is_ok() && key.chunk_id(&buf) == c.id {
+                    continue;
+                }
+            }
+        }
+        match out.last_mut() {
+            Some(last) if last.0 + last.1 == a && last.2 == whole => last.1 += b - a,
+            _ => out.push((a, b - a, whole)),
+        }
+    }
+    out
+}
+
+/// Writes `ranges` of file `f` from the repository into the copy at `path` (which
+/// already has the file's length); an edge piece only where it differs. Returns
+/// the bytes written.
+async fn write_ranges(
+    reader: &FileReader,
+    f: &BaseFile,
+    path: &Path,
+    ranges: &[Range],
+) -> Result<u64> {
+    use std::os::unix::fs::FileExt;
+    let file = std::fs::File::options()
+        .read(true)
+        .write(true)
+        .open(path)
+        .map_err(|e| Error::io_path("open", path, e))?;
+    let mut written = 0u64;
+    for &(a, len, whole) in ranges {
+        reader.prefetch_stored(a, len.min(8 * PIECE_BYTES as u64));
+        let mut done = 0u64;
+        while done < len {
+            let want = (len - done).min(PIECE_BYTES as u64) as usize;
+            let at = a + done;
+            let data = reader.read_stored_at(at, want).await?;
+            if data.len() != want {
+                return Err(Error::Corrupt(format!(
+                    "The stored stream of {} ends inside {}",
+                    reader.what(),
+                    f.path
+                )));
+            }
+            let into = at - f.offset;
+            let same = !whole && {
+                let mut local = vec![0u8; want];
+                file.read_exact_at(&mut local, into).is_ok() && local == data
+            };
+            if !same {
+                file.write_all_at(&data, into)
+                    .map_err(|e| Error::io_path("write", path, e))?;
+                written += want as u64;
+            }
+            done += want as u64;
+        }
+    }
+    Ok(written)
+}
+
+/// Brings the copy at `path` to file `f`'s bytes, fetching only the chunks it
+/// lacks. Returns the bytes written (0: it matched).
+async fn update_file(
+    reader: &FileReader,
+    key: &MasterKey,
+    f: &BaseFile,
+    path: &Path,
+) -> Result<u64> {
+    if std::fs::symlink_metadata(path).is_ok_and(|m| !m.is_file()) {
+        remove_any(path)?;
+    }
+    let chunks = reader.chunks_over(f.offset, f.size);
+    let (p, f2, key) = (path.to_path_buf(), f.clone(), key.clone());
+    let ranges = joined(
+        "comparing a file",
+        tokio::task::spawn_blocking(move || changed_ranges(&p, &f2, &chunks, &key)).await,
+    )?;
+    let file = std::fs::File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .map_err(|e| Error::io_path("open", path, e))?;
+    file.set_len(f.size)
+        .map_err(|e| Error::io_path("resize", path, e))?;
+    drop(file);
+    write_ranges(reader, f, path, &ranges).await
+}
+
 fn set_mtime(path: &Path, mtime: u64) {
     let when = std::time::UNIX_EPOCH + std::time::Duration::from_secs(mtime);
     if let Ok(f) = std::fs::File::options().write(true).open(path) {
@@ -321,8 +443,9 @@ pub async fn write_tree(
         Arc::new(base.clone()),
         Arc::new(ChunkCache::new(TREE_CACHE_BYTES)),
     );
-    // Largest first, so that one big file does not start last and run alone.
-    work.sort_by_key(|(f, _)| std::cmp::Reverse(f.size));
+    // Workers pop from the end: largest first, so that one big file does not start
+    // last and run alone.
+    work.sort_by_key(|(f, _)| f.size);
     let queue = Arc::new(Mutex::new(work));
     let totals = Arc::new(Mutex::new(TreeStats::default()));
     let mut workers = tokio::task::JoinSet::new();
@@ -334,28 +457,37 @@ pub async fn write_tree(
             progress.clone(),
         );
         let delta = opts.delta;
+        let key = repo.key().clone();
         workers.spawn(async move {
             loop {
                 let next = queue.lock().expect("queue lock").pop();
                 let Some((f, path)) = next else {
                     return Ok::<(), Error>(());
                 };
-                let unchanged = if delta {
+                let written = if !delta {
+                    Some(write_file(&reader, &f, &path).await?)
+                } else if f.size >= CHUNKWISE_BYTES {
+                    Some(update_file(&reader, &key, &f, &path).await?).filter(|&n| n > 0)
+                } else {
                     let (f2, p2) = (f.clone(), path.clone());
-                    joined(
+                    let same = joined(
                         "comparing a file",
                         tokio::task::spawn_blocking(move || matches_already(&p2, &f2)).await,
-                    )?
-                } else {
-                    false
+                    )?;
+                    match same {
+                        true => None,
+                        false => Some(write_file(&reader, &f, &path).await?),
+                    }
                 };
-                if unchanged {
-                    totals.lock().expect("totals lock").files_unchanged += 1;
-                } else {
-                    let n = write_file(&reader, &f, &path).await?;
+                {
                     let mut t = totals.lock().expect("totals lock");
-                    t.files_written += 1;
-                    t.bytes_written += n;
+                    match written {
+                        Some(n) => {
+                            t.files_written += 1;
+                            t.bytes_written += n;
+                        }
+                        None => t.files_unchanged += 1,
+                    }
                 }
                 set_mode(&path, f.mode)?;
                 set_mtime(&path, f.mtime);
@@ -382,10 +514,12 @@ pub async fn write_tree(
         stats.files_unchanged = t.files_unchanged;
     }
     if opts.delta {
-        let mut roots = vec![pgdata.to_path_buf()];
-        roots.extend(spaces.iter().map(|(_, d)| d.clone()));
-        for root in roots {
-            stats.paths_removed += remove_unexpected(&root, &expected)?;
+        stats.paths_removed += remove_unexpected(pgdata, &expected, &|_| true)?;
+        // In a tablespace location only PostgreSQL's own version directories: the
+        // location may be a directory that holds other things too.
+        for (_, dir) in spaces {
+            stats.paths_removed +=
+                remove_unexpected(dir, &expected, &|name| name.starts_with("PG_"))?;
         }
     }
     // A relocated tablespace: PostgreSQL re-creates pg_tblspc's links from this file
@@ -401,9 +535,14 @@ pub async fn write_tree(
     Ok(stats)
 }
 
-/// Removes, below `root`, whatever `expected` does not name; a symlink is removed,
-/// never followed. Returns how many paths were removed.
-fn remove_unexpected(root: &Path, expected: &HashSet<PathBuf>) -> Result<u64> {
+/// Removes, below `root`, whatever `expected` does not name, among the entries of
+/// `root` itself only those `ours` accepts; a symlink is removed, never followed.
+/// Returns how many paths were removed.
+fn remove_unexpected(
+    root: &Path,
+    expected: &HashSet<PathBuf>,
+    ours: &dyn Fn(&str) -> bool,
+) -> Result<u64> {
     let mut removed = 0;
     let rd = match std::fs::read_dir(root) {
         Ok(rd) => rd,
@@ -413,11 +552,14 @@ fn remove_unexpected(root: &Path, expected: &HashSet<PathBuf>) -> Result<u64> {
     for e in rd {
         let e = e.map_err(|e| Error::io_path("read", root, e))?;
         let path = e.path();
+        if !ours(&e.file_name().to_string_lossy()) {
+            continue;
+        }
         if !expected.contains(&path) {
             remove_any(&path)?;
             removed += 1;
         } else if e.file_type().is_ok_and(|t| t.is_dir()) {
-            removed += remove_unexpected(&path, expected)?;
+            removed += remove_unexpected(&path, expected, &|_| true)?;
         }
     }
     Ok(removed)

@@ -303,6 +303,23 @@ impl FileReader {
         self.chunk_at(stored)
     }
 
+    /// The stored stream's chunks that hold bytes `offset..offset + len`, each with
+    /// where it starts in the stream.
+    pub fn chunks_over(&self, offset: u64, len: u64) -> Vec<(u64, ChunkRef)> {
+        let end = offset.saturating_add(len);
+        let mut out = Vec::new();
+        let mut i = self.chunk_at(offset);
+        while i < self.chunks.len() {
+            let start = if i == 0 { 0 } else { self.ends[i - 1] };
+            if start >= end {
+                break;
+            }
+            out.push((start, self.chunks[i]));
+            i += 1;
+        }
+        out
+    }
+
     /// Starts loading the chunks after `i` that are not cached yet, without waiting.
     pub fn prefetch_after(&self, i: usize, count: usize) {
         self.prefetch_range(i + 1, (i + 1 + count).min(self.chunks.len()));

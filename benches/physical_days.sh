@@ -9,7 +9,8 @@
 #   pgvault    backup --base --pgdata DIR --jobs JOBS
 #   pgBackRest backup --type=full on day 1, --type=incr after; process-max=JOBS,
 #              zstd level 3, aes-256-cbc (pgvault always encrypts and uses zstd 3)
-# Reported per day: wall time, peak RSS (GNU time), bytes the backup added (pgvault:
+# Before each backup the WAL archive is brought up to date (pg_backup_stop waits for
+# it). Reported per day: wall time, peak RSS (GNU time), bytes the backup added (pgvault:
 # the backup's bytes_stored_new; pgBackRest: growth of its backup/ directory).
 # Then, after a marker row written after the last backup, RUNS times each, interleaved:
 #   full    restore of the last backup into an empty directory (files only)
@@ -89,6 +90,18 @@ psql -d postgres -c CHECKPOINT >/dev/null
 data_mb() { mb "$(( $(du_b "$pgdata") - $(du_b "$pgdata/pg_wal") ))"; }
 echo "loaded in $(awk -v s="$t0" -v e="$(now)" 'BEGIN {printf "%.0f", e - s}') s; data directory $(data_mb) MB"
 
+# Switches to a new WAL segment and waits until the archiver has pushed it (and so
+# everything before it) into both tools: pg_backup_stop waits for the archive, so a
+# backlog left by the load or a day's traffic would be billed to whichever tool ran
+# first.
+wait_archived() {
+    local seg
+    seg=$(psql -At -d postgres -c "SELECT pg_walfile_name(pg_switch_wal())")
+    until [ "$(psql -At -d postgres -c "SELECT coalesce(last_archived_wal, '') >= '$seg' FROM pg_stat_archiver")" = t ]; do
+        sleep 0.2
+    done
+}
+
 declare -A t
 record() { t[$1]="${t[$1]:-} $2"; }
 m() { printf '%s\n' ${t[$1]} | median; }
@@ -112,6 +125,7 @@ for d in $(seq 1 "$DAYS"); do
     order="pv br"
     [ $((d % 2)) = 0 ] && order="br pv"
     for tool in $order; do
+        wait_archived
         if [ "$tool" = pv ]; then
             read -r pv_s pv_rss < <(timed_rss "$PV backup --base --pgdata $pgdata --jobs $JOBS --json --lock-wait 1s > $work/pv.json")
             pv_json=$(cat "$work/pv.json")

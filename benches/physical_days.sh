@@ -95,10 +95,17 @@ echo "loaded in $(awk -v s="$t0" -v e="$(now)" 'BEGIN {printf "%.0f", e - s}') s
 # backlog left by the load or a day's traffic would be billed to whichever tool ran
 # first.
 wait_archived() {
-    local seg
-    seg=$(psql -At -d postgres -c "SELECT pg_walfile_name(pg_switch_wal())")
+    local seg tries=0
+    seg=$(psql -At -d postgres -c "SELECT pg_walfile_name(pg_current_wal_lsn())")
+    psql -At -d postgres -c "SELECT pg_switch_wal()" >/dev/null
     until [ "$(psql -At -d postgres -c "SELECT coalesce(last_archived_wal, '') >= '$seg' FROM pg_stat_archiver")" = t ]; do
         sleep 0.2
+        tries=$((tries + 1))
+        # A switch right after another is a no-op that can leave the segment being
+        # written unfinished (seen once here): ask again every few seconds.
+        if [ $((tries % 25)) = 0 ]; then
+            psql -At -d postgres -c "SELECT pg_switch_wal()" >/dev/null
+        fi
     done
 }
 

@@ -186,6 +186,33 @@ fn set_mode(path: &Path, mode: u32) -> Result<()> {
         .map_err(|e| Error::io_path("chmod", path, e))
 }
 
+/// Refuses a file list in which an entry lies below one of its symlinks: writing it
+/// would follow the link out of the data directory, as tar refuses to when it
+/// extracts.
+fn refuse_paths_through_links(files: &[BaseFile]) -> Result<()> {
+    let links: HashSet<&str> = files
+        .iter()
+        .filter(|f| f.kind == BaseFileKind::Symlink)
+        .map(|f| f.path.as_str())
+        .collect();
+    if links.is_empty() {
+        return Ok(());
+    }
+    for f in files {
+        let mut at = f.path.as_str();
+        while let Some((parent, _)) = at.rsplit_once('/') {
+            if links.contains(parent) {
+                return Err(Error::Corrupt(format!(
+                    "Base backup entry {:?} lies below the symlink {parent:?}",
+                    f.path
+                )));
+            }
+            at = parent;
+        }
+    }
+    Ok(())
+}
+
 /// Removes whatever is at `path`, without following a symlink.
 fn remove_any(path: &Path) -> Result<()> {
     match std::fs::symlink_metadata(path) {
@@ -401,6 +428,7 @@ pub async fn write_tree(
         std::fs::create_dir_all(dir).map_err(|e| Error::io_path("create", dir, e))?;
         set_mode(dir, 0o700)?;
     }
+    refuse_paths_through_links(files)?;
     let mut expected: HashSet<PathBuf> = HashSet::new();
     let mut work = Vec::new();
     // Directories and links first, in stream order (a parent before its children).
@@ -563,4 +591,57 @@ fn remove_unexpected(
         }
     }
     Ok(removed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(path: &str, kind: BaseFileKind) -> BaseFile {
+        BaseFile {
+            path: path.into(),
+            kind,
+            mode: 0o700,
+            size: 0,
+            mtime: 0,
+            offset: 0,
+            hash: None,
+            link: (kind == BaseFileKind::Symlink).then(|| "/etc".into()),
+        }
+    }
+
+    #[test]
+    fn an_entry_below_a_symlink_is_refused() {
+        let ok = [
+            entry("base", BaseFileKind::Dir),
+            entry("base/1", BaseFileKind::File),
+            entry("pg_wal", BaseFileKind::Symlink),
+        ];
+        refuse_paths_through_links(&ok).unwrap();
+        let bad = [
+            entry("conf", BaseFileKind::Symlink),
+            entry("conf/passwd", BaseFileKind::File),
+        ];
+        let e = refuse_paths_through_links(&bad).unwrap_err();
+        assert!(e.to_string().contains("below the symlink \"conf\""), "{e}");
+    }
+
+    #[test]
+    fn tablespace_entries_go_to_their_location_and_unknown_ones_stay_in_pgdata() {
+        let spaces = [(16385, PathBuf::from("/srv/ts"))];
+        let pgdata = Path::new("/pg");
+        let f = entry("pg_tblspc/16385/PG_15_1/5/6", BaseFileKind::File);
+        assert!(matches!(dest_of(&f, pgdata, &spaces).unwrap(),
+            Dest::Path(p) if p == Path::new("/srv/ts/PG_15_1/5/6")));
+        let link = entry("pg_tblspc/16385", BaseFileKind::Dir);
+        assert!(matches!(dest_of(&link, pgdata, &spaces).unwrap(),
+            Dest::Link(at, to) if at == Path::new("/pg/pg_tblspc/16385") && to == Path::new("/srv/ts")));
+        let escape = entry("base/../../etc/x", BaseFileKind::File);
+        assert!(dest_of(&escape, pgdata, &spaces).is_err());
+        let manifest = entry("backup_manifest", BaseFileKind::File);
+        assert!(matches!(
+            dest_of(&manifest, pgdata, &spaces).unwrap(),
+            Dest::Skip
+        ));
+    }
 }

@@ -33,13 +33,33 @@ pub fn system_identifier_beside_wal(wal_path: &std::path::Path) -> Option<u64> {
     if dir.file_name()? != "pg_wal" {
         return None;
     }
-    let control = dir.parent()?.join("global").join("pg_control");
+    system_identifier_of(dir.parent()?)
+        .ok()
+        .filter(|id| *id != 0)
+}
+
+/// The system identifier in data directory `pgdata`'s `global/pg_control` (the
+/// first field of ControlFileData, in the machine's byte order).
+///
+/// Errors: `Io` when the control file cannot be read.
+pub fn system_identifier_of(pgdata: &std::path::Path) -> Result<u64> {
+    let path = pgdata.join("global").join("pg_control");
     let mut id = [0u8; 8];
-    std::fs::File::open(control)
-        .ok()?
-        .read_exact(&mut id)
-        .ok()?;
-    Some(u64::from_le_bytes(id)).filter(|id| *id != 0)
+    std::fs::File::open(&path)
+        .and_then(|mut f| f.read_exact(&mut id))
+        .map_err(|e| Error::io_path("read", &path, e))?;
+    Ok(u64::from_le_bytes(id))
+}
+
+/// Reads a child's piped stderr to the end on its own thread: a chatty program must
+/// not block on a full pipe, and its last words explain a failure.
+fn collect_stderr(child: &mut Child) -> JoinHandle<String> {
+    let mut err = child.stderr.take().expect("stderr was piped");
+    std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = err.read_to_string(&mut s);
+        s
+    })
 }
 
 /// Where to find PostgreSQL client programs: `$PGVAULT_PG_BINDIR`, then `PATH`, then
@@ -131,13 +151,7 @@ impl PgProcess {
             .spawn()
             .map_err(|e| Error::External(format!("Cannot start {}: {e}", path.display())))?;
         let stdout = child.stdout.take().expect("stdout was piped");
-        let mut err_pipe = child.stderr.take().expect("stderr was piped");
-        // Read stderr on its own thread: a chatty program must not block on a full pipe.
-        let stderr = std::thread::spawn(move || {
-            let mut s = String::new();
-            let _ = err_pipe.read_to_string(&mut s);
-            s
-        });
+        let stderr = collect_stderr(&mut child);
         Ok((
             PgProcess {
                 child,

@@ -81,12 +81,7 @@ impl Session {
             .map_err(|e| Error::External(format!("Cannot start {}: {e}", path.display())))?;
         let stdin = child.stdin.take().expect("stdin was piped");
         let stdout = BufReader::new(child.stdout.take().expect("stdout was piped"));
-        let mut err = child.stderr.take().expect("stderr was piped");
-        let stderr = std::thread::spawn(move || {
-            let mut s = String::new();
-            let _ = err.read_to_string(&mut s);
-            s
-        });
+        let stderr = super::collect_stderr(&mut child);
         Ok(Session {
             child,
             stdin,
@@ -755,16 +750,6 @@ fn stop_backup(session: &mut Session) -> Result<Stopped> {
     })
 }
 
-/// The system identifier in `pgdata`'s control file (its first field).
-fn control_system_id(pgdata: &Path) -> Result<u64> {
-    let path = pgdata.join("global").join("pg_control");
-    let mut id = [0u8; 8];
-    std::fs::File::open(&path)
-        .and_then(|mut f| f.read_exact(&mut id))
-        .map_err(|e| Error::io_path("read", &path, e))?;
-    Ok(u64::from_le_bytes(id))
-}
-
 impl PgdataBackup {
     /// Starts a base backup of the server `opts.conn` reaches, reading its data
     /// directory `opts.pgdata` with `opts.jobs` readers. Returns the tar stream to
@@ -775,7 +760,7 @@ impl PgdataBackup {
     /// `External` when psql cannot start or `pg_backup_start` fails; `Io` when the
     /// directory cannot be walked.
     pub fn start(opts: &PgdataOptions) -> Result<(PgdataBackup, PipeReader)> {
-        let on_disk = control_system_id(&opts.pgdata)?;
+        let on_disk = super::system_identifier_of(&opts.pgdata)?;
         let mut session = Session::open(&opts.conn)?;
         let line = session.query(
             "SELECT system_identifier, pg_is_in_recovery(), current_setting('data_checksums') \

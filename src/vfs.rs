@@ -1125,7 +1125,7 @@ impl Vfs {
                     (MANIFEST_FILE.to_string(), Node::Manifest(id.clone())),
                 ];
                 v.extend(self.derived_files(&m, Beside::Point(*view)));
-                if m.base.as_ref().is_some_and(|b| !b.files.is_empty()) {
+                if m.has_file_list() {
                     v.push((BASE_DIR.to_string(), Node::BaseEntry(id.clone(), BASE_ROOT)));
                 }
                 v

@@ -506,8 +506,7 @@ pub(crate) fn tree_targets(
     pgdata: &std::path::Path,
     opts: &TreeOptions,
 ) -> Result<Vec<(u32, PathBuf)>> {
-    let has_files = base.base.as_ref().is_some_and(|b| !b.files.is_empty());
-    if !has_files && (opts.delta || !opts.tablespace_map.is_empty()) {
+    if !base.has_file_list() && (opts.delta || !opts.tablespace_map.is_empty()) {
         return Err(Error::InvalidInput(format!(
             "Base backup {} was stored before pgvault kept a base backup's file list: it \
              restores only whole, into an empty directory (no --delta or --tablespace-map)",
@@ -534,7 +533,7 @@ pub(crate) async fn extract_base_into(
     opts: &TreeOptions,
     progress: Arc<dyn Progress>,
 ) -> Result<TreeStats> {
-    if base.base.as_ref().is_some_and(|b| !b.files.is_empty()) {
+    if base.has_file_list() {
         return write_tree(repo, base, pgdata, spaces, opts, progress).await;
     }
     let (mut writer, reader) = crate::pipe::pipe(8);

@@ -278,8 +278,8 @@ async fn write_file(reader: &FileReader, f: &BaseFile, path: &Path) -> Result<u6
 }
 
 /// Files at least this large are compared with the backup chunk by chunk; smaller
-/// ones (most lie inside one chunk) by their blake3.
-const CHUNKWISE_BYTES: u64 = 1 << 20;
+/// ones (most lie inside one chunk) by their blake3, which only they carry.
+const CHUNKWISE_BYTES: u64 = BaseFile::HASHED_BELOW_BYTES;
 
 /// A stream range of a file to bring over: start, length, and whether it is made
 /// of whole chunks (else an edge piece, shared with the neighbours).

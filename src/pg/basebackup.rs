@@ -110,19 +110,22 @@ fn scan(reader: &mut PipeReader) -> std::result::Result<Found, String> {
                 _ => 0,
             };
             let mut kept = Vec::new();
-            let mut hasher = blake3::Hasher::new();
-            loop {
+            // Bytes neither hashed nor kept are skipped by the archive reader unread.
+            let mut hasher = (file.size < BaseFile::HASHED_BELOW_BYTES).then(blake3::Hasher::new);
+            while hasher.is_some() || kept.len() < keep {
                 let n = entry.read(&mut buf).map_err(|e| format!("{path}: {e}"))?;
                 if n == 0 {
                     break;
                 }
-                hasher.update(&buf[..n]);
+                if let Some(h) = hasher.as_mut() {
+                    h.update(&buf[..n]);
+                }
                 if kept.len() < keep {
                     let room = (keep - kept.len()).min(n);
                     kept.extend_from_slice(&buf[..room]);
                 }
             }
-            file.hash = Some(hasher.finalize().to_hex().to_string());
+            file.hash = hasher.map(|h| h.finalize().to_hex().to_string());
             let text = || String::from_utf8_lossy(&kept).into_owned();
             match path.as_str() {
                 "backup_label" => found.backup_label = Some(text()),

@@ -185,8 +185,9 @@ pub struct BaseFile {
     pub mtime: u64,
     /// Where its bytes start in the stored stream.
     pub offset: u64,
-    /// The blake3 of its bytes, in hex: a delta restore leaves alone a file that
-    /// already has it.
+    /// The blake3 of its bytes, in hex, for a file smaller than
+    /// [`BaseFile::HASHED_BELOW_BYTES`]: a delta restore leaves alone a file that
+    /// already has it (larger files it compares chunk by chunk).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hash: Option<String>,
     /// A symlink's target.
@@ -194,10 +195,23 @@ pub struct BaseFile {
     pub link: Option<String>,
 }
 
+impl BaseFile {
+    /// Files below this size get a [`BaseFile::hash`]; a delta restore compares
+    /// larger ones with the stored chunks instead, so hashing them at backup would
+    /// be work nobody reads.
+    pub const HASHED_BELOW_BYTES: u64 = 1 << 20;
+}
+
 impl SnapshotManifest {
     /// The first eight hex digits of the id, as listings show it.
     pub fn short_id(&self) -> &str {
         &self.id[..8.min(self.id.len())]
+    }
+
+    /// Whether the snapshot is a base backup whose manifest lists its files (every
+    /// one pgvault stores now; not those stored before it recorded them).
+    pub fn has_file_list(&self) -> bool {
+        self.base.as_ref().is_some_and(|b| !b.files.is_empty())
     }
 
     /// Whether the snapshot is a pg_dump custom-format archive (`<db>.dump`), as

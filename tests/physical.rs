@@ -57,19 +57,25 @@ fn backup_from_pgdata(v: &Vault, pg: &PgCluster, extra: &[&str]) -> serde_json::
     v.run(&args).ok().json()
 }
 
-/// The backup_manifest inside a base backup's stored tar stream.
-fn backup_manifest_of(v: &Vault, id: &str) -> Vec<u8> {
+/// The bytes of the file at `path` in base backup `id`'s stored tar stream.
+fn file_in_stream(v: &Vault, id: &str, path: &str) -> Option<Vec<u8>> {
     let tar_bytes = v.cat(id);
     let mut archive = tar::Archive::new(&tar_bytes[..]);
     for e in archive.entries().unwrap() {
         let mut e = e.unwrap();
-        if e.path().unwrap().to_str() == Some("backup_manifest") {
+        if e.path().unwrap().to_str() == Some(path) {
             let mut out = Vec::new();
             std::io::Read::read_to_end(&mut e, &mut out).unwrap();
-            return out;
+            return Some(out);
         }
     }
-    panic!("base backup {id} has no backup_manifest");
+    None
+}
+
+/// The backup_manifest inside a base backup's stored tar stream.
+fn backup_manifest_of(v: &Vault, id: &str) -> Vec<u8> {
+    file_in_stream(v, id, "backup_manifest")
+        .unwrap_or_else(|| panic!("base backup {id} has no backup_manifest"))
 }
 
 fn pg_verifybackup(dir: &Path, manifest: &Path, extra: &[&str]) -> std::process::Output {
@@ -235,18 +241,7 @@ fn the_mount_shows_a_base_backup_as_a_tree_that_pg_verifybackup_accepts() {
     // A relation file reads back as the stored tar stream has it.
     let path = pg.psql("footdash", "SELECT pg_relation_filepath('teams')");
     let from_mount = std::fs::read(base.join(&path)).unwrap();
-    let tar_bytes = v.cat(id);
-    let mut archive = tar::Archive::new(&tar_bytes[..]);
-    let mut from_tar = None;
-    for e in archive.entries().unwrap() {
-        let mut e = e.unwrap();
-        if e.path().unwrap().to_str() == Some(path.as_str()) {
-            let mut out = Vec::new();
-            std::io::Read::read_to_end(&mut e, &mut out).unwrap();
-            from_tar = Some(out);
-        }
-    }
-    assert_eq!(Some(from_mount), from_tar, "{path}");
+    assert_eq!(Some(from_mount), file_in_stream(&v, id, &path), "{path}");
     assert!(m.join(&format!("snapshots/{id}/base.tar")).exists());
 }
 

@@ -109,6 +109,14 @@ pub fn on_off(s: &str) -> Result<bool, String> {
     }
 }
 
+/// A `--jobs` value, or the number of cores when it is not given.
+pub fn jobs_or_cores(jobs: Option<u16>) -> usize {
+    jobs.map_or_else(
+        || std::thread::available_parallelism().map_or(2, |n| n.get()),
+        usize::from,
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

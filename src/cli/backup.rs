@@ -96,10 +96,7 @@ pub async fn run(g: &GlobalArgs, a: &BackupArgs) -> Result<()> {
     } else if let Some(dir) = &a.pgdata {
         BackupSource::Pgdata(crate::pg::pgdata::PgdataOptions {
             pgdata: dir.clone(),
-            jobs: a.jobs.map_or_else(
-                || std::thread::available_parallelism().map_or(2, |n| n.get()),
-                usize::from,
-            ),
+            jobs: args::jobs_or_cores(a.jobs),
             conn,
         })
     } else {

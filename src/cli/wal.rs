@@ -474,10 +474,7 @@ pub async fn restore(g: &GlobalArgs, a: &RestoreArgs) -> Result<()> {
         base: a.base.clone(),
         system: a.system_id,
         tree: TreeOptions {
-            jobs: a.jobs.map_or_else(
-                || std::thread::available_parallelism().map_or(2, |n| n.get()),
-                usize::from,
-            ),
+            jobs: args::jobs_or_cores(a.jobs),
             delta: a.delta,
             tablespace_map: a.tablespace_map.clone(),
             tablespaces_under: None,

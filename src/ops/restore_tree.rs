@@ -213,6 +213,16 @@ fn refuse_paths_through_links(files: &[BaseFile]) -> Result<()> {
     Ok(())
 }
 
+/// Makes `at` a symlink to `target`, replacing whatever else is there.
+fn ensure_symlink(at: &Path, target: &Path) -> Result<()> {
+    if std::fs::read_link(at).ok().as_deref() != Some(target) {
+        remove_any(at)?;
+        std::os::unix::fs::symlink(target, at)
+            .map_err(|e| Error::io_path("create the symlink", at, e))?;
+    }
+    Ok(())
+}
+
 /// Removes whatever is at `path`, without following a symlink.
 fn remove_any(path: &Path) -> Result<()> {
     match std::fs::symlink_metadata(path) {
@@ -244,6 +254,21 @@ fn matches_already(path: &Path, f: &BaseFile) -> bool {
         && hasher.finalize().to_hex().as_str() == want
 }
 
+/// `want` bytes of the stored stream at `at`, inside file `f`.
+///
+/// Errors: `Corrupt` when the stream ends first; those of reading it.
+async fn read_piece(reader: &FileReader, f: &BaseFile, at: u64, want: usize) -> Result<Vec<u8>> {
+    let data = reader.read_stored_at(at, want).await?;
+    if data.len() != want {
+        return Err(Error::Corrupt(format!(
+            "The stored stream of {} ends inside {}",
+            reader.what(),
+            f.path
+        )));
+    }
+    Ok(data)
+}
+
 async fn write_file(reader: &FileReader, f: &BaseFile, path: &Path) -> Result<u64> {
     if std::fs::symlink_metadata(path).is_ok_and(|m| !m.is_file()) {
         remove_any(path)?;
@@ -258,14 +283,7 @@ async fn write_file(reader: &FileReader, f: &BaseFile, path: &Path) -> Result<u6
         if done > 0 {
             reader.prefetch_stored(f.offset + done + want as u64, (8 * PIECE_BYTES) as u64);
         }
-        let data = reader.read_stored_at(f.offset + done, want).await?;
-        if data.len() != want {
-            return Err(Error::Corrupt(format!(
-                "The stored stream of {} ends inside {}",
-                reader.what(),
-                f.path
-            )));
-        }
+        let data = read_piece(reader, f, f.offset + done, want).await?;
         out.write_all(&data)
             .await
             .map_err(|e| Error::io_path("write", path, e))?;
@@ -345,14 +363,7 @@ async fn write_ranges(
         while done < len {
             let want = (len - done).min(PIECE_BYTES as u64) as usize;
             let at = a + done;
-            let data = reader.read_stored_at(at, want).await?;
-            if data.len() != want {
-                return Err(Error::Corrupt(format!(
-                    "The stored stream of {} ends inside {}",
-                    reader.what(),
-                    f.path
-                )));
-            }
+            let data = read_piece(reader, f, at, want).await?;
             let into = at - f.offset;
             let same = !whole && {
                 let mut local = vec![0u8; want];
@@ -437,11 +448,7 @@ pub async fn write_tree(
             Dest::Skip => {}
             Dest::Link(at, target) => {
                 expected.insert(at.clone());
-                if std::fs::read_link(&at).ok().as_deref() != Some(target.as_path()) {
-                    remove_any(&at)?;
-                    std::os::unix::fs::symlink(&target, &at)
-                        .map_err(|e| Error::io_path("create the symlink", &at, e))?;
-                }
+                ensure_symlink(&at, &target)?;
             }
             Dest::Path(p) => {
                 expected.insert(p.clone());
@@ -454,12 +461,7 @@ pub async fn write_tree(
                         set_mode(&p, f.mode)?;
                     }
                     BaseFileKind::Symlink => {
-                        let target = PathBuf::from(f.link.clone().unwrap_or_default());
-                        if std::fs::read_link(&p).ok() != Some(target.clone()) {
-                            remove_any(&p)?;
-                            std::os::unix::fs::symlink(&target, &p)
-                                .map_err(|e| Error::io_path("create the symlink", &p, e))?;
-                        }
+                        ensure_symlink(&p, Path::new(f.link.as_deref().unwrap_or_default()))?;
                     }
                     BaseFileKind::File => work.push((f.clone(), p)),
                 }

@@ -91,12 +91,75 @@ fn pg_verifybackup(dir: &Path, manifest: &Path, extra: &[&str]) -> std::process:
 
 #[test]
 fn a_cluster_with_two_tablespaces_is_backed_up_from_pgdata_and_restored_relocated_to_a_time() {
-    let (pg, v) = archiving_cluster();
+    tablespaces_backed_up_and_restored_relocated_to_a_time(|v, pg| {
+        let b = backup_from_pgdata(v, pg, &["--jobs", "3"]);
+        assert_eq!(b["bad_pages"], serde_json::json!([]), "{b}");
+        b
+    });
+}
+
+#[test]
+fn a_cluster_with_two_tablespaces_is_backed_up_by_pg_basebackup_and_restored_relocated_to_a_time() {
+    tablespaces_backed_up_and_restored_relocated_to_a_time(|v, pg| {
+        // pg_basebackup writes one archive per tablespace into a private spool.
+        let spool = server_dir(pg, "spool");
+        // A spool left by a pgvault that was killed is removed; one whose owner
+        // lives is not.
+        let dead = spool.join("pgvault-basebackup-dead");
+        let live = spool.join("pgvault-basebackup-live");
+        for (d, pid) in [(&dead, "999999999"), (&live, "1")] {
+            std::fs::create_dir(d).unwrap();
+            std::fs::write(d.join("owner"), pid).unwrap();
+            if let Some((uid, gid)) = pg.run_as() {
+                for p in [d.clone(), d.join("owner")] {
+                    std::os::unix::fs::chown(p, Some(uid), Some(gid)).unwrap();
+                }
+            }
+        }
+        v.extra_env
+            .push(("TMPDIR".into(), spool.to_str().unwrap().into()));
+        let b = v.run(&["backup", "--base", "--json"]).ok().json();
+        v.extra_env.pop();
+        let left: Vec<String> = std::fs::read_dir(&spool)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(left, vec!["pgvault-basebackup-live".to_string()]);
+        // One stream, laid out as a --pgdata backup's: each tablespace a directory.
+        let tar_bytes = v.cat(b["snapshot_id"].as_str().unwrap());
+        let names: Vec<String> = tar::Archive::new(&tar_bytes[..])
+            .entries()
+            .unwrap()
+            .map(|e| e.unwrap().path().unwrap().to_string_lossy().into_owned())
+            .collect();
+        let in_spaces = names
+            .iter()
+            .filter(|n| n.starts_with("pg_tblspc/") && n.contains("/PG_15_"))
+            .count();
+        assert!(in_spaces > 4, "{names:?}");
+        for n in [
+            "tablespace_map",
+            "backup_label",
+            "backup_manifest",
+            "PG_VERSION",
+        ] {
+            assert!(names.iter().any(|x| x == n), "{n} is missing: {names:?}");
+        }
+        b
+    });
+}
+
+/// Two tablespaces, a backup taken by `backup`, marks A and B, then a restore to a
+/// time between them with both tablespaces relocated, checked with pg_verifybackup,
+/// row counts and a delta restore into the relocated copy.
+fn tablespaces_backed_up_and_restored_relocated_to_a_time(
+    backup: impl Fn(&mut Vault, &PgCluster) -> serde_json::Value,
+) {
+    let (pg, mut v) = archiving_cluster();
     let (ts1, ts2) = footdash_in_tablespaces(&pg);
     let source_counts = pg.row_counts("footdash");
 
-    let b = backup_from_pgdata(&v, &pg, &["--jobs", "3"]);
-    assert_eq!(b["bad_pages"], serde_json::json!([]), "{b}");
+    let b = backup(&mut v, &pg);
     let id = b["snapshot_id"].as_str().unwrap().to_string();
     let sysid = pg.psql(
         "postgres",
@@ -410,18 +473,59 @@ fn a_damaged_page_is_reported_by_file_and_block_and_the_backup_still_completes()
 
 #[test]
 fn kill_9_in_the_middle_of_a_parallel_pgdata_backup_leaves_no_base_backup() {
-    let (pg, v) = archiving_cluster();
+    kill_9_in_the_middle_leaves_no_base_backup(false);
+}
+
+#[test]
+fn kill_9_in_the_middle_of_a_spooled_pg_basebackup_leaves_no_base_backup_and_no_spool() {
+    kill_9_in_the_middle_leaves_no_base_backup(true);
+}
+
+/// The command lines of running pg_basebackup processes writing under `spool`.
+fn pg_basebackups(spool: &Path) -> Vec<String> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+        .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+        .filter(|c| c.contains("pg_basebackup") && c.contains(spool.to_str().unwrap()))
+        .collect()
+}
+
+/// kill -9 once a base backup has stored chunks: read from the data directory, or
+/// (`spooled`) by pg_basebackup from a cluster with a tablespace.
+fn kill_9_in_the_middle_leaves_no_base_backup(spooled: bool) {
+    let (pg, mut v) = archiving_cluster();
+    let mut space = "";
+    if spooled {
+        let ts = server_dir(&pg, "ts_bulk");
+        pg.psql(
+            "postgres",
+            &format!("CREATE TABLESPACE bulk LOCATION '{}'", ts.display()),
+        );
+        space = " TABLESPACE bulk";
+    }
     pg.psql(
         "postgres",
-        "CREATE TABLE bulk AS SELECT g, md5(g::text) || md5((g * 7)::text) AS pad \
-         FROM generate_series(1, 1500000) g",
+        &format!(
+            "CREATE TABLE bulk{space} AS SELECT g, md5(g::text) || md5((g * 7)::text) AS pad \
+             FROM generate_series(1, 1500000) g"
+        ),
     );
+    let spool = server_dir(&pg, "spool");
+    v.extra_env
+        .push(("TMPDIR".into(), spool.to_str().unwrap().into()));
     let dir = pg.data_dir().to_str().unwrap().to_string();
+    let args: Vec<&str> = if spooled {
+        vec!["backup", "--base"]
+    } else {
+        vec!["backup", "--base", "--pgdata", &dir, "--jobs", "2"]
+    };
     let chunks = v.repo_path().join("chunks");
     let count = |p: &Path| common::walk_files(p).len();
     let before = count(&chunks);
     let mut child = v
-        .command(&["backup", "--base", "--pgdata", &dir, "--jobs", "2"])
+        .command(&args)
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
@@ -442,12 +546,22 @@ fn kill_9_in_the_middle_of_a_parallel_pgdata_backup_leaves_no_base_backup() {
         v.snapshots().is_empty(),
         "a killed backup must leave no snapshot"
     );
+    if spooled {
+        // pg_basebackup does not outlive pgvault for long.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !pg_basebackups(&spool).is_empty() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert_eq!(pg_basebackups(&spool), Vec::<String>::new());
+    }
     // Its backup session ended with it: the next backup starts at once and completes.
     let started = Instant::now();
-    let b = backup_from_pgdata(&v, &pg, &["--jobs", "2"]);
-    assert!(started.elapsed() < Duration::from_secs(120));
+    let b = v.run(&args).ok();
+    assert!(started.elapsed() < Duration::from_secs(120), "{}", b.out());
     assert_eq!(v.snapshots().len(), 1);
-    assert_eq!(b["kind"], "base");
+    assert_eq!(v.snapshots()[0]["kind"], "base");
+    // The killed backup's spool is gone with the next one's.
+    assert_eq!(common::walk_files(&spool), Vec::<PathBuf>::new());
     v.run(&["check", "--read-data"]).ok();
 }
 

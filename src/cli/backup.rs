@@ -22,7 +22,10 @@ pub struct BackupArgs {
     /// only the database name in it is recorded
     #[arg(short = 'd', long, value_name = "DBNAME")]
     pub db: Option<String>,
-    /// Take a physical base backup with pg_basebackup (for point-in-time recovery)
+    /// Take a physical base backup with pg_basebackup (for point-in-time recovery).
+    /// For a cluster with tablespaces pg_basebackup writes one archive per tablespace
+    /// into a private spool directory under $TMPDIR (default /var/tmp), each read and
+    /// deleted as it is written
     #[arg(long)]
     pub base: bool,
     /// With --base: read the files from this data directory, on the database host,

@@ -12,7 +12,9 @@ use chrono::{DateTime, Utc};
 use super::status::{size_change, SizeChange};
 use super::RepoAccess;
 use crate::error::{ErrorKind, Result};
-use crate::pg::basebackup::{pg_basebackup, BaseTarInspector};
+use crate::pg::basebackup::{
+    may_have_tablespaces, pg_basebackup, BaseTarInspector, SpooledBaseBackup,
+};
 use crate::pg::pgdata::{PgdataBackup, PgdataOptions, PgdataReport};
 use crate::pg::{pg_dump, ConnectOptions, DumpStreamInspector};
 use crate::store::lock::{LockGuard, LockKind};
@@ -159,6 +161,15 @@ async fn ingest_and_commit(
         BackupSource::Stream(source) => {
             repo.ingest(source, meta, Some(inspector), progress).await?
         }
+        BackupSource::Run(conn)
+            if opts.kind == SnapshotKind::Base && may_have_tablespaces(&conn).await =>
+        {
+            let (backup, stream) = SpooledBaseBackup::start(&conn)?;
+            let ingested = repo
+                .ingest(Box::new(stream), meta, Some(inspector), progress)
+                .await;
+            settle(ingested, || backup.finish())?.0
+        }
         BackupSource::Run(conn) => {
             let (process, stdout) = match opts.kind {
                 SnapshotKind::Dump => pg_dump(&meta.db, &conn)?,
@@ -191,25 +202,26 @@ async fn ingest_and_commit(
             let ingested = repo
                 .ingest(Box::new(stream), meta, Some(inspector), progress)
                 .await;
-            // The stream maker's verdict first, as for a program: a failed read or
-            // pg_backup_stop explains a short stream, and must never commit.
-            match ingested {
-                Ok(p) => {
-                    *report = Some(backup.finish()?);
-                    p
-                }
-                Err(e) => {
-                    let made = backup.finish();
-                    return Err(match made {
-                        Err(m) if e.kind() == ErrorKind::InvalidInput => m,
-                        _ => e,
-                    });
-                }
-            }
+            let (pending, made) = settle(ingested, || backup.finish())?;
+            *report = Some(made);
+            pending
         }
     };
     lock.ensure_held().await?;
     pending.commit().await
+}
+
+/// The stream maker's verdict with the stored stream's, as for a program: a failed
+/// read, pg_backup_stop or pg_basebackup explains a short stream, and must never
+/// commit.
+fn settle<P, T>(ingested: Result<P>, finish: impl FnOnce() -> Result<T>) -> Result<(P, T)> {
+    match ingested {
+        Ok(p) => Ok((p, finish()?)),
+        Err(e) => Err(match finish() {
+            Err(m) if e.kind() == ErrorKind::InvalidInput => m,
+            _ => e,
+        }),
+    }
 }
 
 /// The previous backup point of the same db and kind, and how the size changed.

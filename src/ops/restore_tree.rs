@@ -442,8 +442,11 @@ pub async fn write_tree(
     refuse_paths_through_links(files)?;
     let mut expected: HashSet<PathBuf> = HashSet::new();
     let mut work = Vec::new();
-    // Directories and links first, in stream order (a parent before its children).
-    for f in files {
+    // Directories and links first, a parent before its children: by depth, since a
+    // pg_basebackup stream puts each tablespace before the pg_tblspc/ holding it.
+    let mut by_depth: Vec<&BaseFile> = files.iter().collect();
+    by_depth.sort_by_key(|f| f.path.matches('/').count());
+    for f in by_depth {
         match dest_of(f, pgdata, spaces)? {
             Dest::Skip => {}
             Dest::Link(at, target) => {

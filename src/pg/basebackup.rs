@@ -1,10 +1,12 @@
-//! Physical base backups: running `pg_basebackup` as one tar stream, and reading
+//! Physical base backups: running `pg_basebackup` as one tar stream (spooled per
+//! tablespace and merged when the cluster has tablespaces), and reading
 //! what PITR needs (timeline, start and stop LSN, version, system id) and where
 //! each file lies (for parallel and delta restores, and the mount's tree) from the
 //! stream as it goes by.
 
-use std::io::Read;
-use std::process::ChildStdout;
+use std::io::{BufWriter, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdout};
 use std::thread::JoinHandle;
 
 use super::{ConnectOptions, PgProcess};
@@ -20,13 +22,24 @@ use crate::wal_name::Lsn;
 ///
 /// Errors: `External` when pg_basebackup cannot be started.
 pub fn pg_basebackup(conn: &ConnectOptions) -> Result<(PgProcess, ChildStdout)> {
+    start_pg_basebackup("-", &[], conn)
+}
+
+/// pg_basebackup in tar format without WAL into `pgdata` (`-` for stdout), with
+/// `extra` options.
+fn start_pg_basebackup(
+    pgdata: &str,
+    extra: &[&str],
+    conn: &ConnectOptions,
+) -> Result<(PgProcess, ChildStdout)> {
     let mut args = vec![
-        "--pgdata=-".to_string(),
+        format!("--pgdata={pgdata}"),
         "--format=tar".into(),
         "--wal-method=none".into(),
         "--checkpoint=fast".into(),
         "--label=pgvault".into(),
     ];
+    args.extend(extra.iter().map(|a| a.to_string()));
     // A connection string (host, port, sslmode, password...) is how the DBA said
     // where the server is; pg_basebackup takes it as --dbname and ignores its dbname.
     if let Some(c) = &conn.conninfo {
@@ -34,6 +47,325 @@ pub fn pg_basebackup(conn: &ConnectOptions) -> Result<(PgProcess, ChildStdout)> 
     }
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     PgProcess::start("pg_basebackup", &args, conn, "pg_basebackup".to_string())
+}
+
+/// Whether the cluster `conn` reaches has tablespaces besides pg_default and
+/// pg_global. pg_basebackup writes one tar stream to stdout only without them; with
+/// them, the backup goes through [`SpooledBaseBackup`]. `true` when the server
+/// cannot be asked over an ordinary connection (a replication-only role): the
+/// spooled way works for every cluster.
+pub async fn may_have_tablespaces(conn: &ConnectOptions) -> bool {
+    let db = conn
+        .conninfo
+        .as_deref()
+        .unwrap_or(super::client::MAINTENANCE_DB);
+    let sql = "SELECT count(*) FROM pg_tablespace WHERE spcname NOT IN ('pg_default', 'pg_global')";
+    match super::client::psql(conn, db, sql).await {
+        Ok(n) => n.trim() != "0",
+        Err(e) => {
+            tracing::info!("Cannot list the cluster's tablespaces, so pg_basebackup writes to a spool directory: {e}");
+            true
+        }
+    }
+}
+
+/// Where pg_basebackup's archives are spooled: `$TMPDIR`, else `/var/tmp` (on
+/// disk, where `/tmp` may be memory).
+pub fn spool_parent() -> PathBuf {
+    std::env::var_os("TMPDIR")
+        .filter(|d| !d.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/tmp"))
+}
+
+/// The prefix of a spool directory's name; the owner's pid is inside it.
+const SPOOL_PREFIX: &str = "pgvault-basebackup-";
+
+/// A base backup of a cluster with tablespaces, by pg_basebackup in tar format into
+/// a private spool directory: one archive per tablespace, then `base.tar`, then
+/// `backup_manifest`. Each archive is read as pg_basebackup writes it (it writes
+/// them one after another) and deleted once read, so the spool holds about one
+/// archive at a time, not the cluster. The archives become one tar stream laid out
+/// as a `--pgdata` backup's: each tablespace under `pg_tblspc/<oid>/`, then the
+/// data directory, then the manifest, which pg_basebackup wrote for that layout.
+pub struct SpooledBaseBackup {
+    maker: Option<JoinHandle<Result<()>>>,
+}
+
+impl SpooledBaseBackup {
+    /// Starts pg_basebackup into a new spool directory under [`spool_parent`] and
+    /// returns the merged tar stream to store; [`SpooledBaseBackup::finish`] says
+    /// whether it is whole. Spool directories of pgvault processes that died are
+    /// removed first.
+    ///
+    /// Errors: `Io` when the spool directory cannot be made; `External` when
+    /// pg_basebackup cannot start.
+    pub fn start(conn: &ConnectOptions) -> Result<(SpooledBaseBackup, PipeReader)> {
+        let parent = spool_parent();
+        remove_dead_spools(&parent);
+        let spool = tempfile::Builder::new()
+            .prefix(SPOOL_PREFIX)
+            .tempdir_in(&parent)
+            .map_err(|e| Error::io_path("make a spool directory in", &parent, e))?;
+        let owner = spool.path().join("owner");
+        std::fs::write(&owner, std::process::id().to_string())
+            .map_err(|e| Error::io_path("write", &owner, e))?;
+        // pg_basebackup wants a directory it creates or an empty one.
+        let dir = spool.path().join("archives");
+        let extra = [
+            // The archives live for seconds; flushing them to disk is wasted work.
+            "--no-sync",
+            // A progress line a second on stderr: if pgvault dies, the next one
+            // meets a closed pipe and ends pg_basebackup, instead of it filling the
+            // spool with an archive nobody reads.
+            "--progress",
+        ];
+        let (process, stdout) = start_pg_basebackup(&dir.to_string_lossy(), &extra, conn)?;
+        let (tx, rx) = pipe(8);
+        let maker = std::thread::spawn(move || {
+            // Held until the end: dropping the spool removes whatever is left in it.
+            let _spool = spool;
+            let _stdout = stdout;
+            merge(process, &dir, tx)
+        });
+        Ok((SpooledBaseBackup { maker: Some(maker) }, rx))
+    }
+
+    /// Waits for pg_basebackup and the merge.
+    ///
+    /// Errors: `External` when pg_basebackup failed (its own message); `Io` when an
+    /// archive cannot be read or the stream cannot be written.
+    pub fn finish(mut self) -> Result<()> {
+        self.maker
+            .take()
+            .expect("finished once")
+            .join()
+            .map_err(|_| Error::External("The base backup's archive merger panicked".into()))?
+    }
+}
+
+/// Removes spool directories whose owner process is gone (a pgvault killed in the
+/// middle of a backup), so that they do not pile up.
+fn remove_dead_spools(parent: &Path) {
+    let Ok(entries) = std::fs::read_dir(parent) else {
+        return;
+    };
+    for e in entries.flatten() {
+        if !e.file_name().to_string_lossy().starts_with(SPOOL_PREFIX) {
+            continue;
+        }
+        let Ok(pid) = std::fs::read_to_string(e.path().join("owner")) else {
+            continue;
+        };
+        let alive = Path::new("/proc").join(pid.trim()).exists();
+        if !alive && !pid.trim().is_empty() {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
+}
+
+fn merge(mut process: PgProcess, dir: &Path, out: PipeWriter) -> Result<()> {
+    let mut tar = tar::Builder::new(BufWriter::with_capacity(1 << 20, out));
+    if let Err(e) = merge_archives(&mut process.child, dir, &mut tar) {
+        // pg_basebackup's own failure explains a missing or cut archive best.
+        if matches!(process.child.try_wait(), Ok(Some(s)) if !s.success()) {
+            return Err(process.finish().err().unwrap_or(e));
+        }
+        process.kill();
+        return Err(e);
+    }
+    process.finish()?;
+    let path = dir.join("backup_manifest");
+    let manifest = std::fs::read(&path).map_err(|e| Error::io_path("read", &path, e))?;
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(tar::EntryType::Regular);
+    h.set_size(manifest.len() as u64);
+    h.set_mode(0o600);
+    h.set_mtime(chrono::Utc::now().timestamp().max(0) as u64);
+    tar.append_data(&mut h, "backup_manifest", &manifest[..])
+        .map_err(merge_failed)?;
+    tar.into_inner()
+        .and_then(|w| w.into_inner().map_err(|e| e.into_error()))
+        .map_err(merge_failed)?;
+    Ok(())
+}
+
+fn merge_failed(e: std::io::Error) -> Error {
+    Error::io("Cannot write the base backup stream", e)
+}
+
+/// Merges each archive as it appears, tablespaces first, until `base.tar`.
+fn merge_archives(
+    child: &mut Child,
+    dir: &Path,
+    tar: &mut tar::Builder<BufWriter<PipeWriter>>,
+) -> Result<()> {
+    loop {
+        let Some(name) = next_archive(child, dir)? else {
+            return Err(Error::External(
+                "pg_basebackup ended without writing base.tar".into(),
+            ));
+        };
+        let path = dir.join(&name);
+        let file = std::fs::File::open(&path).map_err(|e| Error::io_path("open", &path, e))?;
+        let prefix = match name.strip_suffix(".tar") {
+            Some("base") => String::new(),
+            Some(oid) if !oid.is_empty() && oid.bytes().all(|b| b.is_ascii_digit()) => {
+                let mut h = tar::Header::new_gnu();
+                h.set_entry_type(tar::EntryType::Directory);
+                h.set_size(0);
+                h.set_mode(0o700);
+                h.set_mtime(chrono::Utc::now().timestamp().max(0) as u64);
+                let prefix = format!("pg_tblspc/{oid}/");
+                tar.append_data(&mut h, &prefix, std::io::empty())
+                    .map_err(merge_failed)?;
+                prefix
+            }
+            _ => {
+                return Err(Error::External(format!(
+                    "pg_basebackup wrote {name}, which is not a tablespace's archive"
+                )))
+            }
+        };
+        let growing = Growing {
+            file,
+            name: name.clone(),
+            dir,
+            child: &mut *child,
+            complete: false,
+        };
+        copy_entries(growing, &prefix, tar)
+            .map_err(|e| Error::io(format!("Cannot merge pg_basebackup's {name}"), e))?;
+        // Read: the spool should not hold the whole cluster.
+        std::fs::remove_file(&path).map_err(|e| Error::io_path("remove", &path, e))?;
+        if name == "base.tar" {
+            return Ok(());
+        }
+    }
+}
+
+/// How often a growing archive or the spool is looked at again.
+const POLL: std::time::Duration = std::time::Duration::from_millis(10);
+
+/// The next archive pg_basebackup started, waiting for it; `None` when it exited
+/// without starting another.
+fn next_archive(child: &mut Child, dir: &Path) -> Result<Option<String>> {
+    loop {
+        let mut tars: Vec<String> = match std::fs::read_dir(dir) {
+            Ok(entries) => entries
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.ends_with(".tar"))
+                .collect(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => return Err(Error::io_path("read", dir, e)),
+        };
+        // Only the newest is still being written; base.tar comes last.
+        tars.sort_by_key(|n| n == "base.tar");
+        if let Some(n) = tars.into_iter().next() {
+            return Ok(Some(n));
+        }
+        if exited(child) {
+            return Ok(None);
+        }
+        std::thread::sleep(POLL);
+    }
+}
+
+fn exited(child: &mut Child) -> bool {
+    !matches!(child.try_wait(), Ok(None))
+}
+
+/// An archive pg_basebackup may still be writing: at its current end a read waits
+/// for more, until pg_basebackup has moved on (another file is in the spool) or
+/// exited; then the end is the end.
+struct Growing<'a> {
+    file: std::fs::File,
+    name: String,
+    dir: &'a Path,
+    child: &'a mut Child,
+    complete: bool,
+}
+
+impl Growing<'_> {
+    fn moved_on(&mut self) -> std::io::Result<bool> {
+        if exited(self.child) {
+            return Ok(true);
+        }
+        for e in std::fs::read_dir(self.dir)? {
+            if e?.file_name().to_string_lossy() != self.name {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+}
+
+impl Read for Growing<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        loop {
+            let n = self.file.read(buf)?;
+            if n > 0 || self.complete || buf.is_empty() {
+                return Ok(n);
+            }
+            // Checked before one more read: bytes written before the move are seen.
+            if self.moved_on()? {
+                self.complete = true;
+            } else {
+                std::thread::sleep(POLL);
+            }
+        }
+    }
+}
+
+/// Copies an archive's entries into the merged stream under `prefix`. Links in
+/// base.tar's `pg_tblspc/` are left out (pg_basebackup writes none with a
+/// tablespace_map): each tablespace is a directory of the stream.
+fn copy_entries(
+    from: impl Read,
+    prefix: &str,
+    tar: &mut tar::Builder<BufWriter<PipeWriter>>,
+) -> std::io::Result<()> {
+    let mut archive = tar::Archive::new(from);
+    for entry in archive.entries()? {
+        let mut entry = entry?;
+        let path = entry.path()?.to_string_lossy().into_owned();
+        let path = path.trim_start_matches("./").trim_end_matches('/');
+        if path.is_empty() || path == "." {
+            continue;
+        }
+        let name = format!("{prefix}{path}");
+        let from = entry.header();
+        let kind = from.entry_type();
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(kind);
+        h.set_mode(from.mode().unwrap_or(0o600));
+        h.set_mtime(from.mtime().unwrap_or(0));
+        h.set_uid(from.uid().unwrap_or(0));
+        h.set_gid(from.gid().unwrap_or(0));
+        match kind {
+            tar::EntryType::Directory => {
+                h.set_size(0);
+                tar.append_data(&mut h, format!("{name}/"), std::io::empty())?;
+            }
+            tar::EntryType::Symlink => {
+                if prefix.is_empty() && name.starts_with("pg_tblspc/") {
+                    continue;
+                }
+                let target = entry.link_name()?.unwrap_or_default().into_owned();
+                h.set_size(0);
+                tar.append_link(&mut h, &name, target)?;
+            }
+            tar::EntryType::Regular | tar::EntryType::Continuous => {
+                h.set_entry_type(tar::EntryType::Regular);
+                h.set_size(entry.size());
+                tar.append_data(&mut h, &name, &mut entry)?;
+            }
+            // Hard links, devices: pg_basebackup writes none.
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 /// The files of a base backup that say what it is, and where every file lies.

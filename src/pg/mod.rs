@@ -174,6 +174,7 @@ impl PgProcess {
             .stderr
             .take()
             .and_then(|h| h.join().ok())
+            .map(|s| without_progress(&s))
             .unwrap_or_default();
         if status.success() {
             if !stderr.trim().is_empty() {
@@ -194,6 +195,16 @@ impl PgProcess {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// A program's error output without pg_basebackup's `--progress` lines
+/// (`1234/5678 kB (21%), 0/3 tablespaces (…)`), which say nothing once it ended.
+fn without_progress(stderr: &str) -> String {
+    stderr
+        .split(['\n', '\r'])
+        .filter(|l| !(l.contains(" kB (") && l.contains(" tablespace")))
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// Starts `pg_dump -Fc -Z0` of `db`: uncompressed, because pgvault compresses each

@@ -596,3 +596,116 @@ fn a_pgdata_backup_refuses_another_cluster_s_directory_and_a_bad_map() {
     assert!(e.contains("has no tablespace there"), "{e}");
     assert!(!target.exists(), "a refused restore must write nothing");
 }
+
+fn referenced(b: &serde_json::Value) -> u64 {
+    b["bytes_referenced"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no bytes_referenced in {b}"))
+}
+
+#[test]
+fn unchanged_files_are_named_from_the_previous_backup_unread_and_restore_exactly() {
+    let (pg, v) = archiving_cluster();
+    pg.psql(
+        "postgres",
+        "CREATE TABLE big AS SELECT g, md5(g::text) AS pad FROM generate_series(1, 200000) g; \
+         CREATE TABLE steady AS SELECT g, md5(g::text) AS pad FROM generate_series(1, 100000) g; \
+         ALTER TABLE big SET (autovacuum_enabled = false); \
+         ALTER TABLE steady SET (autovacuum_enabled = false)",
+    );
+    // Hint bits and the visibility map set now, not by a vacuum between backups.
+    pg.psql("postgres", "VACUUM (FREEZE, ANALYZE) big");
+    pg.psql("postgres", "VACUUM (FREEZE, ANALYZE) steady");
+    pg.psql("postgres", "CHECKPOINT");
+    let big_bytes: u64 = pg
+        .psql("postgres", "SELECT pg_relation_size('big')")
+        .parse()
+        .unwrap();
+    let big_path = pg.psql("postgres", "SELECT pg_relation_filepath('big')");
+    assert!(big_bytes > 4 << 20, "{big_bytes}");
+    // Files changed within the margin before a backup began are read again by the
+    // next one; these were changed well before the first.
+    std::thread::sleep(Duration::from_millis(2500));
+
+    let first = backup_from_pgdata(&v, &pg, &[]);
+    assert_eq!(referenced(&first), 0, "{first}");
+    let second = backup_from_pgdata(&v, &pg, &[]);
+    assert!(
+        referenced(&second) >= big_bytes,
+        "the unchanged table was read again: {second}"
+    );
+    // The same chunks, named again.
+    let list_of = |b: &serde_json::Value| {
+        let id = b["snapshot_id"].as_str().unwrap();
+        v.run(&["snapshots", "--json"])
+            .ok()
+            .json()
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["id"] == id)
+            .cloned()
+            .unwrap()
+    };
+    assert_eq!(
+        list_of(&second)["bytes_referenced"],
+        second["bytes_referenced"]
+    );
+    let tar1 = file_in_stream(&v, first["snapshot_id"].as_str().unwrap(), &big_path).unwrap();
+    let tar2 = file_in_stream(&v, second["snapshot_id"].as_str().unwrap(), &big_path).unwrap();
+    assert!(tar1 == tar2, "the named copy differs from the read one");
+
+    // A changed file is read again; the unchanged one still is not.
+    pg.psql(
+        "postgres",
+        "UPDATE big SET pad = 'changed' WHERE g = 5; CHECKPOINT",
+    );
+    let third = backup_from_pgdata(&v, &pg, &[]);
+    assert!(
+        referenced(&third) + big_bytes <= referenced(&second),
+        "the changed table was named, not read: {third} after {second}"
+    );
+    assert!(referenced(&third) > 0, "{third}");
+    let all = backup_from_pgdata(&v, &pg, &["--read-all"]);
+    assert_eq!(referenced(&all), 0, "{all}");
+
+    let md5 = |c: &PgCluster, t: &str| {
+        c.psql(
+            "postgres",
+            &format!("SELECT md5(string_agg(g::text || pad, ',' ORDER BY g)) FROM {t}"),
+        )
+    };
+    let (big_sum, steady_sum) = (md5(&pg, "big"), md5(&pg, "steady"));
+    switch_and_wait_archived(&pg);
+    // The third backup, half named and half read, restores to the source's rows and
+    // passes pg_verifybackup with the manifest it wrote (CRCs of named files too).
+    let third_id = third["snapshot_id"].as_str().unwrap().to_string();
+    let manifest = pg.base_dir().join("manifest_of_third");
+    std::fs::write(&manifest, backup_manifest_of(&v, &third_id)).unwrap();
+    let populate = |dir: &Path| {
+        v.run(&[
+            "restore",
+            "--pgdata",
+            dir.to_str().unwrap(),
+            "--base",
+            &third_id,
+            "--latest",
+        ])
+        .ok();
+        let verified = pg_verifybackup(dir, &manifest, &[]);
+        assert!(
+            verified.status.success(),
+            "pg_verifybackup: {}",
+            String::from_utf8_lossy(&verified.stderr)
+        );
+    };
+    let restored = PgCluster::start_restored(&populate, &["archive_mode = off"]);
+    restored.wait_until_promoted();
+    assert_eq!(md5(&restored, "big"), big_sum);
+    assert_eq!(md5(&restored, "steady"), steady_sum);
+    assert_eq!(
+        restored.psql("postgres", "SELECT pad FROM big WHERE g = 5"),
+        "changed"
+    );
+    v.run(&["check", "--read-data"]).ok();
+}

@@ -38,6 +38,12 @@ pub struct BackupArgs {
     /// With --pgdata: how many files are read at once (default: the number of cores)
     #[arg(long, value_name = "N", requires = "pgdata", value_parser = clap::value_parser!(u16).range(1..=256))]
     pub jobs: Option<u16>,
+    /// With --pgdata: read every file. By default a file of 1 MiB or more that is
+    /// unchanged since the previous base backup of the cluster (same size, inode,
+    /// modification and change times, and changed more than 2 s before that backup
+    /// began) is taken from it by reference, unread
+    #[arg(long, requires = "pgdata")]
+    pub read_all: bool,
     /// Read the archive from standard input instead of running pg_dump (a custom-format
     /// dump, pg_dump -Fc at any compression, or a gzipped SQL dump, pg_dump | gzip) or
     /// pg_basebackup (its tar stream, with --base)
@@ -101,6 +107,8 @@ pub async fn run(g: &GlobalArgs, a: &BackupArgs) -> Result<()> {
             pgdata: dir.clone(),
             jobs: args::jobs_or_cores(a.jobs),
             conn,
+            prior: None,
+            read_all: a.read_all,
         })
     } else {
         BackupSource::Run(conn)

@@ -83,6 +83,10 @@ fn snapshot_json(m: &SnapshotManifest) -> Value {
         "chunks": m.chunks.len(),
         "dump_offsets_filled": m.dump_offsets_filled,
     });
+    if m.base.is_some() {
+        v["files_referenced"] = json!(m.stats.files_referenced);
+        v["bytes_referenced"] = json!(m.stats.bytes_referenced);
+    }
     if let Some(b) = &m.base {
         v["base"] = base_json(m, b);
     }
@@ -147,6 +151,10 @@ pub fn backup_json(m: &SnapshotManifest) -> Value {
         "duration_ms": s.duration_ms,
         "dump_offsets_filled": m.dump_offsets_filled,
     });
+    if m.base.is_some() {
+        v["files_referenced"] = json!(m.stats.files_referenced);
+        v["bytes_referenced"] = json!(m.stats.bytes_referenced);
+    }
     if let Some(b) = &m.base {
         v["base"] = base_json(m, b);
     }
@@ -180,6 +188,13 @@ pub fn print_backup(m: &SnapshotManifest) {
         s.chunks_reused,
         s.duration_ms as f64 / 1000.0
     );
+    if s.files_referenced > 0 {
+        println!(
+            "  {} unchanged files ({}) taken from the previous base backup, not read",
+            s.files_referenced,
+            HumanBytes(s.bytes_referenced)
+        );
+    }
     if let Some(note) = recreated_note(m) {
         println!("  {note}");
     }

@@ -15,7 +15,7 @@ use crate::error::{ErrorKind, Result};
 use crate::pg::basebackup::{
     may_have_tablespaces, pg_basebackup, BaseTarInspector, SpooledBaseBackup,
 };
-use crate::pg::pgdata::{PgdataBackup, PgdataOptions, PgdataReport};
+use crate::pg::pgdata::{PgdataBackup, PgdataOptions, PgdataReport, PriorBackup};
 use crate::pg::{pg_dump, ConnectOptions, DumpStreamInspector};
 use crate::store::lock::{LockGuard, LockKind};
 use crate::store::manifest::{SnapshotKind, SnapshotManifest};
@@ -197,18 +197,45 @@ async fn ingest_and_commit(
                 }
             }
         }
-        BackupSource::Pgdata(o) => {
+        BackupSource::Pgdata(mut o) => {
+            if !o.read_all {
+                o.prior = prior_backup(repo, &o.pgdata).await.map(Arc::new);
+            }
             let (backup, stream) = PgdataBackup::start(&o)?;
             let ingested = repo
-                .ingest(Box::new(stream), meta, Some(inspector), progress)
+                .ingest_segments(stream, meta, Some(inspector), progress)
                 .await;
-            let (pending, made) = settle(ingested, || backup.finish())?;
+            let (mut pending, made) = settle(ingested, || backup.finish())?;
+            pending.stamp_base_files(&made.stamps);
             *report = Some(made);
             pending
         }
     };
     lock.ensure_held().await?;
     pending.commit().await
+}
+
+/// The latest base backup of the cluster whose data directory is `pgdata` (by its
+/// system identifier), as far as a new backup can reuse its files. Read under the
+/// backup's lock: no prune can delete its chunks before the new backup commits.
+async fn prior_backup(repo: &Repository, pgdata: &std::path::Path) -> Option<PriorBackup> {
+    let system = crate::pg::system_identifier_of(pgdata).ok()?;
+    let snaps = match repo.snapshots().await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!("Cannot read the previous base backup, so every file is read: {e}");
+            return None;
+        }
+    };
+    let latest = snaps
+        .iter()
+        .filter(|s| {
+            s.base
+                .as_ref()
+                .is_some_and(|b| b.system_identifier == system)
+        })
+        .max_by_key(|s| s.started)?;
+    PriorBackup::of(latest)
 }
 
 /// The stream maker's verdict with the stored stream's, as for a program: a failed

@@ -612,6 +612,8 @@ mod tests {
             offset: 0,
             hash: None,
             link: (kind == BaseFileKind::Symlink).then(|| "/etc".into()),
+            chunks: None,
+            stamp: None,
         }
     }
 

@@ -425,6 +425,8 @@ fn scan(reader: &mut PipeReader) -> std::result::Result<Found, String> {
             offset: entry.raw_file_position(),
             hash: None,
             link: None,
+            chunks: None,
+            stamp: None,
         };
         if kind == BaseFileKind::Symlink {
             file.link = entry

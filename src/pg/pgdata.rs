@@ -6,10 +6,12 @@
 //! does, so the write path stores it (and [`super::basebackup::BaseTarInspector`]
 //! reads it) like a pg_basebackup stream, and `pg_verifybackup` checks a restore.
 
+use std::collections::HashMap;
 use std::io::{BufRead, BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use serde::{Deserialize, Serialize};
@@ -17,7 +19,8 @@ use serde::{Deserialize, Serialize};
 use super::page::{check_page, relation_first_block, PageCheck, PAGE_BYTES};
 use super::{pg_program, ConnectOptions};
 use crate::error::{Error, Result};
-use crate::pipe::{pipe, PipeReader, PipeWriter};
+use crate::store::manifest::{BaseFile, ChunkRef, FileStamp, SnapshotManifest};
+use crate::store::writer::Segment;
 use crate::wal_name::Lsn;
 
 /// A page whose checksum failed when it was read, and again when read once more.
@@ -36,6 +39,83 @@ pub struct PgdataReport {
     pub bad_pages: Vec<BadPage>,
     /// Files that vanished between the walk and their read (a dropped table).
     pub files_vanished: u64,
+    /// What each file the stream was cut around was on disk, by stream path.
+    pub stamps: HashMap<String, FileStamp>,
+}
+
+/// A file changed this long before the previous backup began is trusted to have
+/// been read whole by it. A write under way while a file is read sets its change
+/// time before the read, and would then have to last this long: PostgreSQL writes
+/// pages of 8 KiB. Timestamps are coarse (a clock tick, on some file systems a
+/// second), which the margin also covers. pgBackRest reasons alike about
+/// timestamp granularity, and waits out the second in which a backup begins.
+const REUSE_MARGIN_NS: i64 = 2_000_000_000;
+
+/// The previous base backup of the same cluster, as far as a new one can reuse
+/// its files: those of [`BaseFile::HASHED_BELOW_BYTES`] or more, which its stream
+/// was cut around and whose state on disk it recorded.
+#[derive(Debug, Default)]
+pub struct PriorBackup {
+    /// When it began (pgvault's clock), in nanoseconds since the epoch.
+    started_ns: i64,
+    files: HashMap<String, PriorFile>,
+}
+
+#[derive(Debug)]
+struct PriorFile {
+    size: u64,
+    mode: u32,
+    mtime: u64,
+    stamp: FileStamp,
+    refs: Vec<ChunkRef>,
+}
+
+impl PriorBackup {
+    /// What base backup `m` offers a later one; `None` when it offers nothing.
+    pub fn of(m: &SnapshotManifest) -> Option<PriorBackup> {
+        let files: HashMap<String, PriorFile> = m
+            .base
+            .as_ref()?
+            .files
+            .iter()
+            .filter_map(|f| {
+                let [first, count] = f.chunks?;
+                let refs = m
+                    .chunks
+                    .get(first as usize..(first as usize).checked_add(count as usize)?)?;
+                Some((
+                    f.path.clone(),
+                    PriorFile {
+                        size: f.size,
+                        mode: f.mode,
+                        mtime: f.mtime,
+                        stamp: f.stamp?,
+                        refs: refs.to_vec(),
+                    },
+                ))
+            })
+            .collect();
+        (!files.is_empty()).then(|| PriorBackup {
+            started_ns: m.started.timestamp_nanos_opt().unwrap_or(0),
+            files,
+        })
+    }
+
+    /// The chunks to name for `entry` (its tar header, bytes and padding) if it is
+    /// unchanged since this backup read it, with the header's bytes and the CRC-32C.
+    fn reusable(&self, entry: &Entry, header: &[u8]) -> Option<(&[ChunkRef], u32)> {
+        let p = self.files.get(&entry.name)?;
+        let unchanged = p.size == entry.size
+            && p.mode == entry.mode
+            && p.mtime == entry.mtime
+            && p.stamp.ino == entry.ino
+            && p.stamp.mtime_ns == entry.mtime_ns
+            && p.stamp.ctime_ns == entry.ctime_ns
+            && entry.ctime_ns < self.started_ns.saturating_sub(REUSE_MARGIN_NS);
+        let len = header.len() as u64 + entry.size.div_ceil(512) * 512;
+        let named: u64 = p.refs.iter().map(|r| u64::from(r.len)).sum();
+        (unchanged && named == len).then_some((&p.refs[..], p.stamp.crc32c))
+    }
 }
 
 /// How a base backup reads the data directory.
@@ -46,6 +126,10 @@ pub struct PgdataOptions {
     /// Files read at once.
     pub jobs: usize,
     pub conn: ConnectOptions,
+    /// The previous backup of the cluster, whose unchanged files are named, not read.
+    pub prior: Option<Arc<PriorBackup>>,
+    /// Read every file, even those the previous backup holds unchanged.
+    pub read_all: bool,
 }
 
 /// A backup in progress: the stream to store, and the thread that makes it.
@@ -163,6 +247,10 @@ struct Entry {
     mtime: u64,
     uid: u64,
     gid: u64,
+    size: u64,
+    ino: u64,
+    mtime_ns: i64,
+    ctime_ns: i64,
 }
 
 #[derive(Debug, Clone)]
@@ -229,6 +317,10 @@ fn entry_of(name: String, path: &Path, meta: &std::fs::Metadata, kind: EntryKind
         mtime: meta.mtime().max(0) as u64,
         uid: u64::from(meta.uid()),
         gid: u64::from(meta.gid()),
+        size: meta.len(),
+        ino: meta.ino(),
+        mtime_ns: meta.mtime() * 1_000_000_000 + meta.mtime_nsec(),
+        ctime_ns: meta.ctime() * 1_000_000_000 + meta.ctime_nsec(),
     }
 }
 
@@ -367,9 +459,11 @@ fn walk_tablespaces(dir: &Path, prefix: &str, out: &mut Vec<Entry>) -> Result<()
 
 /// What a reader sends for one file.
 enum Piece {
-    /// The file as opened: its size now (the stream's header says this).
+    /// The file as opened: its size now (the stream's header says this), and what
+    /// it was on disk then.
     Opened {
         size: u64,
+        stamp: FileStamp,
     },
     /// The file is gone: it is left out.
     Vanished,
@@ -403,15 +497,24 @@ fn read_file(entry: &Entry, first_block: Option<u32>, start: Lsn, tx: &SyncSende
                 .is_ok()
         }
     };
-    let size = match file.metadata() {
-        Ok(m) => m.len(),
+    let (size, stamp) = match file.metadata() {
+        Ok(m) => {
+            use std::os::unix::fs::MetadataExt;
+            let stamp = FileStamp {
+                ino: m.ino(),
+                mtime_ns: m.mtime() * 1_000_000_000 + m.mtime_nsec(),
+                ctime_ns: m.ctime() * 1_000_000_000 + m.ctime_nsec(),
+                crc32c: 0,
+            };
+            (m.len(), stamp)
+        }
         Err(e) => {
             return tx
                 .send(Piece::Failed(Error::io_path("read", &entry.path, e)))
                 .is_ok()
         }
     };
-    if tx.send(Piece::Opened { size }).is_err() {
+    if tx.send(Piece::Opened { size, stamp }).is_err() {
         return false;
     }
     let mut crc = 0u32;
@@ -612,9 +715,62 @@ fn stream_failed(e: std::io::Error) -> Error {
     Error::io("Cannot write the base backup stream", e)
 }
 
+/// The stream's bytes, sent on as [`Segment::Bytes`].
+struct SegmentWriter(SyncSender<Segment>);
+
+impl SegmentWriter {
+    fn send(&self, s: Segment) -> std::io::Result<()> {
+        self.0.send(s).map_err(|_| {
+            std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the reading side stopped")
+        })
+    }
+}
+
+impl Write for SegmentWriter {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        self.send(Segment::Bytes(data.to_vec()))?;
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+type Stream = tar::Builder<BufWriter<SegmentWriter>>;
+
+/// Ends the stored chunk at this point of the stream.
+fn cut(tar: &mut Stream) -> Result<()> {
+    let w = tar.get_mut();
+    w.flush().map_err(stream_failed)?;
+    w.get_ref().send(Segment::Cut).map_err(stream_failed)
+}
+
+/// The bytes the stream's header (or headers, for a long name) of `entry` take.
+fn header_bytes(entry: &Entry) -> Result<Vec<u8>> {
+    let mut h = header_for(entry, tar::EntryType::Regular, entry.size);
+    let mut b = tar::Builder::new(Vec::new());
+    b.append_data(&mut h, &entry.name, std::io::empty())
+        .map_err(stream_failed)?;
+    Ok(std::mem::take(b.get_mut()))
+}
+
+/// How one file gets into the stream.
+enum Source<'a> {
+    /// Read by a reader thread; cut around when it is large.
+    Read { cut: bool },
+    /// Unchanged since the previous backup: its chunks are named.
+    Reused {
+        refs: &'a [ChunkRef],
+        header: Vec<u8>,
+        crc32c: u32,
+    },
+}
+
 /// Writes the stream: every entry in order with its file's bytes from the
-/// readers, then (after `pg_backup_stop`) backup_label, tablespace_map and the
-/// manifest.
+/// readers (or, unchanged since the previous backup, its chunks named), then
+/// (after `pg_backup_stop`) backup_label, tablespace_map and the manifest.
+#[allow(clippy::too_many_arguments)]
 fn make_stream(
     mut session: Session,
     entries: Vec<Entry>,
@@ -622,13 +778,34 @@ fn make_stream(
     start: Lsn,
     timeline: u32,
     checksums: bool,
-    out: PipeWriter,
+    out: SyncSender<Segment>,
 ) -> Result<PgdataReport> {
     let jobs = opts.jobs.max(1);
+    let large = |e: &Entry| e.size >= BaseFile::HASHED_BELOW_BYTES;
+    let mut sources = Vec::with_capacity(entries.len());
+    for e in &entries {
+        let reused = match (&opts.prior, &e.kind) {
+            (Some(prior), EntryKind::File { .. }) if large(e) => {
+                let header = header_bytes(e)?;
+                prior
+                    .reusable(e, &header)
+                    .map(|(refs, crc32c)| Source::Reused {
+                        refs,
+                        header,
+                        crc32c,
+                    })
+            }
+            _ => None,
+        };
+        sources.push(reused.unwrap_or(Source::Read { cut: large(e) }));
+    }
     let files: Vec<(Entry, Option<u32>)> = entries
         .iter()
-        .filter_map(|e| match e.kind {
-            EntryKind::File { first_block } => Some((e.clone(), first_block)),
+        .zip(&sources)
+        .filter_map(|(e, s)| match (&e.kind, s) {
+            (EntryKind::File { first_block }, Source::Read { .. }) => {
+                Some((e.clone(), *first_block))
+            }
             _ => None,
         })
         .collect();
@@ -645,27 +822,59 @@ fn make_stream(
             reader(share, start, checksums, tx)
         }));
     }
-    let mut tar = tar::Builder::new(BufWriter::with_capacity(READ_BYTES, out));
+    let mut tar = tar::Builder::new(BufWriter::with_capacity(READ_BYTES, SegmentWriter(out)));
     let mut report = PgdataReport::default();
     let mut listed = Vec::new();
     let mut file_no = 0usize;
-    for entry in &entries {
-        match &entry.kind {
-            EntryKind::Dir => {
+    for (entry, source) in entries.iter().zip(sources) {
+        match (&entry.kind, source) {
+            (EntryKind::Dir, _) => {
                 let mut h = header_for(entry, tar::EntryType::Directory, 0);
                 tar.append_data(&mut h, format!("{}/", entry.name), std::io::empty())
                     .map_err(stream_failed)?;
             }
-            EntryKind::Symlink(target) => {
+            (EntryKind::Symlink(target), _) => {
                 let mut h = header_for(entry, tar::EntryType::Symlink, 0);
                 tar.append_link(&mut h, &entry.name, target)
                     .map_err(stream_failed)?;
             }
-            EntryKind::File { .. } => {
+            (
+                EntryKind::File { .. },
+                Source::Reused {
+                    refs,
+                    header,
+                    crc32c,
+                },
+            ) => {
+                cut(&mut tar)?;
+                let len = refs.iter().map(|r| u64::from(r.len)).sum();
+                tar.get_mut()
+                    .get_ref()
+                    .send(Segment::Reuse {
+                        refs: refs.to_vec(),
+                        header,
+                        len,
+                    })
+                    .map_err(stream_failed)?;
+                let stamp = opts
+                    .prior
+                    .as_ref()
+                    .and_then(|p| p.files.get(&entry.name))
+                    .map(|p| p.stamp)
+                    .expect("a reused file is in the prior backup");
+                report.stamps.insert(entry.name.clone(), stamp);
+                listed.push(ManifestFile {
+                    path: entry.name.clone(),
+                    size: entry.size,
+                    mtime: entry.mtime,
+                    crc32c,
+                });
+            }
+            (EntryKind::File { .. }, Source::Read { cut: around }) => {
                 let rx = &rxs[file_no % jobs];
                 file_no += 1;
-                let size = match rx.recv() {
-                    Ok(Piece::Opened { size }) => size,
+                let (size, stamp) = match rx.recv() {
+                    Ok(Piece::Opened { size, stamp }) => (size, stamp),
                     Ok(Piece::Vanished) => {
                         report.files_vanished += 1;
                         continue;
@@ -678,6 +887,9 @@ fn make_stream(
                         )))
                     }
                 };
+                if around {
+                    cut(&mut tar)?;
+                }
                 let mut h = header_for(entry, tar::EntryType::Regular, size);
                 let mut bytes = FileBytes {
                     rx,
@@ -694,6 +906,12 @@ fn make_stream(
                 let (crc32c, bad) = bytes.done.take().ok_or_else(|| {
                     Error::External(format!("The reader of {} stopped", entry.name))
                 })?;
+                if around {
+                    cut(&mut tar)?;
+                    report
+                        .stamps
+                        .insert(entry.name.clone(), FileStamp { crc32c, ..stamp });
+                }
                 report
                     .bad_pages
                     .extend(bad.into_iter().map(|block| BadPage {
@@ -759,7 +977,7 @@ impl PgdataBackup {
     /// server (their system identifiers differ) or the server is a standby;
     /// `External` when psql cannot start or `pg_backup_start` fails; `Io` when the
     /// directory cannot be walked.
-    pub fn start(opts: &PgdataOptions) -> Result<(PgdataBackup, PipeReader)> {
+    pub fn start(opts: &PgdataOptions) -> Result<(PgdataBackup, Receiver<Segment>)> {
         let on_disk = super::system_identifier_of(&opts.pgdata)?;
         let mut session = Session::open(&opts.conn)?;
         let line = session.query(
@@ -791,7 +1009,7 @@ impl PgdataBackup {
         // Walked after the start: whatever is created later comes from the WAL.
         let mut entries = Vec::new();
         walk_dir(&opts.pgdata, "", true, false, &mut entries)?;
-        let (tx, rx) = pipe(8);
+        let (tx, rx) = sync_channel(8);
         let opts = opts.clone();
         let maker = std::thread::spawn(move || {
             make_stream(session, entries, &opts, start, timeline, checksums, tx)

@@ -84,6 +84,12 @@ pub struct BackupStats {
     /// with its compressed table data inflated).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub bytes_stored_as_text: u64,
+    /// Of `bytes_read`, files found unchanged since the previous base backup and
+    /// taken from it by reference, not read.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub bytes_referenced: u64,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub files_referenced: u64,
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -193,13 +199,75 @@ pub struct BaseFile {
     /// A symlink's target.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub link: Option<String>,
+    /// The snapshot's chunks `[first, first + count)` that hold exactly this entry
+    /// (its headers, bytes and padding), when the stream was cut around it: a later
+    /// backup that finds the file unchanged names these chunks instead of reading it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chunks: Option<[u32; 2]>,
+    /// What the file was on disk when it was read, for a file read from the data
+    /// directory and cut around: the test for "unchanged".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stamp: Option<FileStamp>,
+}
+
+/// A file's identity and last change, from `stat`, and the CRC-32C of its bytes
+/// (which a `backup_manifest` lists, so a reused file needs it without a read).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileStamp {
+    pub ino: u64,
+    pub mtime_ns: i64,
+    /// The inode's change time: unlike mtime, no tool can set it back.
+    pub ctime_ns: i64,
+    pub crc32c: u32,
 }
 
 impl BaseFile {
     /// Files below this size get a [`BaseFile::hash`]; a delta restore compares
     /// larger ones with the stored chunks instead, so hashing them at backup would
-    /// be work nobody reads.
+    /// be work nobody reads. Files from this size up read from a data directory
+    /// are cut around, so that a later backup can reuse them.
     pub const HASHED_BELOW_BYTES: u64 = 1 << 20;
+}
+
+/// A stretch of a stored stream between two cuts: its bytes `[start, end)` are the
+/// chunks `[first_chunk, first_chunk + chunks)` of the snapshot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Run {
+    pub start: u64,
+    pub end: u64,
+    pub first_chunk: u32,
+    pub chunks: u32,
+}
+
+impl BaseBackupInfo {
+    /// Records, for each file that a run holds alone, the run's chunks. `runs` are
+    /// in stream order.
+    pub fn attach_runs(&mut self, runs: &[Run]) {
+        // Where files' bytes start, to tell whether a run holds one file. An empty
+        // file's "start" is where the next entry begins, maybe a run's first byte.
+        let mut offsets: Vec<u64> = self
+            .files
+            .iter()
+            .filter(|f| f.kind == BaseFileKind::File && f.size > 0)
+            .map(|f| f.offset)
+            .collect();
+        offsets.sort_unstable();
+        let run_of = |at: u64| {
+            let i = runs.partition_point(|r| r.end <= at);
+            runs.get(i).filter(|r| r.start <= at)
+        };
+        for f in &mut self.files {
+            if f.kind != BaseFileKind::File || f.size < BaseFile::HASHED_BELOW_BYTES {
+                continue;
+            }
+            let Some(r) = run_of(f.offset) else { continue };
+            let inside =
+                offsets.partition_point(|&o| o < r.end) - offsets.partition_point(|&o| o < r.start);
+            if inside == 1 && f.offset + f.size <= r.end {
+                f.chunks = Some([r.first_chunk, r.chunks]);
+            }
+        }
+    }
 }
 
 impl SnapshotManifest {
@@ -218,5 +286,71 @@ impl SnapshotManifest {
     /// opposed to a base backup or a gzipped SQL dump (`<db>.sql.gz`).
     pub fn is_custom_archive(&self) -> bool {
         self.kind == SnapshotKind::Dump && self.file_name.ends_with(".dump")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(path: &str, size: u64, offset: u64) -> BaseFile {
+        BaseFile {
+            path: path.into(),
+            kind: BaseFileKind::File,
+            mode: 0o600,
+            size,
+            mtime: 0,
+            offset,
+            hash: None,
+            link: None,
+            chunks: None,
+            stamp: None,
+        }
+    }
+
+    #[test]
+    fn a_run_is_attached_to_the_one_file_it_holds() {
+        let mib = BaseFile::HASHED_BELOW_BYTES;
+        let mut info = BaseBackupInfo {
+            timeline: 1,
+            start_lsn: Lsn::parse("0/1").unwrap(),
+            stop_lsn: Lsn::parse("0/2").unwrap(),
+            start_time: None,
+            pg_version: "15".into(),
+            system_identifier: 1,
+            backup_label: String::new(),
+            tablespaces: Vec::new(),
+            files: vec![
+                file("small", 100, 512),
+                // Empty: its bytes "start" where the next run does.
+                file("empty", 0, 2048),
+                file("alone", 2 * mib, 2048 + 512),
+                file("shared_a", 2 * mib, 10 * mib),
+                file("shared_b", 2 * mib, 12 * mib + 512),
+            ],
+        };
+        let runs = [
+            Run {
+                start: 0,
+                end: 2048,
+                first_chunk: 0,
+                chunks: 1,
+            },
+            Run {
+                start: 2048,
+                end: 2048 + 512 + 2 * mib,
+                first_chunk: 1,
+                chunks: 9,
+            },
+            Run {
+                start: 10 * mib - 512,
+                end: 16 * mib,
+                first_chunk: 10,
+                chunks: 20,
+            },
+        ];
+        info.attach_runs(&runs);
+        let chunks: Vec<Option<[u32; 2]>> = info.files.iter().map(|f| f.chunks).collect();
+        assert_eq!(chunks, vec![None, None, Some([1, 9]), None, None]);
     }
 }

@@ -16,7 +16,9 @@ use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinSet;
 
 use super::chunks::StoredChunk;
-use super::manifest::{BackupStats, BaseBackupInfo, ChunkRef, SnapshotKind, SnapshotManifest};
+use super::manifest::{
+    BackupStats, BaseBackupInfo, ChunkRef, FileStamp, Run, SnapshotKind, SnapshotManifest,
+};
 use super::Repository;
 use crate::blocking::{joined, thread_joined};
 use crate::crypto::ChunkId;
@@ -97,9 +99,35 @@ pub struct SnapshotMeta {
 /// How many chunks may be sealed or uploaded at once.
 const CHUNKS_IN_FLIGHT: usize = 16;
 
+/// What a source that knows its own layout sends in place of plain bytes (a base
+/// backup read from a data directory).
+pub enum Segment {
+    /// The stream's next bytes.
+    Bytes(Vec<u8>),
+    /// Ends a chunk here: the bytes between two cuts are whole chunks, which a later
+    /// backup can name again.
+    Cut,
+    /// Bytes an earlier snapshot stored between two cuts as exactly `refs`: named,
+    /// not read. The inspector sees `header` (the stretch's first bytes) and zeros
+    /// for the rest of its `len` bytes.
+    Reuse {
+        refs: Vec<ChunkRef>,
+        header: Vec<u8>,
+        len: u64,
+    },
+}
+
+/// Where the bytes of a backup come from.
+enum Source {
+    Plain(Box<dyn Read + Send>),
+    Segments(std::sync::mpsc::Receiver<Segment>),
+}
+
 enum Piece {
     /// A chunk in stream order.
     Body(ChunkId, Vec<u8>),
+    /// Chunks of an earlier snapshot, in stream order, named again.
+    Reused(Vec<ChunkRef>),
     /// The chunks that cover the dump's header and table of contents, sent last
     /// because their final bytes (the data offsets) are known only at the end.
     Head(Vec<(ChunkId, Vec<u8>)>),
@@ -118,6 +146,16 @@ impl PendingSnapshot {
     /// What the snapshot will be.
     pub fn manifest(&self) -> &SnapshotManifest {
         &self.manifest
+    }
+
+    /// Records what each file of a base backup was on disk, for the files the
+    /// stream was cut around (see [`super::manifest::BaseFile::stamp`]).
+    pub fn stamp_base_files(&mut self, stamps: &HashMap<String, FileStamp>) {
+        if let Some(b) = self.manifest.base.as_mut() {
+            for f in b.files.iter_mut().filter(|f| f.chunks.is_some()) {
+                f.stamp = stamps.get(&f.path).copied();
+            }
+        }
     }
 
     /// Makes the snapshot visible by writing its manifest: every chunk it names is
@@ -177,6 +215,34 @@ impl Repository {
         inspector: Option<Box<dyn StreamInspector>>,
         progress: Arc<dyn Progress>,
     ) -> Result<PendingSnapshot> {
+        self.ingest_from(Source::Plain(source), meta, inspector, progress)
+            .await
+    }
+
+    /// As [`Repository::ingest`], from a source that cuts its stream where it
+    /// likes and names stretches of earlier snapshots instead of sending them
+    /// ([`Segment`]). A base backup's files that a stretch holds alone record its
+    /// chunks ([`super::manifest::BaseFile::chunks`]).
+    ///
+    /// Errors: as [`Repository::ingest`].
+    pub async fn ingest_segments(
+        &self,
+        source: std::sync::mpsc::Receiver<Segment>,
+        meta: SnapshotMeta,
+        inspector: Option<Box<dyn StreamInspector>>,
+        progress: Arc<dyn Progress>,
+    ) -> Result<PendingSnapshot> {
+        self.ingest_from(Source::Segments(source), meta, inspector, progress)
+            .await
+    }
+
+    async fn ingest_from(
+        &self,
+        source: Source,
+        meta: SnapshotMeta,
+        inspector: Option<Box<dyn StreamInspector>>,
+        progress: Arc<dyn Progress>,
+    ) -> Result<PendingSnapshot> {
         let started_at = Instant::now();
         let started = chrono::Utc::now();
         let known = self.known_chunks().await?;
@@ -232,6 +298,23 @@ impl Repository {
             let (chunks, into_head) = match piece {
                 Piece::Body(id, data) => (vec![(id, data)], false),
                 Piece::Head(chunks) => (chunks, true),
+                Piece::Reused(refs) => {
+                    let len: u64 = refs.iter().map(|r| u64::from(r.len)).sum();
+                    progress.advance(len);
+                    stats.bytes_read += len;
+                    stats.bytes_referenced += len;
+                    stats.files_referenced += 1;
+                    stats.chunks_total += refs.len() as u64;
+                    stats.chunks_reused += refs.len() as u64;
+                    for r in refs {
+                        if let Some(base) = r.base {
+                            bases.insert(r.id, base);
+                        }
+                        seen.insert(r.id);
+                        body.push(r);
+                    }
+                    continue;
+                }
             };
             for (id, data) in chunks {
                 let len = data.len();
@@ -270,8 +353,14 @@ impl Repository {
         while let Some(res) = tasks.join_next().await {
             absorb(res, &mut stats, &mut bases)?;
         }
-        let inspected = thread_joined("chunking", producer.join())??;
+        let (mut inspected, mut runs) = thread_joined("chunking", producer.join())??;
 
+        for r in &mut runs {
+            r.first_chunk += head.len() as u32;
+        }
+        if let Some(b) = inspected.base.as_mut() {
+            b.attach_runs(&runs);
+        }
         head.extend(body);
         for r in &mut head {
             r.base = bases.get(&r.id).copied();
@@ -326,72 +415,88 @@ impl Repository {
 }
 
 /// Reads and cuts the source on a plain thread: the reads may block for as long as
-/// pg_dump takes, which must not tie up the async runtime.
+/// pg_dump takes, which must not tie up the async runtime. Returns what the
+/// inspector learned and, for a segmented source, the stretches between its cuts.
 fn produce(
-    source: Box<dyn Read + Send>,
+    source: Source,
     chunker: crate::chunker::ChunkerParams,
     master: crate::crypto::MasterKey,
     inspector: Option<Box<dyn StreamInspector>>,
     tx: mpsc::Sender<Piece>,
-) -> Result<Inspected> {
+) -> Result<(Inspected, Vec<Run>)> {
     let transforms = inspector.as_ref().is_some_and(|i| i.transforms());
     let inspector = inspector.map(|i| Rc::new(RefCell::new(i)));
     let refused: Rc<RefCell<Option<Error>>> = Rc::default();
-    let source: Box<dyn Read> = match &inspector {
-        Some(ins) if transforms => Box::new(StoredSource {
-            source,
-            inspector: ins.clone(),
-            refused: refused.clone(),
-            read_buf: vec![0; 256 << 10],
-            stored: Vec::new(),
-            at: 0,
-        }),
-        _ => source,
+    let mut cutter = Cutter {
+        holding: inspector.is_some(),
+        inspector: inspector.clone(),
+        transforms,
+        refused: refused.clone(),
+        held: Vec::new(),
+        master: master.clone(),
+        tx,
+        at: 0,
+        sent: 0,
     };
-    let mut held: Vec<Vec<u8>> = Vec::new();
-    let mut holding = inspector.is_some();
-    for chunk in chunker.stream(source) {
-        let chunk = chunk.map_err(|e| {
-            if let Some(e) = refused.borrow_mut().take() {
-                return e;
+    let mut runs = Vec::new();
+    match source {
+        Source::Plain(source) => {
+            let source: Box<dyn Read> = match &inspector {
+                Some(ins) if transforms => Box::new(StoredSource {
+                    source,
+                    inspector: ins.clone(),
+                    refused: refused.clone(),
+                    read_buf: vec![0; 256 << 10],
+                    stored: Vec::new(),
+                    at: 0,
+                }),
+                _ => source,
+            };
+            if !cutter.cut(chunker.stream(source))? {
+                return Ok((Inspected::default(), runs));
             }
-            match e {
-                fastcdc::v2020::Error::IoError(e) => Error::io("Cannot read the backup source", e),
-                other => Error::io(
-                    "Cannot read the backup source",
-                    std::io::Error::other(other.to_string()),
-                ),
-            }
-        })?;
-        if let Some(ins) = &inspector {
-            if !transforms {
-                ins.borrow_mut().feed(&chunk.data)?;
-            }
-            if holding {
-                // Keep every chunk that starts inside the head: its bytes may be
-                // rewritten once the whole stream has been seen.
-                match ins.borrow().head_len() {
-                    Some(end) if chunk.offset >= end => holding = false,
-                    _ => {
-                        held.push(chunk.data);
-                        continue;
+        }
+        Source::Segments(rx) => {
+            let mut reader = SegmentReader {
+                rx,
+                buf: Vec::new(),
+                pos: 0,
+                stop: None,
+            };
+            loop {
+                let (start, first) = (cutter.at, cutter.sent);
+                if !cutter.cut(chunker.stream(&mut reader))? {
+                    return Ok((Inspected::default(), runs));
+                }
+                if cutter.at > start {
+                    runs.push(Run {
+                        start,
+                        end: cutter.at,
+                        first_chunk: first,
+                        chunks: cutter.sent - first,
+                    });
+                }
+                match reader.stop.take() {
+                    None => break,
+                    Some(Segment::Reuse { refs, header, len }) => {
+                        match cutter.reuse(refs, &header, len)? {
+                            Some(run) => runs.push(run),
+                            None => return Ok((Inspected::default(), runs)),
+                        }
                     }
+                    Some(_) => {}
                 }
             }
         }
-        let id = master.chunk_id(&chunk.data);
-        if tx.blocking_send(Piece::Body(id, chunk.data)).is_err() {
-            // The receiver gave up after an error of its own, which it reports.
-            return Ok(Inspected::default());
-        }
     }
+    drop(cutter.inspector.take());
     let Some(ins) = inspector else {
-        return Ok(Inspected::default());
+        return Ok((Inspected::default(), runs));
     };
     let ins = Rc::into_inner(ins)
         .expect("the source, which shared the inspector, is gone")
         .into_inner();
-    let mut region: Vec<u8> = held.concat();
+    let mut region: Vec<u8> = cutter.held.concat();
     let head_len = (ins.head_len().unwrap_or(0) as usize).min(region.len());
     let inspected = ins.finish(&region[..head_len])?;
     if let Some(patched) = &inspected.patched_head {
@@ -407,8 +512,155 @@ fn produce(
             (master.chunk_id(&data), data)
         })
         .collect();
-    let _ = tx.blocking_send(Piece::Head(head));
-    Ok(inspected)
+    let _ = cutter.tx.blocking_send(Piece::Head(head));
+    Ok((inspected, runs))
+}
+
+/// Sends a source's chunks on, in order, feeding the inspector and holding back
+/// the chunks of a head it may rewrite.
+struct Cutter {
+    inspector: Option<Rc<RefCell<Box<dyn StreamInspector>>>>,
+    transforms: bool,
+    refused: Rc<RefCell<Option<Error>>>,
+    holding: bool,
+    held: Vec<Vec<u8>>,
+    master: crate::crypto::MasterKey,
+    tx: mpsc::Sender<Piece>,
+    /// Bytes of the stream so far.
+    at: u64,
+    /// Chunks sent as the body so far.
+    sent: u32,
+}
+
+impl Cutter {
+    /// Sends every chunk of `chunks`; `false` when the receiver gave up (after an
+    /// error of its own, which it reports).
+    fn cut<R: Read>(&mut self, chunks: fastcdc::v2020::StreamCDC<R>) -> Result<bool> {
+        for chunk in chunks {
+            let chunk = chunk.map_err(|e| {
+                if let Some(e) = self.refused.borrow_mut().take() {
+                    return e;
+                }
+                match e {
+                    fastcdc::v2020::Error::IoError(e) => {
+                        Error::io("Cannot read the backup source", e)
+                    }
+                    other => Error::io(
+                        "Cannot read the backup source",
+                        std::io::Error::other(other.to_string()),
+                    ),
+                }
+            })?;
+            let offset = self.at;
+            self.at += chunk.data.len() as u64;
+            if let Some(ins) = &self.inspector {
+                if !self.transforms {
+                    ins.borrow_mut().feed(&chunk.data)?;
+                }
+                if self.holding {
+                    // Keep every chunk that starts inside the head: its bytes may be
+                    // rewritten once the whole stream has been seen.
+                    match ins.borrow().head_len() {
+                        Some(end) if offset >= end => self.holding = false,
+                        _ => {
+                            self.held.push(chunk.data);
+                            continue;
+                        }
+                    }
+                }
+            }
+            let id = self.master.chunk_id(&chunk.data);
+            if self.tx.blocking_send(Piece::Body(id, chunk.data)).is_err() {
+                return Ok(false);
+            }
+            self.sent += 1;
+        }
+        Ok(true)
+    }
+
+    /// Names an earlier snapshot's chunks for the next `len` bytes; the stretch they
+    /// make, or `None` when the receiver gave up.
+    ///
+    /// Errors: `InvalidInput` when the chunks do not add up to `len` or the stretch
+    /// would lie in a head the inspector may rewrite; the inspector's refusal.
+    fn reuse(&mut self, refs: Vec<ChunkRef>, header: &[u8], len: u64) -> Result<Option<Run>> {
+        let named: u64 = refs.iter().map(|r| u64::from(r.len)).sum();
+        if named != len || (header.len() as u64) > len {
+            return Err(Error::InvalidInput(format!(
+                "A reused stretch of {len} bytes at {} names chunks of {named} bytes",
+                self.at
+            )));
+        }
+        if let Some(ins) = &self.inspector {
+            let mut ins = ins.borrow_mut();
+            if self.holding {
+                match ins.head_len() {
+                    Some(end) if self.at >= end => self.holding = false,
+                    _ => {
+                        return Err(Error::InvalidInput(
+                            "A reused stretch cannot lie in the stream's head".into(),
+                        ))
+                    }
+                }
+            }
+            // The inspector reads the entry's header; the bytes after it are not
+            // ones it keeps or hashes (see BaseFile::HASHED_BELOW_BYTES).
+            ins.feed(header)?;
+            let zeros = vec![0u8; 1 << 20];
+            let mut left = len - header.len() as u64;
+            while left > 0 {
+                let n = left.min(zeros.len() as u64) as usize;
+                ins.feed(&zeros[..n])?;
+                left -= n as u64;
+            }
+        }
+        let run = Run {
+            start: self.at,
+            end: self.at + len,
+            first_chunk: self.sent,
+            chunks: refs.len() as u32,
+        };
+        if self.tx.blocking_send(Piece::Reused(refs)).is_err() {
+            return Ok(None);
+        }
+        self.at += len;
+        self.sent += run.chunks;
+        Ok(Some(run))
+    }
+}
+
+/// A segmented source read as bytes up to its next cut or reused stretch, which
+/// waits in `stop` (reads return 0 until it is taken).
+struct SegmentReader {
+    rx: std::sync::mpsc::Receiver<Segment>,
+    buf: Vec<u8>,
+    pos: usize,
+    stop: Option<Segment>,
+}
+
+impl Read for SegmentReader {
+    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        if self.stop.is_some() {
+            return Ok(0);
+        }
+        while self.pos == self.buf.len() {
+            match self.rx.recv() {
+                Ok(Segment::Bytes(b)) => {
+                    self.buf = b;
+                    self.pos = 0;
+                }
+                Ok(other) => {
+                    self.stop = Some(other);
+                    return Ok(0);
+                }
+                Err(_) => return Ok(0),
+            }
+        }
+        let n = out.len().min(self.buf.len() - self.pos);
+        out[..n].copy_from_slice(&self.buf[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
 }
 
 /// The source as a transforming inspector stores it: each read feeds the inspector

@@ -11,7 +11,8 @@
 #              zstd level 3, aes-256-cbc (pgvault always encrypts and uses zstd 3)
 # Before each backup the WAL archive is brought up to date (pg_backup_stop waits for
 # it). Reported per day: wall time, peak RSS (GNU time), bytes the backup added (pgvault:
-# the backup's bytes_stored_new; pgBackRest: growth of its backup/ directory).
+# the backup's bytes_stored_new; pgBackRest: growth of its backup/ directory), and
+# what pgvault took unread from the day before (bytes_referenced).
 # Then, after a marker row written after the last backup, RUNS times each, interleaved:
 #   full    restore of the last backup into an empty directory (files only)
 #   delta   restore of the last backup over a copy of the day before's restore
@@ -137,6 +138,7 @@ for d in $(seq 1 "$DAYS"); do
             read -r pv_s pv_rss < <(timed_rss "$PV backup --base --pgdata $pgdata --jobs $JOBS --json --lock-wait 1s > $work/pv.json")
             pv_json=$(cat "$work/pv.json")
             pv_new=$(echo "$pv_json" | jq -r .bytes_stored_new)
+            pv_ref=$(echo "$pv_json" | jq -r '.bytes_referenced // 0')
             pv_ids+=("$(echo "$pv_json" | jq -r .snapshot_id)")
             [ "$(echo "$pv_json" | jq '.bad_pages | length')" = 0 ] || { echo "pgvault reported bad pages: $pv_json" >&2; exit 1; }
         else
@@ -151,7 +153,7 @@ for d in $(seq 1 "$DAYS"); do
     record br_backup "$br_s"
     record pv_rss "$pv_rss"
     record br_rss "$br_rss"
-    rows="$rows| $d | $(data_mb) | $pv_s | $br_s | $(mb "$pv_new") | $(mb "$br_new") | $((pv_rss / 1024)) | $((br_rss / 1024)) |
+    rows="$rows| $d | $(data_mb) | $pv_s | $br_s | $(mb "$pv_ref") | $(mb "$pv_new") | $(mb "$br_new") | $((pv_rss / 1024)) | $((br_rss / 1024)) |
 "
     echo "day $d: pgvault ${pv_s}s +$(mb "$pv_new") MB, pgBackRest ($type) ${br_s}s +$(mb "$br_new") MB"
 done
@@ -231,9 +233,9 @@ pgvault: \`backup --base --pgdata --jobs $JOBS\`; pgBackRest: full on day 1, inc
 
 ## Per day
 
-| day | PGDATA MB (no pg_wal) | pgvault s | pgBackRest s | pgvault added MB | pgBackRest added MB | pgvault RSS MiB | pgBackRest RSS MiB |
-|---:|---:|---:|---:|---:|---:|---:|---:|
-$rows| **total** | | | | **$(mb "$pv_total")** | **$(mb "$br_total")** | | |
+| day | PGDATA MB (no pg_wal) | pgvault s | pgBackRest s | pgvault unread MB | pgvault added MB | pgBackRest added MB | pgvault RSS MiB | pgBackRest RSS MiB |
+|---:|---:|---:|---:|---:|---:|---:|---:|---:|
+$rows| **total** | | | | | **$(mb "$pv_total")** | **$(mb "$br_total")** | | |
 
 Stored over the week, pgvault against pgBackRest: $(awk -v a="$pv_total" -v b="$br_total" 'BEGIN {printf "%.2fx", a / b}') (goal at most 0.25x).
 Backup time, medians over the days: pgvault $(m pv_backup), pgBackRest $(m br_backup): $(ratio pv_backup br_backup) (goal at most 1.0x).

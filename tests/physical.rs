@@ -57,24 +57,9 @@ fn backup_from_pgdata(v: &Vault, pg: &PgCluster, extra: &[&str]) -> serde_json::
     v.run(&args).ok().json()
 }
 
-/// The bytes of the file at `path` in base backup `id`'s stored tar stream.
-fn file_in_stream(v: &Vault, id: &str, path: &str) -> Option<Vec<u8>> {
-    let tar_bytes = v.cat(id);
-    let mut archive = tar::Archive::new(&tar_bytes[..]);
-    for e in archive.entries().unwrap() {
-        let mut e = e.unwrap();
-        if e.path().unwrap().to_str() == Some(path) {
-            let mut out = Vec::new();
-            std::io::Read::read_to_end(&mut e, &mut out).unwrap();
-            return Some(out);
-        }
-    }
-    None
-}
-
 /// The backup_manifest inside a base backup's stored tar stream.
 fn backup_manifest_of(v: &Vault, id: &str) -> Vec<u8> {
-    file_in_stream(v, id, "backup_manifest")
+    v.file_in_stream(id, "backup_manifest")
         .unwrap_or_else(|| panic!("base backup {id} has no backup_manifest"))
 }
 
@@ -304,7 +289,7 @@ fn the_mount_shows_a_base_backup_as_a_tree_that_pg_verifybackup_accepts() {
     // A relation file reads back as the stored tar stream has it.
     let path = pg.psql("footdash", "SELECT pg_relation_filepath('teams')");
     let from_mount = std::fs::read(base.join(&path)).unwrap();
-    assert_eq!(Some(from_mount), file_in_stream(&v, id, &path), "{path}");
+    assert_eq!(Some(from_mount), v.file_in_stream(id, &path), "{path}");
     assert!(m.join(&format!("snapshots/{id}/base.tar")).exists());
 }
 
@@ -651,8 +636,12 @@ fn unchanged_files_are_named_from_the_previous_backup_unread_and_restore_exactly
         list_of(&second)["bytes_referenced"],
         second["bytes_referenced"]
     );
-    let tar1 = file_in_stream(&v, first["snapshot_id"].as_str().unwrap(), &big_path).unwrap();
-    let tar2 = file_in_stream(&v, second["snapshot_id"].as_str().unwrap(), &big_path).unwrap();
+    let tar1 = v
+        .file_in_stream(first["snapshot_id"].as_str().unwrap(), &big_path)
+        .unwrap();
+    let tar2 = v
+        .file_in_stream(second["snapshot_id"].as_str().unwrap(), &big_path)
+        .unwrap();
     assert!(tar1 == tar2, "the named copy differs from the read one");
 
     // A changed file is read again; the unchanged one still is not.

@@ -1137,10 +1137,29 @@ fn base_backups_and_dumps_taken_from_a_hot_standby_restore_with_the_primary_s_ar
     }
     assert_eq!(standby.psql("postgres", "SELECT pg_is_in_recovery()"), "t");
 
-    // Both kinds of backup pointed at the standby.
+    // Every kind of backup pointed at the standby.
     v.use_pg(&standby);
     let base = v.run(&["backup", "--base", "--json"]).ok().json();
     let dump = v.run(&["backup", "--db", "footdash", "--json"]).ok().json();
+    let from_pgdata = v
+        .run(&[
+            "backup",
+            "--base",
+            "--pgdata",
+            standby.data_dir().to_str().unwrap(),
+            "--json",
+        ])
+        .ok()
+        .json();
+    assert_eq!(from_pgdata["bad_pages"], serde_json::json!([]));
+    let label = v
+        .file_in_stream(from_pgdata["snapshot_id"].as_str().unwrap(), "backup_label")
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&label).contains("BACKUP FROM: standby"),
+        "{}",
+        String::from_utf8_lossy(&label)
+    );
     assert_eq!(
         base["base"]["system_identifier"].as_str().unwrap(),
         pg.psql(
@@ -1152,6 +1171,11 @@ fn base_backups_and_dumps_taken_from_a_hot_standby_restore_with_the_primary_s_ar
     // The primary goes on and archives; the standby's base backup recovers with it.
     pg.psql("footdash", "INSERT INTO marks VALUES ('B')");
     switch_and_wait_archived(&pg);
+    let id = from_pgdata["snapshot_id"].as_str().unwrap();
+    let restored = restore_and_start(&v, &["--latest", "--base", id]);
+    assert_eq!(tags(&restored), "A,B");
+    assert_eq!(restored.row_counts("footdash"), pg.row_counts("footdash"));
+    restored.stop_fast();
     let id = base["snapshot_id"].as_str().unwrap();
     let restored = restore_and_start(&v, &["--latest", "--base", id]);
     assert_eq!(tags(&restored), "A,B");

@@ -17,7 +17,7 @@ impl Bar {
         let bar = if total > 0 {
             ProgressBar::new(total).with_style(
                 ProgressStyle::with_template(
-                    "{prefix} [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+                    "{prefix} [{bar:40}] {bytes}/{total_bytes} {msg} {bytes_per_sec} eta {eta}",
                 )
                 .expect("valid template")
                 .progress_chars("=> "),
@@ -36,6 +36,10 @@ impl Bar {
 impl Progress for Bar {
     fn advance(&self, bytes: u64) {
         self.0.inc(bytes);
+    }
+
+    fn files(&self, done: u64, total: u64) {
+        self.0.set_message(format!("{done}/{total} files"));
     }
 }
 

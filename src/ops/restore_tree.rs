@@ -479,6 +479,8 @@ pub async fn write_tree(
     // Workers pop from the end: largest first, so that one big file does not start
     // last and run alone.
     work.sort_by_key(|(f, _)| f.size);
+    let files_total = work.len() as u64;
+    progress.files(0, files_total);
     let queue = Arc::new(Mutex::new(work));
     let totals = Arc::new(Mutex::new(TreeStats::default()));
     let mut workers = tokio::task::JoinSet::new();
@@ -512,7 +514,7 @@ pub async fn write_tree(
                         false => Some(write_file(&reader, &f, &path).await?),
                     }
                 };
-                {
+                let files_done = {
                     let mut t = totals.lock().expect("totals lock");
                     match written {
                         Some(n) => {
@@ -521,10 +523,12 @@ pub async fn write_tree(
                         }
                         None => t.files_unchanged += 1,
                     }
-                }
+                    t.files_written + t.files_unchanged
+                };
                 set_mode(&path, f.mode)?;
                 set_mtime(&path, f.mtime);
                 progress.advance(f.size);
+                progress.files(files_done, files_total);
             }
         });
     }

@@ -974,7 +974,7 @@ impl PgdataBackup {
     /// store; [`PgdataBackup::finish`] says whether it is whole.
     ///
     /// Errors: `InvalidInput` when `opts.pgdata` is not the data directory of that
-    /// server (their system identifiers differ) or the server is a standby;
+    /// server (their system identifiers differ);
     /// `External` when psql cannot start or `pg_backup_start` fails; `Io` when the
     /// directory cannot be walked.
     pub fn start(opts: &PgdataOptions) -> Result<(PgdataBackup, Receiver<Segment>)> {
@@ -993,11 +993,9 @@ impl PgdataBackup {
                 opts.pgdata.display()
             )));
         }
-        if f[1] == "t" {
-            return Err(Error::InvalidInput(
-                "The server is a standby: take the base backup from the primary".into(),
-            ));
-        }
+        // A standby works too: its backup_label says so, pg_backup_stop returns the
+        // last replayed location as the end (waiting for its archiving only under
+        // archive_mode = always), and the primary's archive brings the WAL.
         let checksums = f[2] == "on";
         let line = session.query(
             "SELECT pg_backup_start('pgvault', true), \

@@ -30,6 +30,9 @@ use crate::sketch::{Sketch, SketchIndex};
 pub trait Progress: Send + Sync {
     /// `bytes` more have been processed.
     fn advance(&self, bytes: u64);
+
+    /// `done` of `total` files have been processed, for work that goes file by file.
+    fn files(&self, _done: u64, _total: u64) {}
 }
 
 /// Progress that nobody watches.

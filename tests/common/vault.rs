@@ -275,6 +275,21 @@ impl Vault {
     }
 
     /// Every object file under a local repository, relative paths.
+    /// The bytes of the file at `path` in base backup `id`'s stored tar stream.
+    pub fn file_in_stream(&self, id: &str, path: &str) -> Option<Vec<u8>> {
+        let tar_bytes = self.cat(id);
+        let mut archive = tar::Archive::new(&tar_bytes[..]);
+        for e in archive.entries().unwrap() {
+            let mut e = e.unwrap();
+            if e.path().unwrap().to_str() == Some(path) {
+                let mut out = Vec::new();
+                std::io::Read::read_to_end(&mut e, &mut out).unwrap();
+                return Some(out);
+            }
+        }
+        None
+    }
+
     pub fn objects(&self, prefix: &str) -> Vec<PathBuf> {
         let mut out = super::walk_files(&self.repo_path().join(prefix));
         out.retain(|p| {

@@ -50,6 +50,7 @@ impl Repository {
             None => (data, None, None),
             Some(idx) => {
                 let sketch_key = self.key().sketch_key();
+                let _cpu = cpu_slot().await;
                 blocking("chunk sealing", move || {
                     let sketch = Sketch::of(&data).keyed(&sketch_key);
                     let candidate = idx.most_similar(&sketch, &id);
@@ -64,10 +65,12 @@ impl Repository {
         };
         let master = self.key().clone();
         let level = self.config().zstd_level;
+        let cpu = cpu_slot().await;
         let ((object, base), data) = blocking("chunk sealing", move || {
             (encode_best(&master, &id, &data, base, level), data)
         })
         .await?;
+        drop(cpu);
         let size = object.len() as u64;
         let created = if self.config().conditional_writes {
             self.backend().put_if_absent(&key, object).await?
@@ -368,6 +371,23 @@ const DELTA_GOOD_ENOUGH_DIVISOR: usize = 20;
 const REBASE_SHARE_DIVISOR: usize = 4;
 
 /// Seals a chunk as a delta on `base` when that is small enough, else in full.
+/// A turn at CPU-bound sealing work (sketching, compressing, delta encoding). There
+/// are as many turns as cores: more chunks sealed at once would not go faster, only
+/// hold more chunks, bases and compression contexts in memory (and in more
+/// allocator arenas) at the same time. Uploads, which wait on the network, are not
+/// limited by it.
+async fn cpu_slot() -> tokio::sync::SemaphorePermit<'static> {
+    static SLOTS: std::sync::OnceLock<tokio::sync::Semaphore> = std::sync::OnceLock::new();
+    SLOTS
+        .get_or_init(|| {
+            let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+            tokio::sync::Semaphore::new(cores)
+        })
+        .acquire()
+        .await
+        .expect("the semaphore is never closed")
+}
+
 fn encode_best(
     master: &crate::crypto::MasterKey,
     id: &ChunkId,

@@ -92,6 +92,12 @@ impl Error {
         }
     }
 
+    /// Whether this is a write into a stream whose reading side had stopped: the
+    /// knock-on effect of a failure told elsewhere.
+    pub fn is_broken_pipe(&self) -> bool {
+        matches!(self, Error::Io { source, .. } if source.kind() == std::io::ErrorKind::BrokenPipe)
+    }
+
     /// An I/O error on a path, named in the message.
     pub fn io_path(action: &str, path: &std::path::Path, source: std::io::Error) -> Self {
         Error::io(format!("Cannot {action} {}", path.display()), source)

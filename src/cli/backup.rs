@@ -24,8 +24,9 @@ pub struct BackupArgs {
     pub db: Option<String>,
     /// Take a physical base backup with pg_basebackup (for point-in-time recovery).
     /// For a cluster with tablespaces pg_basebackup writes one archive per tablespace
-    /// into a private spool directory under $TMPDIR (default /var/tmp), each read and
-    /// deleted as it is written
+    /// into a private spool directory under $TMPDIR (default /var/tmp), each read as
+    /// it is written and deleted once read; the spool may need room for the largest
+    /// archive (usually base.tar)
     #[arg(long)]
     pub base: bool,
     /// With --base: read the files from this data directory, on the database host,

@@ -227,15 +227,17 @@ async fn prior_backup(repo: &Repository, pgdata: &std::path::Path) -> Option<Pri
             return None;
         }
     };
-    let latest = snaps
+    let mut bases: Vec<&SnapshotManifest> = snaps
         .iter()
         .filter(|s| {
             s.base
                 .as_ref()
                 .is_some_and(|b| b.system_identifier == system)
         })
-        .max_by_key(|s| s.started)?;
-    PriorBackup::of(latest)
+        .collect();
+    bases.sort_by_key(|s| std::cmp::Reverse(s.started));
+    // The latest that offers anything: a pg_basebackup one in between offers nothing.
+    bases.into_iter().find_map(PriorBackup::of)
 }
 
 /// The stream maker's verdict with the stored stream's, as for a program: a failed
@@ -245,7 +247,8 @@ fn settle<P, T>(ingested: Result<P>, finish: impl FnOnce() -> Result<T>) -> Resu
     match ingested {
         Ok(p) => Ok((p, finish()?)),
         Err(e) => Err(match finish() {
-            Err(m) if e.kind() == ErrorKind::InvalidInput => m,
+            // A maker that only saw the stored side stop has nothing to add.
+            Err(m) if e.kind() == ErrorKind::InvalidInput && !m.is_broken_pipe() => m,
             _ => e,
         }),
     }

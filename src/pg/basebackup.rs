@@ -71,7 +71,7 @@ pub async fn may_have_tablespaces(conn: &ConnectOptions) -> bool {
 
 /// Where pg_basebackup's archives are spooled: `$TMPDIR`, else `/var/tmp` (on
 /// disk, where `/tmp` may be memory).
-pub fn spool_parent() -> PathBuf {
+fn spool_parent() -> PathBuf {
     std::env::var_os("TMPDIR")
         .filter(|d| !d.is_empty())
         .map(PathBuf::from)
@@ -84,8 +84,9 @@ const SPOOL_PREFIX: &str = "pgvault-basebackup-";
 /// A base backup of a cluster with tablespaces, by pg_basebackup in tar format into
 /// a private spool directory: one archive per tablespace, then `base.tar`, then
 /// `backup_manifest`. Each archive is read as pg_basebackup writes it (it writes
-/// them one after another) and deleted once read, so the spool holds about one
-/// archive at a time, not the cluster. The archives become one tar stream laid out
+/// them one after another) and deleted once read. pg_basebackup does not wait for
+/// pgvault, so the spool may fill up to the largest archive when storing is slower
+/// than the server. The archives become one tar stream laid out
 /// as a `--pgdata` backup's: each tablespace under `pg_tblspc/<oid>/`, then the
 /// data directory, then the manifest, which pg_basebackup wrote for that layout.
 pub struct SpooledBaseBackup {
@@ -108,7 +109,7 @@ impl SpooledBaseBackup {
             .tempdir_in(&parent)
             .map_err(|e| Error::io_path("make a spool directory in", &parent, e))?;
         let owner = spool.path().join("owner");
-        std::fs::write(&owner, std::process::id().to_string())
+        std::fs::write(&owner, owner_line(std::process::id()))
             .map_err(|e| Error::io_path("write", &owner, e))?;
         // pg_basebackup wants a directory it creates or an empty one.
         let dir = spool.path().join("archives");
@@ -144,21 +145,46 @@ impl SpooledBaseBackup {
     }
 }
 
-/// Removes spool directories whose owner process is gone (a pgvault killed in the
-/// middle of a backup), so that they do not pile up.
+/// What a spool's `owner` file says: the pid and, where known, its start time
+/// (a pid alone may since belong to another process).
+fn owner_line(pid: u32) -> String {
+    match crate::host::probe_process(pid) {
+        crate::host::ProcessProbe::Running { start: Some(t) } => format!("{pid} {t}"),
+        _ => pid.to_string(),
+    }
+}
+
+/// Removes this user's spool directories whose owner process is gone (a pgvault
+/// killed in the middle of a backup), so that they do not pile up. A spool whose
+/// owner cannot be told gone is left alone.
 fn remove_dead_spools(parent: &Path) {
+    use std::os::unix::fs::MetadataExt;
     let Ok(entries) = std::fs::read_dir(parent) else {
         return;
     };
+    let me = nix::unistd::getuid().as_raw();
     for e in entries.flatten() {
-        if !e.file_name().to_string_lossy().starts_with(SPOOL_PREFIX) {
+        if !e.file_name().to_string_lossy().starts_with(SPOOL_PREFIX)
+            || !e.metadata().is_ok_and(|m| m.is_dir() && m.uid() == me)
+        {
             continue;
         }
-        let Ok(pid) = std::fs::read_to_string(e.path().join("owner")) else {
+        let Ok(line) = std::fs::read_to_string(e.path().join("owner")) else {
             continue;
         };
-        let alive = Path::new("/proc").join(pid.trim()).exists();
-        if !alive && !pid.trim().is_empty() {
+        let mut fields = line.split_whitespace();
+        let Some(pid) = fields.next().and_then(|p| p.parse::<u32>().ok()) else {
+            continue;
+        };
+        let started: Option<u64> = fields.next().and_then(|t| t.parse().ok());
+        let dead = match crate::host::probe_process(pid) {
+            crate::host::ProcessProbe::Gone => true,
+            crate::host::ProcessProbe::Running { start } => {
+                started.is_some() && start.is_some() && start != started
+            }
+            crate::host::ProcessProbe::Unknown => false,
+        };
+        if dead {
             let _ = std::fs::remove_dir_all(e.path());
         }
     }
@@ -166,7 +192,8 @@ fn remove_dead_spools(parent: &Path) {
 
 fn merge(mut process: PgProcess, dir: &Path, out: PipeWriter) -> Result<()> {
     let mut tar = tar::Builder::new(BufWriter::with_capacity(1 << 20, out));
-    if let Err(e) = merge_archives(&mut process.child, dir, &mut tar) {
+    let mut copied = Vec::new();
+    if let Err(e) = merge_archives(&mut process.child, dir, &mut tar, &mut copied) {
         // pg_basebackup's own failure explains a missing or cut archive best.
         if matches!(process.child.try_wait(), Ok(Some(s)) if !s.success()) {
             return Err(process.finish().err().unwrap_or(e));
@@ -177,6 +204,7 @@ fn merge(mut process: PgProcess, dir: &Path, out: PipeWriter) -> Result<()> {
     process.finish()?;
     let path = dir.join("backup_manifest");
     let manifest = std::fs::read(&path).map_err(|e| Error::io_path("read", &path, e))?;
+    check_against_manifest(&manifest, &copied)?;
     let mut h = tar::Header::new_gnu();
     h.set_entry_type(tar::EntryType::Regular);
     h.set_size(manifest.len() as u64);
@@ -190,6 +218,51 @@ fn merge(mut process: PgProcess, dir: &Path, out: PipeWriter) -> Result<()> {
     Ok(())
 }
 
+/// Checks that the merged archives hold exactly the files pg_basebackup's
+/// `backup_manifest` lists, with their sizes: the merge read archives while they
+/// were written, and a short one must never become a backup.
+///
+/// Errors: `External` naming the first file missing, extra or of another size.
+fn check_against_manifest(manifest: &[u8], copied: &[(String, u64)]) -> Result<()> {
+    let bad = |why: String| {
+        Error::External(format!(
+            "The archives pg_basebackup wrote do not match its backup_manifest: {why}"
+        ))
+    };
+    let json: serde_json::Value =
+        serde_json::from_slice(manifest).map_err(|e| bad(format!("it does not parse: {e}")))?;
+    let mut listed: std::collections::HashMap<String, u64> = std::collections::HashMap::new();
+    for f in json["Files"]
+        .as_array()
+        .ok_or_else(|| bad("it has no Files".into()))?
+    {
+        let path = match (f["Path"].as_str(), f["Encoded-Path"].as_str()) {
+            (Some(p), _) => p.to_string(),
+            (None, Some(hex)) => String::from_utf8_lossy(
+                &hex::decode(hex).map_err(|e| bad(format!("an Encoded-Path: {e}")))?,
+            )
+            .into_owned(),
+            _ => return Err(bad("a file has no Path".into())),
+        };
+        listed.insert(path, f["Size"].as_u64().unwrap_or(u64::MAX));
+    }
+    for (name, size) in copied {
+        match listed.remove(name) {
+            Some(s) if s == *size => {}
+            Some(s) => {
+                return Err(bad(format!(
+                    "{name} has {size} bytes, the manifest says {s}"
+                )))
+            }
+            None => return Err(bad(format!("{name} is not in the manifest"))),
+        }
+    }
+    match listed.into_keys().next() {
+        Some(missing) => Err(bad(format!("{missing} is missing"))),
+        None => Ok(()),
+    }
+}
+
 fn merge_failed(e: std::io::Error) -> Error {
     Error::io("Cannot write the base backup stream", e)
 }
@@ -199,9 +272,10 @@ fn merge_archives(
     child: &mut Child,
     dir: &Path,
     tar: &mut tar::Builder<BufWriter<PipeWriter>>,
+    copied: &mut Vec<(String, u64)>,
 ) -> Result<()> {
     loop {
-        let Some(name) = next_archive(child, dir)? else {
+        let Some((name, before)) = next_archive(child, dir)? else {
             return Err(Error::External(
                 "pg_basebackup ended without writing base.tar".into(),
             ));
@@ -229,12 +303,12 @@ fn merge_archives(
         };
         let growing = Growing {
             file,
-            name: name.clone(),
             dir,
+            before,
             child: &mut *child,
             complete: false,
         };
-        copy_entries(growing, &prefix, tar)
+        copy_entries(growing, &prefix, tar, copied)
             .map_err(|e| Error::io(format!("Cannot merge pg_basebackup's {name}"), e))?;
         // Read: the spool should not hold the whole cluster.
         std::fs::remove_file(&path).map_err(|e| Error::io_path("remove", &path, e))?;
@@ -247,23 +321,36 @@ fn merge_archives(
 /// How often a growing archive or the spool is looked at again.
 const POLL: std::time::Duration = std::time::Duration::from_millis(10);
 
-/// The next archive pg_basebackup started, waiting for it; `None` when it exited
-/// without starting another.
-fn next_archive(child: &mut Child, dir: &Path) -> Result<Option<String>> {
+/// The names in the spool now.
+fn spool_names(dir: &Path) -> std::io::Result<Vec<String>> {
+    match std::fs::read_dir(dir) {
+        Ok(entries) => entries
+            .map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned()))
+            .collect(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(e),
+    }
+}
+
+/// The oldest archive in the spool, waiting for one, and the names the spool held
+/// then; `None` when pg_basebackup exited without writing another. pg_basebackup
+/// writes one archive after another, so the oldest is the one to read first (when
+/// pgvault lags, newer ones wait behind it; only the newest may still grow), and
+/// base.tar comes last.
+fn next_archive(child: &mut Child, dir: &Path) -> Result<Option<(String, Vec<String>)>> {
     loop {
-        let mut tars: Vec<String> = match std::fs::read_dir(dir) {
-            Ok(entries) => entries
-                .flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .filter(|n| n.ends_with(".tar"))
-                .collect(),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-            Err(e) => return Err(Error::io_path("read", dir, e)),
-        };
-        // Only the newest is still being written; base.tar comes last.
-        tars.sort_by_key(|n| n == "base.tar");
-        if let Some(n) = tars.into_iter().next() {
-            return Ok(Some(n));
+        let names = spool_names(dir).map_err(|e| Error::io_path("read", dir, e))?;
+        let mut tars: Vec<(bool, std::time::SystemTime, String)> = names
+            .iter()
+            .filter(|n| n.ends_with(".tar"))
+            .filter_map(|n| {
+                let modified = std::fs::metadata(dir.join(n)).ok()?.modified().ok()?;
+                Some((n == "base.tar", modified, n.clone()))
+            })
+            .collect();
+        tars.sort();
+        if let Some((_, _, n)) = tars.into_iter().next() {
+            return Ok(Some((n, names)));
         }
         if exited(child) {
             return Ok(None);
@@ -277,12 +364,16 @@ fn exited(child: &mut Child) -> bool {
 }
 
 /// An archive pg_basebackup may still be writing: at its current end a read waits
-/// for more, until pg_basebackup has moved on (another file is in the spool) or
-/// exited; then the end is the end.
+/// for more, until pg_basebackup has moved on or exited; then the end is the end.
+/// It has moved on when a file appears that the spool did not hold when this
+/// archive was picked: it starts a file only after closing the one before. (A file
+/// that was already there proves nothing: it may be the one being written, and
+/// this archive an older, finished one.)
 struct Growing<'a> {
     file: std::fs::File,
-    name: String,
     dir: &'a Path,
+    /// The spool's names when this archive was picked.
+    before: Vec<String>,
     child: &'a mut Child,
     complete: bool,
 }
@@ -292,12 +383,9 @@ impl Growing<'_> {
         if exited(self.child) {
             return Ok(true);
         }
-        for e in std::fs::read_dir(self.dir)? {
-            if e?.file_name().to_string_lossy() != self.name {
-                return Ok(true);
-            }
-        }
-        Ok(false)
+        Ok(spool_names(self.dir)?
+            .iter()
+            .any(|n| !self.before.contains(n)))
     }
 }
 
@@ -325,6 +413,7 @@ fn copy_entries(
     from: impl Read,
     prefix: &str,
     tar: &mut tar::Builder<BufWriter<PipeWriter>>,
+    copied: &mut Vec<(String, u64)>,
 ) -> std::io::Result<()> {
     let mut archive = tar::Archive::new(from);
     for entry in archive.entries()? {
@@ -359,6 +448,7 @@ fn copy_entries(
             tar::EntryType::Regular | tar::EntryType::Continuous => {
                 h.set_entry_type(tar::EntryType::Regular);
                 h.set_size(entry.size());
+                copied.push((name.clone(), entry.size()));
                 tar.append_data(&mut h, &name, &mut entry)?;
             }
             // Hard links, devices: pg_basebackup writes none.
@@ -604,5 +694,40 @@ impl StreamInspector for BaseTarInspector {
             recreation: None,
             file_extension: None,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn merged_archives_must_match_the_manifest_by_path_and_size() {
+        let manifest = br#"{"PostgreSQL-Backup-Manifest-Version": 1, "Files": [
+            {"Path": "PG_VERSION", "Size": 3},
+            {"Path": "pg_tblspc/16385/PG_15_1/5/16386", "Size": 8192},
+            {"Encoded-Path": "6261642f6e616d65", "Size": 1}
+        ]}"#;
+        let all = vec![
+            ("pg_tblspc/16385/PG_15_1/5/16386".to_string(), 8192),
+            ("PG_VERSION".to_string(), 3),
+            ("bad/name".to_string(), 1),
+        ];
+        check_against_manifest(manifest, &all).unwrap();
+        // A tablespace archive cut short, one left out, one too many.
+        let mut short = all.clone();
+        short[0].1 = 4096;
+        let missing = all[1..].to_vec();
+        let mut extra = all.clone();
+        extra.push(("stray".into(), 1));
+        for (copied, says) in [
+            (short, "has 4096 bytes"),
+            (missing, "is missing"),
+            (extra, "stray is not in the manifest"),
+        ] {
+            let e = check_against_manifest(manifest, &copied).unwrap_err();
+            assert!(e.to_string().contains(says), "{e}");
+            assert_eq!(e.kind(), crate::error::ErrorKind::External);
+        }
     }
 }

@@ -144,6 +144,9 @@ impl PgProcess {
         let path = pg_program(program);
         let mut cmd = Command::new(&path);
         cmd.args(args).args(conn.client_args());
+        // Messages in English: pgvault reads some of them (pg_basebackup's progress
+        // lines) and quotes the rest in its own English errors.
+        cmd.env("LC_MESSAGES", "C");
         cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());

@@ -43,6 +43,9 @@ pub struct PgdataReport {
     pub stamps: HashMap<String, FileStamp>,
 }
 
+/// The control file, in the stream and the data directory.
+const CONTROL_FILE: &str = "global/pg_control";
+
 /// A file changed this long before the previous backup began is trusted to have
 /// been read whole by it. A write under way while a file is read sets its change
 /// time before the read, and would then have to last this long: PostgreSQL writes
@@ -56,7 +59,7 @@ const REUSE_MARGIN_NS: i64 = 2_000_000_000;
 /// was cut around and whose state on disk it recorded.
 #[derive(Debug, Default)]
 pub struct PriorBackup {
-    /// When it began (pgvault's clock), in nanoseconds since the epoch.
+    /// When it began, in nanoseconds since the epoch.
     started_ns: i64,
     files: HashMap<String, PriorFile>,
 }
@@ -95,8 +98,16 @@ impl PriorBackup {
                 ))
             })
             .collect();
+        // The earlier of pgvault's start and the server's START TIME (taken before
+        // the walk, which may be long): the margin counts from before any file was
+        // looked at.
+        let started = m
+            .base
+            .as_ref()
+            .and_then(|b| b.start_time)
+            .map_or(m.started, |t| t.min(m.started));
         (!files.is_empty()).then(|| PriorBackup {
-            started_ns: m.started.timestamp_nanos_opt().unwrap_or(0),
+            started_ns: started.timestamp_nanos_opt().unwrap_or(0),
             files,
         })
     }
@@ -458,12 +469,23 @@ fn walk_tablespaces(dir: &Path, prefix: &str, out: &mut Vec<Entry>) -> Result<()
 }
 
 /// What a reader sends for one file.
+/// What a file's tar header says besides its name and size.
+#[derive(Debug, Clone, Copy)]
+struct Header {
+    mode: u32,
+    mtime: u64,
+    uid: u64,
+    gid: u64,
+}
+
 enum Piece {
-    /// The file as opened: its size now (the stream's header says this), and what
-    /// it was on disk then.
+    /// The file as opened: its size, mode, times and owner now (the stream's
+    /// header says these), and its stamp, taken from the same `fstat`, so that a
+    /// later backup that finds the stamp unchanged builds the same header.
     Opened {
         size: u64,
         stamp: FileStamp,
+        header: Header,
     },
     /// The file is gone: it is left out.
     Vanished,
@@ -497,7 +519,7 @@ fn read_file(entry: &Entry, first_block: Option<u32>, start: Lsn, tx: &SyncSende
                 .is_ok()
         }
     };
-    let (size, stamp) = match file.metadata() {
+    let (size, stamp, header) = match file.metadata() {
         Ok(m) => {
             use std::os::unix::fs::MetadataExt;
             let stamp = FileStamp {
@@ -506,7 +528,13 @@ fn read_file(entry: &Entry, first_block: Option<u32>, start: Lsn, tx: &SyncSende
                 ctime_ns: m.ctime() * 1_000_000_000 + m.ctime_nsec(),
                 crc32c: 0,
             };
-            (m.len(), stamp)
+            let header = Header {
+                mode: m.mode() & 0o7777,
+                mtime: m.mtime().max(0) as u64,
+                uid: u64::from(m.uid()),
+                gid: u64::from(m.gid()),
+            };
+            (m.len(), stamp, header)
         }
         Err(e) => {
             return tx
@@ -514,7 +542,14 @@ fn read_file(entry: &Entry, first_block: Option<u32>, start: Lsn, tx: &SyncSende
                 .is_ok()
         }
     };
-    if tx.send(Piece::Opened { size, stamp }).is_err() {
+    if tx
+        .send(Piece::Opened {
+            size,
+            stamp,
+            header,
+        })
+        .is_err()
+    {
         return false;
     }
     let mut crc = 0u32;
@@ -773,7 +808,7 @@ enum Source<'a> {
 #[allow(clippy::too_many_arguments)]
 fn make_stream(
     mut session: Session,
-    entries: Vec<Entry>,
+    (entries, control): (Vec<Entry>, Option<Entry>),
     opts: &PgdataOptions,
     start: Lsn,
     timeline: u32,
@@ -873,8 +908,22 @@ fn make_stream(
             (EntryKind::File { .. }, Source::Read { cut: around }) => {
                 let rx = &rxs[file_no % jobs];
                 file_no += 1;
-                let (size, stamp) = match rx.recv() {
-                    Ok(Piece::Opened { size, stamp }) => (size, stamp),
+                let (size, stamp, opened) = match rx.recv() {
+                    Ok(Piece::Opened {
+                        size,
+                        stamp,
+                        header,
+                    }) => (
+                        size,
+                        stamp,
+                        Entry {
+                            mode: header.mode,
+                            mtime: header.mtime,
+                            uid: header.uid,
+                            gid: header.gid,
+                            ..entry.clone()
+                        },
+                    ),
                     Ok(Piece::Vanished) => {
                         report.files_vanished += 1;
                         continue;
@@ -890,7 +939,7 @@ fn make_stream(
                 if around {
                     cut(&mut tar)?;
                 }
-                let mut h = header_for(entry, tar::EntryType::Regular, size);
+                let mut h = header_for(&opened, tar::EntryType::Regular, size);
                 let mut bytes = FileBytes {
                     rx,
                     buf: Vec::new(),
@@ -921,7 +970,7 @@ fn make_stream(
                 listed.push(ManifestFile {
                     path: entry.name.clone(),
                     size,
-                    mtime: entry.mtime,
+                    mtime: opened.mtime,
                     crc32c,
                 });
             }
@@ -930,6 +979,18 @@ fn make_stream(
     drop(rxs);
     for r in readers {
         let _ = r.join();
+    }
+    if let Some(entry) = control {
+        let bytes = std::fs::read(&entry.path).map_err(io_err("read", &entry.path))?;
+        let mut h = header_for(&entry, tar::EntryType::Regular, bytes.len() as u64);
+        tar.append_data(&mut h, &entry.name, &bytes[..])
+            .map_err(stream_failed)?;
+        listed.push(ManifestFile {
+            path: entry.name.clone(),
+            size: bytes.len() as u64,
+            mtime: entry.mtime,
+            crc32c: crc32c::crc32c(&bytes),
+        });
     }
     let stopped = stop_backup(&mut session)?;
     let now = chrono::Utc::now().timestamp().max(0) as u64;
@@ -1007,10 +1068,25 @@ impl PgdataBackup {
         // Walked after the start: whatever is created later comes from the WAL.
         let mut entries = Vec::new();
         walk_dir(&opts.pgdata, "", true, false, &mut entries)?;
+        // pg_control goes last, as pg_basebackup sends it: recovery of a backup taken
+        // on a standby ends where the copied pg_control's minimum recovery point says,
+        // which is right only if it was read after every other file.
+        let control = entries
+            .iter()
+            .position(|e| e.name == CONTROL_FILE)
+            .map(|i| entries.remove(i));
         let (tx, rx) = sync_channel(8);
         let opts = opts.clone();
         let maker = std::thread::spawn(move || {
-            make_stream(session, entries, &opts, start, timeline, checksums, tx)
+            make_stream(
+                session,
+                (entries, control),
+                &opts,
+                start,
+                timeline,
+                checksums,
+                tx,
+            )
         });
         Ok((PgdataBackup { maker: Some(maker) }, rx))
     }

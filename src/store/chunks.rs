@@ -370,7 +370,6 @@ const DELTA_GOOD_ENOUGH_DIVISOR: usize = 20;
 /// Chains stay one link long: a base is always a full chunk.
 const REBASE_SHARE_DIVISOR: usize = 4;
 
-/// Seals a chunk as a delta on `base` when that is small enough, else in full.
 /// A turn at CPU-bound sealing work (sketching, compressing, delta encoding). There
 /// are as many turns as cores: more chunks sealed at once would not go faster, only
 /// hold more chunks, bases and compression contexts in memory (and in more
@@ -388,6 +387,7 @@ async fn cpu_slot() -> tokio::sync::SemaphorePermit<'static> {
         .expect("the semaphore is never closed")
 }
 
+/// Seals a chunk as a delta on `base` when that is small enough, else in full.
 fn encode_best(
     master: &crate::crypto::MasterKey,
     id: &ChunkId,

@@ -88,6 +88,7 @@ pub struct BackupStats {
     /// taken from it by reference, not read.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub bytes_referenced: u64,
+    /// The files those bytes belong to.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub files_referenced: u64,
 }
@@ -214,10 +215,14 @@ pub struct BaseFile {
 /// (which a `backup_manifest` lists, so a reused file needs it without a read).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FileStamp {
+    /// The inode number: a file replaced by another (a rename over it) has a new one.
     pub ino: u64,
+    /// The modification time, in nanoseconds since the epoch.
     pub mtime_ns: i64,
-    /// The inode's change time: unlike mtime, no tool can set it back.
+    /// The inode's change time, in nanoseconds since the epoch: unlike mtime, no
+    /// tool can set it back, and every write, chown or chmod moves it.
     pub ctime_ns: i64,
+    /// The CRC-32C of the file's bytes as read.
     pub crc32c: u32,
 }
 
@@ -263,7 +268,8 @@ impl BaseBackupInfo {
             let Some(r) = run_of(f.offset) else { continue };
             let inside =
                 offsets.partition_point(|&o| o < r.end) - offsets.partition_point(|&o| o < r.start);
-            if inside == 1 && f.offset + f.size <= r.end {
+            // The run ends where the file's padding does.
+            if inside == 1 && f.offset + f.size.div_ceil(512) * 512 == r.end {
                 f.chunks = Some([r.first_chunk, r.chunks]);
             }
         }

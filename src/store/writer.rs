@@ -460,6 +460,11 @@ fn produce(
             }
         }
         Source::Segments(rx) => {
+            if transforms {
+                return Err(Error::InvalidInput(
+                    "A stream with cuts and reused stretches cannot be transformed".into(),
+                ));
+            }
             let mut reader = SegmentReader {
                 rx,
                 buf: Vec::new(),

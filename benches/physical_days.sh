@@ -22,9 +22,14 @@
 # Not run in CI. Usage:
 #   SCALE=900 DAYS=7 JOBS=2 RUNS=3 [OUT=benches/results/physical_days.md] benches/physical_days.sh
 #   SCALE=20 DAYS=2 RUNS=1 benches/physical_days.sh     # a quick smoke run
+#   COLD_ROWS=4000000 ...   # adds a cold history table (about 500 MB) no day touches
 set -euo pipefail
 SCALE=${SCALE:-900}
 DAYS=${DAYS:-7}
+# Rows of a cold history table that no day's traffic touches (0: none). Both tools
+# skip unchanged files (pgBackRest's incremental; pgvault's skip-by-reference), and
+# FootDash's own tables all change every day, so this is what shows that skipping.
+COLD_ROWS=${COLD_ROWS:-0}
 JOBS=${JOBS:-2}
 RUNS=${RUNS:-3}
 OUT=${OUT:-}
@@ -86,6 +91,13 @@ run "$PV init --kdf-memory-kib 8192 --kdf-iterations 1" >/dev/null
 run "$BR stanza-create" >/dev/null
 t0=$(now)
 load_footdash "$SCALE" >/dev/null
+if [ "$COLD_ROWS" -gt 0 ]; then
+    psql -d footdash -c "CREATE TABLE history_cold WITH (autovacuum_enabled = false) AS
+        SELECT g AS id, md5(g::text) || md5((g * 7)::text) AS note,
+               timestamptz '2020-01-01' + g * interval '1 minute' AS at
+        FROM generate_series(1, $COLD_ROWS) g" >/dev/null
+    psql -d footdash -c "VACUUM (FREEZE, ANALYZE) history_cold" >/dev/null
+fi
 psql -d postgres -c CHECKPOINT >/dev/null
 # The data directory without pg_wal, which neither tool backs up.
 data_mb() { mb "$(( $(du_b "$pgdata") - $(du_b "$pgdata/pg_wal") ))"; }
@@ -227,7 +239,7 @@ rm -rf "$dest"
 out=$(cat <<EOF
 # Physical base backups: $DAYS days of FootDash, pgvault beside pgBackRest
 
-pgvault $("$PGVAULT" --version | awk '{print $NF}'), $(pgbackrest version), SCALE=$SCALE, JOBS=$JOBS, RUNS=$RUNS; $(nproc) CPUs ($(sed -n 's/^model name[^:]*: //p' /proc/cpuinfo | head -1)).
+pgvault $("$PGVAULT" --version | awk '{print $NF}'), $(pgbackrest version), SCALE=$SCALE, COLD_ROWS=$COLD_ROWS, JOBS=$JOBS, RUNS=$RUNS; $(nproc) CPUs ($(sed -n 's/^model name[^:]*: //p' /proc/cpuinfo | head -1)).
 Both encrypt and compress with zstd level 3; MB = 10^6 bytes; times in seconds.
 pgvault: \`backup --base --pgdata --jobs $JOBS\`; pgBackRest: full on day 1, incremental after, process-max=$JOBS.
 

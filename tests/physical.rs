@@ -608,9 +608,10 @@ fn unchanged_files_are_named_from_the_previous_backup_unread_and_restore_exactly
         .unwrap();
     let big_path = pg.psql("postgres", "SELECT pg_relation_filepath('big')");
     assert!(big_bytes > 4 << 20, "{big_bytes}");
-    // Files changed within the margin before a backup began are read again by the
-    // next one; these were changed well before the first.
-    std::thread::sleep(Duration::from_millis(2500));
+    // Files changed within the margin (2 s) before a backup began are read again by
+    // the next one; these were changed well before the first. The backup's beginning
+    // is its label's START TIME, in whole seconds, which may be up to 1 s early.
+    std::thread::sleep(Duration::from_millis(3500));
 
     let first = backup_from_pgdata(&v, &pg, &[]);
     assert_eq!(referenced(&first), 0, "{first}");

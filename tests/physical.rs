@@ -111,12 +111,7 @@ fn a_cluster_with_two_tablespaces_is_backed_up_by_pg_basebackup_and_restored_rel
             .collect();
         assert_eq!(left, vec!["pgvault-basebackup-live".to_string()]);
         // One stream, laid out as a --pgdata backup's: each tablespace a directory.
-        let tar_bytes = v.cat(b["snapshot_id"].as_str().unwrap());
-        let names: Vec<String> = tar::Archive::new(&tar_bytes[..])
-            .entries()
-            .unwrap()
-            .map(|e| e.unwrap().path().unwrap().to_string_lossy().into_owned())
-            .collect();
+        let names = v.stream_names(b["snapshot_id"].as_str().unwrap());
         let in_spaces = names
             .iter()
             .filter(|n| n.starts_with("pg_tblspc/") && n.contains("/PG_15_"))

@@ -1162,12 +1162,7 @@ fn base_backups_and_dumps_taken_from_a_hot_standby_restore_with_the_primary_s_ar
     );
     // pg_control is read after every other file of the data directory: recovery of a
     // standby's backup ends at its minimum recovery point.
-    let tar_bytes = v.cat(from_pgdata["snapshot_id"].as_str().unwrap());
-    let names: Vec<String> = tar::Archive::new(&tar_bytes[..])
-        .entries()
-        .unwrap()
-        .map(|e| e.unwrap().path().unwrap().to_string_lossy().into_owned())
-        .collect();
+    let names = v.stream_names(from_pgdata["snapshot_id"].as_str().unwrap());
     let after: Vec<&String> = names
         .iter()
         .skip_while(|n| n.as_str() != "global/pg_control")

@@ -275,6 +275,16 @@ impl Vault {
     }
 
     /// Every object file under a local repository, relative paths.
+    /// The entry names of base backup `id`'s stored tar stream, in stream order.
+    pub fn stream_names(&self, id: &str) -> Vec<String> {
+        let tar_bytes = self.cat(id);
+        tar::Archive::new(&tar_bytes[..])
+            .entries()
+            .unwrap()
+            .map(|e| e.unwrap().path().unwrap().to_string_lossy().into_owned())
+            .collect()
+    }
+
     /// The bytes of the file at `path` in base backup `id`'s stored tar stream.
     pub fn file_in_stream(&self, id: &str, path: &str) -> Option<Vec<u8>> {
         let tar_bytes = self.cat(id);

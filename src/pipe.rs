@@ -1,5 +1,6 @@
 //! An in-process pipe of byte buffers: lets code that pushes bytes (the write path,
-//! `cat`) feed code that pulls them through `Read` (the tar crate), on another thread.
+//! `cat`) feed code that pulls them through `Read` (the tar crate), on another thread;
+//! and a reader that reads ahead of its consumer on a thread of its own.
 
 use std::io::{Read, Write};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
@@ -66,5 +67,136 @@ impl Read for PipeReader {
         out[..n].copy_from_slice(&self.buf[self.pos..self.pos + n]);
         self.pos += n;
         Ok(n)
+    }
+}
+
+/// A reader that reads its source on a thread of its own, up to a bound ahead of
+/// its consumer: a producer upstream (`pg_dump | gzip`) keeps running while the
+/// consumer works in bursts (re-creating a span of compressed data) instead of
+/// stalling on a full pipe.
+pub struct ReadAhead {
+    rx: Receiver<std::io::Result<Vec<u8>>>,
+    buf: Vec<u8>,
+    pos: usize,
+    failed: bool,
+}
+
+/// Reads `source` ahead in buffers of `buffer_bytes`, at most `buffers` of them
+/// waiting. A read error reaches the consumer after the bytes before it.
+pub fn read_ahead(
+    mut source: Box<dyn Read + Send>,
+    buffers: usize,
+    buffer_bytes: usize,
+) -> ReadAhead {
+    let (tx, rx) = sync_channel(buffers);
+    std::thread::spawn(move || loop {
+        let mut buf = vec![0u8; buffer_bytes];
+        let mut filled = 0;
+        let read = loop {
+            match source.read(&mut buf[filled..]) {
+                Ok(0) => break Ok(()),
+                Ok(n) => {
+                    filled += n;
+                    // Half full is enough to pass on: a slow source's bytes must
+                    // not wait for a whole buffer.
+                    if filled >= buffer_bytes / 2 {
+                        break Ok(());
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => break Err(e),
+            }
+        };
+        let ended = filled == 0 || read.is_err();
+        buf.truncate(filled);
+        if filled > 0 && tx.send(Ok(buf)).is_err() {
+            return;
+        }
+        if let Err(e) = read {
+            let _ = tx.send(Err(e));
+            return;
+        }
+        if ended {
+            return;
+        }
+    });
+    ReadAhead {
+        rx,
+        buf: Vec::new(),
+        pos: 0,
+        failed: false,
+    }
+}
+
+impl Read for ReadAhead {
+    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        while self.pos == self.buf.len() {
+            if self.failed {
+                return Err(std::io::Error::other("the source failed before"));
+            }
+            match self.rx.recv() {
+                Ok(Ok(b)) => {
+                    self.buf = b;
+                    self.pos = 0;
+                }
+                Ok(Err(e)) => {
+                    self.failed = true;
+                    return Err(e);
+                }
+                Err(_) => return Ok(0),
+            }
+        }
+        let n = out.len().min(self.buf.len() - self.pos);
+        out[..n].copy_from_slice(&self.buf[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Gives `data` in short reads, then fails if `fail`.
+    struct Source {
+        data: Vec<u8>,
+        at: usize,
+        fail: bool,
+    }
+
+    impl Read for Source {
+        fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+            if self.at == self.data.len() {
+                return if self.fail {
+                    Err(std::io::Error::other("disk on fire"))
+                } else {
+                    Ok(0)
+                };
+            }
+            let n = out.len().min(777).min(self.data.len() - self.at);
+            out[..n].copy_from_slice(&self.data[self.at..self.at + n]);
+            self.at += n;
+            Ok(n)
+        }
+    }
+
+    #[test]
+    fn read_ahead_gives_every_byte_then_the_error() {
+        let data: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+        for fail in [false, true] {
+            let source = Source {
+                data: data.clone(),
+                at: 0,
+                fail,
+            };
+            let mut r = read_ahead(Box::new(source), 2, 4096);
+            let mut got = Vec::new();
+            let result = r.read_to_end(&mut got);
+            assert!(got == data, "every byte before the end or the error");
+            match result {
+                Ok(n) => assert!(!fail && n == data.len()),
+                Err(e) => assert!(fail && e.to_string() == "disk on fire", "{e}"),
+            }
+        }
     }
 }

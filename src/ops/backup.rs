@@ -159,7 +159,11 @@ async fn ingest_and_commit(
     };
     let pending = match opts.source {
         BackupSource::Stream(source) => {
-            repo.ingest(source, meta, Some(inspector), progress).await?
+            // Up to 32 MiB ahead: the dump inspector re-creates compressed data in
+            // bursts of a second or more, while pg_dump and gzip upstream go on.
+            let source = crate::pipe::read_ahead(source, 32, 1 << 20);
+            repo.ingest(Box::new(source), meta, Some(inspector), progress)
+                .await?
         }
         BackupSource::Run(conn)
             if opts.kind == SnapshotKind::Base && may_have_tablespaces(&conn).await =>

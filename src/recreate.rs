@@ -29,9 +29,18 @@
 //! and records where the prediction is wrong, so text plus that correction record
 //! give the stream back ([`SpanCodec::Preflate`], [`preflate_prefix`]). Its
 //! piecewise mode fails on streams it re-creates whole (version 0.7.6: a match not
-//! found in the continued hash chain), and on that path it prints to stdout, so it
-//! is only ever given a whole stream, or a stream's first [`PREFLATE_TEXT_BYTES`]
-//! of text, in one call; the rest of a longer stream is stored as it came.
+//! found in the continued hash chain), and on that path it prints to stdout, and it
+//! would make every read of a stream's end re-create all of the stream before it.
+//! So a long stream is cut at deflate block boundaries into spans of at most
+//! [`PREFLATE_TEXT_BYTES`] of text, each re-created on its own: the first as it is,
+//! each later one as the tail of a stream that starts with a stored block of the
+//! 32 KiB of text before it ([`SpanCodec::PreflateAfter`], [`preflate_after`]).
+//! A stored block puts its bytes into the encoder's window and hash chains as the
+//! real encoder had them (at gzip's levels 4 to 9 every position is hashed), so
+//! preflate-rs predicts the blocks after it as it would have in one piece; the
+//! prefix is made from the stored text, never stored as deflate. Blocks start at any
+//! bit, so the later spans' bytes are shifted to start at a byte, and the byte where
+//! two spans meet is stored as it came.
 
 #![forbid(unsafe_code)]
 
@@ -62,8 +71,15 @@ const TAIL_SPAN_MIN_BYTES: u64 = if cfg!(test) { 16 << 10 } else { 64 << 10 };
 /// call in memory twice (its parser and its check) beside its tokens, about five
 /// bytes per byte of text (0.8 GB measured at ingest with 128 MiB, its own default
 /// limit), and a read needs it whole again: this bounds a backup and each open
-/// file at 0.3 to 0.5 GB, which a database host can spare.
-pub const PREFLATE_TEXT_BYTES: usize = 64 << 20;
+/// file at about 0.2 GB, and a read at any offset re-creates at most this much
+/// text (about a second). Smaller spans cost no more corrections (1.489 MB for
+/// 110 MB of text in 8 MiB spans, 1.488 MB in 64 MiB ones), but each one's start
+/// costs a stored copy of [`DICTIONARY_BYTES`].
+pub const PREFLATE_TEXT_BYTES: usize = if cfg!(test) { 256 << 10 } else { 32 << 20 };
+
+/// The text before a span that its re-creation starts from: deflate refers at
+/// most 32 KiB back.
+pub const DICTIONARY_BYTES: usize = 32 << 10;
 
 /// How a dump's bytes differ from what is stored for it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -82,6 +98,11 @@ pub struct Recreation {
     /// Compressed bytes that did not re-create and are stored as they came.
     #[serde(default)]
     pub kept_raw_bytes: u64,
+    /// The spans' text was found to differ from the text the gzip member's CRC
+    /// covers: the bytes re-create (they are checked on their own), but the text
+    /// is not shown as the file's.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub text_differs: bool,
 }
 
 /// A run of original bytes (a compressed table's frames) stored as the text they
@@ -126,11 +147,27 @@ pub enum SpanCodec {
     /// little-endian length, a correction record of that length, then the text
     /// (all of it counted in `text_len_bytes`).
     Preflate,
+    /// Whole deflate blocks from inside a bare deflate stream, re-created by
+    /// preflate-rs as the tail of a stream that starts with a stored block of
+    /// `dictionary_bytes` of the text before them. What is stored is laid out as
+    /// for [`SpanCodec::Preflate`], the text starting with that dictionary. The
+    /// first block starts `first_bit` bits into the original byte before the
+    /// span (that byte is stored as it came), or at the span's first byte when 0.
+    PreflateAfter {
+        dictionary_bytes: u32,
+        first_bit: u8,
+    },
 }
 
 impl SpanCodec {
     fn is_zlib(&self) -> bool {
         *self == SpanCodec::Zlib
+    }
+
+    /// Whether a span is re-created whole in one step (preflate-rs), not piece by
+    /// piece as it is read (zlib).
+    pub fn is_whole_step(&self) -> bool {
+        !self.is_zlib()
     }
 }
 
@@ -148,17 +185,31 @@ impl Preflated {
     pub fn text(&self) -> &[u8] {
         self.text.text()
     }
+
+    /// Whether the text and correction record give back `original`, the stream
+    /// bytes split.
+    pub fn recreates(&self, original: &[u8]) -> bool {
+        recreate_deflate(self.text(), &self.corrections).is_some_and(|m| m == original)
+    }
+}
+
+/// preflate-rs's settings for splitting a span. Its own check is off: the caller
+/// checks the split with [`Preflated::recreates`] or [`PreflatedAfter::recreates`]
+/// (on another core, while the next span is split), as it needs the same work.
+fn split_config(plain_text_limit: usize) -> preflate_rs::PreflateConfig {
+    preflate_rs::PreflateConfig {
+        plain_text_limit,
+        verify_compression: false,
+        ..Default::default()
+    }
 }
 
 /// Splits the start of a bare deflate stream into text and a correction record,
-/// up to [`PREFLATE_TEXT_BYTES`] of text, checking that the two re-create it;
-/// `None` when nothing does (an encoder preflate-rs cannot follow, or damage).
+/// up to [`PREFLATE_TEXT_BYTES`] of text, not yet checked (see
+/// [`Preflated::recreates`]); `None` when nothing splits (an encoder preflate-rs
+/// cannot follow, or damage).
 pub fn preflate_prefix(deflate: &[u8]) -> Option<Preflated> {
-    let config = preflate_rs::PreflateConfig {
-        plain_text_limit: PREFLATE_TEXT_BYTES,
-        verify_compression: true,
-        ..Default::default()
-    };
+    let config = split_config(PREFLATE_TEXT_BYTES);
     // A library that asserts on input it cannot follow must not take the backup
     // down with it: what it cannot do is stored as it came.
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
@@ -174,15 +225,176 @@ pub fn preflate_prefix(deflate: &[u8]) -> Option<Preflated> {
     .flatten()
 }
 
-/// The deflate bytes a [`SpanCodec::Preflate`] span's stored bytes re-create, or
-/// `None` when they do not (damage).
-fn preflate_recreate(stored: &[u8]) -> Option<Vec<u8>> {
-    let n = u32::from_le_bytes(stored.get(..4)?.try_into().ok()?) as usize;
-    let corrections = stored.get(4..4 + n)?;
-    let text = stored.get(4 + n..)?;
+/// Whole deflate blocks from inside a stream that preflate-rs re-creates after the
+/// text before them (see [`SpanCodec::PreflateAfter`]).
+pub struct PreflatedAfter {
+    /// The stream bytes re-created, from the first byte the first block wholly
+    /// owns: the byte after the one it starts in when `first_bit` is not 0.
+    pub deflate_len: usize,
+    pub first_bit: u8,
+    pub corrections: Vec<u8>,
+    dictionary_bytes: usize,
+    /// The dictionary, then the text of the blocks.
+    text: preflate_rs::PlainText,
+}
+
+impl PreflatedAfter {
+    /// The text the re-created blocks hold.
+    pub fn text(&self) -> &[u8] {
+        &self.text.text()[self.dictionary_bytes..]
+    }
+
+    /// Whether the dictionary, text and correction record give back `original`,
+    /// the stream bytes split (less the first one when `first_bit` is not 0).
+    pub fn recreates(&self, original: &[u8]) -> bool {
+        recreate_deflate(self.text.text(), &self.corrections)
+            .and_then(|m| {
+                unshift_after(
+                    m,
+                    &self.text.text()[..self.dictionary_bytes],
+                    self.first_bit,
+                )
+            })
+            .is_some_and(|m| m == original)
+    }
+}
+
+/// A stored deflate block of `dictionary` (not the last block): the start of the
+/// stream a [`SpanCodec::PreflateAfter`] span is re-created as the tail of.
+fn stored_block(dictionary: &[u8]) -> Vec<u8> {
+    let len = u16::try_from(dictionary.len()).expect("a dictionary fits a stored block");
+    let mut b = Vec::with_capacity(5 + dictionary.len());
+    // BFINAL 0 and BTYPE 00 in the first three bits, then padding to the byte.
+    b.push(0);
+    b.extend_from_slice(&len.to_le_bytes());
+    b.extend_from_slice(&(!len).to_le_bytes());
+    b.extend_from_slice(dictionary);
+    b
+}
+
+/// The bits of `deflate` from bit `first_bit` of its first byte on, packed from
+/// bit 0 (deflate fills each byte from its lowest bit).
+fn bits_from(deflate: &[u8], first_bit: u8) -> Vec<u8> {
+    if first_bit == 0 {
+        return deflate.to_vec();
+    }
+    (0..deflate.len())
+        .map(|i| {
+            (deflate[i] >> first_bit) | deflate.get(i + 1).map_or(0, |&n| n << (8 - first_bit))
+        })
+        .collect()
+}
+
+/// The inverse of [`bits_from`], less the first byte when `first_bit` is not 0
+/// (its low bits are not in `bits`): the original bytes the shifted ones wholly
+/// hold.
+fn bytes_of_bits(bits: &[u8], first_bit: u8) -> Vec<u8> {
+    if first_bit == 0 {
+        return bits.to_vec();
+    }
+    bits.windows(2)
+        .map(|w| (w[0] >> (8 - first_bit)) | (w[1] << first_bit))
+        .collect()
+}
+
+/// The bit of `deflate`, counted from its first byte's lowest, from `from_bit`
+/// (0 to 7) to 7 bits after it, at which a deflate block starts that continues a
+/// stream whose text so far ends with `dictionary`, or `None`.
+///
+/// preflate-rs reports where a span ends in whole bytes, so the next block is
+/// known only to start within the 8 bits after that. It is found by inflating from
+/// each of them with the dictionary: from a wrong bit zlib soon meets an impossible
+/// code or a distance before the dictionary. A wrong answer costs only
+/// compactness: preflate-rs then fails on the span, or its check does, and the
+/// rest of the stream is stored as it came.
+pub fn block_start(deflate: &[u8], from_bit: u8, dictionary: &[u8]) -> Option<usize> {
+    let mut out = vec![0u8; 64 << 10];
+    let from_bit = usize::from(from_bit);
+    (from_bit..from_bit + 8).find(|&bit| {
+        let probe = deflate.get(bit / 8..).unwrap_or_default();
+        let input = bits_from(&probe[..probe.len().min(1 << 20)], (bit % 8) as u8);
+        let mut z = flate2::Decompress::new(false);
+        if z.set_dictionary(dictionary).is_err() {
+            return false;
+        }
+        // A wrong bit can read as a short last block: the stream must end where the
+        // input does, or go on for the whole probe.
+        match z.decompress(&input, &mut out, flate2::FlushDecompress::None) {
+            Ok(flate2::Status::StreamEnd) => z.total_in() == input.len() as u64,
+            Ok(_) => z.total_out() == out.len() as u64,
+            Err(_) => false,
+        }
+    })
+}
+
+/// Splits whole deflate blocks from bit `first_bit` of the first byte of `deflate`
+/// on, up to [`PREFLATE_TEXT_BYTES`] of text, into text and a correction record
+/// that re-create them after a stored block of `dictionary` (the 32 KiB of text
+/// before them), not yet checked (see [`PreflatedAfter::recreates`]); `None` when
+/// nothing splits.
+pub fn preflate_after(dictionary: &[u8], deflate: &[u8], first_bit: u8) -> Option<PreflatedAfter> {
+    let mut stream = stored_block(dictionary);
+    let prefix = stream.len();
+    stream.extend(bits_from(deflate, first_bit));
+    let config = split_config(PREFLATE_TEXT_BYTES + dictionary.len());
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let mut p = preflate_rs::PreflateStreamProcessor::new(&config);
+        let r = p.decompress(&stream).ok()?;
+        // The bytes of the shifted stream past the prefix, less the one whose low
+        // bits the span does not own.
+        let original_len = r
+            .compressed_size
+            .checked_sub(prefix)?
+            .checked_sub(usize::from(first_bit > 0))?;
+        if original_len == 0 {
+            return None;
+        }
+        let text = p.detach_plain_text();
+        text.text()
+            .starts_with(dictionary)
+            .then_some(PreflatedAfter {
+                deflate_len: original_len,
+                first_bit,
+                corrections: r.corrections,
+                dictionary_bytes: dictionary.len(),
+                text,
+            })
+    }))
+    .ok()
+    .flatten()
+}
+
+/// The deflate stream preflate-rs re-creates from `text` and `corrections`, or
+/// `None` when they do not make one (damage, or a split that was wrong).
+fn recreate_deflate(text: &[u8], corrections: &[u8]) -> Option<Vec<u8>> {
+    // A library that asserts on input it cannot follow must not take the backup
+    // or the mount down with it.
     std::panic::catch_unwind(|| preflate_rs::recreate_whole_deflate_stream(text, corrections))
         .ok()?
         .ok()
+}
+
+/// The original bytes a [`SpanCodec::PreflateAfter`] span's re-created stream
+/// `made` holds after its stored block of `dictionary`.
+fn unshift_after(made: Vec<u8>, dictionary: &[u8], first_bit: u8) -> Option<Vec<u8>> {
+    let bits = made.strip_prefix(&stored_block(dictionary)[..])?;
+    Some(bytes_of_bits(bits, first_bit))
+}
+
+/// The deflate bytes a [`SpanCodec::Preflate`] or [`SpanCodec::PreflateAfter`]
+/// span's stored bytes re-create, or `None` when they do not (damage).
+fn preflate_recreate(stored: &[u8], codec: SpanCodec) -> Option<Vec<u8>> {
+    let n = u32::from_le_bytes(stored.get(..4)?.try_into().ok()?) as usize;
+    let corrections = stored.get(4..4 + n)?;
+    let text = stored.get(4 + n..)?;
+    let made = recreate_deflate(text, corrections)?;
+    match codec {
+        SpanCodec::PreflateAfter {
+            dictionary_bytes,
+            first_bit,
+        } => unshift_after(made, text.get(..dictionary_bytes as usize)?, first_bit),
+        _ => Some(made),
+    }
 }
 
 impl RecreatedSpan {
@@ -240,17 +452,43 @@ impl Recreation {
             .filter(|s| s.original_offset == offset && s.whole)
     }
 
-    /// Where the whole text of a gzip file lies in the stored stream, as
-    /// `(offset, length)`, when it is there in one piece: one member, re-created
-    /// whole. Its gzip header and trailer are all that is stored besides.
-    pub fn whole_text(&self) -> Option<(u64, u64)> {
-        match self.spans[..] {
-            [s] if s.codec == SpanCodec::Preflate && self.kept_raw_bytes == 0 => Some((
-                s.stored_offset + s.record_bytes,
-                s.text_len_bytes - s.record_bytes,
-            )),
-            _ => None,
+    /// Where the text of a gzip file lies in the stored stream, as `(offset,
+    /// length)` pieces in the text's order, when all of it is there: one member,
+    /// each of whose spans was re-created. Besides them only its gzip header and
+    /// trailer are stored, and the bytes where two spans meet; a gap of at most two
+    /// bytes holds no text (a deflate block with any takes more than 16 bits).
+    pub fn text_pieces(&self) -> Option<Vec<(u64, u64)>> {
+        if self.text_differs {
+            return None;
         }
+        let (first, rest) = self.spans.split_first()?;
+        if first.codec != SpanCodec::Preflate
+            || rest
+                .iter()
+                .any(|s| !matches!(s.codec, SpanCodec::PreflateAfter { .. }))
+        {
+            return None;
+        }
+        let seams_only = self
+            .spans
+            .windows(2)
+            .all(|w| w[1].original_offset - w[0].original_end() <= 2);
+        // The gzip trailer is 8 bytes; before it, at most the last byte's padding.
+        let last = self.spans.last()?;
+        if !seams_only || self.original_len_bytes.checked_sub(last.original_end())? > 9 {
+            return None;
+        }
+        Some(
+            self.spans
+                .iter()
+                .map(|s| {
+                    (
+                        s.stored_offset + s.record_bytes,
+                        s.text_len_bytes - s.record_bytes,
+                    )
+                })
+                .collect(),
+        )
     }
 
     /// Original bytes re-created from stored text.
@@ -387,6 +625,7 @@ pub struct StoredStreamBuilder {
     spans: Vec<RecreatedSpan>,
     open: Option<OpenSpan>,
     kept_raw_bytes: u64,
+    text_differs: bool,
 }
 
 #[derive(Debug)]
@@ -421,6 +660,7 @@ impl StoredStreamBuilder {
             spans: Vec::new(),
             open: None,
             kept_raw_bytes: 0,
+            text_differs: false,
         }
     }
 
@@ -445,6 +685,12 @@ impl StoredStreamBuilder {
         out.extend_from_slice(bytes);
     }
 
+    /// The text stored for the spans is not the text of the stream (see
+    /// [`Recreation::text_differs`]).
+    pub fn text_differs(&mut self) {
+        self.text_differs = true;
+    }
+
     /// Original bytes of a compressed stream that are stored as they came.
     pub fn kept(&mut self, bytes: &[u8], out: &mut Vec<u8>) {
         self.raw(bytes, out);
@@ -454,15 +700,55 @@ impl StoredStreamBuilder {
     /// Original bytes (the start of a bare deflate stream) that `p` re-creates:
     /// stored as its correction record and text.
     pub fn preflated(&mut self, original: &[u8], p: &Preflated, out: &mut Vec<u8>) {
-        debug_assert!(self.open.is_none(), "a preflate span inside a span");
         debug_assert_eq!(original.len(), p.deflate_len);
+        self.preflate_span(
+            original,
+            &p.corrections,
+            p.text(),
+            0,
+            SpanCodec::Preflate,
+            out,
+        );
+    }
+
+    /// Original bytes (whole blocks from inside a bare deflate stream) that `p`
+    /// re-creates: stored as its correction record, its dictionary and its text.
+    pub fn preflated_after(&mut self, original: &[u8], p: &PreflatedAfter, out: &mut Vec<u8>) {
+        debug_assert_eq!(original.len(), p.deflate_len);
+        let codec = SpanCodec::PreflateAfter {
+            dictionary_bytes: p.dictionary_bytes as u32,
+            first_bit: p.first_bit,
+        };
+        let text = p.text.text();
+        self.preflate_span(
+            original,
+            &p.corrections,
+            text,
+            p.dictionary_bytes,
+            codec,
+            out,
+        );
+    }
+
+    /// Stores a preflate-rs span: a 4-byte length, the correction record, then
+    /// `text` (whose first `dictionary` bytes come before the span's own).
+    fn preflate_span(
+        &mut self,
+        original: &[u8],
+        corrections: &[u8],
+        text: &[u8],
+        dictionary: usize,
+        codec: SpanCodec,
+        out: &mut Vec<u8>,
+    ) {
+        debug_assert!(self.open.is_none(), "a preflate span inside a span");
         if let Some(h) = &mut self.hasher {
             h.update(original);
         }
         let stored_before = out.len();
-        out.extend_from_slice(&(p.corrections.len() as u32).to_le_bytes());
-        out.extend_from_slice(&p.corrections);
-        out.extend_from_slice(p.text());
+        out.extend_from_slice(&(corrections.len() as u32).to_le_bytes());
+        out.extend_from_slice(corrections);
+        out.extend_from_slice(text);
         let stored_len = (out.len() - stored_before) as u64;
         self.spans.push(RecreatedSpan {
             original_offset: self.original_pos,
@@ -472,8 +758,8 @@ impl StoredStreamBuilder {
             level: 0,
             int_size: 0,
             whole: true,
-            codec: SpanCodec::Preflate,
-            record_bytes: 4 + p.corrections.len() as u64,
+            codec,
+            record_bytes: (4 + corrections.len() + dictionary) as u64,
         });
         self.original_pos += original.len() as u64;
         self.stored_pos += stored_len;
@@ -651,6 +937,7 @@ impl StoredStreamBuilder {
                 .to_string(),
             spans: self.spans,
             kept_raw_bytes: self.kept_raw_bytes,
+            text_differs: self.text_differs,
         })
     }
 }
@@ -685,7 +972,7 @@ impl OpenSpan {
 #[derive(Debug)]
 pub struct SpanRecreator {
     span: RecreatedSpan,
-    /// `None` for a [`SpanCodec::Preflate`] span, made in one piece.
+    /// `None` for a preflate-rs span, made in one piece.
     deflate: Option<FramedDeflate>,
     /// Text fed so far.
     text_fed: u64,
@@ -732,7 +1019,7 @@ impl SpanRecreator {
             // before it) wants its first bytes soon: a short first step.
             SpanCodec::Zlib if self.text_fed == 0 => left.min(64 << 10),
             SpanCodec::Zlib => left.min(1 << 20),
-            SpanCodec::Preflate => left,
+            SpanCodec::Preflate | SpanCodec::PreflateAfter { .. } => left,
         };
         Some((self.span.stored_offset + self.text_fed, step))
     }
@@ -745,8 +1032,8 @@ impl SpanRecreator {
         let Some(deflate) = &mut self.deflate else {
             // Bytes of another length than the span's are damage, which
             // `bytes` reports by finding none.
-            if let Some(made) =
-                preflate_recreate(text).filter(|m| m.len() as u64 == self.span.original_len_bytes)
+            if let Some(made) = preflate_recreate(text, self.span.codec)
+                .filter(|m| m.len() as u64 == self.span.original_len_bytes)
             {
                 self.made = made;
                 self.made_at = 0;
@@ -835,6 +1122,44 @@ mod tests {
             .unwrap();
         }
         out
+    }
+
+    /// A split is trusted only once it gives back the very bytes split: a split
+    /// checked against other bytes fails, first span and later ones alike.
+    #[test]
+    fn a_split_is_checked_against_the_bytes_it_came_from() {
+        let text = copy_text(40_000, 3);
+        assert!(text.len() > 2 * PREFLATE_TEXT_BYTES);
+        let mut e = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::new(6));
+        e.write_all(&text).unwrap();
+        let deflate = e.finish().unwrap();
+        let first = preflate_prefix(&deflate).expect("splits");
+        let original = &deflate[..first.deflate_len];
+        assert!(first.recreates(original));
+        let mut other = original.to_vec();
+        other[original.len() / 2] ^= 0x10;
+        assert!(!first.recreates(&other));
+        assert!(!first.recreates(&original[1..]));
+
+        let dictionary = &first.text()[first.text().len() - DICTIONARY_BYTES..];
+        let rest = &deflate[first.deflate_len..];
+        let bit = block_start(rest, 0, dictionary).expect("the next block is found");
+        let after = preflate_after(dictionary, &rest[bit / 8..], (bit % 8) as u8).unwrap();
+        let skip = bit / 8 + usize::from(after.first_bit > 0);
+        let original = &rest[skip..skip + after.deflate_len];
+        assert!(after.recreates(original));
+        assert!(text[first.text().len()..].starts_with(after.text()));
+        let mut other = original.to_vec();
+        other[0] ^= 1;
+        assert!(!after.recreates(&other));
+        // Another dictionary gives back the same bytes (deflate names distances,
+        // not text) but other text: the reason the gzip inspector checks the
+        // spans' text against the member's CRC before it shows the text.
+        let wrong = &first.text()[..DICTIONARY_BYTES];
+        assert_ne!(wrong, dictionary);
+        let moved = preflate_after(wrong, &rest[bit / 8..], (bit % 8) as u8).unwrap();
+        assert!(moved.recreates(original));
+        assert!(moved.text() != after.text());
     }
 
     /// Frames `text` as pg_dump does: its zlib output cut at 4096-byte buffers.
@@ -1031,6 +1356,7 @@ mod tests {
             blake3: String::new(),
             spans: vec![span(100, 200, 100, 900), span(500, 100, 1200, 50)],
             kept_raw_bytes: 0,
+            text_differs: false,
         };
         assert_eq!(
             rec.locate(0),

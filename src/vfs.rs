@@ -474,8 +474,9 @@ enum Beside<'a> {
 #[derive(Debug)]
 enum Content {
     Data(Arc<FileReader>),
-    /// A range of a file's stored stream, as `(start, length)`.
-    Stored(Arc<FileReader>, u64, u64),
+    /// Ranges of a file's stored stream read one after another, as `(start,
+    /// length)`.
+    Stored(Arc<FileReader>, Arc<[(u64, u64)]>),
     Table(Arc<TableCopyReader>),
     Script(Arc<ScriptFile>),
     Bytes(Arc<Vec<u8>>),
@@ -924,7 +925,7 @@ impl Vfs {
             }
             Node::GzipText(id) => {
                 let m = self.snapshot_of(tree, id)?;
-                let (_, len) = gzip_text_of(&m)?;
+                let len = gzip_text_of(&m)?.iter().map(|(_, len)| len).sum();
                 file_attr(ino, len, SystemTime::from(m.time))
             }
             Node::Manifest(id) => {
@@ -1397,8 +1398,8 @@ impl Vfs {
         let content = match &node {
             Node::Data(id) => Content::Data(self.snapshot_reader(&tree, id)?),
             Node::GzipText(id) => {
-                let (start, len) = gzip_text_of(&*self.snapshot_of(&tree, id)?)?;
-                Content::Stored(self.snapshot_reader(&tree, id)?, start, len)
+                let pieces = gzip_text_of(&*self.snapshot_of(&tree, id)?)?;
+                Content::Stored(self.snapshot_reader(&tree, id)?, pieces.into())
             }
             Node::BaseEntry(id, i) if *i != BASE_ROOT => {
                 let m = self.snapshot_of(&tree, id)?;
@@ -1409,7 +1410,10 @@ impl Vfs {
                         describe(&node)
                     )));
                 }
-                Content::Stored(self.snapshot_reader(&tree, id)?, f.offset, f.size)
+                Content::Stored(
+                    self.snapshot_reader(&tree, id)?,
+                    [(f.offset, f.size)].into(),
+                )
             }
             Node::TableCopy(id, i) => {
                 let m = self.snapshot_of(&tree, id)?;
@@ -1499,7 +1503,7 @@ impl Vfs {
         let stem = file.strip_suffix(".dump").unwrap_or(&file);
         if let Some(gz_stem) = file.strip_suffix(".sql.gz") {
             // A gzipped SQL dump's own script, when its text is stored whole.
-            return match m.recreation.as_ref().and_then(|r| r.whole_text()) {
+            return match m.recreation.as_ref().and_then(|r| r.text_pieces()) {
                 Some(_) => vec![(format!("{gz_stem}.sql"), Node::GzipText(m.id.clone()))],
                 None => Vec::new(),
             };
@@ -1602,17 +1606,38 @@ impl Vfs {
                 }
                 return Ok(data);
             }
-            Content::Stored(r, start, len) => {
-                let from = offset.min(*len);
-                let n = u64::from(size).min(len - from);
-                let before = handle.read_end.swap(from + n, Ordering::Relaxed);
-                if offset.abs_diff(before) <= SEQUENTIAL_SLACK && n > 0 {
-                    r.prefetch_stored(start + from + n, PREFETCH_BYTES.min(len - from - n));
+            Content::Stored(r, pieces) => {
+                let before = handle
+                    .read_end
+                    .swap(offset + u64::from(size), Ordering::Relaxed);
+                let sequential = offset.abs_diff(before) <= SEQUENTIAL_SLACK;
+                let mut out = Vec::new();
+                let mut piece_start = 0u64;
+                for &(start, len) in pieces.iter() {
+                    let at = offset + out.len() as u64;
+                    let wanted = u64::from(size) - out.len() as u64;
+                    if wanted == 0 {
+                        break;
+                    }
+                    if at < piece_start + len {
+                        let from = at - piece_start;
+                        let n = wanted.min(len - from);
+                        if sequential {
+                            r.prefetch_stored(start + from + n, PREFETCH_BYTES.min(len - from - n));
+                        }
+                        let data = r
+                            .read_stored_at(start + from, n as usize)
+                            .await
+                            .map_err(|e| read_failed(r.what(), offset, size, e))?;
+                        let short = (data.len() as u64) < n;
+                        out.extend_from_slice(&data);
+                        if short {
+                            break;
+                        }
+                    }
+                    piece_start += len;
                 }
-                return r
-                    .read_stored_at(start + from, n as usize)
-                    .await
-                    .map_err(|e| read_failed(r.what(), offset, size, e));
+                return Ok(out);
             }
             Content::Data(r) => r,
         };
@@ -1638,14 +1663,14 @@ impl Vfs {
     }
 }
 
-/// Where the text of gzipped SQL dump `m` lies in its stored stream.
+/// Where the text of gzipped SQL dump `m` lies in its stored stream, in pieces.
 ///
 /// Errors: `NotFound` when it is not stored whole (the name was listed for an
 /// older view of the snapshot).
-fn gzip_text_of(m: &SnapshotManifest) -> Result<(u64, u64)> {
+fn gzip_text_of(m: &SnapshotManifest) -> Result<Vec<(u64, u64)>> {
     m.recreation
         .as_ref()
-        .and_then(|r| r.whole_text())
+        .and_then(|r| r.text_pieces())
         .ok_or_else(|| not_found(format!("The SQL script of snapshot {}", m.id)))
 }
 

@@ -389,6 +389,74 @@ fn gzipped_sql_dumps_are_stored_as_text_and_read_back_byte_for_byte() {
     }
 }
 
+/// A `.sql.gz` of over 32 MiB of SQL is re-created span by span (each span after
+/// the first from the text before it), not kept as it came past its first span,
+/// and reads back exactly through `cat`, the mount and `check --read-data`.
+#[test]
+fn a_large_gzipped_dump_is_re_created_span_by_span() {
+    let pg = PgCluster::start();
+    let dir = tempfile::tempdir().unwrap();
+    pg.create_footdash("footdash", 1);
+    // One table big enough for about 80 MB of SQL: three spans or more.
+    pg.psql(
+        "footdash",
+        "CREATE TABLE big AS SELECT i, md5(i::text) AS a, md5((i * 7)::text) AS b, \
+         'row ' || i % 977 AS c FROM generate_series(1, 900000) AS i",
+    );
+    let gz = dir.path().join("footdash.sql.gz");
+    dump_gzipped(&pg, "footdash", &gz);
+    let bytes = std::fs::read(&gz).unwrap();
+    let mut plain = Vec::new();
+    std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&bytes[..]), &mut plain).unwrap();
+    assert!(plain.len() > 2 * (32 << 20), "{} bytes of SQL", plain.len());
+    let v = Vault::local();
+    v.init();
+    let run = v.import("footdash", &gz, None).ok().json();
+    let r = &run["recreated"];
+    assert!(stat(r, "spans") >= 3, "{run}");
+    // Only the bytes where two spans meet, and the last byte, are kept as they
+    // came.
+    assert!(
+        stat(r, "bytes_kept_compressed") <= 2 * stat(r, "spans") + 1,
+        "{run}"
+    );
+    assert!(
+        stat(r, "bytes_recreated") + 64 > bytes.len() as u64,
+        "{run}"
+    );
+    let id = run["snapshot_id"].as_str().unwrap();
+    assert!(v.cat(id) == bytes, "cat differs from the gzip file");
+
+    let mnt = dir.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let mount = Mount::start(&v, &mnt, &[]);
+    let in_mount = mount.join(&format!("snapshots/{id}/footdash.sql.gz"));
+    // The end first: a read far into the file re-creates only the span it is in.
+    let mut f = std::fs::File::open(&in_mount).unwrap();
+    let mut tail = vec![0u8; 1 << 20];
+    std::io::Seek::seek(&mut f, std::io::SeekFrom::End(-(1 << 20))).unwrap();
+    std::io::Read::read_exact(&mut f, &mut tail).unwrap();
+    assert!(
+        tail[..] == bytes[bytes.len() - (1 << 20)..],
+        "the mount's end differs"
+    );
+    assert!(
+        std::fs::read(&in_mount).unwrap() == bytes,
+        "the mount's file differs"
+    );
+    // The script beside it is read from the spans' texts, in order.
+    let script = mount.join(&format!("snapshots/{id}/footdash.sql"));
+    assert!(
+        std::fs::read(&script).unwrap() == plain,
+        "the mount's script differs"
+    );
+    drop(mount);
+
+    let c = v.run(&["check", "--read-data", "--json"]).ok().json();
+    assert_eq!(c["bad_chunks"].as_array().unwrap().len(), 0, "{c}");
+    assert_eq!(stat(&c, "snapshots_recreated"), 1, "{c}");
+}
+
 #[test]
 fn a_gzip_file_that_is_cut_short_or_not_a_whole_dump_is_refused() {
     let pg = PgCluster::start();

@@ -107,6 +107,7 @@ fn recreated_json(m: &SnapshotManifest) -> Value {
         "bytes_recreated": m.stats.bytes_recreated,
         "bytes_kept_compressed": m.stats.bytes_kept_compressed,
         "bytes_stored_as_text": m.stats.bytes_stored_as_text,
+        "spans": m.recreation.as_ref().map_or(0, |r| r.spans.len()),
     })
 }
 

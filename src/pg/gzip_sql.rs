@@ -3,14 +3,19 @@
 //! text where the deflate stream re-creates (see [`crate::recreate`]).
 //!
 //! Every member is inflated with zlib to check it, whatever is stored. Its deflate
-//! bytes are held until the member ends (or until [`HOLD_LIMIT_BYTES`], or
-//! [`PREFLATE_TEXT_BYTES`] of text), then handed whole to preflate-rs, which
-//! re-creates them, or the longest run of whole blocks it can, from text and a
-//! correction record. The rest of the member is stored as it came.
+//! bytes are held until they hold more than [`PREFLATE_TEXT_BYTES`] of text (or
+//! [`HOLD_LIMIT_BYTES`]) or the member ends, then handed to preflate-rs a span at a
+//! time: the whole blocks that hold up to that much text, re-created from text and
+//! a correction record, each span after the first from the text before it (see
+//! [`crate::recreate`]). A span that does not re-create is stored as it came; from
+//! the first one preflate-rs cannot split, so is the rest of the member.
 
 #![forbid(unsafe_code)]
 
-use crate::recreate::{preflate_prefix, Recreation, StoredStreamBuilder, PREFLATE_TEXT_BYTES};
+use crate::recreate::{
+    block_start, preflate_after, preflate_prefix, Preflated, PreflatedAfter, Recreation,
+    StoredStreamBuilder, DICTIONARY_BYTES, PREFLATE_TEXT_BYTES,
+};
 
 /// The gzip magic, which tells a gzip file from a custom-format archive.
 pub const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
@@ -74,9 +79,22 @@ pub struct GzipSqlInspector {
     crc: crc32fast::Hasher,
     member_len: u64,
     scratch: Vec<u8>,
-    /// The member's deflate bytes so far, while it may still be re-created.
+    /// The member's deflate bytes not yet in a span, while it may still be
+    /// re-created: the first may hold the last bits of the span before.
     held: Vec<u8>,
     holding: bool,
+    /// Whether the member's first span was split.
+    split_first: bool,
+    /// The member's text in spans so far, and the last [`DICTIONARY_BYTES`] of it.
+    text_settled: u64,
+    dictionary: Vec<u8>,
+    /// The first bit of `held[0]` that is not the last span's: the last span's
+    /// bytes ended where its first block started in its first byte.
+    first_bit: u8,
+    /// The last span split, while its check runs.
+    checking: Option<Checking>,
+    /// The CRC of the member's text in spans so far.
+    span_crc: crc32fast::Hasher,
     head: Vec<u8>,
     tail: Vec<u8>,
     builder: StoredStreamBuilder,
@@ -96,6 +114,12 @@ impl Default for GzipSqlInspector {
             scratch: vec![0; 256 << 10],
             held: Vec::new(),
             holding: false,
+            split_first: false,
+            text_settled: 0,
+            dictionary: Vec::new(),
+            first_bit: 0,
+            checking: None,
+            span_crc: crc32fast::Hasher::new(),
             head: Vec::new(),
             tail: Vec::new(),
             builder: StoredStreamBuilder::new(0),
@@ -188,6 +212,10 @@ impl GzipSqlInspector {
                     self.crc = crc32fast::Hasher::new();
                     self.member_len = 0;
                     self.holding = true;
+                    self.split_first = false;
+                    self.text_settled = 0;
+                    self.dictionary.clear();
+                    self.span_crc = crc32fast::Hasher::new();
                     self.state = State::Deflate;
                 }
                 State::Deflate => {
@@ -202,12 +230,8 @@ impl GzipSqlInspector {
                         self.builder.kept(input, &mut self.out);
                     }
                     self.pending.drain(..taken);
-                    if self.holding
-                        && (ended
-                            || self.held.len() > HOLD_LIMIT_BYTES
-                            || self.member_len > PREFLATE_TEXT_BYTES as u64)
-                    {
-                        self.settle_held();
+                    if self.holding {
+                        self.settle_held(ended);
                     }
                     if ended {
                         self.state = State::Trailer;
@@ -232,6 +256,17 @@ impl GzipSqlInspector {
                             crc,
                             len,
                         });
+                    }
+                    // Each span's text comes from preflate-rs's own inflating from
+                    // the text before it: all of it must be the member's.
+                    let span_crc = std::mem::take(&mut self.span_crc).finalize();
+                    if self.text_settled == self.member_len && span_crc != crc {
+                        tracing::warn!(
+                            "The re-created spans of gzip member {} hold other text than \
+                             the member (its bytes re-create): its text is not shown",
+                            self.member
+                        );
+                        self.builder.text_differs();
                     }
                     self.builder.raw(&self.pending[..8], &mut self.out);
                     self.pending.drain(..8);
@@ -287,21 +322,117 @@ impl GzipSqlInspector {
         }
     }
 
-    /// Stores the held deflate bytes: what preflate-rs re-creates as text and
-    /// correction record, the rest as it came. The member's later bytes are kept
-    /// as they come.
-    fn settle_held(&mut self) {
+    /// Splits spans off the held deflate bytes while they hold more than a span's
+    /// text, or all of them once the member `ended`, each into text and correction
+    /// record, and stores each span once a check on another thread finds it
+    /// re-creates (or as it came if not). From the first span preflate-rs cannot
+    /// split, the member's bytes are stored as they came.
+    fn settle_held(&mut self, ended: bool) {
+        loop {
+            let behind = self.member_len - self.text_settled;
+            if !ended && behind <= PREFLATE_TEXT_BYTES as u64 && self.held.len() <= HOLD_LIMIT_BYTES
+            {
+                return;
+            }
+            // A block takes at least 10 bits: one byte left is the last one's end.
+            if self.held.len() <= 1 {
+                break;
+            }
+            let split = if !self.split_first {
+                preflate_prefix(&self.held).map(|p| {
+                    self.split_first = true;
+                    self.first_bit = 0;
+                    (0, p.deflate_len, Split::First(p))
+                })
+            } else {
+                block_start(&self.held, self.first_bit, &self.dictionary).and_then(|bit| {
+                    let p =
+                        preflate_after(&self.dictionary, &self.held[bit / 8..], (bit % 8) as u8)?;
+                    // The bytes before the one the first block starts in are the
+                    // last span's end; that byte holds both when it starts inside.
+                    let seam = bit / 8 + usize::from(p.first_bit > 0);
+                    self.first_bit = p.first_bit;
+                    Some((seam, p.deflate_len, Split::After(p)))
+                })
+            };
+            let Some((seam, len, split)) = split else {
+                break;
+            };
+            let text = split.text();
+            self.text_settled += text.len() as u64;
+            self.span_crc.update(text);
+            // A span shorter than the dictionary leaves text before it in the window.
+            self.dictionary
+                .extend_from_slice(&text[text.len().saturating_sub(DICTIONARY_BYTES)..]);
+            let excess = self.dictionary.len().saturating_sub(DICTIONARY_BYTES);
+            self.dictionary.drain(..excess);
+            let mut taken: Vec<u8> = self.held.drain(..seam + len).collect();
+            let original = taken.split_off(seam);
+            self.store_checked();
+            self.checking = Some(Checking::start(taken, original, split));
+        }
+        self.store_checked();
         self.holding = false;
         let held = std::mem::take(&mut self.held);
-        let done = match preflate_prefix(&held) {
-            Some(p) => {
-                self.builder
-                    .preflated(&held[..p.deflate_len], &p, &mut self.out);
-                p.deflate_len
-            }
-            None => 0,
+        self.builder.kept(&held, &mut self.out);
+    }
+
+    /// Stores the span being checked, once its check is done.
+    fn store_checked(&mut self) {
+        let Some(checking) = self.checking.take() else {
+            return;
         };
-        self.builder.kept(&held[done..], &mut self.out);
+        let (seam, original, split, recreates) = checking.finish();
+        self.builder.kept(&seam, &mut self.out);
+        match split {
+            _ if !recreates => self.builder.kept(&original, &mut self.out),
+            Split::First(p) => self.builder.preflated(&original, &p, &mut self.out),
+            Split::After(p) => self.builder.preflated_after(&original, &p, &mut self.out),
+        }
+    }
+}
+
+/// A span split off a member, not yet checked.
+enum Split {
+    First(Preflated),
+    After(PreflatedAfter),
+}
+
+impl Split {
+    fn text(&self) -> &[u8] {
+        match self {
+            Split::First(p) => p.text(),
+            Split::After(p) => p.text(),
+        }
+    }
+
+    fn recreates(&self, original: &[u8]) -> bool {
+        match self {
+            Split::First(p) => p.recreates(original),
+            Split::After(p) => p.recreates(original),
+        }
+    }
+}
+
+/// A span whose re-creation is being checked on a thread of its own, while the
+/// next span is split: the two halves of the work on two cores.
+struct Checking(std::thread::JoinHandle<(Vec<u8>, Vec<u8>, Split, bool)>);
+
+impl Checking {
+    /// Checks `split` against `original`; `seam` (the bytes before the span,
+    /// stored as they came) rides along to be stored with it.
+    fn start(seam: Vec<u8>, original: Vec<u8>, split: Split) -> Self {
+        Checking(std::thread::spawn(move || {
+            let ok = split.recreates(&original);
+            (seam, original, split, ok)
+        }))
+    }
+
+    /// Waits for the check: the seam, the span's bytes, its split and whether it
+    /// re-creates them.
+    fn finish(self) -> (Vec<u8>, Vec<u8>, Split, bool) {
+        // The check catches preflate-rs's panics: one here is a bug of ours.
+        self.0.join().expect("the span check does not panic")
     }
 }
 
@@ -375,6 +506,14 @@ mod tests {
         e.finish().unwrap()
     }
 
+    fn text_of(stored: &[u8], pieces: &[(u64, u64)]) -> Vec<u8> {
+        pieces
+            .iter()
+            .flat_map(|&(at, len)| &stored[at as usize..(at + len) as usize])
+            .copied()
+            .collect()
+    }
+
     /// Feeds `input` in pieces of `piece` bytes; the stored stream and the result.
     fn inspect(input: &[u8], piece: usize) -> (Vec<u8>, Result<Option<Recreation>, GzipSqlError>) {
         let mut ins = GzipSqlInspector::default();
@@ -390,7 +529,8 @@ mod tests {
 
     #[test]
     fn a_gzipped_script_is_stored_as_text_and_reads_back() {
-        let text = script(20_000);
+        let text = script(10_000);
+        assert!(text.len() < PREFLATE_TEXT_BYTES, "one span");
         for level in [1, 6, 9] {
             let gz = gzip(&text, level);
             for piece in [1 << 20, 4099, 7] {
@@ -398,9 +538,10 @@ mod tests {
                 let rec = rec.unwrap().expect("re-created");
                 assert_eq!(rec.kept_raw_bytes, 0);
                 assert_eq!(rec.spans.len(), 1);
-                let (at, len) = rec.whole_text().expect("one member, re-created whole");
+                let pieces = rec.text_pieces().expect("one member, re-created whole");
+                assert_eq!(pieces.len(), 1);
                 assert!(
-                    stored[at as usize..(at + len) as usize] == text[..],
+                    text_of(&stored, &pieces) == text,
                     "the text is stored in one piece"
                 );
                 assert_eq!(recreate_all(&stored, &rec).unwrap(), gz, "level {level}");
@@ -414,6 +555,40 @@ mod tests {
     }
 
     #[test]
+    fn a_long_member_is_re_created_span_by_span() {
+        let text = script(70_000);
+        assert!(text.len() > 4 * PREFLATE_TEXT_BYTES);
+        for level in [4, 6, 9] {
+            let gz = gzip(&text, level);
+            for piece in [1 << 20, 65_537] {
+                let (stored, rec) = inspect(&gz, piece);
+                let rec = rec.unwrap().expect("re-created");
+                assert!(rec.spans.len() >= 5, "{} spans", rec.spans.len());
+                assert!(
+                    rec.spans[1..].iter().all(|s| matches!(
+                        s.codec,
+                        crate::recreate::SpanCodec::PreflateAfter {
+                            dictionary_bytes: 32768,
+                            ..
+                        }
+                    )),
+                    "every span after the first starts from the text before it"
+                );
+                // Only the bytes where two spans meet are kept as they came: at
+                // most two each, and the last byte's padding.
+                assert!(
+                    rec.kept_raw_bytes <= 2 * rec.spans.len() as u64,
+                    "level {level}: {} bytes kept raw",
+                    rec.kept_raw_bytes
+                );
+                let pieces = rec.text_pieces().expect("all of the text is stored");
+                assert!(text_of(&stored, &pieces) == text, "level {level}");
+                assert!(recreate_all(&stored, &rec).unwrap() == gz, "level {level}");
+            }
+        }
+    }
+
+    #[test]
     fn several_members_each_re_create() {
         let text = script(5_000);
         let (a, b) = text.split_at(text.len() / 2);
@@ -422,7 +597,7 @@ mod tests {
         let (stored, rec) = inspect(&gz, 65536);
         let rec = rec.unwrap().unwrap();
         assert_eq!(rec.spans.len(), 2);
-        assert_eq!(rec.whole_text(), None, "two members' texts are two pieces");
+        assert_eq!(rec.text_pieces(), None, "two members are two scripts");
         assert_eq!(recreate_all(&stored, &rec).unwrap(), gz);
     }
 
@@ -491,6 +666,36 @@ mod tests {
             let (stored, rec) = inspect(&gz, piece);
             match rec.unwrap() {
                 Some(rec) => proptest::prop_assert!(recreate_all(&stored, &rec).unwrap() == gz),
+                None => proptest::prop_assert!(stored == gz),
+            }
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(16))]
+
+        /// Long members, cut into spans wherever their blocks fall: random noise
+        /// anywhere in the text, any level, any pieces.
+        #[test]
+        fn every_long_gzipped_script_reads_back_exactly(
+            rows in 20_000usize..50_000,
+            noise in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300_000),
+            at in 0.0f64..1.0,
+            level in 1u32..=9,
+            piece in 1000usize..300_000,
+        ) {
+            let mut text = script(rows);
+            let at = SCRIPT_HEAD.len() + ((text.len() - SCRIPT_HEAD.len() - SCRIPT_END.len()) as f64 * at) as usize;
+            text.splice(at..at, noise);
+            let gz = gzip(&text, level);
+            let (stored, rec) = inspect(&gz, piece);
+            match rec.unwrap() {
+                Some(rec) => {
+                    proptest::prop_assert!(recreate_all(&stored, &rec).unwrap() == gz);
+                    if let Some(pieces) = rec.text_pieces() {
+                        proptest::prop_assert!(text_of(&stored, &pieces) == text);
+                    }
+                }
                 None => proptest::prop_assert!(stored == gz),
             }
         }

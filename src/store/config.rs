@@ -23,7 +23,10 @@ use crate::error::{Error, Result};
 /// Version 4 adds spans re-created through correction records (gzipped SQL dumps,
 /// [`crate::recreate::SpanCodec::Preflate`]), which version 3 would take for zlib
 /// spans; a re-created dump raises the repository to 4 as it raised it to 3.
-pub const FORMAT_VERSION: u32 = 4;
+/// Version 5 adds spans re-created from the text before them (a long gzip member
+/// cut into spans, [`crate::recreate::SpanCodec::PreflateAfter`]), whose manifests
+/// version 4 cannot read; raised the same way.
+pub const FORMAT_VERSION: u32 = 5;
 /// The oldest repository format this build reads.
 pub const OLDEST_FORMAT_VERSION: u32 = 1;
 

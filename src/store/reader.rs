@@ -391,9 +391,12 @@ impl FileReader {
         end: u64,
         out: &mut Vec<u8>,
     ) -> Result<()> {
+        let s = rec.map.spans[span];
+        if s.codec.is_whole_step() {
+            self.recreate_next(rec, span + 1);
+        }
         let state = rec.state(span);
         let mut kept = state.recreator.lock().await;
-        let s = rec.map.spans[span];
         let mut r = match kept.take().filter(|r| r.can_serve(into)) {
             Some(r) => r,
             None => SpanRecreator::new(s),
@@ -426,6 +429,49 @@ impl FileReader {
         out.extend_from_slice(bytes);
         *kept = Some(r);
         Ok(())
+    }
+
+    /// Starts re-creating span `span` whole in the background, unless it is made
+    /// or being made, when it is made in one step (a preflate-rs span: about a
+    /// second): a reader of the span before it then finds it made, the two spans
+    /// re-created on two cores.
+    fn recreate_next(&self, rec: &Recreated, span: usize) {
+        let Some(&s) = rec.map.spans.get(span).filter(|s| s.codec.is_whole_step()) else {
+            return;
+        };
+        let state = rec.state(span);
+        if state.ahead.load(std::sync::atomic::Ordering::Acquire) {
+            return;
+        }
+        let made = state.recreator.try_lock().is_ok_and(|kept| {
+            kept.as_ref()
+                .is_some_and(|r| r.wants(s.original_len_bytes).is_none())
+        });
+        if made || state.ahead.swap(true, std::sync::atomic::Ordering::AcqRel) {
+            return;
+        }
+        let me = self.clone();
+        tokio::spawn(async move {
+            let mut kept = state.recreator.lock().await;
+            let mut r = kept.take().unwrap_or_else(|| SpanRecreator::new(s));
+            loop {
+                let Some((from, len)) = r.wants(s.original_len_bytes) else {
+                    *kept = Some(r);
+                    break;
+                };
+                match me.recreate_step(r, from, len, 0).await {
+                    Ok(next) => r = next,
+                    Err(e) => {
+                        // The read that reaches the span meets it again.
+                        tracing::debug!("Re-creating the next span failed: {e}");
+                        break;
+                    }
+                }
+            }
+            state
+                .ahead
+                .store(false, std::sync::atomic::Ordering::Release);
+        });
     }
 
     /// Feeds `r` the `len` bytes of text at stored offset `from`, keeping what it

@@ -98,11 +98,12 @@ pub struct Recreation {
     /// Compressed bytes that did not re-create and are stored as they came.
     #[serde(default)]
     pub kept_raw_bytes: u64,
-    /// The spans' text was found to differ from the text the gzip member's CRC
-    /// covers: the bytes re-create (they are checked on their own), but the text
-    /// is not shown as the file's.
+    /// Not all of a gzip file's text is the spans' text: it has more than one
+    /// member, a span was stored as it came, or the spans' text differs from what
+    /// the member's CRC covers. The bytes re-create (they are checked on their
+    /// own); only the text is not shown as the file's.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub text_differs: bool,
+    pub text_partial: bool,
 }
 
 /// A run of original bytes (a compressed table's frames) stored as the text they
@@ -458,7 +459,7 @@ impl Recreation {
     /// trailer are stored, and the bytes where two spans meet; a gap of at most two
     /// bytes holds no text (a deflate block with any takes more than 16 bits).
     pub fn text_pieces(&self) -> Option<Vec<(u64, u64)>> {
-        if self.text_differs {
+        if self.text_partial {
             return None;
         }
         let (first, rest) = self.spans.split_first()?;
@@ -469,10 +470,13 @@ impl Recreation {
         {
             return None;
         }
+        // Older manifests have no `text_partial`: a lone span left bytes as they
+        // came only when it stopped short of its stream's end.
         let seams_only = self
             .spans
             .windows(2)
-            .all(|w| w[1].original_offset - w[0].original_end() <= 2);
+            .all(|w| w[1].original_offset - w[0].original_end() <= 2)
+            && (self.spans.len() > 1 || self.kept_raw_bytes == 0);
         // The gzip trailer is 8 bytes; before it, at most the last byte's padding.
         let last = self.spans.last()?;
         if !seams_only || self.original_len_bytes.checked_sub(last.original_end())? > 9 {
@@ -625,7 +629,7 @@ pub struct StoredStreamBuilder {
     spans: Vec<RecreatedSpan>,
     open: Option<OpenSpan>,
     kept_raw_bytes: u64,
-    text_differs: bool,
+    text_partial: bool,
 }
 
 #[derive(Debug)]
@@ -660,7 +664,7 @@ impl StoredStreamBuilder {
             spans: Vec::new(),
             open: None,
             kept_raw_bytes: 0,
-            text_differs: false,
+            text_partial: false,
         }
     }
 
@@ -685,10 +689,10 @@ impl StoredStreamBuilder {
         out.extend_from_slice(bytes);
     }
 
-    /// The text stored for the spans is not the text of the stream (see
-    /// [`Recreation::text_differs`]).
-    pub fn text_differs(&mut self) {
-        self.text_differs = true;
+    /// The text stored for the spans is not all the text of the stream (see
+    /// [`Recreation::text_partial`]).
+    pub fn text_partial(&mut self) {
+        self.text_partial = true;
     }
 
     /// Original bytes of a compressed stream that are stored as they came.
@@ -937,7 +941,7 @@ impl StoredStreamBuilder {
                 .to_string(),
             spans: self.spans,
             kept_raw_bytes: self.kept_raw_bytes,
-            text_differs: self.text_differs,
+            text_partial: self.text_partial,
         })
     }
 }
@@ -1337,6 +1341,72 @@ mod tests {
         assert_eq!(read_back(&stored, &rec), original);
     }
 
+    /// The text of a gzip file is shown only when all of it is stored: one
+    /// member, each span re-created, at most two bytes between spans, a few after
+    /// the last (padding, trailer), and the spans' text matching the member's CRC.
+    #[test]
+    fn text_pieces_only_when_all_the_text_is_stored() {
+        let after = SpanCodec::PreflateAfter {
+            dictionary_bytes: 10,
+            first_bit: 3,
+        };
+        let span = |o, ol, s, sl, codec, record_bytes| RecreatedSpan {
+            original_offset: o,
+            original_len_bytes: ol,
+            stored_offset: s,
+            text_len_bytes: sl,
+            level: 0,
+            int_size: 0,
+            whole: true,
+            codec,
+            record_bytes,
+        };
+        let rec = |spans: Vec<RecreatedSpan>, len| Recreation {
+            original_len_bytes: len,
+            hashed_from: 0,
+            blake3: String::new(),
+            spans,
+            kept_raw_bytes: 3,
+            text_partial: false,
+        };
+        // Header 10 bytes, spans meeting over one byte, then padding and trailer.
+        let whole = rec(
+            vec![
+                span(10, 100, 10, 500, SpanCodec::Preflate, 20),
+                span(111, 100, 511, 600, after, 34),
+            ],
+            111 + 100 + 1 + 8,
+        );
+        assert_eq!(whole.text_pieces(), Some(vec![(30, 480), (545, 566)]));
+        let mut differs = whole.clone();
+        differs.text_partial = true;
+        assert_eq!(differs.text_pieces(), None);
+        // A span kept as it came between the two: its text is not stored.
+        let gap = rec(
+            vec![
+                span(10, 100, 10, 500, SpanCodec::Preflate, 20),
+                span(113, 100, 513, 600, after, 34),
+            ],
+            113 + 100 + 9,
+        );
+        assert_eq!(gap.text_pieces(), None);
+        // The member's end kept as it came.
+        let short = rec(
+            vec![span(10, 100, 10, 500, SpanCodec::Preflate, 20)],
+            10 + 100 + 10,
+        );
+        assert_eq!(short.text_pieces(), None);
+        // A second member starts with a first span again: two scripts.
+        let two = rec(
+            vec![
+                span(10, 100, 10, 500, SpanCodec::Preflate, 20),
+                span(111, 100, 511, 600, SpanCodec::Preflate, 20),
+            ],
+            111 + 100 + 9,
+        );
+        assert_eq!(two.text_pieces(), None);
+    }
+
     #[test]
     fn locate_maps_raw_runs_around_spans() {
         let span = |o, ol, s, sl| RecreatedSpan {
@@ -1356,7 +1426,7 @@ mod tests {
             blake3: String::new(),
             spans: vec![span(100, 200, 100, 900), span(500, 100, 1200, 50)],
             kept_raw_bytes: 0,
-            text_differs: false,
+            text_partial: false,
         };
         assert_eq!(
             rec.locate(0),

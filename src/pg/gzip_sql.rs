@@ -266,7 +266,9 @@ impl GzipSqlInspector {
                              the member (its bytes re-create): its text is not shown",
                             self.member
                         );
-                        self.builder.text_differs();
+                    }
+                    if self.text_settled != self.member_len || span_crc != crc || self.member > 1 {
+                        self.builder.text_partial();
                     }
                     self.builder.raw(&self.pending[..8], &mut self.out);
                     self.pending.drain(..8);
@@ -385,7 +387,10 @@ impl GzipSqlInspector {
         let (seam, original, split, recreates) = checking.finish();
         self.builder.kept(&seam, &mut self.out);
         match split {
-            _ if !recreates => self.builder.kept(&original, &mut self.out),
+            _ if !recreates => {
+                self.builder.text_partial();
+                self.builder.kept(&original, &mut self.out)
+            }
             Split::First(p) => self.builder.preflated(&original, &p, &mut self.out),
             Split::After(p) => self.builder.preflated_after(&original, &p, &mut self.out),
         }

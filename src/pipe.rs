@@ -6,13 +6,15 @@ use std::io::{Read, Write};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 
 /// The writing end; dropping it ends the stream.
-pub struct PipeWriter(SyncSender<Vec<u8>>);
+pub struct PipeWriter(SyncSender<std::io::Result<Vec<u8>>>);
 
-/// The reading end; reads return 0 once the writer is gone and all bytes are read.
+/// The reading end; reads return 0 once the writer is gone and all bytes are read,
+/// or the writer's error once the bytes before it are read.
 pub struct PipeReader {
-    rx: Receiver<Vec<u8>>,
+    rx: Receiver<std::io::Result<Vec<u8>>>,
     buf: Vec<u8>,
     pos: usize,
+    failed: bool,
 }
 
 /// A pipe holding at most `capacity` buffers in flight.
@@ -24,6 +26,7 @@ pub fn pipe(capacity: usize) -> (PipeWriter, PipeReader) {
             rx,
             buf: Vec::new(),
             pos: 0,
+            failed: false,
         },
     )
 }
@@ -31,7 +34,14 @@ pub fn pipe(capacity: usize) -> (PipeWriter, PipeReader) {
 impl PipeWriter {
     /// Sends a buffer without copying it; `false` when the reader is gone.
     pub fn send(&self, data: Vec<u8>) -> bool {
-        self.0.send(data).is_ok()
+        self.0.send(Ok(data)).is_ok()
+    }
+
+    /// Ends the stream with an error, which the reader gets after the bytes sent
+    /// before it.
+    pub fn fail(self, e: std::io::Error) {
+        // A reader that is gone has no use for it.
+        let _ = self.0.send(Err(e));
     }
 }
 
@@ -55,82 +65,6 @@ impl Write for PipeWriter {
 impl Read for PipeReader {
     fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
         while self.pos == self.buf.len() {
-            match self.rx.recv() {
-                Ok(b) => {
-                    self.buf = b;
-                    self.pos = 0;
-                }
-                Err(_) => return Ok(0),
-            }
-        }
-        let n = out.len().min(self.buf.len() - self.pos);
-        out[..n].copy_from_slice(&self.buf[self.pos..self.pos + n]);
-        self.pos += n;
-        Ok(n)
-    }
-}
-
-/// A reader that reads its source on a thread of its own, up to a bound ahead of
-/// its consumer: a producer upstream (`pg_dump | gzip`) keeps running while the
-/// consumer works in bursts (re-creating a span of compressed data) instead of
-/// stalling on a full pipe.
-pub struct ReadAhead {
-    rx: Receiver<std::io::Result<Vec<u8>>>,
-    buf: Vec<u8>,
-    pos: usize,
-    failed: bool,
-}
-
-/// Reads `source` ahead in buffers of `buffer_bytes`, at most `buffers` of them
-/// waiting. A read error reaches the consumer after the bytes before it.
-pub fn read_ahead(
-    mut source: Box<dyn Read + Send>,
-    buffers: usize,
-    buffer_bytes: usize,
-) -> ReadAhead {
-    let (tx, rx) = sync_channel(buffers);
-    std::thread::spawn(move || loop {
-        let mut buf = vec![0u8; buffer_bytes];
-        let mut filled = 0;
-        let read = loop {
-            match source.read(&mut buf[filled..]) {
-                Ok(0) => break Ok(()),
-                Ok(n) => {
-                    filled += n;
-                    // Half full is enough to pass on: a slow source's bytes must
-                    // not wait for a whole buffer.
-                    if filled >= buffer_bytes / 2 {
-                        break Ok(());
-                    }
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) => break Err(e),
-            }
-        };
-        let ended = filled == 0 || read.is_err();
-        buf.truncate(filled);
-        if filled > 0 && tx.send(Ok(buf)).is_err() {
-            return;
-        }
-        if let Err(e) = read {
-            let _ = tx.send(Err(e));
-            return;
-        }
-        if ended {
-            return;
-        }
-    });
-    ReadAhead {
-        rx,
-        buf: Vec::new(),
-        pos: 0,
-        failed: false,
-    }
-}
-
-impl Read for ReadAhead {
-    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
-        while self.pos == self.buf.len() {
             if self.failed {
                 return Err(std::io::Error::other("the source failed before"));
             }
@@ -151,6 +85,48 @@ impl Read for ReadAhead {
         self.pos += n;
         Ok(n)
     }
+}
+
+/// Reads `source` on a thread of its own, up to a bound ahead of its consumer: a
+/// producer upstream (`pg_dump | gzip`) keeps running while the consumer works in
+/// bursts (re-creating a span of compressed data) instead of stalling on a full
+/// pipe. Buffers of `buffer_bytes`, at most `buffers` of them waiting; a read
+/// error reaches the consumer after the bytes before it.
+pub fn read_ahead(
+    mut source: Box<dyn Read + Send>,
+    buffers: usize,
+    buffer_bytes: usize,
+) -> PipeReader {
+    let (tx, rx) = pipe(buffers);
+    std::thread::spawn(move || loop {
+        let mut buf = vec![0u8; buffer_bytes];
+        let mut filled = 0;
+        let read = loop {
+            match source.read(&mut buf[filled..]) {
+                Ok(0) => break Ok(()),
+                Ok(n) => {
+                    filled += n;
+                    // Half full is enough to pass on: a slow source's bytes must
+                    // not wait for a whole buffer.
+                    if filled >= buffer_bytes / 2 {
+                        break Ok(());
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => break Err(e),
+            }
+        };
+        buf.truncate(filled);
+        if filled > 0 && !tx.send(buf) {
+            return;
+        }
+        match read {
+            Err(e) => return tx.fail(e),
+            Ok(()) if filled == 0 => return,
+            Ok(()) => {}
+        }
+    });
+    rx
 }
 
 #[cfg(test)]

@@ -406,17 +406,8 @@ impl FileReader {
         }
         // Only for a read inside the span: one that merely enters it (readahead
         // past the end of the table pg_restore wanted) asks for no more of it.
-        if into > 0
-            && r.wants(end + RECREATE_AHEAD_BYTES).is_some()
-            && !state.ahead.swap(true, std::sync::atomic::Ordering::AcqRel)
-        {
-            let (me, state) = (self.clone(), state.clone());
-            tokio::spawn(async move {
-                me.recreate_ahead(&state, end).await;
-                state
-                    .ahead
-                    .store(false, std::sync::atomic::Ordering::Release);
-            });
+        if into > 0 && r.wants(end + RECREATE_AHEAD_BYTES).is_some() {
+            self.spawn_ahead(&state, end);
         }
         let bytes = r.bytes(into, end).ok_or_else(|| {
             Error::Corrupt(format!(
@@ -443,31 +434,29 @@ impl FileReader {
         if state.ahead.load(std::sync::atomic::Ordering::Acquire) {
             return;
         }
-        let made = state.recreator.try_lock().is_ok_and(|kept| {
-            kept.as_ref()
-                .is_some_and(|r| r.wants(s.original_len_bytes).is_none())
-        });
-        if made || state.ahead.swap(true, std::sync::atomic::Ordering::AcqRel) {
+        // A locked recreator is in use: a read or a task is making the span.
+        let Ok(mut kept) = state.recreator.try_lock() else {
+            return;
+        };
+        match kept.as_ref() {
+            Some(r) if r.wants(s.original_len_bytes).is_none() => return,
+            Some(_) => {}
+            None => *kept = Some(SpanRecreator::new(s)),
+        }
+        drop(kept);
+        // A span made in one step is made whole by the first step ahead of its start.
+        self.spawn_ahead(&state, 0);
+    }
+
+    /// Runs [`FileReader::recreate_ahead`] of `state` past `end` on a task of its
+    /// own, unless one already runs.
+    fn spawn_ahead(&self, state: &Arc<SpanState>, end: u64) {
+        if state.ahead.swap(true, std::sync::atomic::Ordering::AcqRel) {
             return;
         }
-        let me = self.clone();
+        let (me, state) = (self.clone(), state.clone());
         tokio::spawn(async move {
-            let mut kept = state.recreator.lock().await;
-            let mut r = kept.take().unwrap_or_else(|| SpanRecreator::new(s));
-            loop {
-                let Some((from, len)) = r.wants(s.original_len_bytes) else {
-                    *kept = Some(r);
-                    break;
-                };
-                match me.recreate_step(r, from, len, 0).await {
-                    Ok(next) => r = next,
-                    Err(e) => {
-                        // The read that reaches the span meets it again.
-                        tracing::debug!("Re-creating the next span failed: {e}");
-                        break;
-                    }
-                }
-            }
+            me.recreate_ahead(&state, end).await;
             state
                 .ahead
                 .store(false, std::sync::atomic::Ordering::Release);

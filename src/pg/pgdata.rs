@@ -774,11 +774,12 @@ impl Write for SegmentWriter {
 
 type Stream = tar::Builder<BufWriter<SegmentWriter>>;
 
-/// Ends the stored chunk at this point of the stream.
-fn cut(tar: &mut Stream) -> Result<()> {
+/// Ends the stored chunk at this point of the stream with `how` (a [`Segment::Cut`]
+/// or [`Segment::FixedCut`]).
+fn cut(tar: &mut Stream, how: Segment) -> Result<()> {
     let w = tar.get_mut();
     w.flush().map_err(stream_failed)?;
-    w.get_ref().send(Segment::Cut).map_err(stream_failed)
+    w.get_ref().send(how).map_err(stream_failed)
 }
 
 /// The bytes the stream's header (or headers, for a long name) of `entry` take.
@@ -881,7 +882,7 @@ fn make_stream(
                     crc32c,
                 },
             ) => {
-                cut(&mut tar)?;
+                cut(&mut tar, Segment::Cut)?;
                 let len = refs.iter().map(|r| u64::from(r.len)).sum();
                 tar.get_mut()
                     .get_ref()
@@ -937,7 +938,22 @@ fn make_stream(
                     }
                 };
                 if around {
-                    cut(&mut tar)?;
+                    // A relation file's pages stay where they are: its chunks are cut
+                    // at fixed offsets, so each covers the same pages every day.
+                    let relation = matches!(
+                        entry.kind,
+                        EntryKind::File {
+                            first_block: Some(_)
+                        }
+                    );
+                    cut(
+                        &mut tar,
+                        if relation {
+                            Segment::FixedCut
+                        } else {
+                            Segment::Cut
+                        },
+                    )?;
                 }
                 let mut h = header_for(&opened, tar::EntryType::Regular, size);
                 let mut bytes = FileBytes {
@@ -956,7 +972,7 @@ fn make_stream(
                     Error::External(format!("The reader of {} stopped", entry.name))
                 })?;
                 if around {
-                    cut(&mut tar)?;
+                    cut(&mut tar, Segment::Cut)?;
                     report
                         .stamps
                         .insert(entry.name.clone(), FileStamp { crc32c, ..stamp });

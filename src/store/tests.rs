@@ -597,3 +597,98 @@ async fn a_format_1_repository_is_raised_before_its_first_namespaced_wal() {
     let e = RepoConfig::parse(&serde_json::to_vec(&newer).unwrap(), "test").unwrap_err();
     assert_eq!(e.kind(), ErrorKind::InvalidInput, "{e}");
 }
+
+/// Segments of a base-backup-like stream: a lead-in, then `body` after a fixed cut
+/// (sent in odd-sized pieces, as a reader's are unaligned), then a tail.
+fn fixed_stream(
+    lead: &[u8],
+    body: &[u8],
+    tail: &[u8],
+) -> std::sync::mpsc::Receiver<super::writer::Segment> {
+    use super::writer::Segment;
+    let (tx, rx) = std::sync::mpsc::channel();
+    tx.send(Segment::Bytes(lead.to_vec())).unwrap();
+    tx.send(Segment::FixedCut).unwrap();
+    for piece in body.chunks(3001) {
+        tx.send(Segment::Bytes(piece.to_vec())).unwrap();
+    }
+    tx.send(Segment::Cut).unwrap();
+    tx.send(Segment::Bytes(tail.to_vec())).unwrap();
+    rx
+}
+
+async fn ingest_fixed(
+    repo: &Repository,
+    stream: std::sync::mpsc::Receiver<super::writer::Segment>,
+) -> SnapshotManifest {
+    let meta = SnapshotMeta {
+        db: "cluster".into(),
+        kind: SnapshotKind::Dump,
+        time: None,
+        file_name: "base.tar".into(),
+    };
+    repo.ingest_segments(stream, meta, None, Arc::new(NoProgress))
+        .await
+        .unwrap()
+        .commit()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_fixed_cut_stretch_is_chunked_at_fixed_offsets_and_each_chunk_is_a_delta_on_its_last_version(
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let (repo, _) = memory_repo(&dir).await;
+    let avg = 8192;
+    let (lead, tail) = (rows(20, 300), rows(21, 300));
+    let body = rows(22, 3000);
+    assert!(body.len() > 8 * avg && body.len() % avg != 0);
+    let m1 = ingest_fixed(&repo, fixed_stream(&lead, &body, &tail)).await;
+    let mut at = 0usize;
+    let mut in_body = Vec::new();
+    for c in &m1.chunks {
+        if at >= lead.len() && at < lead.len() + body.len() {
+            in_body.push(c.len as usize);
+        }
+        at += c.len as usize;
+    }
+    let mut want = vec![avg; body.len() / avg];
+    want.push(body.len() % avg);
+    assert_eq!(in_body, want, "chunks of the fixed stretch");
+    let whole = [&lead[..], &body, &tail].concat();
+    assert_eq!(cat(&repo, &m1).await.unwrap(), whole);
+
+    // The next day a few bytes of every block change in place, as pages do: every
+    // block is a new chunk stored as a small delta on its own earlier version.
+    let mut body2 = body.clone();
+    for i in (1000..body2.len()).step_by(avg) {
+        body2[i..i + 8].copy_from_slice(b"CHANGED!");
+    }
+    let m2 = ingest_fixed(&repo, fixed_stream(&lead, &body2, &tail)).await;
+    let blocks = body.len().div_ceil(avg) as u64;
+    assert_eq!(m2.stats.chunks_new, blocks, "{:?}", m2.stats);
+    assert_eq!(m2.stats.chunks_new_delta, blocks, "{:?}", m2.stats);
+    let mut at = 0usize;
+    for (c1, c2) in m1.chunks.iter().zip(&m2.chunks) {
+        assert_eq!(c1.len, c2.len, "chunk at {at} moved");
+        if at >= lead.len() && at < lead.len() + body.len() {
+            assert_eq!(
+                c2.base,
+                Some(c1.id),
+                "chunk at {at} is a delta on its last version"
+            );
+        }
+        at += c1.len as usize;
+    }
+    assert!(
+        m2.stats.bytes_stored_new * 10 < m1.stats.bytes_stored_new,
+        "day 2 stored {} against day 1's {}",
+        m2.stats.bytes_stored_new,
+        m1.stats.bytes_stored_new
+    );
+    assert_eq!(
+        cat(&repo, &m2).await.unwrap(),
+        [&lead[..], &body2, &tail].concat()
+    );
+}

@@ -8,9 +8,7 @@ use std::collections::HashSet;
 use std::path::{Component, Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use tokio::io::AsyncWriteExt;
-
-use crate::blocking::joined;
+use crate::blocking::{joined, try_blocking};
 use crate::crypto::MasterKey;
 use crate::error::{Error, Result};
 use crate::host::{probe_process, ProcessProbe};
@@ -237,6 +235,9 @@ fn remove_any(path: &Path) -> Result<()> {
 /// Pieces a file is read in.
 const PIECE_BYTES: usize = 1 << 20;
 
+/// Bytes of a file written in one trip to the blocking pool.
+const WRITE_BYTES: usize = 4 << 20;
+
 /// Chunks kept for reads that share them (small files share a chunk).
 const TREE_CACHE_BYTES: usize = 64 << 20;
 
@@ -254,44 +255,52 @@ fn matches_already(path: &Path, f: &BaseFile) -> bool {
         && hasher.finalize().to_hex().as_str() == want
 }
 
-/// `want` bytes of the stored stream at `at`, inside file `f`.
-///
-/// Errors: `Corrupt` when the stream ends first; those of reading it.
-async fn read_piece(reader: &FileReader, f: &BaseFile, at: u64, want: usize) -> Result<Vec<u8>> {
-    let data = reader.read_stored_at(at, want).await?;
-    if data.len() != want {
-        return Err(Error::Corrupt(format!(
-            "The stored stream of {} ends inside {}",
-            reader.what(),
-            f.path
-        )));
-    }
-    Ok(data)
+/// The error for a stored stream that ends before file `f` does.
+fn short_stream(reader: &FileReader, f: &BaseFile) -> Error {
+    Error::Corrupt(format!(
+        "The stored stream of {} ends inside {}",
+        reader.what(),
+        f.path
+    ))
 }
 
+/// Writes file `f` whole at `path`, from the decoded chunks themselves (no copy of
+/// its bytes on the way), up to [`WRITE_BYTES`] a trip to the blocking pool.
 async fn write_file(reader: &FileReader, f: &BaseFile, path: &Path) -> Result<u64> {
-    if std::fs::symlink_metadata(path).is_ok_and(|m| !m.is_file()) {
-        remove_any(path)?;
-    }
-    let mut out = tokio::fs::File::create(path)
-        .await
-        .map_err(|e| Error::io_path("create", path, e))?;
+    use std::os::unix::fs::FileExt;
+    let at = path.to_path_buf();
+    let file = try_blocking("creating a file", move || {
+        if std::fs::symlink_metadata(&at).is_ok_and(|m| !m.is_file()) {
+            remove_any(&at)?;
+        }
+        std::fs::File::create(&at).map_err(|e| Error::io_path("create", &at, e))
+    })
+    .await?;
+    let file = Arc::new(file);
     reader.prefetch_stored(f.offset, f.size.min(8 * PIECE_BYTES as u64));
     let mut done = 0u64;
     while done < f.size {
-        let want = (f.size - done).min(PIECE_BYTES as u64) as usize;
+        let want = (f.size - done).min(WRITE_BYTES as u64);
         if done > 0 {
-            reader.prefetch_stored(f.offset + done + want as u64, (8 * PIECE_BYTES) as u64);
+            reader.prefetch_stored(f.offset + done + want, (8 * PIECE_BYTES) as u64);
         }
-        let data = read_piece(reader, f, f.offset + done, want).await?;
-        out.write_all(&data)
-            .await
-            .map_err(|e| Error::io_path("write", path, e))?;
-        done += want as u64;
+        let pieces = reader.stored_pieces(f.offset + done, want).await?;
+        if pieces.iter().map(|(_, r)| r.len() as u64).sum::<u64>() != want {
+            return Err(short_stream(reader, f));
+        }
+        let (file, at, from) = (file.clone(), path.to_path_buf(), done);
+        try_blocking("writing a file", move || {
+            let mut into = from;
+            for (chunk, range) in &pieces {
+                file.write_all_at(&chunk[range.clone()], into)
+                    .map_err(|e| Error::io_path("write", &at, e))?;
+                into += range.len() as u64;
+            }
+            Ok(())
+        })
+        .await?;
+        done += want;
     }
-    out.flush()
-        .await
-        .map_err(|e| Error::io_path("write", path, e))?;
     Ok(f.size)
 }
 
@@ -351,30 +360,49 @@ async fn write_ranges(
     ranges: &[Range],
 ) -> Result<u64> {
     use std::os::unix::fs::FileExt;
-    let file = std::fs::File::options()
-        .read(true)
-        .write(true)
-        .open(path)
-        .map_err(|e| Error::io_path("open", path, e))?;
+    let at = path.to_path_buf();
+    let file = try_blocking("opening a file", move || {
+        std::fs::File::options()
+            .read(true)
+            .write(true)
+            .open(&at)
+            .map_err(|e| Error::io_path("open", &at, e))
+    })
+    .await?;
+    let file = Arc::new(file);
     let mut written = 0u64;
     for &(a, len, whole) in ranges {
         reader.prefetch_stored(a, len.min(8 * PIECE_BYTES as u64));
         let mut done = 0u64;
         while done < len {
-            let want = (len - done).min(PIECE_BYTES as u64) as usize;
-            let at = a + done;
-            let data = read_piece(reader, f, at, want).await?;
-            let into = at - f.offset;
-            let same = !whole && {
-                let mut local = vec![0u8; want];
-                file.read_exact_at(&mut local, into).is_ok() && local == data
-            };
-            if !same {
-                file.write_all_at(&data, into)
-                    .map_err(|e| Error::io_path("write", path, e))?;
-                written += want as u64;
+            let want = (len - done).min(WRITE_BYTES as u64);
+            if done > 0 {
+                reader.prefetch_stored(a + done + want, (8 * PIECE_BYTES) as u64);
             }
-            done += want as u64;
+            let pieces = reader.stored_pieces(a + done, want).await?;
+            if pieces.iter().map(|(_, r)| r.len() as u64).sum::<u64>() != want {
+                return Err(short_stream(reader, f));
+            }
+            let (file, at, from) = (file.clone(), path.to_path_buf(), a + done - f.offset);
+            written += try_blocking("writing a file", move || {
+                let (mut into, mut wrote) = (from, 0u64);
+                for (chunk, range) in &pieces {
+                    let data = &chunk[range.clone()];
+                    let same = !whole && {
+                        let mut local = vec![0u8; data.len()];
+                        file.read_exact_at(&mut local, into).is_ok() && local == data
+                    };
+                    if !same {
+                        file.write_all_at(data, into)
+                            .map_err(|e| Error::io_path("write", &at, e))?;
+                        wrote += data.len() as u64;
+                    }
+                    into += data.len() as u64;
+                }
+                Ok(wrote)
+            })
+            .await?;
+            done += want;
         }
     }
     Ok(written)

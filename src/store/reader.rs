@@ -528,27 +528,42 @@ impl FileReader {
     ///
     /// Errors: as [`FileReader::chunk`].
     pub async fn read_stored_at(&self, offset: u64, size: usize) -> Result<Vec<u8>> {
-        let end = (offset + size as u64).min(self.stored_len());
+        let pieces = self.stored_pieces(offset, size as u64).await?;
+        let mut out = Vec::with_capacity(pieces.iter().map(|(_, r)| r.len()).sum());
+        for (chunk, range) in &pieces {
+            out.extend_from_slice(&chunk[range.clone()]);
+        }
+        Ok(out)
+    }
+
+    /// The decoded chunks holding stored bytes `offset..offset + len`, in order, each
+    /// with the range of its bytes that lies there: fewer bytes only at the stream's
+    /// end. For writers that take the bytes where they lie instead of a copy.
+    ///
+    /// Errors: as [`FileReader::chunk`].
+    pub async fn stored_pieces(
+        &self,
+        offset: u64,
+        len: u64,
+    ) -> Result<Vec<(Arc<Vec<u8>>, std::ops::Range<usize>)>> {
+        let end = offset.saturating_add(len).min(self.stored_len());
         if offset >= end {
             return Ok(Vec::new());
         }
-        let mut out = Vec::with_capacity((end - offset) as usize);
+        let mut out = Vec::new();
         let mut i = self.chunk_at(offset);
         // A read spanning several chunks loads them all at once, not one after another.
         let last = self.chunk_at(end - 1);
         if last > i {
             self.prefetch_range(i + 1, last + 1);
         }
-        while (self.chunk_start(i)) < end {
+        while i < self.ends.len() && self.chunk_start(i) < end {
             let data = self.chunk(i).await?;
             let start = self.chunk_start(i);
             let from = offset.max(start) - start;
             let to = end.min(self.ends[i]) - start;
-            out.extend_from_slice(&data[from as usize..to as usize]);
+            out.push((data, from as usize..to as usize));
             i += 1;
-            if i >= self.ends.len() {
-                break;
-            }
         }
         Ok(out)
     }

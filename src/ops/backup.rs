@@ -20,7 +20,7 @@ use crate::pg::{pg_dump, ConnectOptions, DumpStreamInspector};
 use crate::store::lock::{LockGuard, LockKind};
 use crate::store::manifest::{SnapshotKind, SnapshotManifest};
 use crate::store::records::BackupAttempt;
-use crate::store::writer::{Progress, SnapshotMeta, StreamInspector};
+use crate::store::writer::{PendingSnapshot, Progress, SnapshotMeta, StreamInspector};
 use crate::store::Repository;
 
 /// Where the backup's bytes come from.
@@ -162,16 +162,21 @@ async fn ingest_and_commit(
             // Up to 32 MiB ahead: the dump inspector re-creates compressed data in
             // bursts of a second or more, while pg_dump and gzip upstream go on.
             let source = crate::pipe::read_ahead(source, 32, 1 << 20);
-            repo.ingest(Box::new(source), meta, Some(inspector), progress)
-                .await?
+            match meta.kind {
+                SnapshotKind::Base => {
+                    ingest_base_tar(repo, Box::new(source), meta, inspector, progress).await?
+                }
+                SnapshotKind::Dump => {
+                    repo.ingest(Box::new(source), meta, Some(inspector), progress)
+                        .await?
+                }
+            }
         }
         BackupSource::Run(conn)
             if opts.kind == SnapshotKind::Base && may_have_tablespaces(&conn).await =>
         {
             let (backup, stream) = SpooledBaseBackup::start(&conn)?;
-            let ingested = repo
-                .ingest(Box::new(stream), meta, Some(inspector), progress)
-                .await;
+            let ingested = ingest_base_tar(repo, Box::new(stream), meta, inspector, progress).await;
             settle(ingested, || backup.finish())?.0
         }
         BackupSource::Run(conn) => {
@@ -179,10 +184,16 @@ async fn ingest_and_commit(
                 SnapshotKind::Dump => pg_dump(&meta.db, &conn)?,
                 SnapshotKind::Base => pg_basebackup(&conn)?,
             };
-            match repo
-                .ingest(Box::new(stdout), meta, Some(inspector), progress)
-                .await
-            {
+            let ingested = match meta.kind {
+                SnapshotKind::Base => {
+                    ingest_base_tar(repo, Box::new(stdout), meta, inspector, progress).await
+                }
+                SnapshotKind::Dump => {
+                    repo.ingest(Box::new(stdout), meta, Some(inspector), progress)
+                        .await
+                }
+            };
+            match ingested {
                 Ok(p) => {
                     // The program's verdict comes before the commit: a dump that
                     // failed half-way must never become a backup point.
@@ -247,6 +258,32 @@ async fn prior_backup(repo: &Repository, pgdata: &std::path::Path) -> Option<Pri
 /// The stream maker's verdict with the stored stream's, as for a program: a failed
 /// read, pg_backup_stop or pg_basebackup explains a short stream, and must never
 /// commit.
+/// Stores a base backup's tar stream cut around its relation files
+/// ([`crate::pg::tar_cuts`]), as a `--pgdata` backup's stream is.
+///
+/// Errors: as [`Repository::ingest_segments`]; `Io` when the source fails.
+async fn ingest_base_tar(
+    repo: &Repository,
+    source: Box<dyn std::io::Read + Send>,
+    meta: SnapshotMeta,
+    inspector: Box<dyn StreamInspector>,
+    progress: Arc<dyn Progress>,
+) -> Result<PendingSnapshot> {
+    let (segments, cutter) = crate::pg::tar_cuts::cut_tar_stream(source);
+    let ingested = repo
+        .ingest_segments(segments, meta, Some(inspector), progress)
+        .await;
+    // On success the cutter has sent everything and ended; on a failure it may be
+    // waiting on a source that will not end, and its own error, if it has one
+    // already, is the better one.
+    let finished = ingested.is_ok() || cutter.is_finished();
+    settle(ingested, || match finished {
+        true => crate::blocking::thread_joined("tar cutter", cutter.join())?,
+        false => Ok(()),
+    })
+    .map(|(p, ())| p)
+}
+
 fn settle<P, T>(ingested: Result<P>, finish: impl FnOnce() -> Result<T>) -> Result<(P, T)> {
     match ingested {
         Ok(p) => Ok((p, finish()?)),

@@ -13,6 +13,7 @@ pub mod pgdata;
 pub mod recovery;
 pub mod restore_script;
 pub mod server;
+pub mod tar_cuts;
 pub mod toc_listing;
 
 use std::io::Read;

@@ -557,20 +557,17 @@ fn read_file(entry: &Entry, first_block: Option<u32>, start: Lsn, tx: &SyncSende
     let mut done = 0u64;
     while done < size {
         let want = (size - done).min(READ_BYTES as u64) as usize;
-        let mut buf = vec![0u8; want];
-        let mut got = 0;
-        while got < want {
-            match file.read(&mut buf[got..]) {
-                Ok(0) => break,
-                Ok(n) => got += n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) => {
-                    return tx
-                        .send(Piece::Failed(Error::io_path("read", &entry.path, e)))
-                        .is_ok()
-                }
-            }
+        // Read into spare capacity: zeroing a megabyte first, for every megabyte
+        // read, cost 4% of a backup's CPU.
+        let mut buf = Vec::with_capacity(want);
+        if let Err(e) = (&mut file).take(want as u64).read_to_end(&mut buf) {
+            return tx
+                .send(Piece::Failed(Error::io_path("read", &entry.path, e)))
+                .is_ok();
         }
+        let got = buf.len();
+        // A file that shrank: zeros for the rest, as the header promised.
+        buf.resize(want, 0);
         if let Some(first) = first_block {
             check_pages(
                 &entry.path,
@@ -949,7 +946,13 @@ fn make_stream(
                     cut(
                         &mut tar,
                         if relation {
-                            Segment::FixedCut
+                            let previous = opts
+                                .prior
+                                .as_ref()
+                                .and_then(|p| p.files.get(&entry.name))
+                                .map(|p| p.refs.clone())
+                                .unwrap_or_default();
+                            Segment::FixedCut { previous }
                         } else {
                             Segment::Cut
                         },

@@ -113,7 +113,12 @@ fn cut(mut source: impl Read, tx: &SyncSender<Segment>) -> Result<()> {
                 .path()
                 .is_ok_and(|p| is_relation(&p.to_string_lossy()));
         if around {
-            send(tx, Segment::FixedCut)?;
+            send(
+                tx,
+                Segment::FixedCut {
+                    previous: Vec::new(),
+                },
+            )?;
         }
         send(tx, Segment::Bytes(block))?;
         if !pass(&mut source, padded, tx)? {
@@ -148,7 +153,7 @@ mod tests {
         for s in rx {
             match s {
                 Segment::Bytes(b) => bytes.extend_from_slice(&b),
-                Segment::FixedCut => cuts.push((bytes.len() as u64, "fixed")),
+                Segment::FixedCut { .. } => cuts.push((bytes.len() as u64, "fixed")),
                 Segment::Cut => cuts.push((bytes.len() as u64, "cut")),
                 Segment::Reuse { .. } => panic!("no reuse from a tar stream"),
             }

@@ -27,7 +27,9 @@ pub struct StoredChunk {
 impl Repository {
     /// Stores a chunk unless an object for it already exists. With `similar` (and
     /// deltas on in the repository) a chunk that resembles a stored full chunk is
-    /// stored as a delta on it when that is smaller.
+    /// stored as a delta on it when that is smaller. A `hint` (the chunk's earlier
+    /// version, or that version's base) is tried as the base instead of searching the
+    /// index; the chunk is sketched only if it is then stored in full.
     ///
     /// Objects are created with put-if-absent: a chunk stored as a delta on one base
     /// must never be replaced by one built on another, or the manifests naming the
@@ -40,15 +42,18 @@ impl Repository {
         id: ChunkId,
         data: Vec<u8>,
         similar: Option<Arc<SketchIndex>>,
+        hint: Option<ChunkId>,
     ) -> Result<StoredChunk> {
         let key = layout::chunk(&id);
         let similar = similar.filter(|_| self.config().delta);
+        let sketched = similar.is_some();
         if self.backend().exists(&key).await? {
-            return self.reuse_or_repair(id, data, similar.is_some()).await;
+            return self.reuse_or_repair(id, data, sketched).await;
         }
-        let (data, sketch, candidate) = match similar {
-            None => (data, None, None),
-            Some(idx) => {
+        let (data, sketch, candidate) = match (similar, hint) {
+            (None, _) => (data, None, None),
+            (Some(_), Some(h)) if h != id => (data, None, Some(h)),
+            (Some(idx), _) => {
                 let sketch_key = self.key().sketch_key();
                 let _cpu = cpu_slot().await;
                 blocking("chunk sealing", move || {
@@ -79,13 +84,29 @@ impl Repository {
             true
         };
         if !created {
-            return self.reuse_or_repair(id, data, sketch.is_some()).await;
+            return self.reuse_or_repair(id, data, sketched).await;
         }
+        // A full chunk is a base for later deltas: the index needs its sketch.
+        let sketch = match (base, sketch) {
+            (Some(_), _) => None,
+            (None, Some(s)) => Some(s),
+            (None, None) if sketched => {
+                let sketch_key = self.key().sketch_key();
+                let _cpu = cpu_slot().await;
+                Some(
+                    blocking("chunk sealing", move || {
+                        Sketch::of(&data).keyed(&sketch_key)
+                    })
+                    .await?,
+                )
+            }
+            (None, None) => None,
+        };
         Ok(StoredChunk {
             id,
             written_bytes: Some(size),
             base,
-            sketch: sketch.filter(|_| base.is_none()),
+            sketch,
         })
     }
 

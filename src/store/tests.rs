@@ -604,11 +604,12 @@ fn fixed_stream(
     lead: &[u8],
     body: &[u8],
     tail: &[u8],
+    previous: Vec<super::ChunkRef>,
 ) -> std::sync::mpsc::Receiver<super::writer::Segment> {
     use super::writer::Segment;
     let (tx, rx) = std::sync::mpsc::channel();
     tx.send(Segment::Bytes(lead.to_vec())).unwrap();
-    tx.send(Segment::FixedCut).unwrap();
+    tx.send(Segment::FixedCut { previous }).unwrap();
     for piece in body.chunks(3001) {
         tx.send(Segment::Bytes(piece.to_vec())).unwrap();
     }
@@ -644,7 +645,7 @@ async fn a_fixed_cut_stretch_is_chunked_at_fixed_offsets_and_each_chunk_is_a_del
     let (lead, tail) = (rows(20, 300), rows(21, 300));
     let body = rows(22, 3000);
     assert!(body.len() > 8 * avg && body.len() % avg != 0);
-    let m1 = ingest_fixed(&repo, fixed_stream(&lead, &body, &tail)).await;
+    let m1 = ingest_fixed(&repo, fixed_stream(&lead, &body, &tail, Vec::new())).await;
     let mut at = 0usize;
     let mut in_body = Vec::new();
     for c in &m1.chunks {
@@ -665,7 +666,19 @@ async fn a_fixed_cut_stretch_is_chunked_at_fixed_offsets_and_each_chunk_is_a_del
     for i in (1000..body2.len()).step_by(avg) {
         body2[i..i + 8].copy_from_slice(b"CHANGED!");
     }
-    let m2 = ingest_fixed(&repo, fixed_stream(&lead, &body2, &tail)).await;
+    // Day 2 is told each block's earlier version, as a --pgdata backup is.
+    let previous: Vec<_> = m1
+        .chunks
+        .iter()
+        .scan(0usize, |at, c| {
+            let here = *at;
+            *at += c.len as usize;
+            Some((here, *c))
+        })
+        .filter(|(at, _)| *at >= lead.len() && *at < lead.len() + body.len())
+        .map(|(_, c)| c)
+        .collect();
+    let m2 = ingest_fixed(&repo, fixed_stream(&lead, &body2, &tail, previous)).await;
     let blocks = body.len().div_ceil(avg) as u64;
     assert_eq!(m2.stats.chunks_new, blocks, "{:?}", m2.stats);
     assert_eq!(m2.stats.chunks_new_delta, blocks, "{:?}", m2.stats);

@@ -228,7 +228,7 @@ impl Repository {
             if seen.insert(id) {
                 let repo = self.clone();
                 // WAL is stored whole: a segment is new data, seldom like an earlier one.
-                tasks.spawn(async move { repo.put_chunk_if_missing(id, piece, None).await });
+                tasks.spawn(async move { repo.put_chunk_if_missing(id, piece, None, None).await });
             }
         }
         let mut bases = std::collections::HashMap::new();

@@ -120,7 +120,12 @@ pub enum Segment {
     /// changed page held one, and a chunk whose base covers only part of it is stored
     /// nearly in full (measured on FootDash: a base backup's changed chunks cost 1.5x
     /// a per-file patch of the same day).
-    FixedCut,
+    ///
+    /// `previous` holds the chunks the same stretch had in the previous backup, when
+    /// it was cut at the same offsets: each new chunk is first tried as a delta on its
+    /// earlier version's base (or on that version, when it is full), with no search
+    /// of the similarity index.
+    FixedCut { previous: Vec<ChunkRef> },
     /// Bytes an earlier snapshot stored between two cuts as exactly `refs`: named,
     /// not read. The inspector sees `header` (the stretch's first bytes) and zeros
     /// for the rest of its `len` bytes.
@@ -138,8 +143,8 @@ enum Source {
 }
 
 enum Piece {
-    /// A chunk in stream order.
-    Body(ChunkId, Vec<u8>),
+    /// A chunk in stream order, with a delta base to try first.
+    Body(ChunkId, Vec<u8>, Option<ChunkId>),
     /// Chunks of an earlier snapshot, in stream order, named again.
     Reused(Vec<ChunkRef>),
     /// The chunks that cover the dump's header and table of contents, sent last
@@ -310,8 +315,11 @@ impl Repository {
 
         while let Some(piece) = rx.recv().await {
             let (chunks, into_head) = match piece {
-                Piece::Body(id, data) => (vec![(id, data)], false),
-                Piece::Head(chunks) => (chunks, true),
+                Piece::Body(id, data, hint) => (vec![(id, data, hint)], false),
+                Piece::Head(chunks) => (
+                    chunks.into_iter().map(|(id, d)| (id, d, None)).collect(),
+                    true,
+                ),
                 Piece::Reused(refs) => {
                     let len: u64 = refs.iter().map(|r| u64::from(r.len)).sum();
                     progress.advance(len);
@@ -330,7 +338,7 @@ impl Repository {
                     continue;
                 }
             };
-            for (id, data) in chunks {
+            for (id, data, hint) in chunks {
                 let len = data.len();
                 progress.advance(len as u64);
                 stats.bytes_read += len as u64;
@@ -357,7 +365,7 @@ impl Repository {
                 let similar = similar.clone();
                 tasks.spawn(async move {
                     let _permit = permit;
-                    repo.put_chunk_if_missing(id, data, similar).await
+                    repo.put_chunk_if_missing(id, data, similar, hint).await
                 });
                 while let Some(res) = tasks.try_join_next() {
                     absorb(res, &mut stats, &mut bases)?;
@@ -482,13 +490,22 @@ fn produce(
                 pos: 0,
                 stop: None,
             };
-            let mut fixed = false;
+            let mut fixed: Option<Vec<ChunkRef>> = None;
             loop {
                 let (start, first) = (cutter.at, cutter.sent);
-                let sent = if fixed {
-                    cutter.cut(fixed_chunks(&mut reader, chunker.avg_size_bytes as usize))?
-                } else {
-                    cutter.cut(chunker.stream(&mut reader).map(|c| c.map(|c| c.data)))?
+                let sent = match fixed.take() {
+                    Some(previous) => {
+                        let avg = chunker.avg_size_bytes;
+                        // Only a stretch cut at the same offsets gives each chunk its
+                        // earlier version.
+                        let aligned = previous.iter().rev().skip(1).all(|r| r.len == avg);
+                        let hints: Vec<ChunkId> = match aligned {
+                            true => previous.iter().map(|r| r.base.unwrap_or(r.id)).collect(),
+                            false => Vec::new(),
+                        };
+                        cutter.cut_hinted(fixed_chunks(&mut reader, avg as usize), &hints)?
+                    }
+                    None => cutter.cut(chunker.stream(&mut reader).map(|c| c.map(|c| c.data)))?,
                 };
                 if !sent {
                     return Ok((Inspected::default(), runs));
@@ -501,10 +518,9 @@ fn produce(
                         chunks: cutter.sent - first,
                     });
                 }
-                let stop = reader.stop.take();
-                fixed = matches!(stop, Some(Segment::FixedCut));
-                match stop {
+                match reader.stop.take() {
                     None => break,
+                    Some(Segment::FixedCut { previous }) => fixed = Some(previous),
                     Some(Segment::Reuse { refs, header, len }) => {
                         match cutter.reuse(refs, &header, len)? {
                             Some(run) => runs.push(run),
@@ -566,7 +582,16 @@ impl Cutter {
         &mut self,
         chunks: impl Iterator<Item = std::result::Result<Vec<u8>, fastcdc::v2020::Error>>,
     ) -> Result<bool> {
-        for chunk in chunks {
+        self.cut_hinted(chunks, &[])
+    }
+
+    /// [`Cutter::cut`], the `i`-th chunk with `hints[i]` as the delta base to try first.
+    fn cut_hinted(
+        &mut self,
+        chunks: impl Iterator<Item = std::result::Result<Vec<u8>, fastcdc::v2020::Error>>,
+        hints: &[ChunkId],
+    ) -> Result<bool> {
+        for (i, chunk) in chunks.enumerate() {
             let chunk = chunk.map_err(|e| {
                 if let Some(e) = self.refused.borrow_mut().take() {
                     return e;
@@ -600,7 +625,8 @@ impl Cutter {
                 }
             }
             let id = self.master.chunk_id(&chunk);
-            if self.tx.blocking_send(Piece::Body(id, chunk)).is_err() {
+            let hint = hints.get(i).copied();
+            if self.tx.blocking_send(Piece::Body(id, chunk, hint)).is_err() {
                 return Ok(false);
             }
             self.sent += 1;

@@ -162,21 +162,13 @@ async fn ingest_and_commit(
             // Up to 32 MiB ahead: the dump inspector re-creates compressed data in
             // bursts of a second or more, while pg_dump and gzip upstream go on.
             let source = crate::pipe::read_ahead(source, 32, 1 << 20);
-            match meta.kind {
-                SnapshotKind::Base => {
-                    ingest_base_tar(repo, Box::new(source), meta, inspector, progress).await?
-                }
-                SnapshotKind::Dump => {
-                    repo.ingest(Box::new(source), meta, Some(inspector), progress)
-                        .await?
-                }
-            }
+            ingest_stream(repo, Box::new(source), meta, inspector, progress).await?
         }
         BackupSource::Run(conn)
             if opts.kind == SnapshotKind::Base && may_have_tablespaces(&conn).await =>
         {
             let (backup, stream) = SpooledBaseBackup::start(&conn)?;
-            let ingested = ingest_base_tar(repo, Box::new(stream), meta, inspector, progress).await;
+            let ingested = ingest_stream(repo, Box::new(stream), meta, inspector, progress).await;
             settle(ingested, || backup.finish())?.0
         }
         BackupSource::Run(conn) => {
@@ -184,16 +176,7 @@ async fn ingest_and_commit(
                 SnapshotKind::Dump => pg_dump(&meta.db, &conn)?,
                 SnapshotKind::Base => pg_basebackup(&conn)?,
             };
-            let ingested = match meta.kind {
-                SnapshotKind::Base => {
-                    ingest_base_tar(repo, Box::new(stdout), meta, inspector, progress).await
-                }
-                SnapshotKind::Dump => {
-                    repo.ingest(Box::new(stdout), meta, Some(inspector), progress)
-                        .await
-                }
-            };
-            match ingested {
+            match ingest_stream(repo, Box::new(stdout), meta, inspector, progress).await {
                 Ok(p) => {
                     // The program's verdict comes before the commit: a dump that
                     // failed half-way must never become a backup point.
@@ -255,20 +238,21 @@ async fn prior_backup(repo: &Repository, pgdata: &std::path::Path) -> Option<Pri
     bases.into_iter().find_map(PriorBackup::of)
 }
 
-/// The stream maker's verdict with the stored stream's, as for a program: a failed
-/// read, pg_backup_stop or pg_basebackup explains a short stream, and must never
-/// commit.
-/// Stores a base backup's tar stream cut around its relation files
-/// ([`crate::pg::tar_cuts`]), as a `--pgdata` backup's stream is.
+/// Stores a backup's byte stream: a dump as it comes, a base backup's tar stream cut
+/// around its relation files ([`crate::pg::tar_cuts`]), as a `--pgdata` backup's
+/// stream is.
 ///
-/// Errors: as [`Repository::ingest_segments`]; `Io` when the source fails.
-async fn ingest_base_tar(
+/// Errors: as [`Repository::ingest`]; `Io` when a base backup's source fails.
+async fn ingest_stream(
     repo: &Repository,
     source: Box<dyn std::io::Read + Send>,
     meta: SnapshotMeta,
     inspector: Box<dyn StreamInspector>,
     progress: Arc<dyn Progress>,
 ) -> Result<PendingSnapshot> {
+    if meta.kind == SnapshotKind::Dump {
+        return repo.ingest(source, meta, Some(inspector), progress).await;
+    }
     let (segments, cutter) = crate::pg::tar_cuts::cut_tar_stream(source);
     let ingested = repo
         .ingest_segments(segments, meta, Some(inspector), progress)
@@ -284,6 +268,9 @@ async fn ingest_base_tar(
     .map(|(p, ())| p)
 }
 
+/// The stream maker's verdict with the stored stream's, as for a program: a failed
+/// read, pg_backup_stop or pg_basebackup explains a short stream, and must never
+/// commit.
 fn settle<P, T>(ingested: Result<P>, finish: impl FnOnce() -> Result<T>) -> Result<(P, T)> {
     match ingested {
         Ok(p) => Ok((p, finish()?)),

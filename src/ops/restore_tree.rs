@@ -265,9 +265,8 @@ fn short_stream(reader: &FileReader, f: &BaseFile) -> Error {
 }
 
 /// Writes file `f` whole at `path`, from the decoded chunks themselves (no copy of
-/// its bytes on the way), up to [`WRITE_BYTES`] a trip to the blocking pool.
+/// its bytes on the way).
 async fn write_file(reader: &FileReader, f: &BaseFile, path: &Path) -> Result<u64> {
-    use std::os::unix::fs::FileExt;
     let at = path.to_path_buf();
     let file = try_blocking("creating a file", move || {
         if std::fs::symlink_metadata(&at).is_ok_and(|m| !m.is_file()) {
@@ -276,32 +275,55 @@ async fn write_file(reader: &FileReader, f: &BaseFile, path: &Path) -> Result<u6
         std::fs::File::create(&at).map_err(|e| Error::io_path("create", &at, e))
     })
     .await?;
-    let file = Arc::new(file);
-    reader.prefetch_stored(f.offset, f.size.min(8 * PIECE_BYTES as u64));
+    write_range(reader, f, &Arc::new(file), path, (f.offset, f.size, true)).await
+}
+
+/// Writes stream range `(a, len, whole)` of file `f` from the repository into
+/// `file` (the file at `path`), straight from the decoded chunks, up to
+/// [`WRITE_BYTES`] a trip to the blocking pool; an edge piece (`whole` false) only
+/// where it differs from what the file holds. Returns the bytes written.
+async fn write_range(
+    reader: &FileReader,
+    f: &BaseFile,
+    file: &Arc<std::fs::File>,
+    path: &Path,
+    (a, len, whole): Range,
+) -> Result<u64> {
+    use std::os::unix::fs::FileExt;
+    reader.prefetch_stored(a, len.min(8 * PIECE_BYTES as u64));
+    let mut written = 0u64;
     let mut done = 0u64;
-    while done < f.size {
-        let want = (f.size - done).min(WRITE_BYTES as u64);
+    while done < len {
+        let want = (len - done).min(WRITE_BYTES as u64);
         if done > 0 {
-            reader.prefetch_stored(f.offset + done + want, (8 * PIECE_BYTES) as u64);
+            reader.prefetch_stored(a + done + want, (8 * PIECE_BYTES) as u64);
         }
-        let pieces = reader.stored_pieces(f.offset + done, want).await?;
+        let pieces = reader.stored_pieces(a + done, want).await?;
         if pieces.iter().map(|(_, r)| r.len() as u64).sum::<u64>() != want {
             return Err(short_stream(reader, f));
         }
-        let (file, at, from) = (file.clone(), path.to_path_buf(), done);
-        try_blocking("writing a file", move || {
-            let mut into = from;
+        let (file, at, from) = (file.clone(), path.to_path_buf(), a + done - f.offset);
+        written += try_blocking("writing a file", move || {
+            let (mut into, mut wrote) = (from, 0u64);
             for (chunk, range) in &pieces {
-                file.write_all_at(&chunk[range.clone()], into)
-                    .map_err(|e| Error::io_path("write", &at, e))?;
-                into += range.len() as u64;
+                let data = &chunk[range.clone()];
+                let same = !whole && {
+                    let mut local = vec![0u8; data.len()];
+                    file.read_exact_at(&mut local, into).is_ok() && local == data
+                };
+                if !same {
+                    file.write_all_at(data, into)
+                        .map_err(|e| Error::io_path("write", &at, e))?;
+                    wrote += data.len() as u64;
+                }
+                into += data.len() as u64;
             }
-            Ok(())
+            Ok(wrote)
         })
         .await?;
         done += want;
     }
-    Ok(f.size)
+    Ok(written)
 }
 
 /// Files at least this large are compared with the backup chunk by chunk; smaller
@@ -359,7 +381,6 @@ async fn write_ranges(
     path: &Path,
     ranges: &[Range],
 ) -> Result<u64> {
-    use std::os::unix::fs::FileExt;
     let at = path.to_path_buf();
     let file = try_blocking("opening a file", move || {
         std::fs::File::options()
@@ -371,39 +392,8 @@ async fn write_ranges(
     .await?;
     let file = Arc::new(file);
     let mut written = 0u64;
-    for &(a, len, whole) in ranges {
-        reader.prefetch_stored(a, len.min(8 * PIECE_BYTES as u64));
-        let mut done = 0u64;
-        while done < len {
-            let want = (len - done).min(WRITE_BYTES as u64);
-            if done > 0 {
-                reader.prefetch_stored(a + done + want, (8 * PIECE_BYTES) as u64);
-            }
-            let pieces = reader.stored_pieces(a + done, want).await?;
-            if pieces.iter().map(|(_, r)| r.len() as u64).sum::<u64>() != want {
-                return Err(short_stream(reader, f));
-            }
-            let (file, at, from) = (file.clone(), path.to_path_buf(), a + done - f.offset);
-            written += try_blocking("writing a file", move || {
-                let (mut into, mut wrote) = (from, 0u64);
-                for (chunk, range) in &pieces {
-                    let data = &chunk[range.clone()];
-                    let same = !whole && {
-                        let mut local = vec![0u8; data.len()];
-                        file.read_exact_at(&mut local, into).is_ok() && local == data
-                    };
-                    if !same {
-                        file.write_all_at(data, into)
-                            .map_err(|e| Error::io_path("write", &at, e))?;
-                        wrote += data.len() as u64;
-                    }
-                    into += data.len() as u64;
-                }
-                Ok(wrote)
-            })
-            .await?;
-            done += want;
-        }
+    for &range in ranges {
+        written += write_range(reader, f, &file, path, range).await?;
     }
     Ok(written)
 }

@@ -54,14 +54,9 @@ impl Repository {
             (None, _) => (data, None, None),
             (Some(_), Some(h)) if h != id => (data, None, Some(h)),
             (Some(idx), _) => {
-                let sketch_key = self.key().sketch_key();
-                let _cpu = cpu_slot().await;
-                blocking("chunk sealing", move || {
-                    let sketch = Sketch::of(&data).keyed(&sketch_key);
-                    let candidate = idx.most_similar(&sketch, &id);
-                    (data, Some(sketch), candidate)
-                })
-                .await?
+                let (data, sketch) = self.sketch(data).await?;
+                let candidate = idx.most_similar(&sketch, &id);
+                (data, Some(sketch), candidate)
             }
         };
         let base = match candidate {
@@ -90,16 +85,7 @@ impl Repository {
         let sketch = match (base, sketch) {
             (Some(_), _) => None,
             (None, Some(s)) => Some(s),
-            (None, None) if sketched => {
-                let sketch_key = self.key().sketch_key();
-                let _cpu = cpu_slot().await;
-                Some(
-                    blocking("chunk sealing", move || {
-                        Sketch::of(&data).keyed(&sketch_key)
-                    })
-                    .await?,
-                )
-            }
+            (None, None) if sketched => Some(self.sketch(data).await?.1),
             (None, None) => None,
         };
         Ok(StoredChunk {
@@ -108,6 +94,19 @@ impl Repository {
             base,
             sketch,
         })
+    }
+
+    /// The keyed sketch of `data`, made on a turn at the CPU; `data` comes back.
+    ///
+    /// Errors: `Io` when the blocking task panicked or was cancelled.
+    async fn sketch(&self, data: Vec<u8>) -> Result<(Vec<u8>, Sketch)> {
+        let sketch_key = self.key().sketch_key();
+        let _cpu = cpu_slot().await;
+        blocking("chunk sealing", move || {
+            let sketch = Sketch::of(&data).keyed(&sketch_key);
+            (data, sketch)
+        })
+        .await
     }
 
     /// Reuses the object someone else stored for a chunk, learning its base from it;

@@ -245,7 +245,7 @@ fn write_seed_corpora() {
     write("manifest", "wal.json", &serde_json::to_vec(&wal).unwrap());
 
     // A config and a key file as init writes them.
-    let mut cfg = pgvault::store::config::RepoConfig::new(Default::default(), 3, true, true);
+    let mut cfg = pgvault::store::config::RepoConfig::new(Default::default(), 3, 3, true, true);
     cfg.sign(&k);
     write(
         "config",

@@ -33,6 +33,11 @@ fn an_edited_config_is_refused_at_open_with_one_line() {
             "fails authentication",
         ),
         (
+            "delta zstd level",
+            Box::new(|c| c["delta_zstd_level"] = 19.into()),
+            "fails authentication",
+        ),
+        (
             "delta flag",
             Box::new(|c| c["delta"] = false.into()),
             "fails authentication",

@@ -64,10 +64,13 @@ impl Repository {
             None => None,
         };
         let master = self.key().clone();
-        let level = self.config().zstd_level;
+        let levels = Levels {
+            full: self.config().zstd_level,
+            delta: self.config().delta_level(),
+        };
         let cpu = cpu_slot().await;
         let ((object, base), data) = blocking("chunk sealing", move || {
-            (encode_best(&master, &id, &data, base, level), data)
+            (encode_best(&master, &id, &data, base, levels), data)
         })
         .await?;
         drop(cpu);
@@ -407,22 +410,29 @@ async fn cpu_slot() -> tokio::sync::SemaphorePermit<'static> {
         .expect("the semaphore is never closed")
 }
 
+/// The repository's zstd levels, for chunks in full and for deltas.
+#[derive(Debug, Clone, Copy)]
+struct Levels {
+    full: i32,
+    delta: i32,
+}
+
 /// Seals a chunk as a delta on `base` when that is small enough, else in full.
 fn encode_best(
     master: &crate::crypto::MasterKey,
     id: &ChunkId,
     data: &[u8],
     base: Option<(ChunkId, Arc<Vec<u8>>)>,
-    level: i32,
+    levels: Levels,
 ) -> (Vec<u8>, Option<ChunkId>) {
     let Some((base_id, base)) = base else {
-        return (format::encode_chunk(master, id, data, level), None);
+        return (format::encode_chunk(master, id, data, levels.full), None);
     };
-    let delta = format::encode_delta_chunk(master, id, data, &base_id, &base, level);
+    let delta = format::encode_delta_chunk(master, id, data, &base_id, &base, levels.delta);
     if delta.len() <= data.len() / DELTA_GOOD_ENOUGH_DIVISOR {
         return (delta, Some(base_id));
     }
-    let full = format::encode_chunk(master, id, data, level);
+    let full = format::encode_chunk(master, id, data, levels.full);
     if delta.len() <= full.len() / REBASE_SHARE_DIVISOR {
         (delta, Some(base_id))
     } else {

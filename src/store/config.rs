@@ -39,7 +39,12 @@ pub struct RepoConfig {
     pub repo_id: String,
     pub created: chrono::DateTime<chrono::Utc>,
     pub chunker: ChunkerParams,
+    /// The zstd level of chunks stored in full.
     pub zstd_level: i32,
+    /// The zstd level of delta chunks; repositories made before it was recorded used
+    /// `zstd_level` for both.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delta_zstd_level: Option<i32>,
     /// Whether the store refused the second of two conditional creates of one key
     /// when the repository was made. Where it did not, creating objects that must
     /// not be overwritten (keys, locks) is unsafe and refused. Repositories made
@@ -64,6 +69,7 @@ impl RepoConfig {
     pub fn new(
         chunker: ChunkerParams,
         zstd_level: i32,
+        delta_zstd_level: i32,
         conditional_writes: bool,
         delta: bool,
     ) -> Self {
@@ -76,8 +82,14 @@ impl RepoConfig {
             created: chrono::Utc::now(),
             chunker,
             zstd_level,
+            delta_zstd_level: Some(delta_zstd_level),
             tag: None,
         }
+    }
+
+    /// The zstd level of delta chunks.
+    pub fn delta_level(&self) -> i32 {
+        self.delta_zstd_level.unwrap_or(self.zstd_level)
     }
 
     /// The bytes the tag covers: every field but the tag, as stored.
@@ -140,11 +152,12 @@ impl RepoConfig {
                 "Repository {location} has a config with impossible chunk sizes: {e}"
             )));
         }
-        if !(-7..=22).contains(&cfg.zstd_level) {
-            return Err(Error::Corrupt(format!(
-                "Repository {location} has a config with zstd level {}, outside -7..=22",
-                cfg.zstd_level
-            )));
+        for level in [cfg.zstd_level, cfg.delta_level()] {
+            if !(-7..=22).contains(&level) {
+                return Err(Error::Corrupt(format!(
+                    "Repository {location} has a config with zstd level {level}, outside -7..=22"
+                )));
+            }
         }
         if !(OLDEST_FORMAT_VERSION..=FORMAT_VERSION).contains(&cfg.format_version) {
             return Err(Error::InvalidInput(format!(

@@ -705,3 +705,28 @@ async fn a_fixed_cut_stretch_is_chunked_at_fixed_offsets_and_each_chunk_is_a_del
         [&lead[..], &body2, &tail].concat()
     );
 }
+
+#[tokio::test]
+async fn a_new_repository_records_both_levels_and_an_older_config_uses_its_one_level_for_both() {
+    let cache = tempfile::tempdir().unwrap();
+    let (repo, _store) = memory_repo(&cache).await;
+    assert_eq!(repo.config().zstd_level, super::DEFAULT_ZSTD_LEVEL);
+    assert_eq!(repo.config().delta_level(), super::DEFAULT_DELTA_ZSTD_LEVEL);
+    assert_ne!(super::DEFAULT_ZSTD_LEVEL, super::DEFAULT_DELTA_ZSTD_LEVEL);
+
+    let mut older = serde_json::to_value(repo.config()).unwrap();
+    older.as_object_mut().unwrap().remove("delta_zstd_level");
+    older["zstd_level"] = 5.into();
+    let parsed =
+        super::config::RepoConfig::parse(&serde_json::to_vec(&older).unwrap(), "mem").unwrap();
+    assert_eq!(parsed.delta_level(), 5);
+    assert!(!serde_json::to_string(&parsed)
+        .unwrap()
+        .contains("delta_zstd_level"));
+
+    older["delta_zstd_level"] = 23.into();
+    let err =
+        super::config::RepoConfig::parse(&serde_json::to_vec(&older).unwrap(), "mem").unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Corrupt);
+    assert!(err.to_string().contains("zstd level 23"), "{err}");
+}

@@ -694,3 +694,162 @@ fn unchanged_files_are_named_from_the_previous_backup_unread_and_restore_exactly
     );
     v.run(&["check", "--read-data"]).ok();
 }
+
+/// An md5 of a table's rows in order, to compare contents, not just counts.
+fn table_digest(pg: &PgCluster, db: &str, table: &str) -> String {
+    pg.psql(
+        db,
+        &format!(
+            "SELECT md5(coalesce(string_agg(t::text, '|' ORDER BY t::text), '')) FROM {table} t"
+        ),
+    )
+}
+
+#[test]
+fn three_located_tablespaces_and_one_in_place_are_backed_up_both_ways_and_restored_whole() {
+    let (pg, mut v) = archiving_cluster();
+    let located: Vec<PathBuf> = ["ts_a", "ts_b", "ts_c"]
+        .iter()
+        .map(|n| server_dir(&pg, n))
+        .collect();
+    for (name, dir) in ["a", "b", "c"].iter().zip(&located) {
+        pg.psql(
+            "postgres",
+            &format!("CREATE TABLESPACE {name} LOCATION '{}'", dir.display()),
+        );
+    }
+    // An in-place tablespace is a directory under pg_tblspc, not a link, and
+    // tablespace_map does not name it: it belongs to the data directory.
+    pg.psql(
+        "postgres",
+        "ALTER SYSTEM SET allow_in_place_tablespaces = on",
+    );
+    pg.psql("postgres", "SELECT pg_reload_conf()");
+    pg.psql("postgres", "CREATE TABLESPACE here LOCATION ''");
+    pg.create_footdash("footdash", 1);
+    for (table, space) in [
+        ("matches", "a"),
+        ("players", "b"),
+        ("users", "c"),
+        ("notifications", "here"),
+    ] {
+        pg.psql(
+            "footdash",
+            &format!("ALTER TABLE {table} SET TABLESPACE {space}"),
+        );
+    }
+    let in_place: Vec<PathBuf> = std::fs::read_dir(pg.data_dir().join("pg_tblspc"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| std::fs::symlink_metadata(p).unwrap().is_dir())
+        .collect();
+    assert_eq!(in_place.len(), 1, "{in_place:?}");
+    let source_counts = pg.row_counts("footdash");
+    let source_digest = table_digest(&pg, "footdash", "notifications");
+    assert_ne!(
+        pg.psql("footdash", "SELECT count(*) FROM notifications"),
+        "0"
+    );
+
+    // pg_basebackup sends no file of an in-place tablespace: refused, not half done.
+    let spool = server_dir(&pg, "spool");
+    v.extra_env
+        .push(("TMPDIR".into(), spool.to_str().unwrap().into()));
+    let e = v.run(&["backup", "--base"]).fails();
+    assert!(
+        e.contains("Tablespace here is in place") && e.contains("--pgdata"),
+        "{e}"
+    );
+    assert_eq!(std::fs::read_dir(&spool).unwrap().count(), 0);
+    assert!(v.snapshots().is_empty());
+
+    let from_pgdata = backup_from_pgdata(&v, &pg, &["--jobs", "2"]);
+    let pgdata_digest = source_digest.clone();
+    // Backup 0 is restored to this time, before its in-place tablespace is dropped.
+    let before_drop = pg.psql(
+        "postgres",
+        "SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')",
+    );
+    std::thread::sleep(Duration::from_millis(50));
+    // With the in-place tablespace gone, pg_basebackup backs up the other three.
+    pg.psql(
+        "footdash",
+        "ALTER TABLE notifications SET TABLESPACE pg_default",
+    );
+    pg.psql("postgres", "DROP TABLESPACE here");
+    let from_basebackup = v.run(&["backup", "--base", "--json"]).ok().json();
+    v.extra_env.pop();
+    switch_and_wait_archived(&pg);
+
+    let oid = in_place[0].file_name().unwrap().to_str().unwrap();
+    let backups = [
+        (
+            from_pgdata,
+            true,
+            "a,here,b,c",
+            ["--target-time", &before_drop],
+        ),
+        (from_basebackup, false, "a,,b,c", ["--latest", "--jobs=2"]),
+    ];
+    for (n, (b, has_in_place, placed, target)) in backups.iter().enumerate() {
+        let id = b["snapshot_id"].as_str().unwrap().to_string();
+        let names = v.stream_names(&id);
+        assert_eq!(
+            names
+                .iter()
+                .any(|x| x.starts_with(&format!("pg_tblspc/{oid}/PG_15_"))),
+            *has_in_place,
+            "backup {n}: {names:?}"
+        );
+        let scratch = server_dir(&pg, &format!("restored_{n}"));
+        let maps: Vec<String> = located
+            .iter()
+            .enumerate()
+            .map(|(i, old)| {
+                format!(
+                    "{}={}",
+                    old.display(),
+                    scratch.join(i.to_string()).display()
+                )
+            })
+            .collect();
+        let populate = |dir: &Path| {
+            let mut args = vec!["restore", "--pgdata", dir.to_str().unwrap(), "--base", &id];
+            args.extend(target.iter().copied());
+            for m in &maps {
+                args.extend(["--tablespace-map", m.as_str()]);
+            }
+            v.run(&args).ok();
+            if *has_in_place {
+                let kept = dir.join("pg_tblspc").join(oid);
+                assert!(
+                    std::fs::symlink_metadata(&kept).unwrap().is_dir(),
+                    "{} is not a directory",
+                    kept.display()
+                );
+            }
+        };
+        let restored = PgCluster::start_restored(&populate, &["archive_mode = off"]);
+        restored.wait_until_promoted();
+        assert_eq!(restored.row_counts("footdash"), source_counts, "backup {n}");
+        assert_eq!(
+            table_digest(&restored, "footdash", "notifications"),
+            pgdata_digest,
+            "backup {n}"
+        );
+        let spaces = restored.psql(
+            "footdash",
+            "SELECT string_agg(coalesce(t.spcname, ''), ',' ORDER BY c.relname) FROM pg_class c \
+             LEFT JOIN pg_tablespace t ON t.oid = c.reltablespace \
+             WHERE c.relname IN ('matches', 'players', 'users', 'notifications')",
+        );
+        assert_eq!(spaces, *placed, "backup {n}");
+        for i in 0..3 {
+            let names = common::walk_names(&scratch.join(i.to_string()));
+            assert!(
+                names.iter().any(|x| x.starts_with("PG_15_")),
+                "backup {n}, tablespace {i}: {names:?}"
+            );
+        }
+    }
+}

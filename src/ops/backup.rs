@@ -165,7 +165,7 @@ async fn ingest_and_commit(
             ingest_stream(repo, Box::new(source), meta, inspector, progress).await?
         }
         BackupSource::Run(conn)
-            if opts.kind == SnapshotKind::Base && may_have_tablespaces(&conn).await =>
+            if opts.kind == SnapshotKind::Base && may_have_tablespaces(&conn).await? =>
         {
             let (backup, stream) = SpooledBaseBackup::start(&conn)?;
             let ingested = ingest_stream(repo, Box::new(stream), meta, inspector, progress).await;

@@ -54,17 +54,33 @@ fn start_pg_basebackup(
 /// them, the backup goes through [`SpooledBaseBackup`]. `true` when the server
 /// cannot be asked over an ordinary connection (a replication-only role): the
 /// spooled way works for every cluster.
-pub async fn may_have_tablespaces(conn: &ConnectOptions) -> bool {
+///
+/// Errors: `InvalidInput` naming the tablespaces that are in place (directories
+/// under `pg_tblspc`, made with `allow_in_place_tablespaces`): pg_basebackup 15
+/// sends none of their files and lists none in its manifest, so the backup would
+/// lack their tables and nothing after would notice. `--pgdata` reads them.
+pub async fn may_have_tablespaces(conn: &ConnectOptions) -> Result<bool> {
     let db = conn
         .conninfo
         .as_deref()
         .unwrap_or(super::client::MAINTENANCE_DB);
-    let sql = "SELECT count(*) FROM pg_tablespace WHERE spcname NOT IN ('pg_default', 'pg_global')";
+    // An in-place tablespace's location is relative to the data directory.
+    let sql = "SELECT count(*) || ' ' || coalesce(string_agg(quote_ident(spcname), ', ' ORDER BY spcname) \
+               FILTER (WHERE pg_tablespace_location(oid) NOT LIKE '/%'), '') \
+               FROM pg_tablespace WHERE spcname NOT IN ('pg_default', 'pg_global')";
     match super::client::psql(conn, db, sql).await {
-        Ok(n) => n.trim() != "0",
+        Ok(out) => {
+            let (count, in_place) = out.trim().split_once(' ').unwrap_or((out.trim(), ""));
+            if !in_place.is_empty() {
+                return Err(Error::InvalidInput(format!(
+                    "Tablespace {in_place} is in place (a directory inside the data directory, made with allow_in_place_tablespaces): pg_basebackup leaves its files out of a base backup, so the backup would lack its tables; take it with `pgvault backup --base --pgdata DIR` on the database host"
+                )));
+            }
+            Ok(count != "0")
+        }
         Err(e) => {
             tracing::info!("Cannot list the cluster's tablespaces, so pg_basebackup writes to a spool directory: {e}");
-            true
+            Ok(true)
         }
     }
 }
